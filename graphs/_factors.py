@@ -124,6 +124,7 @@ def new_prod(parts: list[Factor]) -> Factor:
     f.kind = "prod"
     f.children = list(parts)
     f.fixed = all(find(p).fixed for p in parts)
+    f.reason = next((find(p).reason for p in parts if find(p).reason), None) if f.fixed else None
     return f
 
 
@@ -134,6 +135,7 @@ def new_cat(parts: list[Factor]) -> Factor:
     f.kind = "cat"
     f.children = list(parts)
     f.fixed = all(find(p).fixed for p in parts)
+    f.reason = next((find(p).reason for p in parts if find(p).reason), None) if f.fixed else None
     return f
 
 

@@ -848,6 +848,10 @@ def _resolve(f: Factor, namer: _Namer, fixed_out: list[Factor]) -> Axis:
     return Cat(tuple(parts))
 
 
+# axes that are positions, not neurons: no symmetry to report there
+_NOT_NEURON_AXES = ("kernel position",)
+
+
 def _first_fixed_reason(f: Factor) -> str:
     r = find(f)
     if r.fixed:
@@ -969,7 +973,9 @@ def _build(module: nn.Module, run: _Run) -> Structure:
             a = _resolve(f, namer, fixed)
             ax.append(None if isinstance(a, Unit) and a.group is None else a)
             if v.shape[i] > 1 and (a is None or isinstance(a, Unit) and a.group is None):
-                unp.append(Unpermuted(k, i, v.shape[i], _first_fixed_reason(f) or "fixed"))
+                reason = _first_fixed_reason(f) or "fixed"
+                if not reason.startswith(_NOT_NEURON_AXES):
+                    unp.append(Unpermuted(k, i, v.shape[i], reason))
             elif fixed and v.shape[i] > 1:
                 pass  # partially permuted (e.g. flatten's spatial positions): by design
         axes[k] = tuple(ax)

@@ -1,0 +1,40 @@
+"""Algorithms on state dicts: interpolation, barriers, REPAIR (and, later, matching and merges).
+
+State dicts are plain ``dict[str, torch.Tensor]``; data is any re-iterable of ``(x, y)``
+batches. This layer imports ``graphs`` at most, never ``weightspace``.
+"""
+
+from merging._eval import EvalResult, evaluate
+from merging.barrier import BarrierResult, barrier, plot_barrier
+from merging.interpolate import interpolate, lerp_path
+from merging.matching import (
+    activation_matching,
+    matching_objective,
+    similarity,
+    solve_assignment,
+    ste_matching,
+    weight_matching,
+)
+from merging.repair import repair, reset_batchnorm
+
+__all__ = [
+    # evaluation
+    "EvalResult",
+    "evaluate",
+    # interpolation and barriers
+    "interpolate",
+    "lerp_path",
+    "BarrierResult",
+    "barrier",
+    "plot_barrier",
+    # alignment
+    "weight_matching",
+    "activation_matching",
+    "ste_matching",
+    "similarity",
+    "matching_objective",
+    "solve_assignment",
+    # activation statistics
+    "reset_batchnorm",
+    "repair",
+]

@@ -1,0 +1,8 @@
+"""Alignment of two networks' hidden units: weight, activation and straight-through matching."""
+from ._solve import SOLVERS, solve_assignment
+from .activation import activation_correlations, activation_matching
+from .ste import ste_matching
+from .weight import matching_objective, similarity, weight_matching
+
+__all__ = ["SOLVERS", "activation_correlations", "activation_matching", "matching_objective",
+           "similarity", "solve_assignment", "ste_matching", "weight_matching"]

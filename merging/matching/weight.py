@@ -1,0 +1,138 @@
+"""Weight matching (Git Re-Basin, Algorithm 1) on any traced structure."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from graphs import Structure, group_rows
+
+from ._solve import solve_assignment
+
+__all__ = ["weight_matching", "similarity", "matching_objective"]
+
+
+def _floating(state: Mapping[str, Tensor], structure: Structure, device) -> dict[str, Tensor]:
+    out = {}
+    for k, v in state.items():
+        if k in structure.axes and v.is_floating_point():
+            out[k] = v.detach().to(device=device, dtype=torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype)
+    return out
+
+
+def similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
+               group: str, perms: Mapping[str, Tensor] | None = None) -> Tensor:
+    """``C[i, j]``: how well unit ``i`` of A matches unit ``j`` of B for one group.
+
+    The sum, over every tensor axis the group acts on, of the inner products of the
+    entries that move with each unit; other groups of B are permuted by ``perms`` first.
+
+    Shapes:
+        output: ``(n, n)`` with ``n = structure.groups[group].size``.
+    """
+    n = structure.groups[group].size
+    rows_a = list(group_rows(structure, state_a, group))
+    rows_b = list(group_rows(structure, state_b, group, perms))
+    dev = rows_a[0][1].device if rows_a else "cpu"
+    c = torch.zeros(n, n, device=dev, dtype=torch.float64 if torch.device(dev).type == "cpu" else torch.float32)
+    for (ka, ma), (kb, mb) in zip(rows_a, rows_b):
+        c += (ma @ mb.T).to(c.dtype)
+    return c
+
+
+def matching_objective(structure: Structure, state_a: Mapping[str, Tensor],
+                       state_b: Mapping[str, Tensor], perms: Mapping[str, Tensor]) -> float:
+    """``sum_k <A_k, P(B)_k>`` over every permuted floating tensor (larger is better)."""
+    from graphs import permute
+    pb = permute(structure, {k: v for k, v in state_b.items() if k in structure.axes}, perms)
+    total = 0.0
+    for k, v in state_a.items():
+        if k in pb and v.is_floating_point() and any(a is not None for a in structure.axes.get(k, ())):
+            total += float((v.double() * pb[k].double()).sum())
+    return total
+
+
+def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
+                    state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
+                    init: Mapping[str, Tensor] | None = None, solver: str = "scipy",
+                    device: str | torch.device | None = None, progress: bool = False,
+                    groups: list[str] | None = None, return_info: bool = False):
+    """Permutations of B's hidden units that make its weights closest to A's.
+
+    Coordinate descent over the groups (Ainsworth et al., "Git Re-Basin: Merging Models
+    modulo Permutation Symmetries", https://arxiv.org/abs/2209.04836, Algorithm 1): every
+    sweep visits the groups in a fresh random order and solves, for each, the linear
+    assignment over the sum of all tensors that touch it (BatchNorm statistics and the
+    blocks of attention heads included). Stops after a sweep without strict improvement
+    or at ``max_iter`` sweeps.
+
+    Args:
+        structure: from :func:`graphs.trace`.
+        state_a, state_b: state dicts of the same architecture (not modified).
+        max_iter (int, optional): maximum number of sweeps. (default: ``100``)
+        seed (int, optional): seeds the order of the groups. (default: ``0``)
+        init (dict, optional): warm start (group -> permutation). (default: identity)
+        solver (str, optional): assignment solver, see :func:`merging.solvers`. (default: ``"scipy"``)
+        device (optional): where the similarity matrices are computed (default: A's device).
+        progress (bool, optional): show a progress bar. (default: ``False``)
+        groups (list, optional): optimise only these groups; the others keep ``init``.
+        return_info (bool, optional): also return ``{"sweeps", "objective"}``.
+
+    Returns:
+        ``dict[group, LongTensor]``; apply with ``weightspace.permute(structure, state_b, perms)``.
+
+    Raises:
+        ValueError: the state dicts do not fit the structure.
+    """
+    _check_states(structure, state_a, state_b)
+    if device is None:
+        device = next((v.device for v in state_a.values()), torch.device("cpu"))
+    a = _floating(state_a, structure, device)
+    b = _floating(state_b, structure, device)
+    perms = {g: (init[g].to(device) if init is not None and g in init else torch.arange(structure.groups[g].size, device=device))
+             for g in structure.groups}
+    if groups is None:
+        groups = list(structure.groups)
+    unknown = [g for g in groups if g not in structure.groups]
+    if unknown:
+        raise ValueError(f"weight_matching: unknown groups {unknown}; the structure has {sorted(structure.groups)}")
+    rng = torch.Generator().manual_seed(seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=max_iter, desc="weight matching", unit="sweep", leave=False)
+    sweeps = 0
+    for sweeps in range(1, max_iter + 1):
+        improved = False
+        for gi in torch.randperm(len(groups), generator=rng).tolist():
+            g = groups[gi]
+            c = similarity(structure, a, b, g, perms)
+            new = solve_assignment(c, solver=solver)
+            old_val = float(c[torch.arange(len(new), device=c.device), perms[g].to(c.device)].sum())
+            new_val = float(c[torch.arange(len(new), device=c.device), new.to(c.device)].sum())
+            if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
+                perms[g] = new.to(device)
+                improved = True
+        if bar is not None:
+            bar.update(1)
+        if not improved:
+            break
+    if bar is not None:
+        bar.close()
+    perms = {g: p.cpu() for g, p in perms.items()}
+    if return_info:
+        return perms, {"sweeps": sweeps, "objective": matching_objective(structure, state_a, state_b, perms)}
+    return perms
+
+
+def _check_states(structure: Structure, state_a, state_b) -> None:
+    for name, shape in structure.shapes.items():
+        for label, st in (("A", state_a), ("B", state_b)):
+            if name not in st:
+                if name.endswith("num_batches_tracked"):
+                    continue
+                raise ValueError(f"weight_matching: tensor {name!r} is missing from {label}")
+            if tuple(st[name].shape) != tuple(shape):
+                raise ValueError(f"weight_matching: {name!r} has shape {tuple(st[name].shape)} in "
+                                 f"{label}; the structure expects {tuple(shape)}")

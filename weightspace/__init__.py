@@ -1,0 +1,38 @@
+"""weightspace: trained neural networks as data.
+
+Checkpoint I/O, model families and the CLI live here; the symmetry (``graphs``) and the
+algorithms on state dicts (``merging``) are re-exported where users expect them.
+"""
+from graphs import (
+    Structure,
+    compose_permutations,
+    identity_permutation,
+    inverse_permutation,
+    permute,
+    random_permutation,
+    trace,
+)
+
+from .api import LoadedModel, build_model, load_model, trace_model
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointInfo,
+    check_finite,
+    check_fits,
+    load,
+    load_into,
+    open_checkpoint,
+    save,
+)
+from .models import get_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint", "CheckpointError", "CheckpointInfo", "LoadedModel", "Structure", "__version__",
+    "build_model", "check_finite", "check_fits", "compose_permutations", "get_model",
+    "identity_permutation", "inverse_permutation", "list_models", "load", "load_into",
+    "load_model", "open_checkpoint", "permute", "random_permutation", "save", "trace",
+    "trace_model",
+]

@@ -1,0 +1,123 @@
+"""From files and specs to models: what the CLI and user pipelines share.
+
+A checkpoint written by weightspace records its model spec (``weightspace.model``) and
+input shape (``weightspace.input_shape``) in its metadata, so both may be left out later.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from graphs import Structure, trace
+
+from .checkpoint import CheckpointError, check_finite, check_fits, load
+from .models import example_input_for, get_model, model_spec_from_json, model_spec_to_json, parse_input_shape
+
+__all__ = ["LoadedModel", "build_model", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",
+           "PROVENANCE_KEY"]
+
+MODEL_KEY = "weightspace.model"
+INPUT_SHAPE_KEY = "weightspace.input_shape"
+PROVENANCE_KEY = "weightspace.provenance"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its weights, its spec and where it came from."""
+
+    module: nn.Module
+    state: dict[str, Tensor]
+    spec: str
+    input_shape: tuple[int, ...] | None = None
+    path: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        return example_input_for(self.module, self.input_shape, batch_size=batch_size)
+
+    def structure(self) -> Structure:
+        return trace_model(self.module, input_shape=self.input_shape)
+
+
+def _parse_kwargs(model_kwargs: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    if model_kwargs is None or model_kwargs == "":
+        return {}
+    if isinstance(model_kwargs, Mapping):
+        return dict(model_kwargs)
+    try:
+        out = json.loads(model_kwargs)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model-kwargs is not valid JSON ({e.msg}): {model_kwargs!r}") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object such as '{{\"width\": 2}}', got {model_kwargs!r}")
+    return out
+
+
+def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
+                metadata: Mapping[str, str] | None = None, path: str | None = None) -> tuple[nn.Module, str]:
+    """Build the architecture named by ``model`` (or recorded in a checkpoint's metadata).
+
+    Returns:
+        ``(module, spec_json)``.
+
+    Raises:
+        ValueError: no model given and none recorded, or an unknown model / bad arguments.
+    """
+    if model is None:
+        recorded = (metadata or {}).get(MODEL_KEY)
+        if recorded is None:
+            where = f" {path}" if path else ""
+            raise ValueError(f"checkpoint{where} does not record its model; pass --model "
+                             f"(a built-in family such as mlp, or package.module:callable)")
+        name, kwargs = model_spec_from_json(recorded)
+        kwargs.update(_parse_kwargs(model_kwargs))
+    else:
+        name, kwargs = model, _parse_kwargs(model_kwargs)
+    module = get_model(name, **kwargs)
+    return module, model_spec_to_json(name, kwargs)
+
+
+def load_model(path: str | Path, model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None,
+               *, input_shape: str | tuple[int, ...] | None = None, device: str | torch.device = "cpu",
+               check_nan: bool = True) -> LoadedModel:
+    """Load a checkpoint into its architecture, checking that every tensor fits.
+
+    Args:
+        path: a checkpoint (see :func:`weightspace.load`).
+        model: ``--model`` spec; default: the one recorded in the checkpoint.
+        model_kwargs: JSON string or dict of keyword arguments for the family.
+        input_shape: shape of one example without the batch axis; default: recorded or
+            declared by the family.
+        check_nan: refuse NaN / Inf weights.
+
+    Raises:
+        CheckpointError: unreadable file, NaN, or tensors that do not fit the model
+            (missing, unexpected, wrong shape), naming the file and the tensor.
+    """
+    state, info = load(path, device=device, return_info=True)
+    module, spec = build_model(model, model_kwargs, metadata=info.metadata, path=str(path))
+    check_fits(state, module, path=str(path))
+    if check_nan:
+        check_finite(state, str(path))
+    shape = None
+    if input_shape is not None:
+        shape = parse_input_shape(input_shape)
+    elif INPUT_SHAPE_KEY in info.metadata:
+        shape = parse_input_shape(info.metadata[INPUT_SHAPE_KEY])
+    module.load_state_dict(state, strict=False)
+    module.to(device).eval()
+    return LoadedModel(module, dict(state), spec, shape, str(path), dict(info.metadata))
+
+
+def trace_model(module: nn.Module, *, input_shape: str | tuple[int, ...] | None = None,
+                example_input: Any = None) -> Structure:
+    """:func:`graphs.trace` with the example input taken from the model or ``input_shape``."""
+    if example_input is None:
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+        example_input = example_input_for(module, shape, batch_size=2)
+    return trace(module, example_input)

@@ -1,0 +1,56 @@
+"""The ``weightspace`` command: one thin subcommand per library verb."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import inspect as _inspect
+from ._common import run_command
+
+__all__ = ["main", "build_parser"]
+
+# subcommand modules, each with NAME, HELP, add_arguments(parser) and run(args)
+_COMMANDS = [_inspect]
+
+
+def _optional_commands():
+    mods = []
+    for name in ("merge", "barrier", "demo", "methods"):
+        try:
+            mods.append(__import__(f"{__name__}.{name}", fromlist=["run"]))
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from weightspace import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="weightspace",
+        description="Trained neural networks as data: trace their permutation symmetry, align and "
+                    "merge checkpoints, learn on weights. Every command takes --help.",
+        epilog="Exit status: 0 on success, 2 on bad input (the one-line message names the file and the problem).",
+    )
+    parser.add_argument("--version", action="version", version=f"weightspace {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _COMMANDS + _optional_commands():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    return run_command(args._run, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

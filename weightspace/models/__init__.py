@@ -1,0 +1,41 @@
+"""Built-in model families and the registry behind ``--model``."""
+
+from __future__ import annotations
+
+from weightspace.models._registry import (
+    ModelEntry,
+    example_input_for,
+    get_model,
+    list_models,
+    model_from_json,
+    model_spec_from_json,
+    model_spec_to_json,
+    parse_input_shape,
+    register_model,
+)
+from weightspace.models.cnn import CNN
+from weightspace.models.mlp import MLP
+from weightspace.models.resnet20 import ResNet20
+from weightspace.models.sine import Sine
+from weightspace.models.siren import SIREN
+from weightspace.models.vgg import VGG
+from weightspace.models.vit import ViT
+
+__all__ = [
+    "CNN",
+    "MLP",
+    "ModelEntry",
+    "ResNet20",
+    "SIREN",
+    "Sine",
+    "VGG",
+    "ViT",
+    "example_input_for",
+    "get_model",
+    "list_models",
+    "model_from_json",
+    "model_spec_from_json",
+    "model_spec_to_json",
+    "parse_input_shape",
+    "register_model",
+]
