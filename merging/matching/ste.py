@@ -19,7 +19,7 @@ def ste_matching(structure: Structure, model: nn.Module, state_a: Mapping[str, T
                  max_steps: int | None = 200, lr: float = 1e-3, alpha: float = 0.5,
                  loss_fn: Callable = F.cross_entropy, seed: int = 0, device=None,
                  init: Mapping[str, Tensor] | None = None, solver: str = "scipy",
-                 progress: bool = False) -> dict[str, Tensor]:
+                 probe_examples: int = 1024, progress: bool = False) -> dict[str, Tensor]:
     """Permutations of B that minimise the loss at ``(1-alpha) A + alpha P(B)``.
 
     Git Re-Basin's straight-through estimator (Ainsworth et al.,
@@ -38,7 +38,9 @@ def ste_matching(structure: Structure, model: nn.Module, state_a: Mapping[str, T
         init (dict, optional): initial permutation (default: weight matching).
 
     Returns:
-        The permutation with the lowest midpoint loss seen (``dict[group, LongTensor]``).
+        Among the starting permutation and the projections reached at the end of each
+        epoch (and at ``max_steps``), the one with the lowest midpoint loss on the first
+        ``probe_examples`` examples of ``data`` (``dict[group, LongTensor]``).
     """
     device = torch.device(device) if device is not None else next(iter(state_a.values())).device
     torch.manual_seed(seed)
@@ -51,9 +53,25 @@ def ste_matching(structure: Structure, model: nn.Module, state_a: Mapping[str, T
     pb = permute(structure, b, perms)
     w = {k: pb[k].clone().requires_grad_(True) for k in trainable}
     opt = torch.optim.Adam(w.values(), lr=lr)
-    best, best_loss = dict(perms), float("inf")
+    probe = []
+    n_probe = 0
+    for x, y in data:
+        probe.append((x.to(device), y.to(device)))
+        n_probe += len(x)
+        if n_probe >= probe_examples:
+            break
+
+    def midpoint_loss(p) -> float:
+        pbp = permute(structure, b, p)
+        mid = {k: ((1 - alpha) * va + alpha * pbp[k]) if va.is_floating_point() else va for k, va in a.items()}
+        with torch.no_grad():
+            tot = sum(float(loss_fn(torch.func.functional_call(model, mid, (x,), tie_weights=False), y)) * len(y)
+                      for x, y in probe)
+        return tot / max(n_probe, 1)
+
     was_training = model.training
     model.eval()
+    best, best_loss = dict(perms), midpoint_loss(perms)
     steps = 0
     bar = None
     total = max_steps if max_steps is not None else None
@@ -82,14 +100,19 @@ def ste_matching(structure: Structure, model: nn.Module, state_a: Mapping[str, T
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if float(loss) < best_loss:
-                    best_loss, best = float(loss), {g: p.clone() for g, p in perms.items()}
                 steps += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
                 if max_steps is not None and steps >= max_steps:
                     break
+            # project the final W and keep the best permutation seen at epoch ends
+            target = {k: (w[k].detach() if k in w else pb[k]) for k in pb}
+            perms = weight_matching(structure, target, b, init=perms, seed=seed, solver=solver,
+                                    device=device, max_iter=20)
+            val = midpoint_loss(perms)
+            if val < best_loss:
+                best_loss, best = val, {g: p.clone() for g, p in perms.items()}
             if max_steps is not None and steps >= max_steps:
                 break
     finally:

@@ -31,14 +31,27 @@ def similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Map
     Shapes:
         output: ``(n, n)`` with ``n = structure.groups[group].size``.
     """
+    return _similarity(structure, [m for _, m in group_rows(structure, state_a, group)], state_b, group, perms)
+
+
+def _similarity(structure, rows_a, state_b, group, perms) -> Tensor:
     n = structure.groups[group].size
-    rows_a = list(group_rows(structure, state_a, group))
-    rows_b = list(group_rows(structure, state_b, group, perms))
-    dev = rows_a[0][1].device if rows_a else "cpu"
-    c = torch.zeros(n, n, device=dev, dtype=torch.float64 if torch.device(dev).type == "cpu" else torch.float32)
-    for (ka, ma), (kb, mb) in zip(rows_a, rows_b):
+    rows_b = [m for _, m in group_rows(structure, state_b, group, perms)]
+    dev = rows_a[0].device if rows_a else torch.device("cpu")
+    c = torch.zeros(n, n, device=dev, dtype=torch.float64 if dev.type == "cpu" else torch.float32)
+    for ma, mb in zip(rows_a, rows_b):
         c += (ma @ mb.T).to(c.dtype)
     return c
+
+
+def _neighbours(structure: Structure) -> dict[str, set[str]]:
+    from graphs import axis_groups
+    out: dict[str, set[str]] = {g: set() for g in structure.groups}
+    for name, ax in structure.axes.items():
+        gs = {g for a in ax for g in axis_groups(a)}
+        for g in gs:
+            out[g] |= gs - {g}
+    return out
 
 
 def matching_objective(structure: Structure, state_a: Mapping[str, Tensor],
@@ -98,6 +111,11 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
     if unknown:
         raise ValueError(f"weight_matching: unknown groups {unknown}; the structure has {sorted(structure.groups)}")
     rng = torch.Generator().manual_seed(seed)
+    # a group's similarity matrix depends only on the groups it shares a tensor with;
+    # if none of them moved since it was last solved, its solution still holds (exact skip)
+    neighbours = _neighbours(structure)
+    dirty = {g: True for g in structure.groups}
+    rows_a = {g: [m for _, m in group_rows(structure, a, g)] for g in groups}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -107,13 +125,18 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         improved = False
         for gi in torch.randperm(len(groups), generator=rng).tolist():
             g = groups[gi]
-            c = similarity(structure, a, b, g, perms)
+            if not dirty[g]:
+                continue
+            c = _similarity(structure, rows_a[g], b, g, perms)
             new = solve_assignment(c, solver=solver)
+            dirty[g] = False
             old_val = float(c[torch.arange(len(new), device=c.device), perms[g].to(c.device)].sum())
             new_val = float(c[torch.arange(len(new), device=c.device), new.to(c.device)].sum())
             if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
                 perms[g] = new.to(device)
                 improved = True
+                for h in neighbours[g]:
+                    dirty[h] = True
         if bar is not None:
             bar.update(1)
         if not improved:

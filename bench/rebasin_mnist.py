@@ -1,0 +1,178 @@
+"""Git Re-Basin on MNIST: barriers (naive vs weight / activation / STE matching), ResNet-20
+with BatchNorm, and speed side by side with the PyPI package ``rebasin`` (0.0.47).
+
+    python bench/rebasin_mnist.py --mnist ../shared/data/mnist            # everything
+    python bench/rebasin_mnist.py --mnist DIR --skip-resnet --widths 512  # quick
+
+MNIST: the 10,000 test images of the IDX files, 8,000 to train and 2,000 to test.
+Prints markdown tables (the README quotes them).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import merging
+import weightspace
+from weightspace.data import load_dataset
+from weightspace.models import get_model
+
+
+def train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_size: int = 128) -> dict:
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps = epochs * ((len(ds) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
+    for _ in range(epochs):
+        for x, y in ds.loader(batch_size, shuffle=True, seed=seed):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def fmt(x: float, d: int = 3) -> str:
+    return f"{x:.{d}f}"
+
+
+def mlp_barriers(train_ds, test, args) -> None:
+    model = get_model("mlp", in_features=784, hidden=[512, 512, 512], out_features=10)
+    t = time.time()
+    a = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=0)
+    b = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=1)
+    t_train = time.time() - t
+    s = weightspace.trace(model, model.example_input())
+    data_small = train_ds.loader(500)
+    print(f"\n### MLP 784-512-512-512-10, MNIST 8k/2k, two seeds ({args.epochs} epochs each, {t_train:.0f} s)\n")
+    print(row("method", "endpoint test loss A / B", "midpoint test loss", "loss barrier (mean)",
+              "loss barrier (linear)", "acc. barrier (mean)", "align time (s)"))
+    print(row(*["---"] * 7))
+    for method in ("naive", "weight", "activation", "ste"):
+        t = time.time()
+        if method == "naive":
+            p = weightspace.identity_permutation(s)
+        elif method == "weight":
+            p = merging.weight_matching(s, a, b)
+        elif method == "activation":
+            p = merging.activation_matching(s, model, a, b, data_small, max_examples=1000)
+        else:
+            p = merging.ste_matching(s, model, a, b, train_ds.loader(128, shuffle=True),
+                                     epochs=args.ste_epochs, max_steps=None, lr=1e-2)
+        dt = time.time() - t
+        r = merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.steps, progress=False)
+        print(row(method, f"{fmt(r.losses[0])} / {fmt(r.losses[-1])}", fmt(r.midpoint_loss),
+                  fmt(r.loss_barrier), fmt(r.loss_barrier_linear), fmt(r.accuracy_barrier, 4), fmt(dt, 2)))
+
+
+def resnet_barriers(train_ds, test, args) -> None:
+    model = get_model("resnet20", width=args.resnet_width, in_channels=1, image_size=28, num_classes=10)
+    t = time.time()
+    a = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=0)
+    b = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=1)
+    t_train = time.time() - t
+    s = weightspace.trace(model, model.example_input())
+    # exact function preservation
+    pr = weightspace.random_permutation(s, 0)
+    x = next(iter(test))[0][:64]
+    with torch.no_grad():
+        ya = torch.func.functional_call(model, a, (x,))
+        yp = torch.func.functional_call(model, weightspace.permute(s, a, pr), (x,))
+    diff = float((ya - yp).abs().max())
+    reset = train_ds.loader(500)
+    print(f"\n### ResNet-20 (width x{args.resnet_width}, BatchNorm), MNIST 8k/2k, two seeds "
+          f"({args.resnet_epochs} epochs each, {t_train:.0f} s)\n")
+    print(f"random permutation of A: max |output difference| = {diff:.2e} (float32)\n")
+    print(row("method", "endpoint test acc. A / B", "midpoint test acc.", "acc. barrier (mean)",
+              "acc. barrier (linear)", "loss barrier (mean)"))
+    print(row(*["---"] * 6))
+    res = {}
+    for method in ("naive", "weight"):
+        p = weightspace.identity_permutation(s) if method == "naive" else merging.weight_matching(s, a, b)
+        r = merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.resnet_steps,
+                            reset_bn_data=reset, progress=False)
+        res[method] = r
+        print(row(f"{method} + BatchNorm reset", f"{fmt(r.accuracies[0], 4)} / {fmt(r.accuracies[-1], 4)}",
+                  fmt(r.midpoint_accuracy, 4), fmt(r.accuracy_barrier, 4), fmt(r.accuracy_barrier_linear, 4),
+                  fmt(r.loss_barrier)))
+    ratio = res["weight"].accuracy_barrier / max(res["naive"].accuracy_barrier, 1e-12)
+    print(f"\naccuracy barrier, weight matching / naive: {ratio:.2f}")
+
+
+def speed(train_ds, test, args) -> None:
+    try:
+        from rebasin import PermutationCoordinateDescent
+    except ImportError:
+        PermutationCoordinateDescent = None
+    print("\n### Weight matching speed on trained MLPs 784-W-W-W-10 (this machine, CPU), same pairs\n")
+    print(row("width", "weightspace (s)", "sweeps", "rebasin 0.0.47 (s)", "speed-up",
+              "loss barrier weightspace", "loss barrier rebasin"))
+    print(row(*["---"] * 7))
+    for w in args.widths:
+        model = get_model("mlp", in_features=784, hidden=[w, w, w], out_features=10)
+        a = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=0)
+        b = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=1)
+        t = time.time()
+        s = weightspace.trace(model, model.example_input())
+        p, info = merging.weight_matching(s, a, b, return_info=True)
+        t_ws = time.time() - t
+        r_ws = merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.steps, progress=False)
+        if PermutationCoordinateDescent is not None:
+            ma, mb = copy.deepcopy(model), copy.deepcopy(model)
+            ma.load_state_dict(a)
+            mb.load_state_dict(b)
+            t = time.time()
+            pcd = PermutationCoordinateDescent(ma, mb, model.example_input(1))
+            pcd.rebasin()
+            t_rb = time.time() - t
+            r_rb = merging.barrier(model, a, {k: v.detach() for k, v in mb.state_dict().items()}, test,
+                                   steps=args.steps, progress=False)
+            print(row(w, fmt(t_ws, 2), info["sweeps"], fmt(t_rb, 2), f"{t_rb / t_ws:.1f}x",
+                      fmt(r_ws.loss_barrier), fmt(r_rb.loss_barrier)))
+        else:
+            print(row(w, fmt(t_ws, 2), info["sweeps"], "not installed", "-", fmt(r_ws.loss_barrier), "-"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mnist", default="../shared/data/mnist", help="directory with the IDX files")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=25, help="points on the interpolation path")
+    ap.add_argument("--ste-epochs", type=int, default=3)
+    ap.add_argument("--widths", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--resnet-width", type=int, default=1)
+    ap.add_argument("--resnet-epochs", type=int, default=3)
+    ap.add_argument("--resnet-steps", type=int, default=9)
+    ap.add_argument("--skip-mlp", action="store_true")
+    ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    train_ds = load_dataset(f"mnist-idx:{args.mnist}", split="train")
+    test = load_dataset(f"mnist-idx:{args.mnist}", split="test").loader(1000)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"train {len(train_ds)} / test {sum(len(y) for _, y in test)} images")
+    if not args.skip_mlp:
+        mlp_barriers(train_ds, test, args)
+    if not args.skip_resnet:
+        resnet_barriers(train_ds, test, args)
+    if not args.skip_speed:
+        speed(train_ds, test, args)
+
+
+if __name__ == "__main__":
+    main()
