@@ -130,7 +130,17 @@ class Unpermuted:
 class Layer:
     """One parametric layer in forward order (used by parameter graphs and hypernetworks).
 
-    ``inputs``/``output`` are the axes of the layer's input and output features.
+    Attributes:
+        name: the module's qualified name (or the functional call's parameter name).
+        kind: ``linear``, ``conv``, ``conv_transpose``, ``batchnorm``, ``instancenorm``,
+            ``layernorm``, ``groupnorm``, ``embedding`` or ``attention``.
+        tensors: role (``weight``, ``bias``, ``running_mean``, ``in_proj_weight``, ...) ->
+            state-dict name.
+        inputs, output: the axes of the layer's input and output features.
+        activation: the elementwise function applied right after it, if any.
+        sources: the layers whose outputs reach this layer's input through parameter-free
+            operations only (activations, pooling, reshapes, residual adds, concatenation);
+            ``"input"`` is the model input. Several sources mean a residual add or a cat.
     """
 
     name: str
@@ -139,6 +149,7 @@ class Layer:
     inputs: Axis | None = None
     output: Axis | None = None
     activation: str | None = None
+    sources: tuple[str, ...] = ()
 
 
 @dataclass
@@ -153,6 +164,8 @@ class Structure:
         unpermuted: the axes of size > 1 that are deliberately left alone, with reasons
             (model inputs and outputs, operations the tracer cannot prove safe, ...).
         layers: parametric layers in forward order.
+        outputs: the layers whose outputs reach the model's output through
+            parameter-free operations (see :attr:`Layer.sources`).
     """
 
     groups: dict[str, Group]
@@ -160,6 +173,7 @@ class Structure:
     shapes: dict[str, tuple[int, ...]]
     unpermuted: list[Unpermuted] = field(default_factory=list)
     layers: list[Layer] = field(default_factory=list)
+    outputs: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -276,7 +290,10 @@ class Structure:
             "unpermuted": [{"tensor": u.tensor, "axis": u.axis, "size": u.size,
                             "reason": u.reason} for u in self.unpermuted],
             "layers": [{"name": l.name, "kind": l.kind, "tensors": l.tensors,
-                        "activation": l.activation} for l in self.layers],
+                        "activation": l.activation, "sources": list(l.sources),
+                        "inputs": _axis_to_json(l.inputs), "output": _axis_to_json(l.output)}
+                       for l in self.layers],
+            "outputs": list(self.outputs),
         }
 
     @classmethod
@@ -288,9 +305,14 @@ class Structure:
         shapes = {k: tuple(v["shape"]) for k, v in d["tensors"].items()}
         unp = [Unpermuted(u["tensor"], u["axis"], u["size"], u["reason"])
                for u in d.get("unpermuted", [])]
-        layers = [Layer(l["name"], l["kind"], dict(l["tensors"]), activation=l.get("activation"))
+        layers = [Layer(l["name"], l["kind"], dict(l["tensors"]),
+                        inputs=_axis_from_json(l.get("inputs"), None, sizes),
+                        output=_axis_from_json(l.get("output"), None, sizes),
+                        activation=l.get("activation"), sources=tuple(l.get("sources", ())))
                   for l in d.get("layers", [])]
-        return cls._finish(axes, shapes, unp, layers)
+        out = cls._finish(axes, shapes, unp, layers)
+        out.outputs = tuple(d.get("outputs", ()))
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -186,6 +186,15 @@ class _Run(fx.Interpreter):
         self.layer_of: dict[fx.Node, Layer] = {}
         self.reasons: list[str] = []
         self.state_tensors = dict(root.state_dict(keep_vars=True))
+        # which parametric layers reach each value through parameter-free operations
+        self.frontier: dict[fx.Node, frozenset] = {}
+        self.outputs: tuple[str, ...] = ()
+
+    def _arg_frontier(self, n: fx.Node) -> frozenset:
+        out: set = set()
+        for a in n.all_input_nodes:
+            out |= self.frontier.get(a, frozenset())
+        return frozenset(out)
 
     # ---------------------------------------------------------------- helpers
     def param(self, name: str, name_axes: list[str | None] | None = None) -> list[Factor] | None:
@@ -227,6 +236,14 @@ class _Run(fx.Interpreter):
         out = super().run_node(n)
         try:
             self.labels[n] = self.propagate(n, out)
+            if n in self.layer_of:
+                self.frontier[n] = frozenset([self.layer_of[n].name])
+            elif n.op == "placeholder":
+                self.frontier[n] = frozenset(["input"])
+            else:
+                self.frontier[n] = self._arg_frontier(n)
+            if n.op == "output":
+                self.outputs = tuple(sorted(self.frontier[n]))
         except Exception as e:  # a rule that does not fit: fix everything it touched
             reason = f"{self._desc(n)} could not be analysed ({type(e).__name__}: {e})"
             args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -578,7 +595,7 @@ class _Run(fx.Interpreter):
     def _layer(self, n, name, kind, tensors, inputs, output):
         lay = Layer(name, kind, {k: v for k, v in tensors.items() if v in self.state_tensors
                                  and self.state_tensors[v] is not None},
-                    inputs=inputs, output=output)
+                    inputs=inputs, output=output, sources=tuple(sorted(self._arg_frontier(n))))
         self.layers.append(lay)
         self.layer_of[n] = lay
         return lay
@@ -984,8 +1001,10 @@ def _build(module: nn.Module, run: _Run) -> Structure:
         fixed: list[Factor] = []
         ins = _resolve(lay.inputs, namer, fixed) if isinstance(lay.inputs, Factor) else None
         outs = _resolve(lay.output, namer, fixed) if isinstance(lay.output, Factor) else None
-        layers.append(Layer(lay.name, lay.kind, lay.tensors, ins, outs, lay.activation))
-    return Structure._finish(axes, shapes, unp, layers)
+        layers.append(Layer(lay.name, lay.kind, lay.tensors, ins, outs, lay.activation, lay.sources))
+    out = Structure._finish(axes, shapes, unp, layers)
+    out.outputs = run.outputs
+    return out
 
 
 # --------------------------------------------------------------------------- verification
@@ -1056,4 +1075,6 @@ def _drop_groups(structure: Structure, bad: set[str], reason: str) -> Structure:
                 s = None
             new.append(s)
         axes[k] = tuple(new)
-    return Structure._finish(axes, structure.shapes, unp, structure.layers)
+    out = Structure._finish(axes, structure.shapes, unp, structure.layers)
+    out.outputs = structure.outputs
+    return out
