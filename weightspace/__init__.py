@@ -25,11 +25,16 @@ from .checkpoint import (
     open_checkpoint,
     save,
 )
+from .demo import DemoResult, run_demo
+from .merge import METHODS, MergeResult, align, barrier_between, merge_checkpoints
 from .models import get_model, list_models
+from .training import train_classifier
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS", "DemoResult", "MergeResult", "align", "barrier_between", "merge_checkpoints",
+    "run_demo", "train_classifier",
     "Checkpoint", "CheckpointError", "CheckpointInfo", "LoadedModel", "Structure", "__version__",
     "build_model", "check_finite", "check_fits", "compose_permutations", "get_model",
     "identity_permutation", "inverse_permutation", "list_models", "load", "load_into",

@@ -119,7 +119,7 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=max_iter, desc="weight matching", unit="sweep", leave=False)
+        bar = tqdm(desc="weight matching", unit="sweep", leave=False)
     sweeps = 0
     for sweeps in range(1, max_iter + 1):
         improved = False
@@ -139,6 +139,7 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
                     dirty[h] = True
         if bar is not None:
             bar.update(1)
+            bar.set_postfix(changed=sum(dirty.values()))
         if not improved:
             break
     if bar is not None:

@@ -221,12 +221,14 @@ def test_help_of_each_command(capsys):
         assert f"weightspace {cmd}" in capsys.readouterr().out
 
 
-# --------------------------------------------------------------------------- bad input: exit 2, one line, nothing written
+# --------------------------------------------------------------------------- bad input
+# exit status 2, one line naming the file or the problem, nothing written
 
 
 BAD = {
     "different architectures": (["merge", "{a}", "{other}", "-o", "{out}"],
-                                ["different architectures", "'layers.0.", "(48", "(32", "other.safetensors", "a.safetensors"]),
+                                ["different architectures", "'layers.0.", "(48", "(32", "other.safetensors",
+                                 "a.safetensors"]),
     "missing key for --model": (["merge", "{dropped}", "{dropped}", "-o", "{out}", "--model", "mlp",
                                  "--model-kwargs", json.dumps(KWARGS)],
                                 ["1 missing keys", "'layers.2.bias'", "dropped.safetensors"]),

@@ -1,0 +1,71 @@
+"""``weightspace barrier``: loss and accuracy along the linear path between two checkpoints."""
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_common_args, add_model_args, print_json
+from ._report import CORRECTIONS, barrier_table, endpoints_line, improvement_line
+
+NAME = "barrier"
+HELP = "loss and accuracy along the straight line from A to B, naive and after aligning B"
+DESCRIPTION = """Evaluate (1 - t) * A + t * B at --steps points in [0, 1] and report the barrier.
+
+  weightspace barrier a.safetensors b.safetensors --data digits
+  weightspace barrier a.safetensors b.safetensors --data digits --align weight --plot barrier.png
+  weightspace barrier a.pt b.pt --model resnet20 --data mypkg.data:cifar10 --align weight --repair --json
+
+Both barrier definitions in common use are printed, for loss and for accuracy:
+  mean     max_t L(t) - (L(0) + L(1)) / 2                (Frankle et al.; Git Re-Basin)
+  linear   max_t [L(t) - ((1 - t) L(0) + t L(1))]        (Entezari et al.)
+Accuracy barriers are drops, in percentage points of accuracy.
+
+With --align METHOD (weight, activation, ste) B is also aligned to A first and both
+curves are shown, naive and aligned; --plot draws them together. The --split of --data
+is evaluated (default test); alignment and --repair use its train split."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", metavar="A", help="checkpoint A (t = 0)")
+    p.add_argument("b", metavar="B", help="checkpoint B (t = 1)")
+    add_model_args(p)
+    g = p.add_argument_group("barrier")
+    g.add_argument("--data", metavar="D", default=None,
+                   help="data to evaluate on (needed): digits, mnist-idx:DIR or package.module:callable")
+    g.add_argument("--split", default="test", metavar="{test,train,all}",
+                   help="split of --data to evaluate (default: test)")
+    g.add_argument("--align", default="none", metavar="{none,weight,activation,ste}",
+                   help="also align B to A with this method and compare (default: none)")
+    g.add_argument("--steps", type=int, default=25, help="points on the path, endpoints included (default: 25)")
+    g.add_argument("--repair", action="store_true",
+                   help="fix activation statistics at interior points (REPAIR / BatchNorm reset)")
+    g.add_argument("--plot", metavar="FILE.png", default=None, help="write loss and accuracy curves to this PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from weightspace.merge import barrier_between
+
+    results = barrier_between(
+        args.a, args.b, model=args.model, model_kwargs=args.model_kwargs, input_shape=args.input_shape,
+        data=args.data, align=args.align, steps=args.steps, repair=args.repair, plot=args.plot,
+        split=args.split, device=args.device, seed=args.seed, progress=not (args.quiet or args.json),
+    )
+    if args.json:
+        print_json({"a": args.a, "b": args.b, "data": args.data, "split": args.split, "align": args.align,
+                    "steps": args.steps, "repair": args.repair, "plot": args.plot,
+                    "results": {k: v.to_dict() for k, v in results.items()}})
+        return 0
+    naive = results["naive"]
+    print(f"{args.a} -> {args.b} on {args.data} ({args.split} split), {args.steps} points"
+          f"{CORRECTIONS[naive.correction]}")
+    print(endpoints_line(naive))
+    print()
+    print(barrier_table(results))
+    print()
+    if len(results) > 1:
+        label, aligned = list(results.items())[1]
+        print(improvement_line(naive, aligned, label))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
