@@ -1,26 +1,96 @@
-"""Linear assignment solvers (maximise ``sum_i C[i, perm[i]]``)."""
+"""Linear assignment solvers: maximise ``sum_i C[i, perm[i]]`` over permutations.
+
+``"lap"``: our shortest-augmenting-path solver in C (``_lap.c``), exact, warm-started from
+the previous assignment and column duals, which is what weight matching's sequence of
+slowly changing problems needs. ``"scipy"``: SciPy's ``linear_sum_assignment``, the exact
+reference. ``"auto"``: ``"lap"`` when the extension was built, else ``"scipy"``.
+"""
 from __future__ import annotations
+
+import ctypes
+import glob
+import os
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-SOLVERS = ("scipy",)
+SOLVERS = ("auto", "lap", "scipy")
 
 
-def solve_assignment(cost: Tensor, *, solver: str = "scipy") -> Tensor:
-    """Exact maximum-weight perfect matching of a square similarity matrix.
+def _load_lap():
+    here = os.path.dirname(__file__)
+    for path in sorted(glob.glob(os.path.join(here, "_lap*.so")) + glob.glob(os.path.join(here, "_lap*.pyd"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        lib.ws_lap.restype = ctypes.c_int64
+        lib.ws_lap.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_int]
+        return lib
+    return None
 
-    Shapes:
-        cost: ``(n, n)``; output: ``(n,)`` LongTensor on ``cost``'s device.
-    """
+
+_LAP = _load_lap()
+
+
+def lap_available() -> bool:
+    """Whether the C solver was built (``pip install`` compiles it when a compiler exists)."""
+    return _LAP is not None
+
+
+def _resolve(solver: str) -> str:
     if solver not in SOLVERS:
         raise ValueError(f"solve_assignment: unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if solver == "auto":
+        return "lap" if _LAP is not None else "scipy"
+    if solver == "lap" and _LAP is None:
+        raise ValueError("solve_assignment: the 'lap' solver's C extension is not built here "
+                         "(reinstall with a C compiler available), use solver='scipy'")
+    return solver
+
+
+def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None = None,
+                     duals: np.ndarray | None = None, return_duals: bool = False):
+    """Exact maximum-weight perfect matching of a square similarity matrix.
+
+    Args:
+        cost: similarity matrix ``C``.
+        solver (str, optional): ``"auto"``, ``"lap"`` or ``"scipy"``. (default: ``"auto"``)
+        init, duals (optional): warm start for ``"lap"``: the previous assignment and the
+            column duals it returned (``return_duals=True``). Ignored by ``"scipy"``.
+
+    Shapes:
+        cost: ``(n, n)``; output: ``(n,)`` LongTensor on ``cost``'s device with
+        ``output[i]`` the column assigned to row ``i``.
+
+    Returns:
+        The assignment, and the column duals (``(n,)`` float64 array or ``None``) if
+        ``return_duals``.
+    """
+    which = _resolve(solver)
     c = cost.detach().to("cpu", torch.float64).numpy()
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"solve_assignment: expected a square matrix, got shape {tuple(c.shape)}")
     if not np.isfinite(c).all():
         raise ValueError("solve_assignment: the similarity matrix has NaN or Inf (are the weights finite?)")
-    rows, cols = linear_sum_assignment(c, maximize=True)
-    out = np.empty(len(rows), dtype=np.int64)
-    out[rows] = cols
-    return torch.from_numpy(out).to(cost.device)
+    n = c.shape[0]
+    v = None
+    if which == "scipy":
+        rows, cols = linear_sum_assignment(c, maximize=True)
+        out = np.empty(n, dtype=np.int64)
+        out[rows] = cols
+    else:
+        neg = np.ascontiguousarray(-c)
+        warm = init is not None and duals is not None and len(duals) == n
+        out = (np.ascontiguousarray(init.detach().cpu().numpy(), dtype=np.int64).copy() if warm
+               else np.full(n, -1, dtype=np.int64))
+        v = np.ascontiguousarray(duals, dtype=np.float64).copy() if warm else np.zeros(n)
+        u = np.zeros(n)
+        rc = _LAP.ws_lap(n, neg.ctypes.data, out.ctypes.data, u.ctypes.data, v.ctypes.data, int(warm))
+        if rc < 0:
+            raise RuntimeError(f"solve_assignment: the C solver failed (code {rc})")
+    perm = torch.from_numpy(out).to(cost.device)
+    return (perm, v) if return_duals else perm

@@ -134,7 +134,7 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
 
 def activation_matching(structure: Structure, model: nn.Module, state_a: Mapping[str, Tensor],
                         state_b: Mapping[str, Tensor], data: Iterable, *, max_examples: int = 512,
-                        device=None, solver: str = "scipy", progress: bool = False) -> dict[str, Tensor]:
+                        device=None, solver: str = "auto", progress: bool = False) -> dict[str, Tensor]:
     """Permutations of B's units that maximise the correlation of activations with A's.
 
     Git Re-Basin's activation matching (Ainsworth et al., https://arxiv.org/abs/2209.04836,

@@ -18,7 +18,7 @@ def ste_matching(structure: Structure, model: nn.Module, state_a: Mapping[str, T
                  state_b: Mapping[str, Tensor], data: Iterable, *, epochs: int = 1,
                  max_steps: int | None = 200, lr: float = 1e-3, alpha: float = 0.5,
                  loss_fn: Callable = F.cross_entropy, seed: int = 0, device=None,
-                 init: Mapping[str, Tensor] | None = None, solver: str = "scipy",
+                 init: Mapping[str, Tensor] | None = None, solver: str = "auto",
                  probe_examples: int = 1024, progress: bool = False) -> dict[str, Tensor]:
     """Permutations of B that minimise the loss at ``(1-alpha) A + alpha P(B)``.
 

@@ -35,13 +35,23 @@ def similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Map
 
 
 def _similarity(structure, rows_a, state_b, group, perms) -> Tensor:
-    n = structure.groups[group].size
     rows_b = [m for _, m in group_rows(structure, state_b, group, perms)]
     dev = rows_a[0].device if rows_a else torch.device("cpu")
-    c = torch.zeros(n, n, device=dev, dtype=torch.float64 if dev.type == "cpu" else torch.float32)
-    for ma, mb in zip(rows_a, rows_b):
-        c += (ma @ mb.T).to(c.dtype)
+    return _accumulate(structure.groups[group].size, rows_a, rows_b, dev)
+
+
+def _accumulate(n: int, rows_a, rows_b, device) -> Tensor:
+    device = torch.device(device)
+    c = torch.zeros(n, n, device=device, dtype=torch.float64 if device.type == "cpu" else torch.float32)
+    if rows_a:
+        # one matmul over all occurrences: (n, R) @ (R, n)
+        c += (torch.cat(rows_a, 1) @ torch.cat(rows_b, 1).T).to(c.dtype)
     return c
+
+
+def _tensor_groups(structure: Structure, name: str) -> set[str]:
+    from graphs import axis_groups
+    return {g for a in structure.axes[name] for g in axis_groups(a)}
 
 
 def _neighbours(structure: Structure) -> dict[str, set[str]]:
@@ -68,7 +78,7 @@ def matching_objective(structure: Structure, state_a: Mapping[str, Tensor],
 
 def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
                     state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
-                    init: Mapping[str, Tensor] | None = None, solver: str = "scipy",
+                    init: Mapping[str, Tensor] | None = None, solver: str = "auto",
                     device: str | torch.device | None = None, progress: bool = False,
                     groups: list[str] | None = None, return_info: bool = False):
     """Permutations of B's hidden units that make its weights closest to A's.
@@ -86,7 +96,8 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         max_iter (int, optional): maximum number of sweeps. (default: ``100``)
         seed (int, optional): seeds the order of the groups. (default: ``0``)
         init (dict, optional): warm start (group -> permutation). (default: identity)
-        solver (str, optional): assignment solver, see :func:`merging.solvers`. (default: ``"scipy"``)
+        solver (str, optional): ``"auto"`` (the warm-started C solver when built, else
+            SciPy), ``"lap"`` or ``"scipy"`` (the reference); all exact. (default: ``"auto"``)
         device (optional): where the similarity matrices are computed (default: A's device).
         progress (bool, optional): show a progress bar. (default: ``False``)
         groups (list, optional): optimise only these groups; the others keep ``init``.
@@ -115,7 +126,16 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
     # if none of them moved since it was last solved, its solution still holds (exact skip)
     neighbours = _neighbours(structure)
     dirty = {g: True for g in structure.groups}
-    rows_a = {g: [m for _, m in group_rows(structure, a, g)] for g in groups}
+    duals: dict = {}
+    # tensors on which no other group acts contribute a constant term: computed once
+    constant, rows_a, b_var = {}, {}, {}
+    for g in groups:
+        fixed = {name for name, _ in structure.groups[g].members if not (_tensor_groups(structure, name) - {g})}
+        rows_a[g] = [m for name, m in group_rows(structure, a, g) if name not in fixed]
+        b_var[g] = {k: v for k, v in b.items() if k not in fixed}
+        const_a = [m for name, m in group_rows(structure, a, g) if name in fixed]
+        const_b = [m for name, m in group_rows(structure, b, g) if name in fixed]
+        constant[g] = _accumulate(structure.groups[g].size, const_a, const_b, device)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -127,8 +147,9 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
             g = groups[gi]
             if not dirty[g]:
                 continue
-            c = _similarity(structure, rows_a[g], b, g, perms)
-            new = solve_assignment(c, solver=solver)
+            c = constant[g] + _similarity(structure, rows_a[g], b_var[g], g, perms)
+            new, duals[g] = solve_assignment(c, solver=solver, init=perms[g], duals=duals.get(g),
+                                             return_duals=True)
             dirty[g] = False
             old_val = float(c[torch.arange(len(new), device=c.device), perms[g].to(c.device)].sum())
             new_val = float(c[torch.arange(len(new), device=c.device), new.to(c.device)].sum())
