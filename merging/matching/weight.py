@@ -49,6 +49,53 @@ def _accumulate(n: int, rows_a, rows_b, device) -> Tensor:
     return c
 
 
+class _IncrementalSimilarity:
+    """One group's similarity matrix, updated by low-rank corrections.
+
+    For each tensor occurrence, ``C_k = A_k P(B_k)^T`` where the other groups' permutation
+    ``P`` only reorders the columns (the entries moving with each unit). The permuted
+    layout is tracked as an index matrix into B's flat tensor: when few columns changed
+    since the last call (late sweeps), ``C_k`` is corrected on those columns only, in
+    ``O(n^2 |changed|)``; otherwise it is recomputed. Tensors no other group touches
+    never change and cost nothing after the first call.
+    """
+
+    def __init__(self, structure: Structure, a, b, group: str, device) -> None:
+        self.structure, self.group = structure, group
+        names = {name for name, _ in structure.groups[group].members if name in a}
+        self.b_flat = {k: b[k].reshape(-1) for k in names}
+        self.index = {k: torch.arange(b[k].numel(), device=b[k].device).reshape(b[k].shape) for k in names}
+        self.rows_a = [m for _, m in group_rows(structure, {k: a[k] for k in names}, group)]
+        self.last: list[Tensor | None] = [None] * len(self.rows_a)
+        self.parts: list[Tensor | None] = [None] * len(self.rows_a)
+        dev = torch.device(device)
+        self.dtype = torch.float64 if dev.type == "cpu" else torch.float32
+        self.n = structure.groups[group].size
+
+    def __call__(self, perms) -> Tensor:
+        c = None
+        occ = group_rows(self.structure, self.index, self.group, perms)
+        for k, (name, idx) in enumerate(occ):
+            a_rows, b_flat, last = self.rows_a[k], self.b_flat[name], self.last[k]
+            if last is None:
+                part = (a_rows @ b_flat[idx].T).to(self.dtype)
+            else:
+                changed = (idx != last).any(0).nonzero().squeeze(1)
+                if len(changed) == 0:
+                    part = self.parts[k]
+                elif 4 * len(changed) > idx.shape[1]:
+                    part = (a_rows @ b_flat[idx].T).to(self.dtype)
+                else:
+                    delta = b_flat[idx[:, changed]] - b_flat[last[:, changed]]
+                    part = self.parts[k] + (a_rows[:, changed] @ delta.T).to(self.dtype)
+            self.parts[k], self.last[k] = part, idx
+            c = part.clone() if c is None else c.add_(part)
+        if c is None:
+            c = torch.zeros(self.n, self.n, dtype=self.dtype, device=next(iter(self.b_flat.values())).device
+                            if self.b_flat else "cpu")
+        return c
+
+
 def _tensor_groups(structure: Structure, name: str) -> set[str]:
     from graphs import axis_groups
     return {g for a in structure.axes[name] for g in axis_groups(a)}
@@ -127,15 +174,7 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
     neighbours = _neighbours(structure)
     dirty = {g: True for g in structure.groups}
     duals: dict = {}
-    # tensors on which no other group acts contribute a constant term: computed once
-    constant, rows_a, b_var = {}, {}, {}
-    for g in groups:
-        fixed = {name for name, _ in structure.groups[g].members if not (_tensor_groups(structure, name) - {g})}
-        rows_a[g] = [m for name, m in group_rows(structure, a, g) if name not in fixed]
-        b_var[g] = {k: v for k, v in b.items() if k not in fixed}
-        const_a = [m for name, m in group_rows(structure, a, g) if name in fixed]
-        const_b = [m for name, m in group_rows(structure, b, g) if name in fixed]
-        constant[g] = _accumulate(structure.groups[g].size, const_a, const_b, device)
+    sims = {g: _IncrementalSimilarity(structure, a, b, g, device) for g in groups}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -147,7 +186,7 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
             g = groups[gi]
             if not dirty[g]:
                 continue
-            c = constant[g] + _similarity(structure, rows_a[g], b_var[g], g, perms)
+            c = sims[g](perms)
             new, duals[g] = solve_assignment(c, solver=solver, init=perms[g], duals=duals.get(g),
                                              return_duals=True)
             dirty[g] = False
