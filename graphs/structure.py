@@ -140,7 +140,11 @@ class Layer:
         activation: the elementwise function applied right after it, if any.
         sources: the layers whose outputs reach this layer's input through parameter-free
             operations only (activations, pooling, reshapes, residual adds, concatenation);
-            ``"input"`` is the model input. Several sources mean a residual add or a cat.
+            ``"input"`` is the model input, ``"opaque:NAME"`` a submodule that could not
+            be traced; in forward order. Several sources mean a residual add or a cat.
+        attrs: kind-specific facts: ``groups`` (convolutions), ``num_heads``,
+            ``batch_first``, ``kdim``, ``vdim`` and ``q/k/v_sources`` (attention),
+            ``normalized_shape`` (layer norm), ``functional`` (a ``torch.nn.functional`` call).
     """
 
     name: str
@@ -150,6 +154,7 @@ class Layer:
     output: Axis | None = None
     activation: str | None = None
     sources: tuple[str, ...] = ()
+    attrs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -290,7 +295,7 @@ class Structure:
             "unpermuted": [{"tensor": u.tensor, "axis": u.axis, "size": u.size,
                             "reason": u.reason} for u in self.unpermuted],
             "layers": [{"name": l.name, "kind": l.kind, "tensors": l.tensors,
-                        "activation": l.activation, "sources": list(l.sources),
+                        "activation": l.activation, "sources": list(l.sources), "attrs": l.attrs,
                         "inputs": _axis_to_json(l.inputs), "output": _axis_to_json(l.output)}
                        for l in self.layers],
             "outputs": list(self.outputs),
@@ -308,7 +313,8 @@ class Structure:
         layers = [Layer(l["name"], l["kind"], dict(l["tensors"]),
                         inputs=_axis_from_json(l.get("inputs"), None, sizes),
                         output=_axis_from_json(l.get("output"), None, sizes),
-                        activation=l.get("activation"), sources=tuple(l.get("sources", ())))
+                        activation=l.get("activation"), sources=tuple(l.get("sources", ())),
+                        attrs=dict(l.get("attrs", {})))
                   for l in d.get("layers", [])]
         out = cls._finish(axes, shapes, unp, layers)
         out.outputs = tuple(d.get("outputs", ()))

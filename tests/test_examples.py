@@ -27,7 +27,8 @@ def one_thread():
 
 
 def test_every_example_is_tested():
-    assert {p.stem for p in EXAMPLES.glob("*.py")} == {"merge_two_checkpoints", "align_and_permute"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == {"merge_two_checkpoints", "align_and_permute",
+                                                     "parameter_graphs"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -55,3 +56,11 @@ def test_align_and_permute(capsys):
     assert result["output_diff"] < 1e-5
     assert result["recovered"] and result["weight_diff"] == 0.0
     assert "recovered the inverse permutation: True" in capsys.readouterr().out
+
+
+def test_parameter_graphs(tmp_path, capsys):
+    result = _load("parameter_graphs").main(["--width", "8", "--out", str(tmp_path / "edited.safetensors")])
+    out = capsys.readouterr().out
+    assert "GNN embeddings of the batch: (2, 8)" in out
+    assert result["changed_rows"] == [3] and result["same_elsewhere"]
+    assert result["output_change"] > 0 and (tmp_path / "edited.safetensors").is_file()

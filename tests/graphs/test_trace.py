@@ -210,6 +210,7 @@ CASES = {
     "conv2d_flatten": (lambda: nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 3 * 3, 5)), lambda: torch.randn(2, 3, 8, 8)),
     "conv3d": (lambda: nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4), nn.ReLU(), nn.Conv3d(4, 4, 1), nn.AvgPool3d(2), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2)), lambda: torch.randn(2, 1, 6, 6, 6)),
     "grouped": (lambda: nn.Sequential(nn.Conv2d(2, 8, 3), nn.ReLU(), nn.Conv2d(8, 12, 3, groups=4), nn.ReLU(), nn.Conv2d(12, 24, 1, groups=12), nn.ReLU(), nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 3)), lambda: torch.randn(2, 2, 9, 9)),
+    "conv_transpose": (lambda: nn.Sequential(nn.Conv2d(2, 8, 3), nn.ReLU(), nn.ConvTranspose2d(8, 12, 3, groups=4), nn.ReLU(), nn.ConvTranspose2d(12, 12, 3, groups=12), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 3)), lambda: torch.randn(2, 2, 9, 9)),
     "batchnorm1d": (lambda: nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)), lambda: torch.randn(5, 4)),
     "layernorm_groupnorm": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.GELU(), nn.Conv2d(8, 6, 3), nn.GroupNorm(1, 6), nn.Flatten(), nn.Linear(6 * 4 * 4, 7), nn.LayerNorm(7), nn.SiLU(), nn.Linear(7, 2)), lambda: torch.randn(2, 3, 8, 8)),
     "resnet": (lambda: TinyResNet(), lambda: torch.randn(2, 3, 8, 8)),
@@ -382,3 +383,15 @@ def test_layers_in_forward_order():
     assert names[0] == "stem.0" and names[-1] == "head"
     assert s.layers[-1].kind == "linear"
     assert s.layers[1].kind == "batchnorm"
+
+
+def test_functional_layers_and_sources():
+    s = trace(Functional(), torch.randn(3, 4))
+    assert [l.kind for l in s.layers] == ["linear", "linear"]
+    assert s.layers[0].tensors == {"weight": "W0", "bias": "beta"} and s.layers[0].attrs["functional"]
+    assert s.layers[1].sources == (s.layers[0].name,)
+    # shape queries do not leak into sources (B, N, C = x.shape before the projection)
+    enc = trace(Encoder(SplitAttention()), torch.randn(2, 4, 5))
+    o = [l for l in enc.layers if l.name == "att.o"][0]
+    assert o.sources == ("att.v",) or set(o.sources) <= {"att.q", "att.k", "att.v"}
+    assert "norm1" not in o.sources
