@@ -171,7 +171,15 @@ class Structure:
         layers: parametric layers in forward order.
         outputs: the layers whose outputs reach the model's output through
             parameter-free operations (see :attr:`Layer.sources`).
+        buffers: names of tensors that are buffers, not parameters (BatchNorm running
+            statistics): permuted like the rest, but not evidence for matching.
     """
+
+    def is_buffer(self, name: str) -> bool:
+        """Buffer, not parameter (from the trace; by name for hand-written structures)."""
+        if self.buffers:
+            return name in self.buffers
+        return name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
     groups: dict[str, Group]
     axes: dict[str, tuple[Axis | None, ...]]
@@ -179,6 +187,7 @@ class Structure:
     unpermuted: list[Unpermuted] = field(default_factory=list)
     layers: list[Layer] = field(default_factory=list)
     outputs: tuple[str, ...] = ()
+    buffers: frozenset = frozenset()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -299,6 +308,7 @@ class Structure:
                         "inputs": _axis_to_json(l.inputs), "output": _axis_to_json(l.output)}
                        for l in self.layers],
             "outputs": list(self.outputs),
+            "buffers": sorted(self.buffers),
         }
 
     @classmethod
@@ -318,6 +328,7 @@ class Structure:
                   for l in d.get("layers", [])]
         out = cls._finish(axes, shapes, unp, layers)
         out.outputs = tuple(d.get("outputs", ()))
+        out.buffers = frozenset(d.get("buffers", ()))
         return out
 
     def to_json(self) -> str:

@@ -1035,6 +1035,7 @@ def _build(module: nn.Module, run: _Run) -> Structure:
         layers.append(Layer(lay.name, lay.kind, lay.tensors, ins, outs, lay.activation, lay.sources, lay.attrs))
     out = Structure._finish(axes, shapes, unp, layers)
     out.outputs = run.outputs
+    out.buffers = frozenset(name for name, _ in module.named_buffers())
     return out
 
 
@@ -1107,4 +1108,5 @@ def _drop_groups(structure: Structure, bad: set[str], reason: str) -> Structure:
         axes[k] = tuple(new)
     out = Structure._finish(axes, structure.shapes, unp, structure.layers)
     out.outputs = structure.outputs
+    out.buffers = structure.buffers
     return out

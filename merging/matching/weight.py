@@ -13,10 +13,11 @@ from ._solve import solve_assignment
 __all__ = ["weight_matching", "similarity", "matching_objective"]
 
 
-def _floating(state: Mapping[str, Tensor], structure: Structure, device) -> dict[str, Tensor]:
+def _floating(state: Mapping[str, Tensor], structure: Structure, device,
+              include_buffers: bool = False) -> dict[str, Tensor]:
     out = {}
     for k, v in state.items():
-        if k in structure.axes and v.is_floating_point():
+        if k in structure.axes and v.is_floating_point() and (include_buffers or not structure.is_buffer(k)):
             out[k] = v.detach().to(device=device, dtype=torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype)
     return out
 
@@ -31,7 +32,9 @@ def similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Map
     Shapes:
         output: ``(n, n)`` with ``n = structure.groups[group].size``.
     """
-    return _similarity(structure, [m for _, m in group_rows(structure, state_a, group)], state_b, group, perms)
+    a = {k: v for k, v in state_a.items() if not structure.is_buffer(k)}
+    b = {k: v for k, v in state_b.items() if not structure.is_buffer(k)}
+    return _similarity(structure, [m for _, m in group_rows(structure, a, group)], b, group, perms)
 
 
 def _similarity(structure, rows_a, state_b, group, perms) -> Tensor:
@@ -113,12 +116,13 @@ def _neighbours(structure: Structure) -> dict[str, set[str]]:
 
 def matching_objective(structure: Structure, state_a: Mapping[str, Tensor],
                        state_b: Mapping[str, Tensor], perms: Mapping[str, Tensor]) -> float:
-    """``sum_k <A_k, P(B)_k>`` over every permuted floating tensor (larger is better)."""
+    """``sum_k <A_k, P(B)_k>`` over every permuted floating parameter (larger is better)."""
     from graphs import permute
     pb = permute(structure, {k: v for k, v in state_b.items() if k in structure.axes}, perms)
     total = 0.0
     for k, v in state_a.items():
-        if k in pb and v.is_floating_point() and any(a is not None for a in structure.axes.get(k, ())):
+        if k in pb and v.is_floating_point() and not structure.is_buffer(k) \
+                and any(a is not None for a in structure.axes.get(k, ())):
             total += float((v.double() * pb[k].double()).sum())
     return total
 
@@ -127,7 +131,8 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
                     state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
                     init: Mapping[str, Tensor] | None = None, solver: str = "auto",
                     device: str | torch.device | None = None, progress: bool = False,
-                    groups: list[str] | None = None, return_info: bool = False):
+                    groups: list[str] | None = None, include_buffers: bool = False,
+                    return_info: bool = False):
     """Permutations of B's hidden units that make its weights closest to A's.
 
     Coordinate descent over the groups (Ainsworth et al., "Git Re-Basin: Merging Models
@@ -148,6 +153,10 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         device (optional): where the similarity matrices are computed (default: A's device).
         progress (bool, optional): show a progress bar. (default: ``False``)
         groups (list, optional): optimise only these groups; the others keep ``init``.
+        include_buffers (bool, optional): let buffers (BatchNorm running statistics) count
+            in the similarity; by default only parameters do, as in the paper (buffers are
+            always permuted along). On trained ResNets the statistics mislead matching.
+            (default: ``False``)
         return_info (bool, optional): also return ``{"sweeps", "objective"}``.
 
     Returns:
@@ -159,8 +168,8 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
     _check_states(structure, state_a, state_b)
     if device is None:
         device = next((v.device for v in state_a.values()), torch.device("cpu"))
-    a = _floating(state_a, structure, device)
-    b = _floating(state_b, structure, device)
+    a = _floating(state_a, structure, device, include_buffers)
+    b = _floating(state_b, structure, device, include_buffers)
     perms = {g: (init[g].to(device) if init is not None and g in init else torch.arange(structure.groups[g].size, device=device))
              for g in structure.groups}
     if groups is None:

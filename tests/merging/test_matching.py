@@ -191,3 +191,19 @@ def test_ste_is_no_worse_than_its_weight_matching_start(trained_pair):
     for g, p in ste.items():
         assert torch.equal(torch.sort(p).values, torch.arange(len(p)))
     assert _mid_loss(model, s, a, b, ste, data) <= _mid_loss(model, s, a, b, wm, data) + 0.05
+
+
+def test_buffers_are_permuted_but_not_evidence():
+    make, shape = NETS["resnet"]
+    model = _rand(make(), 0)
+    s = trace(model, torch.randn(*shape))
+    assert "1.running_var" in s.buffers and s.is_buffer("1.running_mean")
+    a, b = model.state_dict(), _rand(make(), 1).state_dict()
+    p = merging.weight_matching(s, a, b)
+    b2 = {k: (v * 100 + 7 if "running" in k else v) for k, v in b.items()}
+    p2 = merging.weight_matching(s, a, b2)
+    assert all(torch.equal(p[g], p2[g]) for g in p)
+    # ... while they still move with their channels
+    moved = permute(s, b, p)
+    g = s.axes["1.running_var"][0].group
+    assert torch.equal(moved["1.running_var"], b["1.running_var"][p[g]])
