@@ -2,3 +2,9 @@
 import torch
 
 torch.set_num_threads(1)
+
+import os
+import sys
+
+# shared test helpers (tests/nets.py) importable from every test folder
+sys.path.insert(0, os.path.dirname(__file__))

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from nets import randomize
 import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -12,21 +13,6 @@ from hypothesis import strategies as st
 
 import merging
 from graphs import compose_permutations, permute, random_permutation, trace
-
-
-def _rand(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.dim() > 1:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
-            else:
-                t.copy_(torch.randn(t.shape, generator=g))
-    return model.eval()
 
 
 class Block(nn.Module):
@@ -73,7 +59,7 @@ def _is_identity(p):
 def test_weight_matching_recovers_own_permutation(net, seed):
     make, shape = NETS[net]
     torch.manual_seed(seed)
-    model = _rand(make(), seed)
+    model = randomize(make(), seed)
     s = trace(model, torch.randn(*shape))
     a = model.state_dict()
     p = random_permutation(s, seed + 1)
@@ -86,8 +72,8 @@ def test_weight_matching_recovers_own_permutation(net, seed):
 
 def test_weight_matching_objective_never_decreases_and_warm_start():
     make, shape = NETS["mlp"]
-    s = trace(_rand(make(), 0), torch.randn(*shape))
-    a, b = _rand(make(), 1).state_dict(), _rand(make(), 2).state_dict()
+    s = trace(randomize(make(), 0), torch.randn(*shape))
+    a, b = randomize(make(), 1).state_dict(), randomize(make(), 2).state_dict()
     ident = {g: torch.arange(n.size) for g, n in s.groups.items()}
     p, info = merging.weight_matching(s, a, b, return_info=True)
     assert info["objective"] >= merging.matching_objective(s, a, b, ident) - 1e-9
@@ -118,7 +104,7 @@ def test_weight_matching_rejects_mismatched_states():
 def test_activation_matching_recovers_own_permutation(net):
     make, shape = NETS[net]
     torch.manual_seed(0)
-    model = _rand(make(), 0)
+    model = randomize(make(), 0)
     s = trace(model, torch.randn(*shape))
     a = model.state_dict()
     p = random_permutation(s, 3)
@@ -130,7 +116,7 @@ def test_activation_matching_recovers_own_permutation(net):
 
 def test_activation_matching_attention_falls_back_to_weights():
     make, shape = NETS["attention"]
-    model = _rand(make(), 0)
+    model = randomize(make(), 0)
     s = trace(model, torch.randn(*shape))
     a = model.state_dict()
     p = random_permutation(s, 5)
@@ -195,10 +181,10 @@ def test_ste_is_no_worse_than_its_weight_matching_start(trained_pair):
 
 def test_buffers_are_permuted_but_not_evidence():
     make, shape = NETS["resnet"]
-    model = _rand(make(), 0)
+    model = randomize(make(), 0)
     s = trace(model, torch.randn(*shape))
     assert "1.running_var" in s.buffers and s.is_buffer("1.running_mean")
-    a, b = model.state_dict(), _rand(make(), 1).state_dict()
+    a, b = model.state_dict(), randomize(make(), 1).state_dict()
     p = merging.weight_matching(s, a, b)
     b2 = {k: (v * 100 + 7 if "running" in k else v) for k, v in b.items()}
     p2 = merging.weight_matching(s, a, b2)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from nets import randomize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,23 +24,6 @@ FAMILIES = {
 }
 
 
-def _randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean"):
-                t.copy_(0.2 * torch.randn(t.shape, generator=g))
-            elif t.dim() > 1:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(max(t[0].numel(), 1)))
-            else:
-                t.add_(0.1 * torch.randn(t.shape, generator=g))
-    return model.eval()
-
-
 CASES = [(name, i) for name, kws in FAMILIES.items() for i in range(len(kws))]
 
 
@@ -47,7 +31,7 @@ CASES = [(name, i) for name, kws in FAMILIES.items() for i in range(len(kws))]
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_family_permutation_preserves_function(family, i, seed):
-    model = _randomize(get_model(family, **FAMILIES[family][i]), seed)
+    model = randomize(get_model(family, **FAMILIES[family][i]), seed)
     x = example_input_for(model, batch_size=3, seed=seed)
     s = weightspace.trace(model, x)
     assert s.groups
