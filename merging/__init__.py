@@ -15,6 +15,8 @@ from merging.matching import (
     ste_matching,
     weight_matching,
 )
+from merging.many import merge_many, repair_many
+from merging.methods import MergeMethod, get_method, list_methods, merge_method, merge_states
 from merging.repair import repair, reset_batchnorm
 
 __all__ = [
@@ -37,4 +39,13 @@ __all__ = [
     # activation statistics
     "reset_batchnorm",
     "repair",
+    # merge methods
+    "MergeMethod",
+    "get_method",
+    "list_methods",
+    "merge_method",
+    "merge_states",
+    # many models
+    "merge_many",
+    "repair_many",
 ]

@@ -7,4 +7,4 @@ import os
 import sys
 
 # shared test helpers (tests/nets.py) importable from every test folder
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.append(os.path.dirname(__file__))

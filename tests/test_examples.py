@@ -28,7 +28,7 @@ def one_thread():
 
 def test_every_example_is_tested():
     assert {p.stem for p in EXAMPLES.glob("*.py")} == {"merge_two_checkpoints", "align_and_permute",
-                                                     "parameter_graphs"}
+                                                     "parameter_graphs", "merge_many_models"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -64,3 +64,11 @@ def test_parameter_graphs(tmp_path, capsys):
     assert "GNN embeddings of the batch: (2, 8)" in out
     assert result["changed_rows"] == [3] and result["same_elsewhere"]
     assert result["output_change"] > 0 and (tmp_path / "edited.safetensors").is_file()
+
+
+def test_merge_many_models(tmp_path, capsys):
+    result = _load("merge_many_models").main(["--out", str(tmp_path), "--models", "3", "--width", "16",
+                                              "--epochs", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert "MergeMany" in out and (tmp_path / "mergemany.safetensors").is_file()
+    assert result["mergemany"]["loss"] < result["average"]["loss"]

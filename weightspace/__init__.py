@@ -27,7 +27,9 @@ from .checkpoint import (
 )
 from .demo import DemoResult, run_demo
 from .merge import METHODS, MergeResult, align, barrier_between, merge_checkpoints
+from .merge_many import MergeManyResult, merge_many_checkpoints
 from .models import get_model, list_models
+from .recipe import Recipe, load_recipe, run_recipe
 from .training import train_classifier
 
 __version__ = "0.1.0"
@@ -35,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS", "DemoResult", "MergeResult", "align", "barrier_between", "merge_checkpoints",
     "run_demo", "train_classifier",
+    "MergeManyResult", "merge_many_checkpoints", "Recipe", "load_recipe", "run_recipe",
     "Checkpoint", "CheckpointError", "CheckpointInfo", "LoadedModel", "Structure", "__version__",
     "build_model", "check_finite", "check_fits", "compose_permutations", "get_model",
     "identity_permutation", "inverse_permutation", "list_models", "load", "load_into",

@@ -132,7 +132,7 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
                     init: Mapping[str, Tensor] | None = None, solver: str = "auto",
                     device: str | torch.device | None = None, progress: bool = False,
                     groups: list[str] | None = None, include_buffers: bool = False,
-                    return_info: bool = False):
+                    restarts: int = 1, return_info: bool = False):
     """Permutations of B's hidden units that make its weights closest to A's.
 
     Coordinate descent over the groups (Ainsworth et al., "Git Re-Basin: Merging Models
@@ -157,6 +157,9 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
             in the similarity; by default only parameters do, as in the paper (buffers are
             always permuted along). On trained ResNets the statistics mislead matching.
             (default: ``False``)
+        restarts (int, optional): run with seeds ``seed, seed+1, ...`` and keep the best
+            objective. Coordinate descent is a local method: on attention with few, small
+            heads it occasionally settles on a wrong head assignment. (default: ``1``)
         return_info (bool, optional): also return ``{"sweeps", "objective"}``.
 
     Returns:
@@ -166,6 +169,12 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         ValueError: the state dicts do not fit the structure.
     """
     _check_states(structure, state_a, state_b)
+    if restarts > 1:
+        runs = [weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed + r, init=init,
+                                solver=solver, device=device, progress=progress, groups=groups,
+                                include_buffers=include_buffers, return_info=True) for r in range(restarts)]
+        best = max(runs, key=lambda pi: pi[1]["objective"])
+        return best if return_info else best[0]
     if device is None:
         device = next((v.device for v in state_a.values()), torch.device("cpu"))
     a = _floating(state_a, structure, device, include_buffers)

@@ -64,7 +64,9 @@ def test_weight_matching_recovers_own_permutation(net, seed):
     a = model.state_dict()
     p = random_permutation(s, seed + 1)
     b = permute(s, a, p)
-    q = merging.weight_matching(s, a, b, seed=seed)
+    # coordinate descent is local: with 4 heads of 4 dimensions it settles on a wrong head
+    # assignment for about 1 seed in 200, which a couple of restarts resolve
+    q = merging.weight_matching(s, a, b, seed=seed, restarts=3 if net == "attention" else 1)
     assert _is_identity(compose_permutations(p, q))
     aligned = permute(s, b, q)
     assert all(torch.equal(aligned[k], a[k]) for k in a)

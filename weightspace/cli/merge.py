@@ -15,6 +15,7 @@ DESCRIPTION = """Align the hidden units of checkpoint B to those of A, then inte
   weightspace merge a.pt b.pt -o merged.safetensors --model mlp --model-kwargs '{"in_features": 64}'
   weightspace merge a.safetensors b.safetensors -o m.safetensors --method activation --data digits --repair
   weightspace merge a.safetensors b.safetensors -o m.safetensors --method none --alpha 0.3   # plain averaging
+  weightspace merge --config recipe.yaml -o merged.safetensors     # task-vector merge of N models
 
 Methods (Ainsworth et al., Git Re-Basin, arXiv 2209.04836):
   weight       weight matching: needs no data (default)
@@ -33,9 +34,13 @@ written when anything is wrong, and the output may not be one of the inputs."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("a", metavar="A", help="checkpoint A: the reference whose hidden-unit order is kept")
-    p.add_argument("b", metavar="B", help="checkpoint B: aligned to A, then interpolated")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the merged checkpoint to write (.safetensors)")
+    p.add_argument("a", metavar="A", nargs="?", help="checkpoint A: the reference whose hidden-unit order is kept")
+    p.add_argument("b", metavar="B", nargs="?", help="checkpoint B: aligned to A, then interpolated")
+    p.add_argument("-o", "--output", metavar="OUT", help="the merged checkpoint to write (.safetensors)")
+    p.add_argument("--config", metavar="RECIPE", default=None,
+                   help="a YAML merge recipe (merge_method, base_model, models, parameters, out) for the "
+                        "task-vector methods: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp; "
+                        "replaces A, B")
     add_model_args(p)
     g = p.add_argument_group("merge")
     g.add_argument("--method", default="weight", metavar="{weight,activation,ste,none}",
@@ -54,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from weightspace.merge import merge_checkpoints
 
+    if args.config is not None:
+        return _run_config(args)
+    if args.a is None or args.b is None or args.output is None:
+        raise ValueError("give A, B and -o OUT (or --config RECIPE)")
     quiet = args.quiet or args.json
     r = merge_checkpoints(
         args.a, args.b, args.output, model=args.model, model_kwargs=args.model_kwargs,
@@ -77,4 +86,20 @@ def run(args: argparse.Namespace) -> int:
     shape = ",".join(map(str, r.input_shape)) if r.input_shape else "not recorded"
     name = json.loads(r.model)["name"]
     print(f"wrote {r.path} (model {name}, input shape {shape}) in {r.seconds:.2f} s")
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from weightspace.recipe import load_recipe, run_recipe
+
+    if args.a is not None or args.b is not None:
+        raise ValueError(f"--config {args.config}: the recipe names the models; do not also give A and B")
+    recipe = load_recipe(args.config)
+    path = run_recipe(recipe, args.output)
+    if args.json:
+        print_json({"output": str(path), "method": recipe.merge_method, "models": len(recipe.models),
+                    "base_model": str(recipe.base_model) if recipe.base_model else None})
+    elif not args.quiet:
+        print(f"{recipe.merge_method}: merged {len(recipe.models)} models"
+              + (f" onto {Path(recipe.base_model).name}" if recipe.base_model else "") + f"; wrote {path}")
     return 0

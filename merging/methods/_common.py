@@ -1,0 +1,57 @@
+"""Helpers shared by the merge methods: input checks and per-model parameters."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+StateDict = dict[str, Tensor]
+
+
+def is_float(t: Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def check_states(fn: str, states: Sequence[Mapping[str, Tensor]], base: Mapping[str, Tensor] | None, *,
+                 min_models: int = 1, needs_base: bool = False) -> Mapping[str, Tensor]:
+    """Check that every state has the reference's keys and shapes; return the reference (base or first)."""
+    if isinstance(states, Mapping):
+        raise TypeError(f"{fn}: states must be a list of state dicts, got a single {type(states).__name__}")
+    if len(states) < min_models:
+        raise ValueError(f"{fn}: needs at least {min_models} model(s), got {len(states)}")
+    if needs_base and base is None:
+        raise ValueError(f"{fn}: needs a base model (the task vectors are differences to it); pass base=")
+    ref = base if base is not None else states[0]
+    ref_label = "the base" if base is not None else "model 0"
+    for i, s in enumerate(states):
+        if set(s) != set(ref):
+            extra, missing = sorted(set(s) - set(ref)), sorted(set(ref) - set(s))
+            k, how = (missing[0], f"missing from model {i}") if missing else (extra[0], f"not in {ref_label}")
+            raise ValueError(f"{fn}: model {i} has different tensors than {ref_label}: {k!r} is {how}")
+        for k, v in s.items():
+            if not isinstance(v, Tensor):
+                raise TypeError(f"{fn}: {k!r} in model {i} is a {type(v).__name__}, expected a torch.Tensor")
+            if tuple(v.shape) != tuple(ref[k].shape):
+                raise ValueError(f"{fn}: {k!r} has shape {tuple(v.shape)} in model {i} and "
+                                 f"{tuple(ref[k].shape)} in {ref_label}; all models must share one architecture")
+    return ref
+
+
+def per_model(value: float | Sequence[float] | None, n: int, name: str, fn: str, default: float) -> list[float]:
+    """A scalar or one value per model, as a list of ``n`` floats."""
+    if value is None:
+        return [float(default)] * n
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)] * n
+    if isinstance(value, Tensor):
+        value = value.tolist()
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{fn}: {name} has {len(values)} values for {n} models; give one per model or one number")
+    return [float(v) for v in values]
+
+
+def work_dtype(t: Tensor) -> torch.dtype:
+    """Mix low-precision tensors in float32."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype

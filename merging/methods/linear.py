@@ -1,0 +1,56 @@
+"""``linear``: the weighted average of N models (model soups)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._common import StateDict, check_states, is_float, per_model, work_dtype
+from ._registry import merge_method
+
+
+@merge_method(name="linear", pretty_name="Linear (weighted average)",
+              reference_url="https://arxiv.org/abs/2203.05482")
+def linear(states: list[StateDict], base: StateDict | None, *,
+           weights: float | Sequence[float] | None = None, normalize: bool = True) -> StateDict:
+    r"""Weighted average of N models (Wortsman et al., "Model soups",
+    https://arxiv.org/abs/2203.05482).
+
+    .. math::
+        \theta = \frac{\sum_i w_i \theta_i}{\sum_i w_i} \quad(\text{normalize}),\qquad
+        \theta = \sum_i w_i \theta_i \quad(\text{otherwise})
+
+    The base, when given, is not averaged in; it (else model 0) supplies non-floating tensors.
+
+    Args:
+        states (list[StateDict]): the N models, same keys and shapes.
+        base (StateDict, optional): source of non-floating tensors.
+        weights (float or list[float], optional): one weight per model. (default: all ``1``)
+        normalize (bool, optional): divide by the sum of the weights. (default: ``True``)
+
+    Shapes:
+        every tensor keeps its shape.
+
+    Returns:
+        StateDict: a new state dict.
+
+    Raises:
+        ValueError: no models, mismatched keys or shapes, wrong number of weights, zero weight sum.
+    """
+    fn = "linear"
+    ref = check_states(fn, states, base)
+    ws = per_model(weights, len(states), "weights", fn, 1.0)
+    total = sum(ws)
+    if normalize and abs(total) < 1e-12:
+        raise ValueError(f"{fn}: the weights {ws} sum to zero; cannot normalize (pass normalize=False)")
+    out: StateDict = {}
+    for key, r in ref.items():
+        if not is_float(r):
+            out[key] = r.clone()
+            continue
+        dt = work_dtype(r)
+        acc = sum(w * s[key].to(device=r.device, dtype=dt) for w, s in zip(ws, states))
+        if normalize:
+            acc = acc / total
+        out[key] = torch.as_tensor(acc).to(r.dtype)
+    return out

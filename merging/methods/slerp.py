@@ -1,0 +1,81 @@
+"""``slerp``: spherical linear interpolation of two models, tensor by tensor."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._common import StateDict, check_states, is_float, work_dtype
+from ._registry import merge_method
+
+
+def slerp_tensor(v0: Tensor, v1: Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
+    r"""Spherical interpolation of two tensors seen as flat vectors (Shoemake 1985).
+
+    .. math::
+        \Omega = \arccos\frac{\langle v_0, v_1\rangle}{\|v_0\|\|v_1\|},\qquad
+        v(t) = \frac{\sin((1-t)\Omega)}{\sin\Omega} v_0 + \frac{\sin(t\Omega)}{\sin\Omega} v_1
+
+    Falls back to :math:`(1-t) v_0 + t v_1` when the normalised directions are nearly
+    colinear (``|cos Omega| > dot_threshold``) or either vector is (nearly) zero.
+    """
+    a, b = v0.double(), v1.double()
+    na, nb = a.norm(), b.norm()
+    if float(na) < eps or float(nb) < eps:
+        return torch.lerp(a, b, t).to(v0.dtype)
+    dot = float((a / na * (b / nb)).sum().clamp(-1.0, 1.0))
+    if abs(dot) > dot_threshold:
+        return torch.lerp(a, b, t).to(v0.dtype)
+    omega = math.acos(dot)
+    so = math.sin(omega)
+    return (math.sin((1.0 - t) * omega) / so * a + math.sin(t * omega) / so * b).to(v0.dtype)
+
+
+@merge_method(name="slerp", pretty_name="SLERP", reference_url="https://dl.acm.org/doi/10.1145/325165.325242")
+def slerp(states: list[StateDict], base: StateDict | None, *, t: float = 0.5,
+          dot_threshold: float = 0.9995) -> StateDict:
+    r"""Spherical linear interpolation between two models, per tensor (Shoemake, "Animating
+    rotation with quaternion curves", 1985; as in mergekit).
+
+    .. math::
+        \theta_k(t) = \frac{\sin((1-t)\Omega_k)}{\sin\Omega_k}\theta^{(0)}_k
+                    + \frac{\sin(t\Omega_k)}{\sin\Omega_k}\theta^{(1)}_k,\qquad
+        \cos\Omega_k = \frac{\langle\theta^{(0)}_k,\theta^{(1)}_k\rangle}{\|\theta^{(0)}_k\|\|\theta^{(1)}_k\|}
+
+    with a linear fallback where the two tensors are nearly colinear.
+
+    Args:
+        states (list[StateDict]): the other endpoint (one model) when ``base`` is given, else both
+            endpoints (two models).
+        base (StateDict, optional): the endpoint at ``t = 0``.
+        t (float, optional): position, ``0`` gives the first endpoint. (default: ``0.5``)
+        dot_threshold (float, optional): above this ``|cos Omega|`` interpolate linearly.
+            (default: ``0.9995``)
+
+    Shapes:
+        every tensor keeps its shape.
+
+    Returns:
+        StateDict: a new state dict; non-floating tensors come from the first endpoint.
+
+    Raises:
+        ValueError: not exactly two endpoints, mismatched keys or shapes.
+    """
+    fn = "slerp"
+    ends = ([base] if base is not None else []) + list(states)
+    if len(ends) != 2:
+        raise ValueError(f"{fn}: interpolates exactly two models (a base and one model, or two models); "
+                         f"got {len(ends)}")
+    check_states(fn, ends[1:], ends[0])
+    t = float(t)
+    if not math.isfinite(t):
+        raise ValueError(f"{fn}: t must be a finite number, got {t!r}")
+    out: StateDict = {}
+    for key, a in ends[0].items():
+        if not is_float(a):
+            out[key] = a.clone()
+            continue
+        b = ends[1][key].to(device=a.device, dtype=work_dtype(a))
+        out[key] = slerp_tensor(a.to(work_dtype(a)), b, t, dot_threshold).to(a.dtype)
+    return out

@@ -1,0 +1,220 @@
+"""Merge N checkpoints at once: the library behind ``weightspace merge-many``.
+
+Everything is validated before the first long computation; the merged checkpoint is written
+atomically as ``.safetensors`` with its model, input shape and provenance in the metadata.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import merging
+from graphs import identity_permutation, permute
+
+from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model
+from .checkpoint import check_not_input, open_checkpoint, save
+from .merge import (_check_data_fits, _check_same_states, _file_record, _has_batchnorm, _input_shape,
+                    _resolve_data, _resolve_device, _structure)
+from .models import model_spec_from_json
+
+__all__ = ["MANY_METHODS", "MergeManyResult", "merge_many_checkpoints"]
+
+#: Methods of ``weightspace merge-many``, in the order the CLI lists them.
+MANY_METHODS = ("mergemany", "average")
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class MergeManyResult:
+    """What :func:`merge_many_checkpoints` did.
+
+    Attributes:
+        path (Path): the merged checkpoint written.
+        method (str): one of :data:`MANY_METHODS`.
+        repair (str): ``"none"``, ``"repair"`` or ``"reset_bn"``.
+        perms (list[dict[str, Tensor]]): the permutation applied to each input (model 0's basis).
+        passes (int, optional): MergeMany passes over the models (``None`` for ``average``).
+        align_seconds (float): time spent aligning.
+        seconds (float): total time.
+        model (str): the model spec recorded in the output.
+        input_shape (tuple[int, ...], optional): the input shape recorded in the output.
+        provenance (dict): what is recorded under ``weightspace.provenance``.
+    """
+
+    path: Path
+    method: str
+    repair: str
+    perms: list[dict[str, Tensor]]
+    passes: int | None
+    align_seconds: float
+    seconds: float
+    model: str
+    input_shape: tuple[int, ...] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def units_moved(self) -> int:
+        """Hidden units moved, over all models and groups."""
+        return sum(int((p != torch.arange(len(p))).sum()) for ps in self.perms for p in ps.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.path), "method": self.method, "repair": self.repair, "passes": self.passes,
+            "models": len(self.perms), "units_moved": self.units_moved,
+            "align_seconds": round(self.align_seconds, 4), "seconds": round(self.seconds, 4),
+            "model": json.loads(self.model), "input_shape": list(self.input_shape) if self.input_shape else None,
+            "provenance": self.provenance,
+        }
+
+
+def _load_many(paths: Sequence[PathLike], model: str | None, model_kwargs: Any, input_shape: Any,
+               device: torch.device, fn: str) -> tuple[list[LoadedModel], list[tuple[Path, ...]]]:
+    """Compare every file's header with the first, then load all into one architecture."""
+    files = []
+    with open_checkpoint(paths[0]) as c0:
+        files.append(c0.info.files + ((c0.info.index,) if c0.info.index else ()))
+        for p in paths[1:]:
+            with open_checkpoint(p) as c:
+                _check_same_states(c0, c, paths[0], p, fn, c0.shape, c.shape)
+                files.append(c.info.files + ((c.info.index,) if c.info.index else ()))
+    first = load_model(paths[0], model, model_kwargs, input_shape=input_shape, device=device)
+    models = [first]
+    for p in paths[1:]:
+        if model is None:
+            name, kwargs = model_spec_from_json(first.spec)
+            models.append(load_model(p, name, kwargs, input_shape=input_shape, device=device))
+        else:
+            models.append(load_model(p, model, model_kwargs, input_shape=input_shape, device=device))
+    for m in models[1:]:  # a num_batches_tracked counter only some have
+        for k in set(first.state) - set(m.state):
+            m.state[k] = first.state[k].clone()
+        for k in set(m.state) - set(first.state):
+            del m.state[k]
+    if first.input_shape is None:
+        first.input_shape = next((m.input_shape for m in models if m.input_shape is not None), None)
+    return models, files
+
+
+def merge_many_checkpoints(
+    paths: Sequence[PathLike],
+    out: PathLike,
+    *,
+    model: str | None = None,
+    model_kwargs: str | Mapping[str, Any] | None = None,
+    input_shape: str | tuple[int, ...] | None = None,
+    method: str = "mergemany",
+    data: str | Iterable[Any] | None = None,
+    repair: bool = False,
+    max_iter: int = 100,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> MergeManyResult:
+    r"""Align N checkpoints to each other and write their average.
+
+    .. math::
+        \theta_{out} = \frac1N \sum_i \pi_i(\theta_i)
+
+    ``"mergemany"`` finds the :math:`\pi_i` with :func:`merging.merge_many` (Git Re-Basin,
+    https://arxiv.org/abs/2209.04836); ``"average"`` uses identities (naive averaging). With
+    ``repair=True`` the merged statistics are fixed with ``data`` (:func:`merging.repair_many`:
+    REPAIR towards the mean statistics, or the BatchNorm reset). Everything is validated before
+    any long computation and nothing is written on error.
+
+    Args:
+        paths (list of str or PathLike): at least two checkpoints of one architecture; the first
+            gives the basis of hidden units and the recorded model.
+        out (str or PathLike): the ``.safetensors`` file to write (not one of the inputs).
+        model, model_kwargs, input_shape: as for :func:`weightspace.merge_checkpoints`.
+        method (str, optional): one of :data:`MANY_METHODS`. (default: ``"mergemany"``)
+        data (str or Iterable, optional): needed by ``repair`` (its train split is used).
+        repair (bool, optional): fix the activation statistics. (default: ``False``)
+        max_iter (int, optional): MergeMany passes at most. (default: ``100``)
+        device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
+        seed (int, optional): seeds the alignment. (default: ``0``)
+        progress (bool, optional): progress bars on stderr. (default: ``True``)
+
+    Returns:
+        MergeManyResult: the output path, permutations, timings and provenance.
+
+    Raises:
+        ValueError: unknown method, fewer than two inputs, a bad output path, missing data for
+            ``repair``, inputs of different architectures (:class:`weightspace.CheckpointError` for files).
+
+    Example:
+        >>> r = merge_many_checkpoints(["a.safetensors", "b.safetensors", "c.safetensors"], "m.safetensors")  # doctest: +SKIP
+    """
+    fn = "merge_many_checkpoints"
+    t0 = time.perf_counter()
+    if method not in MANY_METHODS:
+        raise ValueError(f"{fn}: unknown method {method!r}; choose one of: {', '.join(MANY_METHODS)}")
+    paths = list(paths)
+    if len(paths) < 2:
+        raise ValueError(f"{fn}: needs at least two checkpoints, got {len(paths)}")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{fn}: the output {out} must end in .safetensors")
+    if out.is_dir():
+        raise ValueError(f"{fn}: the output {out} is a directory; give a file name ending in .safetensors")
+    check_not_input(out, paths)
+    if repair and data is None:
+        raise ValueError(f"{fn}: --repair needs data (--data D, e.g. --data digits)")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"{fn}: max_iter must be a positive integer, got {max_iter!r}")
+    dev = _resolve_device(device)
+    models, files = _load_many(paths, model, model_kwargs, input_shape, dev, fn)
+    a = models[0]
+    batches, data_label = (None, None)
+    if data is not None:
+        batches, data_label = _resolve_data(data, "train")
+        _check_data_fits(a, batches, data_label, dev, fn)
+    structure = _structure(a, batches)
+    shape = _input_shape(a, batches)
+
+    t_align = time.perf_counter()
+    states = [{k: v.to(dev) for k, v in m.state.items()} for m in models]
+    passes = None
+    if method == "mergemany":
+        merged, perms, info = merging.merge_many(structure, states, seed=seed, max_iter=max_iter,
+                                                 return_info=True, progress=progress)
+        passes = info["passes"]
+    else:
+        perms = [identity_permutation(structure) for _ in states]
+        merged = merging.many.mean_state(states)
+    align_seconds = time.perf_counter() - t_align
+    correction = "none"
+    if repair:
+        correction = "reset_bn" if _has_batchnorm(a) else "repair"
+        aligned = [permute(structure, s, p) for s, p in zip(states, perms)]
+        merged = merging.repair_many(a.module, aligned, merged, batches, device=dev)
+    for k, v in merged.items():
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values; nothing was written to {out}")
+
+    from weightspace import __version__
+
+    provenance = {
+        "tool": "weightspace merge-many",
+        "inputs": [_file_record(p, fs) for p, fs in zip(paths, files)],
+        "method": method, "repair": correction, "seed": seed, "max_iter": max_iter,
+        "data": data_label if repair else None, "passes": passes,
+        "weightspace_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    if shape is not None:
+        metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
+    path = save({k: v.cpu() for k, v in merged.items()}, out, metadata=metadata, inputs=paths)
+    return MergeManyResult(path=path, method=method, repair=correction, perms=[{g: p.cpu() for g, p in ps.items()}
+                                                                            for ps in perms],
+                           passes=passes, align_seconds=align_seconds, seconds=time.perf_counter() - t0,
+                           model=a.spec, input_shape=shape, provenance=provenance)
