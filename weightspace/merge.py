@@ -173,6 +173,7 @@ def merge_checkpoints(
     repair: bool = False,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    solver: str = "auto",
     progress: bool = True,
 ) -> MergeResult:
     r"""Align B to A and write the interpolated checkpoint.
@@ -245,7 +246,7 @@ def merge_checkpoints(
     structure = _structure(a, batches)
     shape = _input_shape(a, batches)
 
-    perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True)
+    perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True, solver)
     pb = permute(structure, b.state, perms)
     merged = merging.interpolate(a.state, pb, alpha)
     correction = "none"
@@ -535,7 +536,7 @@ def _has_batchnorm(lm: LoadedModel) -> bool:
 
 
 def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, batches: Iterable[Any] | None,
-           seed: int, device: torch.device, progress: bool, return_info: bool) -> Any:
+           seed: int, device: torch.device, progress: bool, return_info: bool, solver: str = "auto") -> Any:
     t0 = time.perf_counter()
     sa = {k: v.to(device) for k, v in a.state.items()}
     sb = {k: v.to(device) for k, v in b.state.items()}
@@ -545,13 +546,14 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
         perms = identity_permutation(structure)
     elif method == "weight":
         perms, wm = merging.weight_matching(structure, sa, sb, seed=seed, device=device, progress=progress,
-                                            return_info=True)
+                                            solver=solver, return_info=True)
         sweeps = wm["sweeps"]
     elif method == "activation":
-        perms = merging.activation_matching(structure, a.module, sa, sb, batches, device=device, progress=progress)
+        perms = merging.activation_matching(structure, a.module, sa, sb, batches, device=device, progress=progress,
+                                            solver=solver)
     else:
         perms = merging.ste_matching(structure, a.module, sa, sb, batches, seed=seed, device=device,
-                                     progress=progress)
+                                     progress=progress, solver=solver)
     perms = {g: p.cpu() for g, p in perms.items()}
     if not return_info:
         return perms

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="D", default=None,
                    help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR "
                         "or package.module:callable")
+    g.add_argument("--solver", default="auto", choices=["auto", "lap", "scipy"],
+                   help="assignment solver: auto (our warm-started C solver when built, else SciPy), lap, "
+                        "or scipy (the reference); all exact (default: auto)")
     g.add_argument("--repair", action="store_true",
                    help="fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no summary (errors still print)")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     r = merge_checkpoints(
         args.a, args.b, args.output, model=args.model, model_kwargs=args.model_kwargs,
         input_shape=args.input_shape, method=args.method, alpha=args.alpha, data=args.data,
-        repair=args.repair, device=args.device, seed=args.seed, progress=not quiet,
+        repair=args.repair, device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
     )
     if args.json:
         print_json(r.to_dict())
