@@ -1,0 +1,130 @@
+"""Zoo building throughput: models per second of batched training (many models as one, grouped
+kernels and a stacked optimizer) against a plain loop that trains the same models one at a time
+(an ``nn.Module`` and ``torch.optim``) with the same recipe, data order, dropout masks and
+evaluations; and, with ``--full``, a 1,000-model CNN zoo on MNIST with its accuracy spread.
+
+    python bench/zoo_throughput.py                                     # CNNs and INRs on digits
+    python bench/zoo_throughput.py --data mnist-idx:../shared/data/mnist --image-size 14 --per-shard 16,64
+    python bench/zoo_throughput.py --full --mnist ../shared/data/mnist --out /tmp/zoo-mnist  # ~1 h
+
+Models per second count training and the per-checkpoint evaluations (test split, and up to
+``train_eval_size`` training examples), not data loading or writing. The plain loop runs
+``--baseline-models`` models and is extrapolated per model; both use the same thread count.
+Prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from weightspace.zoo import build_cnn_zoo, format_summary, zoo_summary  # noqa: E402
+from weightspace.zoo._cnn import _train_shard, prepare_cnn_task, train_cnn_single  # noqa: E402
+from weightspace.zoo._inr import _fit_shard, prepare_inr_task, train_inr_single  # noqa: E402
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_cnn(args) -> list[str]:
+    recipe = {"batch_size": args.batch_size, "train_eval_size": args.train_eval_size}
+    task, desc = prepare_cnn_task(args.data, checkpoints=args.checkpoints, device=args.device,
+                                  image_size=args.image_size, recipe=recipe)
+    what = (f"cnn {desc['input_shape']} on {args.data}: {len(task.template.channels)} convs x "
+            f"{task.template.channels[0]} channels, {task.steps_per_epoch} steps/epoch x {max(task.checkpoints)} "
+            f"epochs, batch {args.batch_size}, checkpoints {','.join(map(str, task.checkpoints))}")
+    n0 = args.baseline_models
+    train_cnn_single(task, 0)  # warm-up
+    plain = timed(lambda: [train_cnn_single(task, i) for i in range(n0)]) / n0
+    lines = [row(what, "plain loop, one model at a time", n0, f"{plain * n0:.2f}", f"{1 / plain:.2f}", "1.0x")]
+    for m in args.per_shard:
+        _train_shard(task, 0, range(min(m, 4)))  # warm-up
+        t = timed(lambda: _train_shard(task, 0, range(m)))
+        lines.append(row("", f"batched, {m} models per shard", m, f"{t:.2f}", f"{m / t:.2f}", f"{plain * m / t:.1f}x"))
+    return lines
+
+
+def bench_inr(args) -> list[str]:
+    recipe = {"steps": args.inr_steps, "psnr_stop": None}
+    task, desc = prepare_inr_task(args.inr_images, n=max(args.per_shard), device=args.device, recipe=recipe)
+    what = (f"inr siren 2-32-32-{task.template.out_features} on {args.inr_images} "
+            f"{desc['image_shape'][1]}x{desc['image_shape'][2]}: {args.inr_steps} full-batch Adam steps")
+    n0 = args.baseline_models
+    train_inr_single(task, 0)
+    plain = timed(lambda: [train_inr_single(task, i) for i in range(n0)]) / n0
+    lines = [row(what, "plain loop, one model at a time", n0, f"{plain * n0:.2f}", f"{1 / plain:.2f}", "1.0x")]
+    for m in args.per_shard:
+        _fit_shard(task, 0, range(min(m, 4)))
+        t = timed(lambda: _fit_shard(task, 0, range(m)))
+        lines.append(row("", f"batched, {m} models per shard", m, f"{t:.2f}", f"{m / t:.2f}", f"{plain * m / t:.1f}x"))
+    return lines
+
+
+def full_build(args) -> None:
+    if not args.mnist:
+        raise SystemExit("--full needs --mnist DIR (the MNIST IDX files)")
+    t = time.perf_counter()
+    r = build_cnn_zoo(args.out, f"mnist-idx:{args.mnist}", n=args.full_n, models_per_shard=args.full_per_shard,
+                      checkpoints=args.full_checkpoints, image_size=args.full_image_size, device=args.device,
+                      recipe={"train_eval_size": args.train_eval_size}, progress=True)
+    s = zoo_summary(args.out)
+    print(f"\n## {args.full_n}-model CNN zoo on MNIST ({args.out})\n")
+    print(format_summary(s))
+    spread = 100 * (s["quantiles"]["100%"] - s["quantiles"]["0%"])
+    inner = 100 * (s["quantiles"]["95%"] - s["quantiles"]["5%"])
+    print(f"\nbuilt {len(r.built)} shards ({r.models_built} models) in {time.perf_counter() - t:.0f} s "
+          f"({r.models_per_second:.2f} models/s); test accuracy spans {spread:.1f} points (5%-95%: {inner:.1f})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="digits", help="CNN training data (default: digits)")
+    p.add_argument("--image-size", type=int, default=None, help="resize CNN inputs (default: native)")
+    p.add_argument("--checkpoints", default="0,1", help="CNN checkpoints, epochs (default: 0,1)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-eval-size", type=int, default=500, help="training examples evaluated per checkpoint")
+    p.add_argument("--per-shard", default="16,64,256", help="models trained together, to compare (default: 16,64,256)")
+    p.add_argument("--baseline-models", type=int, default=8, help="models the plain loop trains (default: 8)")
+    p.add_argument("--inr-images", default="digits", help="INR images (default: digits)")
+    p.add_argument("--inr-steps", type=int, default=200)
+    p.add_argument("--skip-cnn", action="store_true")
+    p.add_argument("--skip-inr", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--full", action="store_true", help="build the 1,000-model MNIST zoo and print its spread")
+    p.add_argument("--mnist", default=None, help="MNIST IDX directory for --full")
+    p.add_argument("--out", default="zoo-mnist-cnn", help="zoo directory for --full (resumable)")
+    p.add_argument("--full-n", type=int, default=1000)
+    p.add_argument("--full-per-shard", type=int, default=50)
+    p.add_argument("--full-checkpoints", default="0,1,2,4")
+    p.add_argument("--full-image-size", type=int, default=14, help="MNIST resized to this for --full (default: 14)")
+    args = p.parse_args(argv)
+    args.per_shard = [int(v) for v in args.per_shard.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
+    if not (args.skip_cnn and args.skip_inr):
+        print(row("workload", "method", "models", "seconds", "models/s", "speedup"))
+        print(row(*["---"] * 6))
+        if not args.skip_cnn:
+            print("\n".join(bench_cnn(args)), flush=True)
+        if not args.skip_inr:
+            print("\n".join(bench_inr(args)), flush=True)
+    if args.full:
+        full_build(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,604 @@
+"""Model zoos: on-disk format, resumable and sharded builds, batched training, importers, datasets, CLI."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import weightspace
+from weightspace.cli import main
+from weightspace.models import CNN, SIREN, get_model
+from weightspace.zoo import (
+    ZooCard,
+    ZooDataset,
+    ZooWriter,
+    build_cnn_zoo,
+    build_inr_zoo,
+    format_summary,
+    import_dws,
+    import_nfn,
+    import_smallcnnzoo,
+    parse_shard_spec,
+    plot_histogram,
+    read_card,
+    read_metrics,
+    sample_cnn_hparams,
+    split_of,
+    state_to_tensors,
+    worker_shards,
+    zoo_summary,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+FAST = {"train_eval_size": 200}
+CNN_ARGS = dict(n=6, models_per_shard=4, checkpoints=(0, 1), seed=3, recipe=FAST, progress=False)
+INR_ARGS = dict(n=6, models_per_shard=4, recipe={"steps": 60, "fits_per_image": 2, "psnr_stop": 30.0}, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and makes rebuilt shards bit-identical."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cnn_zoo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zoo") / "cnn"
+    build_cnn_zoo(out, "digits", **CNN_ARGS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inr_zoo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zoo") / "inr"
+    build_inr_zoo(out, "digits", **INR_ARGS)
+    return out
+
+
+def _contents(root: Path) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]]:
+    rows = sorted(read_metrics(root), key=lambda r: (r["model_id"], r["checkpoint"]))
+    shards = {p.name: weightspace.load(p) for p in sorted((root / "models").glob("shard-*.safetensors"))}
+    return rows, shards
+
+
+def _same_contents(a: Path, b: Path) -> None:
+    rows_a, shards_a = _contents(a)
+    rows_b, shards_b = _contents(b)
+    assert rows_a == rows_b
+    assert shards_a.keys() == shards_b.keys()
+    for name in shards_a:
+        for k in shards_a[name]:
+            assert torch.equal(shards_a[name][k], shards_b[name][k]), (name, k)
+    assert json.loads((a / "zoo.json").read_text()) == json.loads((b / "zoo.json").read_text())
+
+
+def _no_duplicates(root: Path) -> None:
+    lines = (root / "metrics.csv").read_text().splitlines()
+    keys = [tuple(line.split(",")[:4:3]) for line in lines[1:]]  # (model_id, checkpoint)
+    assert len(keys) == len(set(keys))
+
+
+# --------------------------------------------------------------------------- format
+
+
+def test_format_round_trip(cnn_zoo):
+    card = read_card(cnn_zoo)
+    assert card.task == "image-classification" and card.n_models == 6 and card.n_shards == 2
+    assert card.model["name"] == "cnn" and card.checkpoints == (0, 1) and card.target == "test_acc"
+    assert ZooCard.from_dict(card.to_dict()) == card
+    assert "cite" in json.loads((cnn_zoo / "zoo.json").read_text())
+    rows = read_metrics(cnn_zoo)
+    assert len(rows) == 6 * 2 and list(rows[0]) == list(card.columns)
+    assert {r["model_id"] for r in rows} == set(range(6))
+    shard1 = weightspace.load(cnn_zoo / "models" / "shard-00001.safetensors")
+    assert shard1["convs.0.weight"].shape == (2 * 2, 16, 1, 3, 3)  # 2 models x 2 checkpoints
+    meta = weightspace.open_checkpoint(cnn_zoo / "models" / "shard-00001.safetensors").metadata
+    assert json.loads(meta["weightspace.model"])["name"] == "cnn"
+    assert [r["index"] for r in json.loads(meta["weightspace.zoo.rows"])] == [0, 1, 2, 3]
+    assert sum(p.numel() for p in get_model("cnn", **card.model["kwargs"]).parameters()) == 4970
+
+
+def test_checkpoints_load_and_reproduce_their_metrics(cnn_zoo):
+    """Every stored checkpoint loads into the card's model and scores what metrics.csv says."""
+    card = read_card(cnn_zoo)
+    test = weightspace.data.load_dataset("digits", split="test")
+    ds = ZooDataset(cnn_zoo, split="all", checkpoints="all")
+    assert len(ds) == 12
+    for i in range(len(ds)):
+        state, acc = ds[i]
+        model = get_model("cnn", **card.model["kwargs"])
+        model.load_state_dict(state)
+        with torch.no_grad():
+            logits = model.eval()(test.x)
+        assert math.isclose(float((logits.argmax(1) == test.y).float().mean()), float(acc), abs_tol=1e-6)
+        assert math.isclose(float(F.cross_entropy(logits, test.y)), ds.rows[i]["test_loss"], rel_tol=1e-4)
+
+
+def test_hyperparameters_depend_on_seed_and_model_only():
+    rec = {"lr_range": [1e-3, 1e-1], "weight_decay_range": [1e-6, 1e-3], "init_std_range": [0.01, 0.5],
+           "dropout_range": [0.0, 0.5], "train_fraction_range": [0.2, 1.0], "batch_size": 32}
+    a = sample_cnn_hparams(0, 17, rec, 1000)
+    assert a == sample_cnn_hparams(0, 17, rec, 1000)
+    assert a != sample_cnn_hparams(0, 18, rec, 1000) and a != sample_cnn_hparams(1, 17, rec, 1000)
+    hps = [sample_cnn_hparams(0, i, rec, 1000) for i in range(200)]
+    lrs = [h["lr"] for h in hps]
+    assert 1e-3 <= min(lrs) and max(lrs) <= 1e-1 and max(lrs) / min(lrs) > 20  # log-uniform across the range
+    assert all(32 <= h["n_train"] <= 1000 and 0 <= h["dropout"] <= 0.5 for h in hps)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_after_a_kill_mid_build(cnn_zoo, tmp_path):
+    out = tmp_path / "z"
+
+    class Killed(Exception):
+        pass
+
+    def kill(shard):
+        raise Killed(shard)
+
+    with pytest.raises(Killed):
+        build_cnn_zoo(out, "digits", **CNN_ARGS, on_shard=kill)
+    assert len(read_metrics(out)) == 4 * 2 and not (out / "models" / "shard-00001.safetensors").exists()
+    r = build_cnn_zoo(out, "digits", **CNN_ARGS)
+    assert r.skipped == [0] and r.built == [1]
+    _same_contents(out, cnn_zoo)
+    _no_duplicates(out)
+    again = build_cnn_zoo(out, "digits", **CNN_ARGS)
+    assert again.built == [] and again.skipped == [0, 1]
+    _same_contents(out, cnn_zoo)
+
+
+@pytest.mark.parametrize("damage", ["delete_shard", "truncate_shard", "lose_metrics", "partial_row", "tmp_file"])
+def test_resume_repairs_every_kind_of_damage(cnn_zoo, tmp_path, damage):
+    out = tmp_path / "z"
+    shutil.copytree(cnn_zoo, out)
+    last = out / "models" / "shard-00001.safetensors"
+    metrics = out / "metrics.csv"
+    if damage == "delete_shard":  # killed before the shard's rename: rows of it must go
+        last.unlink()
+    elif damage == "truncate_shard":
+        last.write_bytes(last.read_bytes()[:200])
+    elif damage == "lose_metrics":  # killed between the shard's rename and the metrics append
+        lines = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text("".join(line for line in lines if line.split(",")[1] != "1"))
+    elif damage == "partial_row":
+        metrics.write_text(metrics.read_text() + "5,1,2,0,3,0.01")
+    else:
+        (out / "models" / ".shard-00001.safetensors.abc.tmp").write_bytes(b"partial")
+    r = build_cnn_zoo(out, "digits", **CNN_ARGS)
+    assert r.built == ([1] if damage in ("delete_shard", "truncate_shard") else [])
+    _same_contents(out, cnn_zoo)
+    _no_duplicates(out)
+    assert not list((out / "models").glob(".*.tmp"))
+
+
+def test_a_different_zoo_in_out_is_refused(cnn_zoo, tmp_path):
+    out = tmp_path / "z"
+    shutil.copytree(cnn_zoo, out)
+    with pytest.raises(ValueError, match="different zoo.*n_models"):
+        build_cnn_zoo(out, "digits", **{**CNN_ARGS, "n": 7})
+    with pytest.raises(ValueError, match="different zoo.*recipe"):
+        build_cnn_zoo(out, "digits", **{**CNN_ARGS, "seed": 4})
+
+
+# --------------------------------------------------------------------------- --shard i/N
+
+
+@pytest.mark.parametrize("n_shards,n_workers", [(1, 1), (5, 2), (7, 3), (2, 4)])
+def test_worker_shards_partition(n_shards, n_workers):
+    parts = [worker_shards(n_shards, i, n_workers) for i in range(n_workers)]
+    flat = [s for p in parts for s in p]
+    assert sorted(flat) == list(range(n_shards)) and len(flat) == len(set(flat))
+
+
+def test_parse_shard_spec():
+    assert parse_shard_spec("2/5") == (2, 5) and parse_shard_spec(None) == (0, 1)
+    for bad in ("5/5", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard_spec(bad)
+
+
+def test_workers_build_disjoint_parts_whose_union_is_the_zoo(cnn_zoo, tmp_path):
+    out = tmp_path / "z"
+    a = build_cnn_zoo(out, "digits", **CNN_ARGS, shard="1/2")
+    assert a.built == [1] and not (out / "models" / "shard-00000.safetensors").exists()
+    assert {r["model_id"] for r in read_metrics(out)} == {4, 5}
+    b = build_cnn_zoo(out, "digits", **CNN_ARGS, shard="0/2")
+    assert b.built == [0]
+    _same_contents(out, cnn_zoo)
+    _no_duplicates(out)
+
+
+# --------------------------------------------------------------------------- batched = plain
+
+
+def test_grouped_forward_matches_vmap_and_the_module():
+    from weightspace.zoo._batched import cnn_forward, siren_forward, stack_models, vmap_forward
+
+    torch.manual_seed(0)
+    for pool in ("avg", "max", None):
+        models = [CNN(1, (4, 6), 10, 8, pool=pool) for _ in range(3)]
+        params = stack_models(models)
+        x = torch.randn(3, 5, 1, 8, 8)
+        ref = torch.stack([m(x[i]) for i, m in enumerate(models)])
+        torch.testing.assert_close(cnn_forward(models[0], params, x), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(vmap_forward(models[0], params, x), ref, rtol=1e-5, atol=1e-5)
+        shared = torch.randn(5, 1, 8, 8)
+        torch.testing.assert_close(cnn_forward(models[0], params, shared),
+                                   torch.stack([m(shared) for m in models]), rtol=1e-5, atol=1e-5)
+    sirens = [SIREN(2, (8, 8), 1) for _ in range(3)]
+    coords = torch.rand(7, 2) * 2 - 1
+    torch.testing.assert_close(siren_forward(sirens[0], stack_models(sirens), coords),
+                               torch.stack([s(coords) for s in sirens]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_batched_training_matches_plain_training(optimizer):
+    """Models trained together (grouped kernels, stacked optimizer) equal models trained alone
+    with torch.optim and the same hyper-parameters, data order and dropout masks."""
+    from weightspace.zoo._cnn import _train_shard, prepare_cnn_task, train_cnn_single
+
+    recipe = {**FAST, "optimizer": optimizer, "lr_range": [1e-3, 1e-2], "dropout_range": [0.1, 0.4]}
+    task, _ = prepare_cnn_task("digits", checkpoints=(0, 1), seed=5, recipe=recipe)
+    tensors, rows = _train_shard(task, 0, range(3))
+    for mid in (0, 2):
+        states, metrics = train_cnn_single(task, mid)
+        for c in range(2):
+            for k, v in states[c].items():
+                torch.testing.assert_close(tensors[k][mid * 2 + c], v, rtol=1e-4, atol=1e-5)
+            row = rows[mid * 2 + c]
+            assert math.isclose(row["test_acc"], metrics[c]["test_acc"], abs_tol=1e-6)
+            assert math.isclose(row["train_loss"], metrics[c]["train_loss"], rel_tol=1e-4)
+    assert rows[0]["dropout"] > 0.1  # the masks were exercised
+
+
+def test_batched_inr_fitting_matches_plain_fitting():
+    from weightspace.zoo._inr import _fit_shard, prepare_inr_task, train_inr_single
+
+    task, _ = prepare_inr_task("digits", n=3, recipe={"steps": 40, "psnr_stop": 25.0, "check_every": 5})
+    tensors, rows = _fit_shard(task, 0, range(3))
+    for mid in range(3):
+        state, steps, mse = train_inr_single(task, mid)
+        assert rows[mid]["steps"] == steps
+        assert math.isclose(rows[mid]["mse"], mse, rel_tol=1e-3)
+        for k, v in state.items():
+            torch.testing.assert_close(tensors[k][mid], v, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- INR zoos
+
+
+def test_inr_zoo(inr_zoo):
+    card = read_card(inr_zoo)
+    assert card.task == "implicit-neural-representation" and card.n_models == 12 and card.target == "label"
+    assert card.model == {"name": "siren", "kwargs": {"in_features": 2, "hidden": [32, 32], "out_features": 1,
+                                                      "w0": 30.0}}
+    assert card.recipe["fits_per_image"] == 2 and card.recipe["psnr_stop"] == 30.0
+    rows = read_metrics(inr_zoo)
+    digits = weightspace.data.load_dataset("digits", split="all")
+    assert [r["label"] for r in rows] == [int(digits.y[r["image_index"]]) for r in rows]
+    assert all(r["psnr"] > 20 and r["steps"] <= 60 for r in rows)
+    # fits of one image share a split; the INR reproduces its image at the recorded PSNR
+    ds = ZooDataset(inr_zoo, split="all")
+    by_image: dict[int, set[str]] = {}
+    for split in ("train", "val", "test"):
+        for r in ZooDataset(inr_zoo, split=split).rows:
+            by_image.setdefault(r["image_index"], set()).add(split)
+    assert all(len(s) == 1 for s in by_image.values())
+    state, label = ds[3]
+    assert label.dtype == torch.long and int(label) == ds.rows[3]["label"]
+    model = get_model("siren", **card.model["kwargs"])
+    model.load_state_dict(state)
+    from weightspace.zoo import image_grid
+
+    with torch.no_grad():
+        out = model(image_grid(8, 8)).view(8, 8)
+    img = digits.x[ds.rows[3]["image_index"], 0] * 2 - 1
+    assert math.isclose(10 * math.log10(4 / float((out - img).pow(2).mean())), ds.rows[3]["psnr"], abs_tol=1e-3)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def test_dataset_splits_by_model(cnn_zoo):
+    ids = {s: set(ZooDataset(cnn_zoo, split=s, checkpoints="all").model_ids) for s in ("train", "val", "test")}
+    assert ids["train"].isdisjoint(ids["val"]) and ids["train"].isdisjoint(ids["test"])
+    assert ids["val"].isdisjoint(ids["test"])
+    assert ids["train"] | ids["val"] | ids["test"] == set(range(6))
+    card = read_card(cnn_zoo)
+    for s, members in ids.items():
+        assert all(split_of(m, card.splits) == s for m in members)
+    ds = ZooDataset(cnn_zoo, split="train", checkpoints="all")
+    assert len(ds) == 2 * len(ids["train"])  # every checkpoint of a model in the model's split
+
+
+def test_split_of_is_deterministic_and_follows_the_fractions():
+    splits = {"by": "model_id", "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}, "salt": "x"}
+    got = [split_of(i, splits) for i in range(5000)]
+    assert got == [split_of(i, splits) for i in range(5000)]
+    assert abs(got.count("train") / 5000 - 0.8) < 0.03 and abs(got.count("test") / 5000 - 0.1) < 0.02
+
+
+def test_dataset_views_and_targets(cnn_zoo):
+    ds = ZooDataset(cnn_zoo, split="all", view="tensors", target="accuracy", checkpoints=1)
+    assert len(ds) == 6 and repr(ds).startswith("ZooDataset(")
+    (weights, biases), acc = ds[0]
+    assert [tuple(w.shape) for w in weights] == [(16, 1, 3, 3), (16, 16, 3, 3), (16, 16, 3, 3), (10, 16)]
+    assert [tuple(b.shape) for b in biases] == [(16,), (16,), (16,), (10,)]
+    assert acc.dtype == torch.float32 and 0 <= float(acc) <= 1
+    loader = torch.utils.data.DataLoader(ZooDataset(cnn_zoo, split="all"), batch_size=4)
+    state, target = next(iter(loader))
+    assert state["head.weight"].shape == (4, 10, 16) and target.shape == (4,)
+    loss = ZooDataset(cnn_zoo, split="all", target="test_loss")[0][1]
+    assert float(loss) == pytest.approx(ZooDataset(cnn_zoo, split="all").rows[0]["test_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="not a column"):
+        ZooDataset(cnn_zoo, target="label")
+    with pytest.raises(ValueError, match="unknown split"):
+        ZooDataset(cnn_zoo, split="dev")
+    with pytest.raises(ValueError, match="unknown view"):
+        ZooDataset(cnn_zoo, view="flat")
+    assert state_to_tensors({"a.weight": torch.ones(2, 3), "a.bias": torch.ones(2)})[1][0].shape == (2,)
+
+
+def test_dataset_graph_view(cnn_zoo):
+    try:
+        from graphs.param_graph import ParamGraph
+    except ImportError:
+        pytest.skip("graphs.ParamGraph is not available yet")
+    ds = ZooDataset(cnn_zoo, split="all", view="graph")
+    g, _ = ds[0]
+    assert isinstance(g, ParamGraph)
+    state = ZooDataset(cnn_zoo, split="all").state(0)
+    back = g.to_state_dict()
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def test_dataset_in_dataloader_workers(cnn_zoo):
+    loader = torch.utils.data.DataLoader(ZooDataset(cnn_zoo, split="all", view="tensors"), batch_size=3,
+                                         num_workers=2)
+    batches = list(loader)
+    assert sum(len(t) for _, t in batches) == 6
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_zoo_summary_and_histogram(cnn_zoo, tmp_path):
+    s = zoo_summary(cnn_zoo)
+    assert s["n_models"] == 6 and s["shards_done"] == 2 and s["metric"] == "test_acc"
+    assert s["n_values"] == 6 and sum(s["histogram"]["counts"]) == 6
+    assert s["quantiles"]["0%"] <= s["quantiles"]["50%"] <= s["quantiles"]["100%"]
+    text = format_summary(s)
+    assert "test_acc at each model's last checkpoint (6 models)" in text and "#" in text
+    png = plot_histogram(s, tmp_path / "h.png")
+    assert png.read_bytes().startswith(PNG)
+    with pytest.raises(ValueError, match=r"\.png"):
+        plot_histogram(s, tmp_path / "h.jpg")
+
+
+def test_summary_of_a_half_built_zoo(cnn_zoo, tmp_path):
+    out = tmp_path / "z"
+    shutil.copytree(cnn_zoo, out)
+    (out / "models" / "shard-00000.safetensors").unlink()
+    s = zoo_summary(out)
+    assert s["n_models"] == 2 and s["shards_done"] == 1 and s["n_models_planned"] == 6
+
+
+# --------------------------------------------------------------------------- importers
+
+
+def _tf_cnn(n_models: int, seed: int = 0) -> tuple[list[dict[str, torch.Tensor]], np.ndarray, list[list]]:
+    """Random CNNs (torch order) and the same weights flattened in TensorFlow order with a layout."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [("conv2d", (8, 1, 3, 3)), ("conv2d_1", (8, 8, 3, 3)), ("dense", (10, 8))]
+    states, rows = [], []
+    layout, off = [], 0
+    for name, shape in shapes:
+        tf_shape = (shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4 else (shape[1], shape[0])
+        size = math.prod(shape)
+        layout.append([f"sequential/{name}/kernel:0", off, off + size, size, str(tf_shape)])
+        off += size
+        layout.append([f"sequential/{name}/bias:0", off, off + shape[0], shape[0], str((shape[0],))])
+        off += shape[0]
+    for _ in range(n_models):
+        state = {}
+        flat = []
+        for i, (name, shape) in enumerate(shapes):
+            key = f"convs.{i}" if len(shape) == 4 else "head"
+            w, b = torch.randn(shape, generator=g), torch.randn(shape[0], generator=g)
+            state[f"{key}.weight"], state[f"{key}.bias"] = w, b
+            tf = w.permute(2, 3, 1, 0) if w.ndim == 4 else w.t()
+            flat += [tf.reshape(-1), b]
+        states.append(state)
+        rows.append(torch.cat(flat).numpy())
+    return states, np.stack(rows).astype(np.float32), layout
+
+
+def _write_scz(src: Path, states_per_model: int = 2, n_models: int = 3) -> list[dict[str, torch.Tensor]]:
+    src.mkdir(parents=True)
+    states, weights, layout = _tf_cnn(n_models * states_per_model)
+    np.save(src / "weights.npy", weights)
+    with open(src / "layout.csv", "w") as f:
+        f.write("varname,start_idx,end_idx,size,shape\n")
+        for r in layout:
+            f.write(f'{r[0]},{r[1]},{r[2]},{r[3]},"{r[4]}"\n')
+    with open(src / "metrics.csv", "w") as f:
+        f.write("modeldir,step,test_accuracy,train_accuracy,config.learning_rate,split\n")
+        for i in range(n_models * states_per_model):
+            m, step = divmod(i, states_per_model)
+            f.write(f"run{m},{[0, 86][step]},{0.1 * (i + 1)},{0.5},{1e-3 * (m + 1)},{['train', 'test', 'val'][m]}\n")
+    return states
+
+
+def test_import_smallcnnzoo(tmp_path):
+    states = _write_scz(tmp_path / "scz")
+    r = import_smallcnnzoo(tmp_path / "scz", tmp_path / "z", progress=False)
+    assert r.card.n_models == 3 and r.card.checkpoints == (0, 86)
+    card = read_card(tmp_path / "z")
+    assert card.model["kwargs"]["channels"] == [8, 8] and card.model["kwargs"]["num_classes"] == 10
+    assert card.splits == {"column": "split"} and card.source["layout"] == "smallcnnzoo"
+    ds = ZooDataset(tmp_path / "z", split="all", checkpoints="all")
+    assert len(ds) == 6
+    for i in range(6):
+        state, acc = ds[i]
+        assert all(torch.equal(state[k], states[i][k]) for k in states[i])  # TF order converted exactly
+        assert float(acc) == pytest.approx(0.1 * (i + 1))
+        get_model("cnn", **card.model["kwargs"]).load_state_dict(state)
+    assert ds.rows[0]["config_learning_rate"] == pytest.approx(1e-3) and ds.rows[0]["source"] == "run0"
+    assert [r.model_ids for r in (ZooDataset(tmp_path / "z", split=s) for s in ("train", "val", "test"))] == [
+        [0], [2], [1]]  # their splits kept
+
+
+def test_import_smallcnnzoo_refuses_a_bad_layout(tmp_path):
+    _write_scz(tmp_path / "scz")
+    text = (tmp_path / "scz" / "layout.csv").read_text().replace(",72,", ",71,", 1)
+    (tmp_path / "scz" / "layout.csv").write_text(text)
+    with pytest.raises(ValueError, match="layout.csv row 1.*does not hold shape"):
+        import_smallcnnzoo(tmp_path / "scz", tmp_path / "z", progress=False)
+    assert not (tmp_path / "z").exists()
+
+
+def _siren_state(g: torch.Generator, prefix: str, nfn: bool = False) -> dict[str, torch.Tensor]:
+    shapes = [(32, 2), (32, 32), (1, 32)]
+    out = {}
+    for i, s in enumerate(shapes):
+        key = f"{prefix}.{i}.linear" if nfn and i < 2 else f"{prefix}.{i}"
+        out[f"{key}.weight"], out[f"{key}.bias"] = torch.randn(s, generator=g), torch.randn(s[0], generator=g)
+    return out
+
+
+def test_import_dws(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    src = tmp_path / "dws"
+    files, splits = {}, {"train": {"path": [], "label": []}, "val": {"path": [], "label": []},
+                         "test": {"path": [], "label": []}}
+    for i in range(6):
+        label, part = i % 3, ["train", "train", "train", "val", "test", "test"][i]
+        p = src / f"mnist_png_{'testing' if part == 'test' else 'training'}_2" / str(label) / f"img{i}.pth"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        files[i] = _siren_state(g, "seq")
+        torch.save(files[i], p)
+        # paths as written on another machine: matched by their last three components
+        splits[part]["path"].append(f"/data/elsewhere/{p.relative_to(src)}")
+        splits[part]["label"].append(label)
+    (src / "mnist_splits.json").write_text(json.dumps(splits))
+    import_dws(src, tmp_path / "z", progress=False)
+    card = read_card(tmp_path / "z")
+    assert card.model["kwargs"] == {"in_features": 2, "hidden": [32, 32], "out_features": 1, "w0": 30.0}
+    assert card.splits == {"column": "split"}
+    test = ZooDataset(tmp_path / "z", split="test", view="tensors")
+    assert len(test) == 2 and [r["label"] for r in test.rows] == [1, 2]
+    (weights, biases), label = test[0]
+    assert torch.equal(weights[1], files[4]["seq.1.weight"]) and torch.equal(biases[2], files[4]["seq.2.bias"])
+    assert int(label) == 1 and len(ZooDataset(tmp_path / "z", split="train")) == 3
+
+
+def test_import_nfn(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    src = tmp_path / "nfn"
+    files = {}
+    for idx in range(8):
+        d = src / f"randinit_smaller_{idx % 4}s"
+        d.mkdir(parents=True, exist_ok=True)
+        files[idx] = _siren_state(g, "net", nfn=True)
+        torch.save(files[idx], d / f"net{idx}.pth")
+    (src / "randinit_smaller_aug0_1s").mkdir()  # another prefix: not imported
+    with pytest.raises(ValueError, match="prefixes"):
+        import_nfn(src, tmp_path / "z", progress=False)
+    import_nfn(src, tmp_path / "z", prefix="randinit_smaller", split_points=(5, 7), progress=False)
+    splits = {s: ZooDataset(tmp_path / "z", split=s).rows for s in ("train", "val", "test")}
+    assert [[r["nfn_index"] for r in rows] for rows in splits.values()] == [[0, 1, 2, 3, 4], [5, 6], [7]]
+    state, label = ZooDataset(tmp_path / "z", split="test")[0]
+    assert int(label) == 3 and torch.equal(state["layers.0.weight"], files[7]["net.0.linear.weight"])
+    assert torch.equal(state["layers.2.bias"], files[7]["net.2.bias"])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_build_info_import(tmp_path, capsys):
+    out = tmp_path / "z"
+    assert main(["zoo", "build", "cnn", "--data", "digits", "--out", str(out), "--n", "3", "--models-per-shard",
+                 "2", "--checkpoints", "0,1", "--recipe", json.dumps(FAST), "--quiet"]) == 0
+    assert "built 2 shards (3 models" in capsys.readouterr().out
+    assert main(["zoo", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_models"] == 3 and info["metric"] == "test_acc"
+    assert main(["zoo", "info", str(out), "--hist", str(tmp_path / "a.png")]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "a.png").read_bytes().startswith(PNG)
+    assert main(["zoo", "build", "inr", "--images", "digits", "--out", str(tmp_path / "i"), "--n", "2",
+                 "--steps", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["models_built"] == 2
+    _write_scz(tmp_path / "scz")
+    assert main(["zoo", "import", "smallcnnzoo", str(tmp_path / "scz"), "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert "imported 3 models" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["zoo", "build", "cnn", "--out", "{tmp}/z", "--n", "2"], "--data is needed"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z"], "--n"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--shard", "2/2"], "--shard"),
+    (["zoo", "build", "cnn", "--data", "nope", "--out", "{tmp}/z", "--n", "2"], "unknown dataset"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--checkpoints", "2,1"],
+     "checkpoints"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--recipe", "{"], "--recipe"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--recipe", '{"lr": 1}'],
+     "unknown recipe keys"),
+    (["zoo", "build", "inr", "--images", "digits", "--out", "{tmp}/z", "--n", "99999"], "more than"),
+    (["zoo", "info", "{tmp}/missing"], "not a directory"),
+    (["zoo", "info", "{tmp}"], "no zoo.json"),
+    (["zoo", "import", "smallcnnzoo", "{tmp}", "--out", "{tmp}/z"], "weights.npy"),
+    (["zoo", "import", "dws", "{tmp}", "--out", "{tmp}/z"], "no models found"),
+    (["zoo", "import", "nfn", "{tmp}", "--out", "{tmp}/z"], "prefixes"),
+    (["zoo"], "give a zoo command"),
+])
+def test_cli_bad_input_exits_2(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("weightspace zoo: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "z" / "models").exists() or not any((tmp_path / "z" / "models").iterdir())
+
+
+def test_cli_different_zoo_exits_2(cnn_zoo, tmp_path, capsys):
+    out = tmp_path / "z"
+    shutil.copytree(cnn_zoo, out)
+    assert main(["zoo", "build", "cnn", "--data", "digits", "--out", str(out), "--n", "5", "--quiet"]) == 2
+    assert "holds a different zoo" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["zoo", "build", "mlp", "--out", str(out)])
+    assert e.value.code == 2
+
+
+def test_card_errors(tmp_path):
+    (tmp_path / "zoo.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a weightspace zoo card"):
+        read_card(tmp_path)
+    (tmp_path / "zoo.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_card(tmp_path)
+    card = ZooCard(task="t", model={"name": "cnn", "kwargs": {}}, dataset={}, recipe={}, n_models=3,
+                   models_per_shard=2, columns=("model_id", "shard", "index", "checkpoint", "x"), target="x")
+    d = card.to_dict() | {"format_version": 99}
+    with pytest.raises(ValueError, match="upgrade"):
+        ZooCard.from_dict(d)
+    with pytest.raises(ValueError, match="columns must start"):
+        ZooCard(task="t", model={"name": "cnn"}, dataset={}, recipe={}, n_models=1, models_per_shard=1,
+                columns=("x",), target="x")
+    writer = ZooWriter(tmp_path / "w", card)
+    assert writer.open([0, 1]) == set()
+    with pytest.raises(ValueError, match="leading axis of 2 rows"):
+        writer.write_shard(0, {"a": torch.zeros(3, 2)}, [{"model_id": 0, "shard": 0, "index": 0, "checkpoint": 0,
+                                                           "x": 1}, {"model_id": 1, "shard": 0, "index": 1,
+                                                                      "checkpoint": 0, "x": 2}])

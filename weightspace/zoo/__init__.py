@@ -1,0 +1,43 @@
+"""Model zoos: build many small models at once, store them in shards, read them as datasets.
+
+A zoo is a directory (``DESIGN.md`` section 4): ``zoo.json`` (the :class:`ZooCard`),
+``models/shard-XXXXX.safetensors`` (every tensor with a leading axis of models x checkpoints)
+and ``metrics.csv`` (one row per model and checkpoint). Build one with :func:`build_cnn_zoo` or
+:func:`build_inr_zoo` (resumable, ``shard="i/N"`` for N workers), convert a public one with
+:func:`import_smallcnnzoo`, :func:`import_dws` or :func:`import_nfn`, describe it with
+:func:`zoo_summary`, and train on it through :class:`ZooDataset`.
+"""
+from ._build import ZooBuildResult
+from ._cnn import CNN_RECIPE, build_cnn_zoo, sample_cnn_hparams
+from ._importers import import_dws, import_nfn, import_smallcnnzoo
+from ._inr import INR_RECIPE, build_inr_zoo, image_grid
+from ._info import format_summary, plot_histogram, zoo_summary
+from ._metrics import parse_shard_spec, read_metrics, split_of, worker_shards
+from .zoo_card import ZooCard, read_card
+from .zoo_dataset import ZooDataset, state_to_tensors
+from .zoo_writer import ZooWriter
+
+__all__ = [
+    "CNN_RECIPE",
+    "INR_RECIPE",
+    "ZooBuildResult",
+    "ZooCard",
+    "ZooDataset",
+    "ZooWriter",
+    "build_cnn_zoo",
+    "build_inr_zoo",
+    "format_summary",
+    "image_grid",
+    "import_dws",
+    "import_nfn",
+    "import_smallcnnzoo",
+    "parse_shard_spec",
+    "plot_histogram",
+    "read_card",
+    "read_metrics",
+    "sample_cnn_hparams",
+    "split_of",
+    "state_to_tensors",
+    "worker_shards",
+    "zoo_summary",
+]

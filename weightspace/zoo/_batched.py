@@ -1,0 +1,206 @@
+"""Many small models trained as one: stacked parameters, batched kernels, per-model optimizers.
+
+Parameters of ``M`` models of one architecture are held as one tensor per state-dict key with
+a leading model axis (what :func:`torch.func.stack_module_state` gives). Forward passes run
+all models in one call: convolutions as grouped convolutions (``groups=M``), linear layers as
+batched matrix products; :func:`vmap_forward` is the generic ``torch.func.vmap(functional_call)``
+path, used to check the fast ones. The optimizers are written as tensor operations over the
+stacked parameters with per-model learning rates and weight decays broadcast along the model
+axis, following ``torch.optim.Adam`` / ``torch.optim.SGD`` update for update, so one model
+trained in a batch and alone with the same hyper-parameters and data order agree to rounding.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+__all__ = ["StackedOptimizer", "IndexStream", "cnn_forward", "siren_forward", "vmap_forward", "stack_models",
+           "model_generator", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def model_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (seed, model id, purpose), the same on any machine."""
+    h = 0x9E3779B97F4A7C15
+    for k in keys:
+        h = (h ^ (int(k) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return torch.Generator().manual_seed(h & 0x7FFFFFFFFFFFFFFF)
+
+
+def stack_models(models: Sequence[nn.Module], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """``torch.func.stack_module_state`` of ``models``: key -> ``(M, *shape)``, detached, on ``device``."""
+    params, buffers = stack_module_state(list(models))
+    if buffers:
+        raise ValueError(f"stack_models: models with buffers ({', '.join(buffers)}) are not supported in zoos")
+    return {k: v.detach().to(device).clone() for k, v in params.items()}
+
+
+def vmap_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """All models at once with ``vmap(functional_call)``: ``x`` ``(M, B, *in)`` -> ``(M, B, *out)``."""
+    return vmap(lambda p, xb: functional_call(template, p, (xb,)))(dict(params), x)
+
+
+class IndexStream:
+    """The order in which one model sees its training examples.
+
+    The model draws a random subset of ``n_subset`` of the ``n`` examples once, then walks
+    through it in a fresh random order each pass, passes running on into each other. Both the
+    batched and the one-at-a-time trainer read the same stream, from a generator keyed by the
+    seed and the model id.
+    """
+
+    def __init__(self, n: int, n_subset: int, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.subset = torch.randperm(n, generator=generator)[:n_subset]
+        self._buffer = torch.empty(0, dtype=torch.long)
+
+    def take(self, k: int) -> Tensor:
+        """The next ``k`` example indices."""
+        parts, have = [self._buffer], len(self._buffer)
+        while have < k:
+            perm = self.subset[torch.randperm(len(self.subset), generator=self.generator)]
+            parts.append(perm)
+            have += len(perm)
+        allidx = torch.cat(parts)
+        self._buffer = allidx[k:]
+        return allidx[:k]
+
+
+class StackedOptimizer:
+    """Adam or SGD (momentum) over stacked parameters with per-model hyper-parameters.
+
+    Follows ``torch.optim.Adam(lr, betas, eps, weight_decay)`` (L2 added to the gradient) and
+    ``torch.optim.SGD(lr, momentum, weight_decay)`` exactly, each model with its own ``lr`` and
+    ``weight_decay``; ``active`` (per model) freezes finished models.
+
+    Args:
+        params (dict[str, Tensor]): key -> ``(M, *shape)``, updated in place.
+        lr (Tensor): ``(M,)`` learning rates.
+        weight_decay (Tensor): ``(M,)`` L2 coefficients.
+        kind (str): ``"adam"`` or ``"sgd"``.
+        betas, eps: Adam's; momentum: SGD's.
+    """
+
+    def __init__(self, params: Mapping[str, Tensor], lr: Tensor, weight_decay: Tensor, *, kind: str = "adam",
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9) -> None:
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"StackedOptimizer: unknown optimizer {kind!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        self.params = dict(params)
+        self.kind = kind
+        self.betas, self.eps, self.momentum = betas, eps, momentum
+        self.step_count = 0
+        first = next(iter(self.params.values()))
+        self.lr = lr.to(first.device, first.dtype)
+        self.weight_decay = weight_decay.to(first.device, first.dtype)
+        self.state: dict[str, dict[str, Tensor]] = {}
+
+    def select_(self, index: Tensor) -> dict[str, Tensor]:
+        """Keep only the models at ``index`` (parameters, optimizer state, hyper-parameters).
+
+        Returns the new parameter dict (fresh leaf tensors); the optimizer updates those from now on.
+        """
+        self.params = {k: p.detach()[index].clone().requires_grad_(p.requires_grad) for k, p in self.params.items()}
+        self.state = {k: {n: t[index] for n, t in st.items()} for k, st in self.state.items()}
+        self.lr, self.weight_decay = self.lr[index], self.weight_decay[index]
+        return self.params
+
+    @staticmethod
+    def _view(v: Tensor, like: Tensor) -> Tensor:
+        return v.view(-1, *([1] * (like.ndim - 1)))
+
+    @torch.no_grad()
+    def step(self, grads: Mapping[str, Tensor], active: Tensor | None = None) -> None:
+        self.step_count += 1
+        t = self.step_count
+        for k, p in self.params.items():
+            g = grads[k]
+            wd = self._view(self.weight_decay, p)
+            g = g.add(p * wd)
+            lr = self._view(self.lr if active is None else self.lr * active, p)
+            st = self.state.setdefault(k, {})
+            if self.kind == "adam":
+                b1, b2 = self.betas
+                if not st:
+                    st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = st["m"], st["v"]
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                bc1, bc2 = 1 - b1**t, 1 - b2**t
+                denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
+                p.sub_(lr / bc1 * m / denom)
+            else:
+                if "buf" not in st:
+                    st["buf"] = g.clone()
+                else:
+                    st["buf"].mul_(self.momentum).add_(g)
+                p.sub_(lr * st["buf"])
+
+
+def cnn_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor, *,
+                dropout: Tensor | None = None) -> Tensor:
+    """All models of the ``cnn`` family at once, as grouped convolutions.
+
+    Computes exactly what :class:`weightspace.models.CNN` computes for each model; activations
+    stay in the grouped layout ``(B, M * C, H, W)`` from layer to layer, so elementwise steps
+    and pooling need no copies.
+
+    Args:
+        template (CNN): a model of the architecture (its weights are not used).
+        params (dict[str, Tensor]): key -> ``(M, *shape)``.
+        x (Tensor): ``(M, B, C, H, W)`` (each model its own batch) or ``(B, C, H, W)`` (one
+            batch for every model).
+        dropout (Tensor, optional): ``(M, B, F)`` multipliers of the head's input features
+            (inverted dropout during training). (default: ``None``)
+
+    Shapes:
+        - output: ``(M, B, num_classes)``
+    """
+    M = params["head.weight"].shape[0]
+    cl = torch.channels_last
+    k = template.kernel_size
+    if x.ndim == 4:  # one batch for all: the first layer is one dense convolution of M * C_out channels
+        B, C, H, W = x.shape
+        h, groups = x.contiguous(memory_format=cl), 1
+    else:
+        _, B, C, H, W = x.shape
+        h, groups = x.permute(1, 0, 2, 3, 4).reshape(B, M * C, H, W).contiguous(memory_format=cl), M
+    relu = template.activation == "relu"
+    for i, pooled in enumerate(template._pool_after):
+        w = params[f"convs.{i}.weight"]
+        w = w.reshape(-1, *w.shape[2:]).contiguous(memory_format=cl)
+        h = F.conv2d(h, w, params[f"convs.{i}.bias"].reshape(-1), padding=k // 2, groups=groups)
+        groups = M
+        h = torch.relu_(h) if relu else template.act(h)
+        if pooled:
+            h = template.pool(h)
+    c = template.channels[-1]
+    if template.gap is not None:
+        feats = h.mean((2, 3)).view(B, M, c)
+    else:
+        feats = h.reshape(B, M, -1)
+    feats = feats.transpose(0, 1)
+    if dropout is not None:
+        feats = feats * dropout
+    return torch.baddbmm(params["head.bias"].unsqueeze(1), feats, params["head.weight"].transpose(1, 2))
+
+
+def siren_forward(template: nn.Module, params: Mapping[str, Tensor], coords: Tensor) -> Tensor:
+    """All models of the ``siren`` family at once: ``coords`` ``(P, in)`` -> ``(M, P, out)``."""
+    n = len(template.layers)
+    M = params["layers.0.weight"].shape[0]
+    h = coords.expand(M, *coords.shape)
+    for i in range(n):
+        b, w = params[f"layers.{i}.bias"].unsqueeze(1), params[f"layers.{i}.weight"].transpose(1, 2)
+        if i < n - 1:  # sin(w0 (h W^T + b)), the scaling folded into baddbmm
+            w0 = template.sines[i].w0
+            h = torch.sin(torch.baddbmm(b, h, w, beta=w0, alpha=w0))
+        else:
+            h = torch.baddbmm(b, h, w)
+    return h

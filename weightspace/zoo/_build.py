@@ -1,0 +1,127 @@
+"""The build loop shared by every zoo kind: shards assigned to this worker, skipped when done."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ._metrics import Row, parse_shard_spec, worker_shards
+from .zoo_card import ZooCard
+from .zoo_writer import ZooWriter
+
+ShardFn = Callable[[int, range], tuple[dict[str, Tensor], list[Row]]]
+
+
+@dataclass
+class ZooBuildResult:
+    """What one ``zoo build`` (one worker) did.
+
+    Attributes:
+        root (Path): the zoo directory.
+        card (ZooCard): its card.
+        worker (tuple[int, int]): ``(i, N)`` of ``--shard i/N``.
+        shards (list[int]): the shards of this worker.
+        built (list[int]): shards trained and written by this call.
+        skipped (list[int]): shards found complete on disk and kept.
+        models_built (int): models in ``built``.
+        seconds (float): wall time of the call.
+        train_seconds (float): time spent training and evaluating (writing excluded).
+    """
+
+    root: Path
+    card: ZooCard
+    worker: tuple[int, int]
+    shards: list[int]
+    built: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    models_built: int = 0
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+
+    @property
+    def models_per_second(self) -> float:
+        return self.models_built / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": str(self.root), "worker": list(self.worker), "shards": self.shards, "built": self.built,
+                "skipped": self.skipped, "models_built": self.models_built, "seconds": round(self.seconds, 3),
+                "train_seconds": round(self.train_seconds, 3), "n_models": self.card.n_models,
+                "n_shards": self.card.n_shards, "task": self.card.task}
+
+
+def run_build(out: str | os.PathLike, card: ZooCard, shard: str | tuple[int, int] | None, train_shard: ShardFn, *,
+              progress: bool = True, on_shard: Callable[[int], None] | None = None, desc: str = "zoo") -> ZooBuildResult:
+    """Build the shards of this worker that are not on disk yet.
+
+    Args:
+        out: the zoo directory.
+        card: its card.
+        shard: ``"i/N"``: this worker builds the shards ``s`` with ``s % N == i``.
+        train_shard: ``(shard, model_ids) -> (tensors, rows)``.
+        progress: progress bar on stderr.
+        on_shard: called with each shard index once it is safely on disk (tests use it to
+            stop a build half way).
+    """
+    t0 = time.perf_counter()
+    worker = parse_shard_spec(shard)
+    mine = worker_shards(card.n_shards, *worker)
+    writer = ZooWriter(out, card)
+    done = writer.open(mine)
+    result = ZooBuildResult(Path(out), card, worker, mine, skipped=sorted(done))
+    todo = [s for s in mine if s not in done]
+    n_todo = sum(len(card.shard_models(s)) for s in todo)
+    bar = tqdm(total=n_todo, desc=desc, unit="model", file=sys.stderr, disable=not progress or not todo,
+               dynamic_ncols=True)
+    try:
+        for s in todo:
+            ids = card.shard_models(s)
+            t = time.perf_counter()
+            tensors, rows = train_shard(s, ids)
+            result.train_seconds += time.perf_counter() - t
+            writer.write_shard(s, tensors, rows)
+            result.built.append(s)
+            result.models_built += len(ids)
+            bar.update(len(ids))
+            if on_shard is not None:
+                on_shard(s)
+    finally:
+        bar.close()
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; refuses CUDA where there is none."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"zoo: unknown device {device!r}; use cpu, cuda or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"zoo: device {device!r} asked for, but CUDA is not available")
+    return dev
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"zoo: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_range(r: Any, name: str, *, low: float = 0.0, positive: bool = False) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in r)
+    except (TypeError, ValueError):
+        raise ValueError(f"zoo: {name} must be a pair (low, high), got {r!r}") from None
+    if not (a <= b) or a < low or (positive and a <= 0) or b != b or a != a:
+        raise ValueError(f"zoo: {name} must satisfy {'0 <' if positive else f'{low} <='} low <= high, got {r!r}")
+    return a, b
