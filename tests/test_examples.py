@@ -28,7 +28,8 @@ def one_thread():
 
 def test_every_example_is_tested():
     assert {p.stem for p in EXAMPLES.glob("*.py")} == {"merge_two_checkpoints", "align_and_permute",
-                                                     "parameter_graphs", "merge_many_models"}
+                                                     "parameter_graphs", "merge_many_models",
+                                                     "build_a_zoo", "train_a_metanetwork"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):

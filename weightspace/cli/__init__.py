@@ -15,7 +15,7 @@ _COMMANDS = [_inspect]
 
 def _optional_commands():
     mods = []
-    for name in ("merge", "barrier", "demo", "methods", "graph", "zoo", "merge_many"):
+    for name in ("merge", "barrier", "demo", "methods", "graph", "zoo", "merge_many", "metanet"):
         try:
             mods.append(__import__(f"{__name__}.{name}", fromlist=["run"]))
         except ModuleNotFoundError as e:

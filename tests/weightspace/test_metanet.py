@@ -1,0 +1,84 @@
+"""Metanetwork training on tiny zoos: every arch trains, checkpoints reload, the CLI maps errors to 2."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from weightspace.cli import main
+from weightspace.metanet import ARCHS, evaluate_metanet, load_metanet, train_metanet
+from weightspace.zoo import build_cnn_zoo, build_inr_zoo
+
+
+@pytest.fixture(scope="module")
+def cnn_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo") / "cnn"
+    build_cnn_zoo(root, "digits", n=10, checkpoints=(0, 1), progress=False,
+                  recipe={"channels": [4, 4, 4], "train_eval_size": 64})
+    return root
+
+
+@pytest.fixture(scope="module")
+def inr_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo") / "inr"
+    build_inr_zoo(root, "digits", n=12, progress=False, recipe={"steps": 10, "hidden": [8, 8]})
+    return root
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_trains_on_a_cnn_zoo(cnn_zoo, tmp_path, arch):
+    out = tmp_path / f"{arch}.pt"
+    r = train_metanet(cnn_zoo, arch=arch, epochs=2, hidden=8, batch_size=4, progress=False, out=out)
+    assert len(r.history) == 2 and 1 <= r.best_epoch <= 2
+    assert all(math.isfinite(h["train_loss"]) for h in r.history)
+    for name in ("train", "val"):
+        assert math.isfinite(r.metrics[name]["mse"]) and -1 <= r.metrics[name]["kendall_tau"] <= 1
+    assert r.num_params > 0 and out.is_file() and not list(tmp_path.glob(".*tmp*"))
+    model, config = load_metanet(out)
+    assert config["arch"] == arch
+    m = evaluate_metanet(out, cnn_zoo, split="train")
+    assert m["n"] > 0
+    assert m["mse"] == pytest.approx(r.metrics["train"]["mse"], rel=1e-4, abs=1e-6)
+
+
+def test_training_loss_decreases(cnn_zoo):
+    r = train_metanet(cnn_zoo, arch="statnn", epochs=8, hidden=16, batch_size=4, patience=8, progress=False)
+    losses = [h["train_loss"] for h in r.history]
+    assert min(losses[-3:]) < losses[0]
+
+
+def test_classification_on_an_inr_zoo(inr_zoo):
+    for arch in ("np", "gnn"):
+        r = train_metanet(inr_zoo, task="class", arch=arch, epochs=2, hidden=8, batch_size=4, progress=False)
+        assert r.config["out"] >= 2
+        acc = r.metrics["train"]["accuracy"]
+        assert 0.0 <= acc <= 1.0 and math.isfinite(r.metrics["train"]["loss"])
+
+
+def test_bad_input_is_a_value_error(cnn_zoo, tmp_path):
+    with pytest.raises(ValueError, match="choose one of"):
+        train_metanet(cnn_zoo, arch="resnet")
+    with pytest.raises(ValueError, match="choose one of"):
+        train_metanet(cnn_zoo, task="segmentation")
+    with pytest.raises(ValueError, match="epochs"):
+        train_metanet(cnn_zoo, epochs=0)
+    with pytest.raises(ValueError, match="not a directory"):
+        train_metanet(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_metanet(tmp_path / "none.pt")
+
+
+def test_cli(cnn_zoo, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["metanet", "train", str(cnn_zoo), "--arch", "hnp", "--epochs", "1", "--hidden", "4",
+                 "-o", str(out), "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["arch"] == "hnp" and res["epochs_run"] == 1 and out.is_file()
+    assert main(["metanet", "eval", str(out), str(cnn_zoo), "--split", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 10
+    assert main(["metanet", "train", str(tmp_path / "nozoo"), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["metanet", "eval", str(tmp_path / "none.pt"), str(cnn_zoo)]) == 2
+    assert main(["metanet", "train", str(cnn_zoo), "--epochs", "0", "-o", str(tmp_path / "x.pt")]) == 2

@@ -1,0 +1,76 @@
+"""``weightspace metanet train|eval``: train a metanetwork on a zoo, or evaluate one."""
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_common_args, print_json, resolve_device
+
+NAME = "metanet"
+HELP = "train a metanetwork on a model zoo (predict accuracy or class from weights), or evaluate one"
+DESCRIPTION = """Metanetworks: networks that read other networks' weights.
+
+  weightspace metanet train zoo-cnn --task accuracy --arch gnn -o gnn.pt
+  weightspace metanet train zoo-inr --task class --arch np -o np.pt --epochs 100
+  weightspace metanet eval gnn.pt zoo-cnn --split test --json
+
+Archs: gnn, transformer (parameter graphs, any architecture), np, hnp, dws (equivariant
+weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
+permutations of the input networks, keeps the best model on the val split (early stopping),
+and reports Kendall tau and R^2 (accuracy) or accuracy (class) on every split."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from weightspace.metanet import ARCHS, TASKS
+
+    sub = p.add_subparsers(dest="metanet_command", metavar="{train,eval}")
+    t = sub.add_parser("train", help="train a metanetwork on a zoo", description="Train a metanetwork on a zoo.")
+    t.add_argument("zoo", metavar="ZOO", help="the zoo directory")
+    t.add_argument("--task", choices=TASKS, default="accuracy", help="what to predict (default: accuracy)")
+    t.add_argument("--arch", choices=ARCHS, default="gnn", help="the metanetwork (default: gnn)")
+    t.add_argument("-o", "--out", required=True, metavar="OUT.pt", help="where to write the best metanetwork")
+    t.add_argument("--epochs", type=int, default=50, help="most epochs (default: 50)")
+    t.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
+    t.add_argument("--batch-size", type=int, default=32, help="networks per step (default: 32)")
+    t.add_argument("--hidden", type=int, default=None, help="metanetwork width (default: per arch)")
+    t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
+    t.add_argument("--target", default=None, help="metrics.csv column to predict (default: test_acc or label)")
+    t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common_args(t)
+    e = sub.add_parser("eval", help="evaluate a trained metanetwork on a zoo",
+                       description="Metrics of a trained metanetwork on a split of a zoo.")
+    e.add_argument("model", metavar="MODEL", help="a checkpoint written by `metanet train`")
+    e.add_argument("zoo", metavar="ZOO", help="the zoo directory")
+    e.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="(default: test)")
+    add_common_args(e, seed=False)
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def run(args: argparse.Namespace) -> int:
+    from weightspace.metanet import evaluate_metanet, train_metanet
+
+    if args.metanet_command is None:
+        raise ValueError("choose a subcommand: train or eval (see `weightspace metanet --help`)")
+    device = resolve_device(args.device)
+    if args.metanet_command == "train":
+        r = train_metanet(args.zoo, task=args.task, arch=args.arch, epochs=args.epochs, lr=args.lr,
+                          batch_size=args.batch_size, hidden=args.hidden, augment=not args.no_augment,
+                          patience=args.patience, target=args.target, seed=args.seed, device=device,
+                          out=args.out, progress=not args.quiet and not args.json)
+        if args.json:
+            print_json(r.to_dict())
+        else:
+            print(f"{args.arch} metanetwork ({r.num_params:,} parameters), best epoch {r.best_epoch} of "
+                  f"{len(r.history)}, {r.seconds:.1f} s -> {r.path}")
+            for split, m in r.metrics.items():
+                print(f"  {split}: {_fmt(m) if m else '(empty split)'}")
+        return 0
+    m = evaluate_metanet(args.model, args.zoo, split=args.split, device=device)
+    if args.json:
+        print_json(m)
+    else:
+        print(f"{args.split}: {_fmt(m)}")
+    return 0

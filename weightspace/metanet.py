@@ -1,0 +1,406 @@
+"""Train and evaluate metanetworks on model zoos: predict a network's accuracy or class from its weights."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from graphs import ParamGraph, Structure, permute, random_permutation
+
+__all__ = ["ARCHS", "TASKS", "MetanetResult", "train_metanet", "evaluate_metanet", "load_metanet"]
+
+ARCHS = ("gnn", "transformer", "np", "hnp", "dws", "statnn", "mlp")
+TASKS = ("accuracy", "class")
+FORMAT = "weightspace-metanet"
+_TENSOR_ARCHS = ("np", "hnp", "dws", "statnn", "mlp")
+_DEFAULT_HIDDEN = {"gnn": 64, "transformer": 64, "np": 16, "hnp": 16, "dws": 16, "statnn": 256, "mlp": 256}
+
+
+# ============================================================================ models
+class _WeightSpaceNet(nn.Module):
+    """Per-layer scaling, then equivariant layers and an invariant pool (or a baseline), then a head."""
+
+    def __init__(self, arch: str, spec, out: int, hidden: int, scales: Tensor) -> None:
+        super().__init__()
+        from .nn import DWSLayer, FlatMLP, HNPLinear, HNPPool, NPLinear, NPPool, StatNN
+
+        self.arch = arch
+        self.register_buffer("scales", scales.clone())     # (2L,): weight and bias of each layer
+        self.layers = nn.ModuleList()
+        if arch in ("np", "hnp", "dws"):
+            def make(a: int, b: int) -> nn.Module:
+                if arch == "dws":   # DWSNets' max reduction sets it apart from hnp's means
+                    return DWSLayer(spec, a, b, reduction="max")
+                return (NPLinear if arch == "np" else HNPLinear)(spec, a, b)
+
+            chans = [1, hidden, hidden]
+            self.layers.extend(make(a, b) for a, b in zip(chans[:-1], chans[1:]))
+            self.pool = (NPPool if arch == "np" else HNPPool)(spec, hidden)
+            width = self.pool.num_outputs(spec, hidden)
+            self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * hidden), nn.ReLU(),
+                                      nn.Linear(4 * hidden, out))
+        else:
+            self.pool = None
+            self.head = (StatNN if arch == "statnn" else FlatMLP)(spec, 1, out, hidden=(hidden, hidden))
+
+    def forward(self, x) -> Tensor:
+        L = len(x.weights)
+        x = type(x)(tuple(w / self.scales[i] for i, w in enumerate(x.weights)),
+                    tuple(b / self.scales[L + i] for i, b in enumerate(x.biases)))
+        if self.pool is None:
+            return self.head(x)
+        for layer in self.layers:
+            x = layer(x).map(F.relu)
+        return self.head(self.pool(x))
+
+
+def _build_model(config: Mapping[str, Any]) -> nn.Module:
+    from .nn import GraphMetanet, NetworkSpec
+
+    arch, out, hidden = config["arch"], config["out"], config["hidden"]
+    if arch in ("gnn", "transformer"):
+        return GraphMetanet(hidden=hidden, out_channels=out, num_layers=config.get("num_layers", 3), arch=arch)
+    spec = NetworkSpec.from_dict(config["spec"])
+    return _WeightSpaceNet(arch, spec, out, hidden, torch.tensor(config["scales"], dtype=torch.float32))
+
+
+# ============================================================================ data
+@dataclass
+class _Split:
+    states: list[dict[str, Tensor]]
+    targets: Tensor
+
+
+class _Zoo:
+    """A zoo held in memory: the model's structure and each split's state dicts and targets."""
+
+    def __init__(self, root: str | os.PathLike, task: str, target: str | None) -> None:
+        from .api import trace_model
+        from .models import model_from_json
+        from .zoo import ZooDataset
+
+        if task not in TASKS:
+            raise ValueError(f"train_metanet: unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+        self.root = Path(root)
+        target = target or ("accuracy" if task == "accuracy" else "label")
+        probe = ZooDataset(self.root, "all", view="state", target=target)
+        self.card, self.target = probe.card, probe.target
+        self.splits: dict[str, _Split] = {}
+        for split in ("train", "val", "test"):
+            ds = ZooDataset(self.root, split, view="state", target=target)
+            states, ys = [], []
+            for i in range(len(ds)):
+                states.append(ds.state(i))
+                ys.append(float(ds.rows[i][self.target]))
+            dtype = torch.long if task == "class" else torch.float32
+            self.splits[split] = _Split(states, torch.tensor(ys, dtype=dtype))
+        if not self.splits["train"].states:
+            raise ValueError(f"train_metanet: {self.root} has no models in its train split; build a larger zoo")
+        module = model_from_json(self.card.model_spec)
+        self.structure: Structure = trace_model(module, input_shape=self.card.input_shape)
+        if task == "class":
+            labels = torch.cat([s.targets for s in self.splits.values()])
+            self.num_classes = int(labels.max()) + 1 if labels.numel() else 1
+        else:
+            self.num_classes = 1
+
+
+def _tensors(state: Mapping[str, Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    from .zoo import state_to_tensors
+
+    try:
+        return state_to_tensors(dict(state))
+    except ValueError as e:
+        raise ValueError(f"train_metanet: the weight-space archs ({', '.join(_TENSOR_ARCHS)}) need a chain of "
+                         f"weight/bias layers ({e}); use --arch gnn or transformer for this zoo") from None
+
+
+def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], device: torch.device):
+    if arch in ("gnn", "transformer"):
+        stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+        return ParamGraph.batch_from_stacked(structure, stacked).to_pyg().to(device)
+    from .nn import WeightSpaceFeatures
+
+    ts = [_tensors(s) for s in states]
+    L = len(ts[0][0])
+    return WeightSpaceFeatures.from_tensors([torch.stack([t[0][l] for t in ts]).to(device) for l in range(L)],
+                                            [torch.stack([t[1][l] for t in ts]).to(device) for l in range(L)])
+
+
+def _scales(states: list[dict[str, Tensor]]) -> list[float]:
+    ws, bs = zip(*(_tensors(s) for s in states))
+    out = []
+    for group in (list(zip(*ws)), list(zip(*bs))):
+        for layer in group:
+            sd = float(torch.stack(layer).float().std())
+            out.append(sd if math.isfinite(sd) and sd > 1e-8 else 1.0)
+    return out
+
+
+# ============================================================================ metrics
+def _metrics(task: str, pred: Tensor, y: Tensor) -> dict[str, float]:
+    if len(y) == 0:
+        return {}
+    if task == "class":
+        return {"loss": float(F.cross_entropy(pred, y)), "accuracy": float((pred.argmax(1) == y).float().mean())}
+    from scipy.stats import kendalltau
+
+    p, t = pred.squeeze(1).double(), y.double()
+    mse = float(((p - t) ** 2).mean())
+    var = float(((t - t.mean()) ** 2).mean())
+    tau = kendalltau(p.numpy(), t.numpy()).statistic if len(t) > 1 else float("nan")
+    return {"loss": mse, "mse": mse, "r2": 1.0 - mse / var if var > 0 else float("nan"),
+            "kendall_tau": float(tau) if tau is not None else float("nan")}
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, arch: str, structure: Structure, split: _Split, batch_size: int,
+             device: torch.device) -> Tensor:
+    model.eval()
+    outs = [model(_collate(arch, structure, split.states[i:i + batch_size], device)).float().cpu()
+            for i in range(0, len(split.states), batch_size)]
+    return torch.cat(outs) if outs else torch.zeros(0, 1)
+
+
+def _loss(task: str, pred: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(pred, y) if task == "class" else F.mse_loss(pred.squeeze(1), y)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train_metanet: device {str(device)!r} asked for, but CUDA is not available")
+    return dev
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ============================================================================ public API
+@dataclass
+class MetanetResult:
+    """What :func:`train_metanet` did.
+
+    Attributes:
+        model (nn.Module): the best metanetwork (by validation loss), on the CPU, in eval mode.
+        config (dict): everything needed to rebuild it (arch, task, sizes, target, scales).
+        history (list[dict]): per epoch: ``epoch``, ``train_loss``, ``val_loss`` and the
+            validation metrics.
+        best_epoch (int): the epoch whose weights were kept.
+        metrics (dict[str, dict[str, float]]): ``train``, ``val`` and ``test`` metrics of the best
+            model (Kendall tau, R^2 and MSE for accuracy, accuracy and loss for classes); an
+            empty split gives ``{}``.
+        num_params (int): trainable parameters of the metanetwork.
+        seconds (float): training wall time.
+        path (Path, optional): the checkpoint, when ``out`` was given.
+    """
+
+    model: nn.Module
+    config: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    num_params: int = 0
+    seconds: float = 0.0
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.config["arch"], "task": self.config["task"], "target": self.config["target"],
+                "best_epoch": self.best_epoch, "epochs_run": len(self.history), "metrics": self.metrics,
+                "num_params": self.num_params, "seconds": round(self.seconds, 3),
+                "path": str(self.path) if self.path else None, "history": self.history}
+
+
+def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: str = "gnn", epochs: int = 50,
+                  lr: float = 3e-4, batch_size: int = 32, hidden: int | None = None, augment: bool = True,
+                  patience: int = 10, weight_decay: float = 0.0, target: str | None = None, seed: int = 0,
+                  device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
+                  progress: bool = True) -> MetanetResult:
+    """Train a metanetwork on a zoo's train split, select it on the val split.
+
+    Args:
+        zoo_dir (str or PathLike): the zoo (``weightspace zoo build``).
+        task (str): ``"accuracy"`` (regress the target, default ``test_acc``) or ``"class"``
+            (classify the target, default ``label``). (default: ``"accuracy"``)
+        arch (str): ``"gnn"``, ``"transformer"`` (:class:`~weightspace.nn.GraphMetanet` on
+            parameter graphs, any architecture), ``"np"``, ``"hnp"``, ``"dws"`` (equivariant
+            weight-space layers), ``"statnn"``, ``"mlp"`` (baselines); the last five need a
+            chain of weight/bias layers (MLPs, the zoo CNNs). (default: ``"gnn"``)
+        epochs (int): most epochs. (default: ``50``)
+        lr (float): AdamW learning rate. (default: ``3e-4``)
+        batch_size (int): networks per step. (default: ``32``)
+        hidden (int, optional): width of the metanetwork. (default: per arch, 32 to 256)
+        augment (bool): feed each training network under a fresh random permutation of its
+            hidden units every epoch (:func:`graphs.random_permutation` + :func:`graphs.permute`).
+            (default: ``True``)
+        patience (int): stop after this many epochs without a better validation loss.
+            (default: ``10``)
+        weight_decay (float): AdamW weight decay. (default: ``0.0``)
+        target (str, optional): the ``metrics.csv`` column to predict.
+        seed (int): seeds initialisation, batch order and augmentation. (default: ``0``)
+        device (str): ``cpu``, ``cuda`` or ``auto``. (default: ``"cpu"``)
+        out (str or PathLike, optional): where to save the best metanetwork (``.pt``, written
+            atomically whenever validation improves).
+        progress (bool): progress bar on stderr. (default: ``True``)
+
+    Returns:
+        MetanetResult: the best model, its metrics on every split, the history.
+
+    Raises:
+        ValueError: unknown task or arch, bad numbers, no such zoo, an empty train split, or
+            a zoo the chosen arch cannot read.
+
+    Example:
+        >>> r = train_metanet("zoo", task="accuracy", arch="np", epochs=20)  # doctest: +SKIP
+        >>> r.metrics["test"]["kendall_tau"]  # doctest: +SKIP
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"train_metanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"train_metanet: {name} must be a positive integer, got {v!r}")
+    if not lr > 0:
+        raise ValueError(f"train_metanet: lr must be positive, got {lr!r}")
+    dev = _device(device)
+    t0 = time.perf_counter()
+    zoo = _Zoo(zoo_dir, task, target)
+    train, val = zoo.splits["train"], zoo.splits["val"]
+    select_on = val if val.states else train
+    config: dict[str, Any] = {"format": FORMAT, "arch": arch, "task": task, "target": zoo.target,
+                              "out": zoo.num_classes if task == "class" else 1,
+                              "hidden": int(hidden or _DEFAULT_HIDDEN[arch]), "num_layers": 3,
+                              "model_spec": zoo.card.model_spec, "zoo": str(zoo.root)}
+    if arch in _TENSOR_ARCHS:
+        from .nn import NetworkSpec
+
+        w, b = _tensors(train.states[0])
+        try:
+            config["spec"] = NetworkSpec.from_tensors(w, b).to_dict()
+        except ValueError as e:
+            raise ValueError(f"train_metanet: arch {arch!r} cannot read this zoo ({e}); use --arch gnn") from None
+        config["scales"] = _scales(train.states)
+    torch.manual_seed(seed)
+    model = _build_model(config).to(dev)
+    if arch == "statnn" and len(train.states) % batch_size == 1:
+        batch_size += 1   # no batch of one: BatchNorm needs two
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, best_epoch, bad = math.inf, None, 0, 0
+    history: list[dict[str, float]] = []
+    path = Path(out) if out is not None else None
+    bar = tqdm(range(1, epochs + 1), desc=f"metanet {arch}", unit="epoch", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(train.states), generator=gen).tolist()
+        total, count = 0.0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            states = [train.states[j] for j in idx]
+            if augment:
+                states = [permute(zoo.structure, s, random_permutation(
+                    zoo.structure, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))) for s in states]
+            pred = model(_collate(arch, zoo.structure, states, dev))
+            loss = _loss(task, pred.float(), train.targets[idx].to(dev))
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        pv = _predict(model, arch, zoo.structure, select_on, 64, dev)
+        vm = _metrics(task, pv, select_on.targets)
+        history.append({"epoch": epoch, "train_loss": total / count, **{f"val_{k}": v for k, v in vm.items()}})
+        bar.set_postfix(train=f"{total / count:.4g}", val=f"{vm['loss']:.4g}")
+        if vm["loss"] < best - 1e-12:
+            best, best_epoch, bad = vm["loss"], epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if path is not None:
+                _atomic_save({"format": FORMAT, "config": config, "state_dict": best_state,
+                              "epoch": epoch, "val": vm}, path)
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    metrics = {name: _metrics(task, _predict(model, arch, zoo.structure, s, 64, torch.device("cpu")), s.targets)
+               for name, s in zoo.splits.items()}
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return MetanetResult(model, config, history, best_epoch, metrics, n_params, time.perf_counter() - t0, path)
+
+
+def load_metanet(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, config)`` from a checkpoint of :func:`train_metanet` (in eval mode, on the CPU).
+
+    Raises:
+        ValueError: the file is missing or is not a metanetwork checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"load_metanet: {path} does not exist; train one with `weightspace metanet train`")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise ValueError(f"load_metanet: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise ValueError(f"load_metanet: {path} is not a weightspace metanetwork checkpoint")
+    model = _build_model(ck["config"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), dict(ck["config"])
+
+
+def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os.PathLike, *, split: str = "test",
+                     batch_size: int = 64, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Metrics of a trained metanetwork on a split of a zoo of the same architecture.
+
+    Args:
+        model: a checkpoint path or a :class:`MetanetResult`.
+        zoo_dir: the zoo.
+        split (str): ``"train"``, ``"val"``, ``"test"`` or ``"all"``. (default: ``"test"``)
+
+    Returns:
+        dict: ``kendall_tau``, ``r2``, ``mse`` (accuracy) or ``accuracy``, ``loss`` (class), and ``n``.
+
+    Raises:
+        ValueError: unreadable checkpoint, no such zoo, an empty split, or a zoo of another architecture.
+    """
+    if isinstance(model, MetanetResult):
+        net, config = model.model, model.config
+    else:
+        net, config = load_metanet(model)
+    zoo = _Zoo(zoo_dir, config["task"], config["target"])
+    if zoo.card.model_spec != config["model_spec"] and config["arch"] in _TENSOR_ARCHS:
+        raise ValueError(f"evaluate_metanet: {zoo_dir} holds {zoo.card.model_spec}, but the metanetwork was "
+                         f"trained on {config['model_spec']}")
+    if split == "all":
+        parts = list(zoo.splits.values())
+        data = _Split([s for p in parts for s in p.states], torch.cat([p.targets for p in parts]))
+    elif split in zoo.splits:
+        data = zoo.splits[split]
+    else:
+        raise ValueError(f"evaluate_metanet: unknown split {split!r}; choose one of: train, val, test, all")
+    if not data.states:
+        raise ValueError(f"evaluate_metanet: the {split} split of {zoo_dir} is empty; pass another split")
+    dev = _device(device)
+    pred = _predict(net.to(dev), config["arch"], zoo.structure, data, batch_size, dev)
+    net.cpu()
+    return {**_metrics(config["task"], pred, data.targets), "n": len(data.states)}
+
+

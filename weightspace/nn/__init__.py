@@ -1,0 +1,29 @@
+"""Metanetworks: layers that take trained networks as input.
+
+Equivariant weight-space layers for chain networks (MLPs, plain CNNs) in the ``nfn`` layout
+(:class:`WeightSpaceFeatures`), invariant baselines, and a message-passing metanetwork over
+parameter graphs of any architecture (:class:`GraphMetanet`).
+"""
+from .dws_layer import DWSLayer
+from .flat_mlp import FlatMLP
+from .graph_metanet import GraphMetanet
+from .hnp_linear import HNPLinear
+from .hnp_pool import HNPPool
+from .network_spec import NetworkSpec
+from .np_linear import NPLinear
+from .np_pool import NPPool
+from .stat_nn import StatNN
+from .weight_space_features import WeightSpaceFeatures
+
+__all__ = [
+    "DWSLayer",
+    "FlatMLP",
+    "GraphMetanet",
+    "HNPLinear",
+    "HNPPool",
+    "NPLinear",
+    "NPPool",
+    "NetworkSpec",
+    "StatNN",
+    "WeightSpaceFeatures",
+]
