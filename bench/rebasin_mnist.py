@@ -101,16 +101,22 @@ def resnet_barriers(train_ds, test, args) -> None:
               "acc. barrier (linear)", "loss barrier (mean)"))
     print(row(*["---"] * 6))
     res = {}
-    for method in ("naive", "weight"):
-        p = weightspace.identity_permutation(s) if method == "naive" else merging.weight_matching(s, a, b)
+    for method in ("naive", "weight", "activation"):
+        if method == "naive":
+            p = weightspace.identity_permutation(s)
+        elif method == "weight":
+            p = merging.weight_matching(s, a, b)
+        else:
+            p = merging.activation_matching(s, model, a, b, reset, max_examples=1000)
         r = merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.resnet_steps,
                             reset_bn_data=reset, progress=False)
         res[method] = r
         print(row(f"{method} + BatchNorm reset", f"{fmt(r.accuracies[0], 4)} / {fmt(r.accuracies[-1], 4)}",
                   fmt(r.midpoint_accuracy, 4), fmt(r.accuracy_barrier, 4), fmt(r.accuracy_barrier_linear, 4),
                   fmt(r.loss_barrier)))
-    ratio = res["weight"].accuracy_barrier / max(res["naive"].accuracy_barrier, 1e-12)
-    print(f"\naccuracy barrier, weight matching / naive: {ratio:.2f}")
+    for method in ("weight", "activation"):
+        ratio = res[method].accuracy_barrier / max(res["naive"].accuracy_barrier, 1e-12)
+        print(f"\naccuracy barrier, {method} matching / naive (both with BatchNorm reset): {ratio:.2f}")
 
 
 def speed(train_ds, test, args) -> None:

@@ -4,24 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import inspect as _inspect
+from . import barrier, demo, graph, inspect, merge, merge_many, metanet, zoo
 from ._common import run_command
 
 __all__ = ["main", "build_parser"]
 
-# subcommand modules, each with NAME, HELP, add_arguments(parser) and run(args)
-_COMMANDS = [_inspect]
-
-
-def _optional_commands():
-    mods = []
-    for name in ("merge", "barrier", "demo", "methods", "graph", "zoo", "merge_many", "metanet"):
-        try:
-            mods.append(__import__(f"{__name__}.{name}", fromlist=["run"]))
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-    return mods
+# subcommand modules, each with NAME, HELP, add_arguments(parser) and run(args), in --help order
+_COMMANDS = [demo, inspect, merge, barrier, merge_many, graph, zoo, metanet]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"weightspace {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _COMMANDS + _optional_commands():
+    for mod in _COMMANDS:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
