@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import graphs
 from graphs import Structure, permute, random_permutation, trace
-from nets import (CASES, Concat, Embed, Encoder, Functional, HandAttention, Nested, SplitAttention, TinyResNet,
+from nets import (CASES, Concat, Tied, Embed, Encoder, Functional, HandAttention, Nested, SplitAttention, TinyResNet,
                   mlp, randomize)
 
 
@@ -152,17 +152,6 @@ def test_untraceable_submodule_is_opaque():
 
 
 def test_tied_weights_share_a_group():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(7, 5)
-            self.mid = nn.Linear(5, 5)
-            self.out = nn.Linear(5, 7, bias=False)
-            self.out.weight = self.emb.weight
-
-        def forward(self, t):
-            return self.out(self.mid(self.emb(t)).relu())
-
     s = assert_invariant(Tied(), torch.randint(0, 7, (2, 3)))
     assert s.axes["out.weight"] == s.axes["emb.weight"]
 

@@ -352,10 +352,8 @@ def test_dataset_views_and_targets(cnn_zoo):
 
 
 def test_dataset_graph_view(cnn_zoo):
-    try:
-        from graphs.param_graph import ParamGraph
-    except ImportError:
-        pytest.skip("graphs.ParamGraph is not available yet")
+    from graphs import ParamGraph
+
     ds = ZooDataset(cnn_zoo, split="all", view="graph")
     g, _ = ds[0]
     assert isinstance(g, ParamGraph)
