@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import operator
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -944,7 +943,6 @@ def trace(module: nn.Module, example_input: Any, *, check: bool = True,
         raise TypeError(f"trace: expected an nn.Module, got {type(module).__name__}")
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     tracer = _Tracer()
-    unpermuted_reasons: list[str] = []
     was_training = module.training
     module.eval()
     try:

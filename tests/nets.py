@@ -257,3 +257,30 @@ EXTRA_CASES = {
     "norm_on_input": (lambda: nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), lambda: torch.randn(5, 4)),
     "layernorm_chw": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.LayerNorm([4, 4, 4]), nn.Flatten(), nn.Linear(64, 2)), lambda: torch.randn(2, 2, 6, 6)),
 }
+
+
+# --------------------------------------------------------------------------- trained pairs
+def teacher_data(seed: int = 0, n: int = 2048, d: int = 16, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels from a random tanh teacher: learnable, but not so easy that every path is flat."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w1, w2 = torch.randn(d, 32, generator=g), torch.randn(32, k, generator=g)
+    return x, (torch.tanh(x @ w1) @ w2).argmax(dim=1)
+
+
+def teacher_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+
+def train_teacher_mlp(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> nn.Module:
+    """Adam on random minibatches of 128; a different seed gives a different basin."""
+    torch.manual_seed(seed)
+    model = teacher_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (128,))
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model

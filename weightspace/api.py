@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from graphs import Structure, trace
 
-from .checkpoint import CheckpointError, check_finite, check_fits, load
+from .checkpoint import check_finite, check_fits, load
 from .models import example_input_for, get_model, model_spec_from_json, model_spec_to_json, parse_input_shape
 
 __all__ = ["LoadedModel", "build_model", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",

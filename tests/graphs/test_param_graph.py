@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections import Counter
 
 import networkx as nx
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import graphs
 from graphs import (

@@ -1,18 +1,16 @@
 """Tracing: every supported layer kind, permuted at random, computes the same function."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphs
 from graphs import Structure, permute, random_permutation, trace
-from nets import (CASES, Concat, Tied, Embed, Encoder, Functional, HandAttention, Nested, SplitAttention, TinyResNet,
+from nets import (CASES, Tied, Encoder, Functional, SplitAttention, TinyResNet,
                   mlp, randomize)
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets import teacher_data, teacher_mlp, train_teacher_mlp
+
 from merging import BarrierResult, EvalResult, barrier, evaluate, plot_barrier
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -20,37 +22,12 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 # --------------------------------------------------------------------------- fixtures
 
 
-def _teacher_data(seed: int = 0, n: int = 2048, d: int = 16, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels from a random tanh teacher: learnable, but not so easy that every path is flat."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    w1, w2 = torch.randn(d, 32, generator=g), torch.randn(32, k, generator=g)
-    return x, (torch.tanh(x @ w1) @ w2).argmax(dim=1)
-
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
-
-
-def _train(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> nn.Module:
-    torch.manual_seed(seed)
-    model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (128,))
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor], Batches]:
-    x, y = _teacher_data()
-    a, b = _train(0, x, y), _train(1, x, y)
+    x, y = teacher_data()
+    a, b = train_teacher_mlp(0, x, y), train_teacher_mlp(1, x, y)
     data = [(x[i : i + 512], y[i : i + 512]) for i in range(0, len(x), 512)]
-    return _mlp(), a.state_dict(), b.state_dict(), data
+    return teacher_mlp(), a.state_dict(), b.state_dict(), data
 
 
 class _TinyCNN(nn.Module):
@@ -69,10 +46,10 @@ class _TinyCNN(nn.Module):
 
 def test_evaluate_matches_direct_computation(trained) -> None:
     model, sa, _, _ = trained
-    x, y = _teacher_data(seed=5, n=300)
+    x, y = teacher_data(seed=5, n=300)
     data = [(x[:128], y[:128]), (x[128:256], y[128:256]), (x[256:], y[256:])]  # uneven batches
     result = evaluate(model, sa, data)
-    ref = _mlp()
+    ref = teacher_mlp()
     ref.load_state_dict(sa)
     with torch.no_grad():
         out = ref(x)

@@ -1,7 +1,6 @@
 """Matching: a model against its own permutation is recovered; alignment lowers the barrier."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

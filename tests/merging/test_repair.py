@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets import teacher_data, teacher_mlp, train_teacher_mlp
+
 from merging import evaluate, interpolate, repair, reset_batchnorm
 
 State = dict[str, torch.Tensor]
@@ -43,36 +45,12 @@ class _CNN(nn.Module):
         return self.head(F.relu(self.fc1(h)))
 
 
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
-
-
-def _teacher_data(seed: int = 0, n: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 16, generator=g)
-    w1, w2 = torch.randn(16, 32, generator=g), torch.randn(32, 4, generator=g)
-    return x, (torch.tanh(x @ w1) @ w2).argmax(dim=1)
-
-
-def _train(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> nn.Module:
-    torch.manual_seed(seed)
-    model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (128,))
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, State, State, Batches]:
-    x, y = _teacher_data()
-    a, b = _train(0, x, y), _train(1, x, y)
+    x, y = teacher_data()
+    a, b = train_teacher_mlp(0, x, y), train_teacher_mlp(1, x, y)
     data = [(x[i : i + 512], y[i : i + 512]) for i in range(0, len(x), 512)]
-    return _mlp(), a.state_dict(), b.state_dict(), data
+    return teacher_mlp(), a.state_dict(), b.state_dict(), data
 
 
 def _images(n_batches: int = 3, batch: int = 8, seed: int = 0) -> Batches:
@@ -93,7 +71,7 @@ def _same(a: State, b: State) -> bool:
 
 def _channel_stats(model: nn.Module, state: State, data: Batches, layers: dict[str, int]) -> dict[str, tuple]:
     """Per-channel population mean/std of each layer's output, from all outputs concatenated."""
-    model = type(model)() if not isinstance(model, nn.Sequential) else _mlp()
+    model = type(model)() if not isinstance(model, nn.Sequential) else teacher_mlp()
     model.load_state_dict(state)
     model.eval()
     modules = dict(model.named_modules())

@@ -1,7 +1,6 @@
 """Every built-in family: a random permutation from the traced structure keeps the function."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from weightspace.cli import main
 from weightspace.metanet import ARCHS, evaluate_metanet, load_metanet, train_metanet
