@@ -6,6 +6,7 @@ batches. This layer imports ``graphs`` at most, never ``weightspace``.
 
 from merging._eval import EvalResult, evaluate
 from merging.barrier import BarrierResult, barrier, plot_barrier
+from merging.c2m3 import c2m3_matching, c2m3_merge, pairwise_permutation, soft_permute
 from merging.interpolate import interpolate, lerp_path
 from merging.matching import (
     activation_matching,
@@ -48,4 +49,8 @@ __all__ = [
     # many models
     "merge_many",
     "repair_many",
+    "c2m3_matching",
+    "c2m3_merge",
+    "pairwise_permutation",
+    "soft_permute",
 ]

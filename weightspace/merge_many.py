@@ -29,7 +29,7 @@ from .models import model_spec_from_json
 __all__ = ["MANY_METHODS", "MergeManyResult", "merge_many_checkpoints"]
 
 #: Methods of ``weightspace merge-many``, in the order the CLI lists them.
-MANY_METHODS = ("mergemany", "average")
+MANY_METHODS = ("mergemany", "c2m3", "average")
 PathLike = str | os.PathLike
 
 
@@ -42,7 +42,8 @@ class MergeManyResult:
         method (str): one of :data:`MANY_METHODS`.
         repair (str): ``"none"``, ``"repair"`` or ``"reset_bn"``.
         perms (list[dict[str, Tensor]]): the permutation applied to each input (model 0's basis).
-        passes (int, optional): MergeMany passes over the models (``None`` for ``average``).
+        passes (int, optional): MergeMany passes over the models, or C2M3's Frank-Wolfe
+            iterations (``None`` for ``average``).
         align_seconds (float): time spent aligning.
         seconds (float): total time.
         model (str): the model spec recorded in the output.
@@ -125,7 +126,9 @@ def merge_many_checkpoints(
         \theta_{out} = \frac1N \sum_i \pi_i(\theta_i)
 
     ``"mergemany"`` finds the :math:`\pi_i` with :func:`merging.merge_many` (Git Re-Basin,
-    https://arxiv.org/abs/2209.04836); ``"average"`` uses identities (naive averaging). With
+    https://arxiv.org/abs/2209.04836); ``"c2m3"`` with :func:`merging.c2m3_merge`
+    (cycle-consistent matching through a universe space, https://arxiv.org/abs/2405.17897);
+    ``"average"`` uses identities (naive averaging). With
     ``repair=True`` the merged statistics are fixed with ``data`` (:func:`merging.repair_many`:
     REPAIR towards the mean statistics, or the BatchNorm reset). Everything is validated before
     any long computation and nothing is written on error.
@@ -138,7 +141,7 @@ def merge_many_checkpoints(
         method (str, optional): one of :data:`MANY_METHODS`. (default: ``"mergemany"``)
         data (str or Iterable, optional): needed by ``repair`` (its train split is used).
         repair (bool, optional): fix the activation statistics. (default: ``False``)
-        max_iter (int, optional): MergeMany passes at most. (default: ``100``)
+        max_iter (int, optional): MergeMany passes or C2M3 iterations at most. (default: ``100``)
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the alignment. (default: ``0``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
@@ -187,6 +190,10 @@ def merge_many_checkpoints(
         merged, perms, info = merging.merge_many(structure, states, seed=seed, max_iter=max_iter,
                                                  return_info=True, progress=progress)
         passes = info["passes"]
+    elif method == "c2m3":
+        merged, perms, info = merging.c2m3_merge(structure, states, max_iter=max_iter, return_info=True,
+                                                 progress=progress)
+        passes = info["iterations"]
     else:
         perms = [identity_permutation(structure) for _ in states]
         merged = merging.many.mean_state(states)

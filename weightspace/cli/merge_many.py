@@ -12,11 +12,15 @@ DESCRIPTION = """Merge N checkpoints of one architecture into one.
 
   weightspace merge-many a.safetensors b.safetensors c.safetensors -o merged.safetensors
   weightspace merge-many m*.safetensors -o merged.safetensors --repair --data digits
+  weightspace merge-many m*.safetensors -o merged.safetensors --method c2m3  # cycle-consistent
   weightspace merge-many m*.safetensors -o avg.safetensors --method average   # naive averaging
 
 Methods:
   mergemany   Git Re-Basin's MergeMany (Ainsworth et al., arXiv 2209.04836): align each
               model by weight matching to the mean of the others until nothing changes (default)
+  c2m3        C2M3 (Crisostomi et al., arXiv 2405.17897): every model mapped to one universe
+              (model 0's basis) by Frank-Wolfe over all pairs at once, then projected to
+              permutations; the pairwise maps are cycle consistent
   average     no alignment: the plain mean of the weights
 
 --repair fixes the merged network's activation statistics from --data (REPAIR towards the
@@ -30,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the merged checkpoint to write (.safetensors)")
     add_model_args(p)
     g = p.add_argument_group("merge")
-    g.add_argument("--method", default="mergemany", metavar="{mergemany,average}",
+    g.add_argument("--method", default="mergemany", metavar="{mergemany,c2m3,average}",
                    help="how to align the models (default: mergemany)")
-    g.add_argument("--max-iter", type=int, default=100, metavar="N", help="MergeMany passes at most (default: 100)")
+    g.add_argument("--max-iter", type=int, default=100, metavar="N", help="MergeMany passes / C2M3 iterations at most (default: 100)")
     g.add_argument("--data", metavar="D", default=None,
                    help="data for --repair (train split): digits, mnist-idx:DIR or package.module:callable")
     g.add_argument("--repair", action="store_true", help="fix the merged network's activation statistics from --data")
@@ -56,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if r.method == "average":
         print(f"no alignment (--method average): mean of {len(r.perms)} checkpoints")
+    elif r.method == "c2m3":
+        print(f"C2M3: {r.passes} Frank-Wolfe iterations over {len(r.perms)} models, {r.units_moved} hidden units "
+              f"moved ({r.align_seconds:.2f} s)")
     else:
         print(f"MergeMany: {r.passes} passes over {len(r.perms)} models, {r.units_moved} hidden units moved "
               f"({r.align_seconds:.2f} s)")
