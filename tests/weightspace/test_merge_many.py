@@ -79,7 +79,7 @@ def test_merge_many_bad_input(copies, tmp_path, capsys):
     assert main(["merge-many", str(paths[0]), "-o", str(out)]) == 2
     assert "at least two" in capsys.readouterr().err
     assert main(["merge-many", *map(str, paths[:2]), "-o", str(out), "--method", "nope"]) == 2
-    assert "choose one of: mergemany, average" in capsys.readouterr().err
+    assert "choose one of: mergemany, c2m3, average" in capsys.readouterr().err
     other = weightspace.save({k: torch.zeros(3) for k in ["a"]}, tmp_path / "other.safetensors")
     assert main(["merge-many", str(paths[0]), str(other), "-o", str(out)]) == 2
     err = capsys.readouterr().err
