@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from graphs import ParamGraph, Structure, permute, random_permutation
 
+from .distributed import DistContext, distributed_context
+
 __all__ = ["ARCHS", "TASKS", "MetanetResult", "train_metanet", "evaluate_metanet", "load_metanet"]
 
 ARCHS = ("gnn", "transformer", "np", "hnp", "dws", "statnn", "mlp")
@@ -68,7 +70,8 @@ def _build_model(config: Mapping[str, Any]) -> nn.Module:
 
     arch, out, hidden = config["arch"], config["out"], config["hidden"]
     if arch in ("gnn", "transformer"):
-        return GraphMetanet(hidden=hidden, out_channels=out, num_layers=config.get("num_layers", 3), arch=arch)
+        return GraphMetanet(hidden=hidden, out_channels=out, num_layers=config.get("num_layers", 3), arch=arch,
+                            probe_dim=int(config.get("probes", 0)))
     spec = NetworkSpec.from_dict(config["spec"])
     return _WeightSpaceNet(arch, spec, out, hidden, torch.tensor(config["scales"], dtype=torch.float32))
 
@@ -124,10 +127,51 @@ def _tensors(state: Mapping[str, Tensor]) -> tuple[tuple[Tensor, ...], tuple[Ten
                          f"weight/bias layers ({e}); use --arch gnn or transformer for this zoo") from None
 
 
-def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], device: torch.device):
+class _Prober:
+    """Probe features for the graph archs: a zoo network's activations on fixed probe inputs,
+    divided by one scale per node set (fitted on the train split, so equivariance holds)."""
+
+    def __init__(self, config: Mapping[str, Any], structure: Structure) -> None:
+        from .models import model_from_json
+
+        self.module = model_from_json(config["model_spec"])
+        shape = tuple(config["input_shape"])
+        gen = torch.Generator().manual_seed(int(config.get("probe_seed", 0)))
+        # uniform in [-1, 1]: the coordinate range of an INR, the range of normalised inputs
+        self.inputs = torch.rand(int(config["probes"]), *shape, generator=gen) * 2 - 1
+        self.scale = torch.tensor(config["probe_scale"], dtype=torch.float32) if "probe_scale" in config else None
+        self.structure = structure
+
+    def raw(self, graph: ParamGraph, stacked: Mapping[str, Tensor], device: torch.device) -> Tensor:
+        from .nn.graph_metanet import probe_features
+
+        return probe_features(self.module, graph, self.inputs.to(device), dict(stacked)).float()
+
+    def fit_scale(self, states: list[dict[str, Tensor]]) -> list[float]:
+        stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+        graph = ParamGraph.batch_from_stacked(self.structure, stacked)
+        f = self.raw(graph, stacked, torch.device("cpu"))
+        scale = torch.ones(f.shape[1])
+        for site in graph.sites.values():
+            sd = float(f[:, site.offset:site.offset + site.size].std()) if f.shape[0] * site.size > 1 else 0.0
+            scale[site.offset:site.offset + site.size] = sd if math.isfinite(sd) and sd > 1e-8 else 1.0
+        self.scale = scale
+        return scale.tolist()
+
+    def __call__(self, graph: ParamGraph, stacked: Mapping[str, Tensor], device: torch.device) -> Tensor:
+        f = self.raw(graph, stacked, device)
+        return (f / self.scale.to(f.device)[:, None]).reshape(-1, f.shape[-1])
+
+
+def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], device: torch.device,
+             prober: _Prober | None = None):
     if arch in ("gnn", "transformer"):
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
-        return ParamGraph.batch_from_stacked(structure, stacked).to_pyg().to(device)
+        graph = ParamGraph.batch_from_stacked(structure, stacked)
+        data = graph.to_pyg().to(device)
+        if prober is not None:
+            data.probe = prober(graph, stacked, device)
+        return data
     from .nn import WeightSpaceFeatures
 
     ts = [_tensors(s) for s in states]
@@ -163,12 +207,17 @@ def _metrics(task: str, pred: Tensor, y: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, arch: str, structure: Structure, split: _Split, batch_size: int,
-             device: torch.device) -> Tensor:
+def _predict(model: nn.Module, arch: str, structure: Structure, split: _Split, out: int, batch_size: int,
+             device: torch.device, prober: _Prober | None = None, ctx: DistContext | None = None) -> Tensor:
+    """``(n, out)`` predictions for the networks of ``split``, on the CPU; under ``ctx`` each
+    process predicts its shard (rows ``rank::K``) and every process gets them all, in order."""
     model.eval()
-    outs = [model(_collate(arch, structure, split.states[i:i + batch_size], device)).float().cpu()
-            for i in range(0, len(split.states), batch_size)]
-    return torch.cat(outs) if outs else torch.zeros(0, 1)
+    ctx = ctx or DistContext()
+    mine = [split.states[i] for i in ctx.shard(len(split.states))]
+    outs = [model(_collate(arch, structure, mine[i:i + batch_size], device, prober)).float()
+            for i in range(0, len(mine), batch_size)]
+    local = torch.cat(outs) if outs else torch.zeros(0, out, device=device)
+    return ctx.gather_rows(local, len(split.states), device)
 
 
 def _loss(task: str, pred: Tensor, y: Tensor) -> Tensor:
@@ -226,12 +275,38 @@ class MetanetResult:
                 "path": str(self.path) if self.path else None, "history": self.history}
 
 
+def _aug_seed(seed: int, epoch: int, index: int) -> int:
+    """The permutation seed of training network ``index`` in ``epoch``: a function of the three
+    alone, so every process of a distributed run draws the permutation the single process would."""
+    return (((seed * 1_000_003) ^ (epoch * 7_919)) * 2_654_435_761 + index * 40_503) % (2**31 - 1)
+
+
 def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: str = "gnn", epochs: int = 50,
                   lr: float = 3e-4, batch_size: int = 32, hidden: int | None = None, augment: bool = True,
                   patience: int = 10, weight_decay: float = 0.0, target: str | None = None, seed: int = 0,
-                  device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
+                  probes: int = 0, device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
                   progress: bool = True) -> MetanetResult:
     """Train a metanetwork on a zoo's train split, select it on the val split.
+
+    Runs data-parallel when launched by ``torchrun --nproc_per_node K`` (the ``RANK`` /
+    ``WORLD_SIZE`` / ``LOCAL_RANK`` environment; see :mod:`weightspace.distributed`): the model
+    is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, a
+    :class:`~torch.utils.data.DistributedSampler` gives each process its share of the train
+    split, validation predictions are gathered and losses all-reduced, and only rank 0 writes
+    the checkpoint and draws the progress bar. ``batch_size`` stays the global batch: each
+    process takes ``batch_size / K`` networks per step.
+
+    .. note::
+        **Equivalence with one process.** Every epoch, the one process and the ``K`` processes
+        draw the same permutation of the train split (the sampler's, seeded by ``seed + epoch``);
+        step ``s`` of every process covers positions ``s * batch_size`` to ``(s + 1) *
+        batch_size - 1`` of it between them, every process holds equally many, and DDP averages
+        their mean-loss gradients, so each step's gradient is the gradient of the same global
+        batch's mean loss, up to float summation order. Augmentation permutations are a
+        function of ``(seed, epoch, network)`` and the initialisation of ``seed``, so the runs
+        agree up to float error when ``K`` divides both the train split's size (else the
+        sampler repeats a few networks to even out the shards) and ``batch_size``. BatchNorm
+        (``statnn``) uses each process's own batch statistics, so it is the exception.
 
     Args:
         zoo_dir (str or PathLike): the zoo (``weightspace zoo build``).
@@ -243,8 +318,8 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
             chain of weight/bias layers (MLPs, the zoo CNNs). (default: ``"gnn"``)
         epochs (int): most epochs. (default: ``50``)
         lr (float): AdamW learning rate. (default: ``3e-4``)
-        batch_size (int): networks per step. (default: ``32``)
-        hidden (int, optional): width of the metanetwork. (default: per arch, 32 to 256)
+        batch_size (int): networks per step, over all processes. (default: ``32``)
+        hidden (int, optional): width of the metanetwork. (default: per arch, 16 to 256)
         augment (bool): feed each training network under a fresh random permutation of its
             hidden units every epoch (:func:`graphs.random_permutation` + :func:`graphs.permute`).
             (default: ``True``)
@@ -253,95 +328,128 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         weight_decay (float): AdamW weight decay. (default: ``0.0``)
         target (str, optional): the ``metrics.csv`` column to predict.
         seed (int): seeds initialisation, batch order and augmentation. (default: ``0``)
-        device (str): ``cpu``, ``cuda`` or ``auto``. (default: ``"cpu"``)
+        probes (int): graph archs only: add each network's activations on this many fixed
+            probe inputs (uniform in ``[-1, 1]``) as node features
+            (:func:`weightspace.nn.graph_metanet.probe_features`); 0 for none. (default: ``0``)
+        device (str): ``cpu``, ``cuda`` or ``auto``; under ``torchrun``, ``cuda`` means
+            ``cuda:LOCAL_RANK``. (default: ``"cpu"``)
         out (str or PathLike, optional): where to save the best metanetwork (``.pt``, written
             atomically whenever validation improves).
         progress (bool): progress bar on stderr. (default: ``True``)
 
     Returns:
-        MetanetResult: the best model, its metrics on every split, the history.
+        MetanetResult: the best model, its metrics on every split, the history (the same on
+        every process of a distributed run).
 
     Raises:
-        ValueError: unknown task or arch, bad numbers, no such zoo, an empty train split, or
-            a zoo the chosen arch cannot read.
+        ValueError: unknown task or arch, bad numbers, no such zoo, an empty train split, a
+            zoo the chosen arch cannot read, or a ``batch_size`` that the number of processes
+            does not divide.
 
     Example:
         >>> r = train_metanet("zoo", task="accuracy", arch="np", epochs=20)  # doctest: +SKIP
         >>> r.metrics["test"]["kendall_tau"]  # doctest: +SKIP
     """
+    from torch.utils.data import DistributedSampler
+
     if arch not in ARCHS:
         raise ValueError(f"train_metanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"train_metanet: {name} must be a positive integer, got {v!r}")
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+        raise ValueError(f"train_metanet: probes must be a non-negative integer, got {probes!r}")
+    if probes and arch not in ("gnn", "transformer"):
+        raise ValueError(f"train_metanet: probe features are node features of the graph archs; use --arch gnn or "
+                         f"transformer with --probes (got {arch!r})")
     if not lr > 0:
         raise ValueError(f"train_metanet: lr must be positive, got {lr!r}")
     dev = _device(device)
     t0 = time.perf_counter()
     zoo = _Zoo(zoo_dir, task, target)
-    train, val = zoo.splits["train"], zoo.splits["val"]
-    select_on = val if val.states else train
-    config: dict[str, Any] = {"format": FORMAT, "arch": arch, "task": task, "target": zoo.target,
-                              "out": zoo.num_classes if task == "class" else 1,
-                              "hidden": int(hidden or _DEFAULT_HIDDEN[arch]), "num_layers": 3,
-                              "model_spec": zoo.card.model_spec, "zoo": str(zoo.root)}
-    if arch in _TENSOR_ARCHS:
-        from .nn import NetworkSpec
+    ctx, dev = distributed_context(dev)
+    try:
+        K = ctx.world_size
+        if batch_size % K:
+            raise ValueError(f"train_metanet: batch_size {batch_size} is the global batch and must be a multiple "
+                             f"of the {K} processes")
+        train, val = zoo.splits["train"], zoo.splits["val"]
+        select_on = val if val.states else train
+        out_dim = zoo.num_classes if task == "class" else 1
+        config: dict[str, Any] = {"format": FORMAT, "arch": arch, "task": task, "target": zoo.target,
+                                  "out": out_dim, "hidden": int(hidden or _DEFAULT_HIDDEN[arch]), "num_layers": 3,
+                                  "model_spec": zoo.card.model_spec, "zoo": str(zoo.root)}
+        if arch in _TENSOR_ARCHS:
+            from .nn import NetworkSpec
 
-        w, b = _tensors(train.states[0])
-        try:
-            config["spec"] = NetworkSpec.from_tensors(w, b).to_dict()
-        except ValueError as e:
-            raise ValueError(f"train_metanet: arch {arch!r} cannot read this zoo ({e}); use --arch gnn") from None
-        config["scales"] = _scales(train.states)
-    torch.manual_seed(seed)
-    model = _build_model(config).to(dev)
-    if arch == "statnn" and len(train.states) % batch_size == 1:
-        batch_size += 1   # no batch of one: BatchNorm needs two
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    best, best_state, best_epoch, bad = math.inf, None, 0, 0
-    history: list[dict[str, float]] = []
-    path = Path(out) if out is not None else None
-    bar = tqdm(range(1, epochs + 1), desc=f"metanet {arch}", unit="epoch", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(len(train.states), generator=gen).tolist()
-        total, count = 0.0, 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            states = [train.states[j] for j in idx]
-            if augment:
-                states = [permute(zoo.structure, s, random_permutation(
-                    zoo.structure, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))) for s in states]
-            pred = model(_collate(arch, zoo.structure, states, dev))
-            loss = _loss(task, pred.float(), train.targets[idx].to(dev))
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        pv = _predict(model, arch, zoo.structure, select_on, 64, dev)
-        vm = _metrics(task, pv, select_on.targets)
-        history.append({"epoch": epoch, "train_loss": total / count, **{f"val_{k}": v for k, v in vm.items()}})
-        bar.set_postfix(train=f"{total / count:.4g}", val=f"{vm['loss']:.4g}")
-        if vm["loss"] < best - 1e-12:
-            best, best_epoch, bad = vm["loss"], epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if path is not None:
-                _atomic_save({"format": FORMAT, "config": config, "state_dict": best_state,
-                              "epoch": epoch, "val": vm}, path)
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    bar.close()
-    model.load_state_dict(best_state)
+            w, b = _tensors(train.states[0])
+            try:
+                config["spec"] = NetworkSpec.from_tensors(w, b).to_dict()
+            except ValueError as e:
+                raise ValueError(f"train_metanet: arch {arch!r} cannot read this zoo ({e}); use --arch gnn") from None
+            config["scales"] = _scales(train.states)
+        prober = None
+        if probes:
+            config.update(probes=probes, probe_seed=0, input_shape=list(zoo.card.input_shape))
+            prober = _Prober(config, zoo.structure)
+            config["probe_scale"] = prober.fit_scale(train.states[:256])
+        torch.manual_seed(seed)
+        model = _build_model(config).to(dev)
+        ddp = ctx.wrap(model, dev)
+        sampler = DistributedSampler(range(len(train.states)), num_replicas=K, rank=ctx.rank, shuffle=True,
+                                     seed=seed, drop_last=False)
+        local_bs = batch_size // K
+        if arch == "statnn" and sampler.num_samples % local_bs == 1:
+            local_bs += 1   # no batch of one: BatchNorm needs two
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        best, best_state, best_epoch, bad = math.inf, None, 0, 0
+        history: list[dict[str, float]] = []
+        path = Path(out) if out is not None else None
+        bar = tqdm(range(1, epochs + 1), desc=f"metanet {arch}", unit="epoch", file=sys.stderr,
+                   disable=not progress or not ctx.is_main, dynamic_ncols=True)
+        for epoch in bar:
+            ddp.train()
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+            total, count = 0.0, 0
+            for i in range(0, len(order), local_bs):
+                idx = order[i:i + local_bs]
+                states = [train.states[j] for j in idx]
+                if augment:
+                    states = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=_aug_seed(seed, epoch, j)))
+                              for s, j in zip(states, idx)]
+                pred = ddp(_collate(arch, zoo.structure, states, dev, prober))
+                loss = _loss(task, pred.float(), train.targets[idx].to(dev))
+                opt.zero_grad()
+                loss.backward()   # DDP averages the processes' gradients here
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            total, count = ctx.all_reduce_sum([total, float(count)], dev)
+            pv = _predict(model, arch, zoo.structure, select_on, out_dim, 64, dev, prober, ctx)
+            vm = _metrics(task, pv, select_on.targets)
+            history.append({"epoch": epoch, "train_loss": total / count, **{f"val_{k}": v for k, v in vm.items()}})
+            bar.set_postfix(train=f"{total / count:.4g}", val=f"{vm['loss']:.4g}")
+            if vm["loss"] < best - 1e-12:
+                best, best_epoch, bad = vm["loss"], epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if path is not None and ctx.is_main:
+                    _atomic_save({"format": FORMAT, "config": config, "state_dict": best_state,
+                                  "epoch": epoch, "val": vm}, path)
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        bar.close()
+        model.load_state_dict(best_state)
+        metrics = {name: _metrics(task, _predict(model, arch, zoo.structure, s, out_dim, 64, dev, prober, ctx),
+                                  s.targets)
+                   for name, s in zoo.splits.items()}
+        ctx.barrier()   # the checkpoint is on disk before any process returns
+    finally:
+        ctx.close()
     model = model.cpu().eval()
-    metrics = {name: _metrics(task, _predict(model, arch, zoo.structure, s, 64, torch.device("cpu")), s.targets)
-               for name, s in zoo.splits.items()}
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return MetanetResult(model, config, history, best_epoch, metrics, n_params, time.perf_counter() - t0, path)
 
@@ -399,7 +507,8 @@ def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os
     if not data.states:
         raise ValueError(f"evaluate_metanet: the {split} split of {zoo_dir} is empty; pass another split")
     dev = _device(device)
-    pred = _predict(net.to(dev), config["arch"], zoo.structure, data, batch_size, dev)
+    prober = _Prober(config, zoo.structure) if config.get("probes") else None
+    pred = _predict(net.to(dev), config["arch"], zoo.structure, data, int(config["out"]), batch_size, dev, prober)
     net.cpu()
     return {**_metrics(config["task"], pred, data.targets), "n": len(data.states)}
 

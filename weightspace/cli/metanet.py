@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ._common import add_common_args, print_json, resolve_device
 
@@ -12,11 +13,15 @@ DESCRIPTION = """Metanetworks: networks that read other networks' weights.
   weightspace metanet train zoo-cnn --task accuracy --arch gnn -o gnn.pt
   weightspace metanet train zoo-inr --task class --arch np -o np.pt --epochs 100
   weightspace metanet eval gnn.pt zoo-cnn --split test --json
+  torchrun --nproc_per_node 4 -m weightspace.cli metanet train zoo-inr --task class -o gnn.pt
 
-Archs: gnn, transformer (parameter graphs, any architecture), np, hnp, dws (equivariant
+Archs: gnn, transformer (parameter graphs, any architecture; --probes N adds each network's
+activations on N fixed probe inputs as node features), np, hnp, dws (equivariant
 weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
 permutations of the input networks, keeps the best model on the val split (early stopping),
-and reports Kendall tau and R^2 (accuracy) or accuracy (class) on every split."""
+and reports Kendall tau and R^2 (accuracy) or accuracy (class) on every split. Under torchrun the
+same training runs data-parallel (DistributedDataParallel; gloo on the CPU, nccl on CUDA);
+--batch-size is the global batch and rank 0 writes the checkpoint and the output."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--hidden", type=int, default=None, help="metanetwork width (default: per arch)")
     t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
     t.add_argument("--target", default=None, help="metrics.csv column to predict (default: test_acc or label)")
+    t.add_argument("--probes", type=int, default=0, metavar="N",
+                   help="gnn/transformer: add activations on N probe inputs as node features (default: 0)")
     t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common_args(t)
@@ -58,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.metanet_command == "train":
         r = train_metanet(args.zoo, task=args.task, arch=args.arch, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, hidden=args.hidden, augment=not args.no_augment,
-                          patience=args.patience, target=args.target, seed=args.seed, device=device,
-                          out=args.out, progress=not args.quiet and not args.json)
+                          patience=args.patience, target=args.target, seed=args.seed, probes=args.probes,
+                          device=device, out=args.out, progress=not args.quiet and not args.json)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0   # under torchrun, rank 0 reports
         if args.json:
             print_json(r.to_dict())
         else:

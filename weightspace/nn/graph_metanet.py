@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ._private import mlp
 
-__all__ = ["GraphMetanet"]
+__all__ = ["GraphMetanet", "probe_features"]
 
 ARCHS = ("gnn", "transformer")
 _PYG_NODE_DIM = 31   # ParamGraph.to_pyg's x; its last column is the attention head index
@@ -89,10 +89,14 @@ class GraphMetanet(nn.Module):
         arch (str, optional): ``"gnn"`` or ``"transformer"``. (default: ``"gnn"``)
         heads (int, optional): attention heads for ``"transformer"``. (default: ``4``)
         dropout (float, optional): dropout inside the update MLPs. (default: ``0.0``)
+        probe_dim (int, optional): width of extra node features ``data.probe`` (the input
+            network's activations on probe inputs, :func:`probe_features`), appended to ``x``;
+            0 for none. (default: ``0``)
 
     Shapes:
         - input: a :class:`torch_geometric.data.Batch` (or ``Data``) with ``x (N, node_dim)``,
-          ``edge_index (2, E)``, ``edge_attr (E, edge_dim)`` and ``batch (N,)``;
+          ``edge_index (2, E)``, ``edge_attr (E, edge_dim)``, ``batch (N,)`` and, with
+          ``probe_dim``, ``probe (N, probe_dim)``;
         - output: ``(B, out_channels)``; :meth:`encode` gives node ``(N, hidden)`` and edge
           ``(E, hidden)`` states.
 
@@ -108,7 +112,8 @@ class GraphMetanet(nn.Module):
     """
 
     def __init__(self, node_dim: int = 31, edge_dim: int = 34, hidden: int = 64, out_channels: int = 1, *,
-                 num_layers: int = 3, arch: str = "gnn", heads: int = 4, dropout: float = 0.0) -> None:
+                 num_layers: int = 3, arch: str = "gnn", heads: int = 4, dropout: float = 0.0,
+                 probe_dim: int = 0) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"GraphMetanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
@@ -120,7 +125,8 @@ class GraphMetanet(nn.Module):
         self.arch = arch
         self.heads = heads
         self.dropout = dropout
-        self.node_enc = mlp([node_dim, hidden, hidden])
+        self.probe_dim = probe_dim
+        self.node_enc = mlp([node_dim + probe_dim, hidden, hidden])
         self.edge_enc = mlp([edge_dim, hidden, hidden])
         self.layers = nn.ModuleList(_GraphMetaLayer(hidden, arch, heads, dropout) for _ in range(num_layers))
         self.head = mlp([3 * hidden, hidden, out_channels], dropout=dropout)
@@ -145,6 +151,14 @@ class GraphMetanet(nn.Module):
             # the head index labels a head block, and permuting heads relabels them: keep only
             # whether a node belongs to a head (heads are told apart by their attn_score edges)
             x = torch.cat([x[:, :_HEAD_COL], (x[:, _HEAD_COL:_HEAD_COL + 1] >= 0).to(x.dtype)], 1)
+        if self.probe_dim:
+            probe = getattr(data, "probe", None)
+            if probe is None or probe.shape != (x.shape[0], self.probe_dim):
+                got = "none" if probe is None else tuple(probe.shape)
+                raise ValueError(f"GraphMetanet: built with probe_dim={self.probe_dim}, so graphs need probe "
+                                 f"features data.probe of shape ({x.shape[0]}, {self.probe_dim}); got {got} "
+                                 f"(see probe_features)")
+            x = torch.cat([x, probe.to(x.dtype)], 1)
         h, e = self.node_enc(x), self.edge_enc(ea)
         for layer in self.layers:
             h, e = layer(h, e, data.edge_index)
@@ -162,3 +176,109 @@ class GraphMetanet(nn.Module):
         pooled = torch.cat([global_mean_pool(h, batch, size), global_max_pool(h, batch, size),
                             global_mean_pool(e, ebatch, size)], 1)
         return self.head(pooled)
+
+
+_CHANNEL_FIRST = ("conv", "conv_transpose", "batchnorm", "instancenorm", "groupnorm")
+
+
+def _per_unit(t: Tensor, size: int, channel_first: bool) -> Tensor | None:
+    """``(P, size)``: the activations ``t`` of shape ``(P, *rest)`` averaged over every axis but
+    the unit axis (channels first for convolutions, last otherwise); None if none fits."""
+    if not isinstance(t, Tensor) or t.dim() < 2:
+        return None
+    P, rest = t.shape[0], tuple(t.shape[1:])
+    if channel_first and rest[0] == size:
+        return t.reshape(P, size, -1).mean(2)
+    if rest[-1] == size:
+        return t.reshape(P, -1, size).mean(1)
+    if len(rest) > 1 and rest[0] == size:
+        return t.reshape(P, size, -1).mean(2)
+    if t[0].numel() == size:
+        return t.reshape(P, size)
+    return None
+
+
+def probe_features(module: nn.Module, graph, inputs: Tensor, state: dict[str, Tensor] | None = None) -> Tensor:
+    r"""The activations of a network on probe inputs, as node features of its parameter graph.
+
+    Probe features (as in Graph Metanetworks and Neural Graphs) tell a metanetwork what a
+    network computes, not only what its weights are. Every node of ``graph`` that is a unit
+    of a layer's output (a neuron or a channel) gets that unit's output on each of the ``P``
+    probe inputs, averaged over spatial and token positions; input nodes get the probe
+    inputs themselves; nodes without a measurable output (attention internals, functional
+    layers) get zeros. A layer's output is taken before its activation function (the
+    module's own output). Since permuting a network's hidden units permutes their
+    activations the same way, the features are equivariant:
+    ``probe_features(m, h, x)[i] == probe_features(m, g, x)[p[i]]`` for
+    ``p = g.node_permutation(perms)`` and ``h`` the graph of the permuted network.
+
+    Args:
+        module (nn.Module): the network's architecture (its own weights are not used).
+        graph (graphs.ParamGraph): the graph of one network or of a stacked batch
+            (:meth:`~graphs.ParamGraph.batch_from_stacked`); its node order is used.
+        inputs (Tensor): ``(P, *input_shape)`` probe inputs.
+        state (dict[str, Tensor], optional): the weights (stacked for a batch); default
+            ``graph.to_state_dict()``.
+
+    Shapes:
+        output: ``(N, P)`` for one network, ``(B, N, P)`` for a batch, on ``inputs``' device.
+
+    Example:
+        >>> from graphs import ParamGraph
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        >>> g = ParamGraph.from_module(net, torch.randn(1, 2))
+        >>> probe_features(net, g, torch.rand(5, 2)).shape
+        torch.Size([11, 5])
+    """
+    from torch.func import functional_call, vmap
+
+    state = graph.to_state_dict() if state is None else dict(state)
+    batched = bool(graph.batch_shape)
+    P = inputs.shape[0]
+    sites = list(graph.sites.values())
+    layer_kind = {name: kind for name, kind in zip(graph.layer_names, graph.layer_kinds)}
+    hooked: dict[str, nn.Module] = {}
+    for site in sites:
+        if site.layer < 0 or site.name in hooked:
+            continue
+        try:
+            hooked[site.name] = module.get_submodule(site.name)
+        except AttributeError:
+            continue
+    captured: dict[str, Tensor] = {}
+
+    def hook(name):
+        def fn(_m, _inp, out):
+            captured.setdefault(name, out)
+        return fn
+
+    def run(params: dict[str, Tensor], x: Tensor) -> tuple[Tensor, ...]:
+        captured.clear()
+        functional_call(module, params, (x,))
+        cols = []
+        for site in sites:
+            if site.layer < 0:
+                u = _per_unit(x, site.size, x.dim() > 2)
+            else:
+                u = _per_unit(captured.get(site.name), site.size, layer_kind.get(site.name) in _CHANNEL_FIRST)
+            cols.append(u.to(x.dtype).T if u is not None else x.new_zeros(site.size, P))
+        return torch.cat(cols, 0)
+
+    was_training = module.training
+    module.eval()
+    handles = [m.register_forward_hook(hook(name)) for name, m in hooked.items()]
+    try:
+        with torch.no_grad():
+            dev = inputs.device
+            params = {k: v.to(dev) for k, v in state.items()}
+            if not batched:
+                return run(params, inputs)
+            try:
+                return vmap(run, in_dims=(0, None))(params, inputs)
+            except Exception:  # noqa: BLE001 - layers vmap cannot batch: one network at a time
+                n = graph.batch_shape[0]
+                return torch.stack([run({k: v[i] for k, v in params.items()}, inputs) for i in range(n)])
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
