@@ -194,8 +194,9 @@ class Checkpoint(Mapping[str, Tensor]):
     """A read-only, lazily loaded ``Mapping[str, Tensor]`` over a checkpoint; see :func:`open_checkpoint`."""
 
     def __init__(self, path: PathLike, *, device: str | torch.device = "cpu", key: str | None = None,
-                 _fn: str = "open_checkpoint", _lazy: bool = True) -> None:
+                 mmap: bool = True, _fn: str = "open_checkpoint", _lazy: bool = True) -> None:
         self._fn, self._lazy = _fn, _lazy
+        self._headers: dict[int, tuple[int, dict[str, Any]]] | None = None if mmap else {}
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -254,6 +255,8 @@ class Checkpoint(Mapping[str, Tensor]):
                     raise CheckpointError(f"{self._fn}: {f} is not a valid safetensors file "
                                           f"(truncated or corrupt header?): {_brief(e)}") from e
                 self._open_files[i] = (handle, set(handle.keys()))
+                if self._headers is not None:  # read with plain file reads, not through the memory map
+                    self._headers[i] = _st_header(f)
             else:
                 obj = _torch_load(f, self._fn, "cpu" if self._lazy else self._device, self._lazy)
                 state = _extract(obj, f, self._fn, None)[0]
@@ -274,6 +277,9 @@ class Checkpoint(Mapping[str, Tensor]):
         handle, f, stored = self._locate(name)
         if isinstance(handle, Mapping):
             return handle[stored].to(self._device) if self._lazy else handle[stored]
+        i = self._where[name][0]
+        if self._headers is not None and _ST_DTYPES.get(self._headers[i][1][stored]["dtype"]) is not None:
+            return _st_pread(f, *self._headers[i], stored, self._fn).to(self._device)
         try:
             return handle.get_tensor(stored)
         except SafetensorError as e:
@@ -326,7 +332,7 @@ class Checkpoint(Mapping[str, Tensor]):
 
 
 def open_checkpoint(path: PathLike, *, device: str | torch.device = "cpu",
-                    key: str | None = None) -> Checkpoint:
+                    key: str | None = None, mmap: bool = True) -> Checkpoint:
     """Open a checkpoint for lazy, one-tensor-at-a-time reading.
 
     Args:
@@ -335,6 +341,10 @@ def open_checkpoint(path: PathLike, *, device: str | torch.device = "cpu",
         device (str or torch.device, optional): where returned tensors live. (default: ``"cpu"``)
         key (str, optional): the key of a training checkpoint holding the state dict, dotted when
             nested; found automatically when left out (see ``STATE_DICT_KEYS``). (default: ``None``)
+        mmap (bool, optional): read safetensors tensors through ``safe_open``'s memory map. With
+            ``False`` each tensor is read with plain file reads instead: the pages of a memory map
+            stay resident (and count in the process's RSS) until the file is closed, so streaming
+            through a checkpoint larger than memory needs ``False``. (default: ``True``)
 
     Returns:
         Checkpoint: a read-only ``Mapping[str, Tensor]``. ``ckpt[name]`` reads one tensor
@@ -354,7 +364,28 @@ def open_checkpoint(path: PathLike, *, device: str | torch.device = "cpu",
         ...     print(list(ckpt), ckpt.shape("fc.weight"), ckpt["fc.weight"].sum().item())
         ['fc.weight'] (3, 2) 6.0
     """
-    return Checkpoint(path, device=device, key=key)
+    return Checkpoint(path, device=device, key=key, mmap=mmap)
+
+
+def _st_header(f: Path) -> tuple[int, dict[str, Any]]:
+    """``(offset of the data, header)`` of a safetensors file that ``safe_open`` accepted."""
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return 8 + n, json.loads(fh.read(n))
+
+
+def _st_pread(f: Path, start: int, header: dict[str, Any], stored: str, fn: str) -> Tensor:
+    """Tensor ``stored`` of safetensors file ``f``, read into fresh memory (no memory map)."""
+    entry = header[stored]
+    begin, end = entry["data_offsets"]
+    buf = torch.empty(end - begin, dtype=torch.uint8)
+    with open(f, "rb", buffering=0) as fh:
+        fh.seek(start + begin)
+        got = fh.readinto(memoryview(buf.numpy())) if end > begin else 0
+    if got != end - begin:
+        raise CheckpointError(f"{fn}: cannot read {stored!r} from {f}: the file ends {end - begin - got} "
+                              f"bytes early (truncated?)")
+    return buf.view(_ST_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
 @overload

@@ -175,6 +175,8 @@ def merge_checkpoints(
     seed: int = 0,
     solver: str = "auto",
     progress: bool = True,
+    low_memory: bool = False,
+    max_shard_size: int | str | None = None,
 ) -> MergeResult:
     r"""Align B to A and write the interpolated checkpoint.
 
@@ -211,6 +213,13 @@ def merge_checkpoints(
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the alignment. (default: ``0``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
+        low_memory (bool, optional): merge tensor by tensor with
+            :func:`weightspace.streaming.streaming_merge` (weight matching or ``"none"`` only):
+            memory bounded by a few tensors, not by the model. Chosen automatically when both
+            inputs are sharded (and the method allows), the output is a directory or a
+            ``*.safetensors.index.json``, or ``max_shard_size`` is given. (default: ``False``)
+        max_shard_size (int or str, optional): write a sharded output (Hugging Face layout),
+            at most this many bytes per shard (``"2GB"``). (default: ``None``)
 
     Returns:
         MergeResult: the output path, the permutation, timings and the recorded provenance.
@@ -229,6 +238,19 @@ def merge_checkpoints(
     method = _check_method(method, fn)
     alpha = _check_alpha(alpha, fn)
     out = Path(out)
+    sharded_out = out.name.endswith(".index.json") or out.is_dir() or (not out.suffix and not out.exists())
+    if low_memory or max_shard_size is not None or sharded_out or (
+            method in ("weight", "none") and not repair and data is None and _is_sharded(path_a)
+            and _is_sharded(path_b)):
+        if repair or data is not None:
+            raise ValueError(f"{fn}: the low-memory (sharded) merge does not take --data or --repair: they "
+                             f"run the model, which needs it in memory; merge into a .safetensors file "
+                             f"without --low-memory / --max-shard-size")
+        from .streaming import streaming_merge
+
+        return streaming_merge(path_a, path_b, out, model=model, model_kwargs=model_kwargs,
+                               input_shape=input_shape, method=method, alpha=alpha, device=device, seed=seed,
+                               solver=solver, max_shard_size=max_shard_size, progress=progress)
     if out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
     if out.is_dir():
@@ -560,6 +582,12 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
     info = {"method": method, "sweeps": sweeps, "seconds": time.perf_counter() - t0,
             "groups": {g: grp.size for g, grp in structure.groups.items()}}
     return perms, info
+
+
+def _is_sharded(path: PathLike) -> bool:
+    from .streaming import is_sharded
+
+    return is_sharded(path)
 
 
 def _sha256(path: Path) -> str:

@@ -16,6 +16,7 @@ DESCRIPTION = """Align the hidden units of checkpoint B to those of A, then inte
   weightspace merge a.safetensors b.safetensors -o m.safetensors --method activation --data digits --repair
   weightspace merge a.safetensors b.safetensors -o m.safetensors --method none --alpha 0.3   # plain averaging
   weightspace merge --config recipe.yaml -o merged.safetensors     # task-vector merge of N models
+  weightspace merge a/ b/ -o merged/ --max-shard-size 2GB          # sharded, tensor by tensor
 
 Methods (Ainsworth et al., Git Re-Basin, arXiv 2209.04836):
   weight       weight matching: needs no data (default)
@@ -30,13 +31,22 @@ al., arXiv 2211.08403; for BatchNorm networks it recomputes the BatchNorm statis
 The output is .safetensors, written atomically; it records the model, input shape and a
 provenance record (SHA-256 of both inputs, method, alpha, seed, data, version, date), so
 `weightspace inspect` and `weightspace barrier` work on it without --model. Nothing is
-written when anything is wrong, and the output may not be one of the inputs."""
+written when anything is wrong, and the output may not be one of the inputs.
+
+Checkpoints larger than memory: with --low-memory (automatic when A and B are both sharded
+Hugging Face checkpoints, or with a sharded output) tensors are read one at a time, weight
+matching accumulates its similarity matrices tensor by tensor, and the merged checkpoint is
+written shard by shard (model-0000k-of-0000N.safetensors + model.safetensors.index.json):
+peak memory is a few tensors plus one similarity matrix. The result is the in-memory merge's.
+Activation/STE matching and --repair need the model in memory and are not available there."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="A", nargs="?", help="checkpoint A: the reference whose hidden-unit order is kept")
     p.add_argument("b", metavar="B", nargs="?", help="checkpoint B: aligned to A, then interpolated")
-    p.add_argument("-o", "--output", metavar="OUT", help="the merged checkpoint to write (.safetensors)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="the merged checkpoint to write: .safetensors, or a directory / *.safetensors.index.json "
+                        "for sharded output")
     p.add_argument("--config", metavar="RECIPE", default=None,
                    help="a YAML merge recipe (merge_method, base_model, models, parameters, out) for the "
                         "task-vector methods: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp; "
@@ -55,6 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or scipy (the reference); all exact (default: auto)")
     g.add_argument("--repair", action="store_true",
                    help="fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
+    g.add_argument("--low-memory", action="store_true",
+                   help="merge tensor by tensor (weight matching or none): peak memory a few tensors, not "
+                        "the model; automatic when A and B are both sharded or the output is sharded")
+    g.add_argument("--max-shard-size", metavar="SIZE", default=None,
+                   help="write OUT as sharded safetensors (Hugging Face layout: a directory or "
+                        "*.safetensors.index.json), at most SIZE per shard, e.g. 2GB or 500MiB")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no summary (errors still print)")
     add_common_args(p)
 
@@ -71,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         args.a, args.b, args.output, model=args.model, model_kwargs=args.model_kwargs,
         input_shape=args.input_shape, method=args.method, alpha=args.alpha, data=args.data,
         repair=args.repair, device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
+        low_memory=args.low_memory, max_shard_size=args.max_shard_size,
     )
     if args.json:
         print_json(r.to_dict())

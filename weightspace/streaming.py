@@ -1,0 +1,574 @@
+"""Merging checkpoints larger than memory: weight matching and interpolation one tensor at a time.
+
+:func:`streaming_weight_matching` runs the same coordinate descent as
+:func:`merging.weight_matching` (same sweep order, same skipping of groups whose neighbours did
+not move, same warm-started solver), but never holds a state dict: each group's similarity
+matrix is accumulated tensor by tensor from two lazily opened checkpoints, every tensor being
+read, used and dropped. :func:`streaming_merge` then writes the merged checkpoint tensor by
+tensor into ``.safetensors`` shards (Hugging Face layout with its ``*.index.json``), every file
+atomically. Peak memory is a few tensors plus one ``n x n`` similarity matrix, whatever the
+size of the model. The model is only traced, on the ``meta`` device, so it is never allocated.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import merging
+from graphs import Structure, group_rows, identity_permutation, permute, trace
+
+from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, trace_model
+from .checkpoint import (CheckpointError, _atomic, _brief, _check_overlap, _commit, _layout, _parse_size,
+                         _resolve, _ST_DTYPES, check_finite, check_fits, check_not_input, open_checkpoint)
+from .models import example_input_for, parse_input_shape
+
+__all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]
+
+PathLike = str | os.PathLike
+logger = logging.getLogger(__name__)
+_ST_CODES = {v: k for k, v in _ST_DTYPES.items()}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _shape(state: Mapping[str, Tensor], name: str) -> tuple[int, ...]:
+    shape = getattr(state, "shape", None)
+    return tuple(shape(name)) if callable(shape) else tuple(state[name].shape)
+
+
+def _dtype(state: Mapping[str, Tensor], name: str) -> torch.dtype:
+    dtype = getattr(state, "dtype", None)
+    return dtype(name) if callable(dtype) else state[name].dtype
+
+
+def _load(state: Mapping[str, Tensor], name: str, device: torch.device) -> Tensor:
+    """One tensor as weight matching sees it: on ``device``, half precision widened to float32."""
+    t = state[name].detach()
+    return t.to(device=device, dtype=torch.float32 if t.dtype in _LOW_PRECISION else t.dtype)
+
+
+def _neighbours(structure: Structure) -> dict[str, set[str]]:
+    from graphs import axis_groups
+    out: dict[str, set[str]] = {g: set() for g in structure.groups}
+    for ax in structure.axes.values():
+        gs = {g for a in ax for g in axis_groups(a)}
+        for g in gs:
+            out[g] |= gs - {g}
+    return out
+
+
+def _similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
+                keys: set[str], group: str, perms: Mapping[str, Tensor], device: torch.device) -> Tensor:
+    """``C = sum_k A_k P(B_k)^T`` over the tensors touching ``group``, each read, used and dropped."""
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    c = None
+    done: set[str] = set()
+    for name, _ in structure.groups[group].members:
+        if name not in keys or name in done:
+            continue
+        done.add(name)
+        a, b = _load(state_a, name, device), _load(state_b, name, device)
+        rows_b = [m.contiguous() for _, m in group_rows(structure, {name: b}, group, perms)]
+        del b
+        for (_, ra), rb in zip(group_rows(structure, {name: a}, group), rows_b):
+            part = (ra @ rb.T).to(dtype)
+            c = part if c is None else c.add_(part)
+        del a, rows_b
+    if c is None:
+        n = structure.groups[group].size
+        c = torch.zeros(n, n, dtype=dtype, device=device)
+    return c
+
+
+def _objective(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
+               keys: set[str], perms: Mapping[str, Tensor]) -> float:
+    """``sum_k <A_k, P(B)_k>`` over the matched tensors, in float64 chunks of 64k entries."""
+    total = 0.0
+    for k in state_a:
+        if k not in keys or all(a is None for a in structure.axes[k]):
+            continue
+        a = state_a[k].reshape(-1)
+        pb = permute(structure, {k: state_b[k]}, perms)[k].reshape(-1)
+        for x, y in zip(a.split(1 << 16), pb.split(1 << 16)):
+            total += float((x.double() * y.double()).sum())
+        del a, pb
+    return total
+
+
+def _check_states(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
+                  fn: str) -> None:
+    for name, shape in structure.shapes.items():
+        for label, st in (("A", state_a), ("B", state_b)):
+            if name not in st:
+                if name.endswith("num_batches_tracked"):
+                    continue
+                raise ValueError(f"{fn}: tensor {name!r} is missing from {label}")
+            if _shape(st, name) != tuple(shape):
+                raise ValueError(f"{fn}: {name!r} has shape {_shape(st, name)} in {label}; the structure "
+                                 f"expects {tuple(shape)}")
+
+
+def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
+                              *, max_iter: int = 100, seed: int = 0, init: Mapping[str, Tensor] | None = None,
+                              solver: str = "auto", device: str | torch.device = "cpu", progress: bool = False,
+                              groups: list[str] | None = None, include_buffers: bool = False,
+                              return_info: bool = False):
+    """Weight matching (Git Re-Basin, https://arxiv.org/abs/2209.04836, Algorithm 1) without
+    holding either state dict in memory.
+
+    The coordinate descent of :func:`merging.weight_matching`: every sweep visits the groups in
+    a fresh random order (the same order for the same ``seed``), skips a group none of whose
+    neighbours moved since it was last solved, and solves the linear assignment over
+
+    .. math::
+        C_g = \\sum_{k \\ni g} A_k^{(g)} \\, \\big(P_{-g} B_k\\big)^{(g)\\top}
+
+    where :math:`A_k^{(g)}` is tensor :math:`k` of A with :math:`g`'s axis first and the others
+    flattened, and :math:`P_{-g}` applies the current permutations of the other groups. Here
+    :math:`C_g` is accumulated tensor by tensor: each pair :math:`(A_k, B_k)` is read from the
+    checkpoints when needed and dropped after use, so memory holds one ``n x n`` matrix and a
+    few tensors. Tensors are re-read at every step (cheap from the page cache); open the
+    checkpoints with ``open_checkpoint(path, mmap=False)`` so reading does not leave the files
+    mapped into the process.
+
+    The similarity matrices are computed exactly as the in-memory matcher first computes them
+    (float32 products of float32 weights, summed in float64 in the same order), so both find the
+    same permutations; the in-memory matcher's later low-rank updates differ from a recomputation
+    only by rounding.
+
+    Args:
+        structure (Structure): from :func:`graphs.trace` (or :func:`trace_without_weights`).
+        state_a, state_b (Mapping[str, Tensor]): the two models; lazily loaded
+            :class:`weightspace.Checkpoint` objects (or plain dicts).
+        max_iter (int, optional): maximum number of sweeps. (default: ``100``)
+        seed (int, optional): seeds the order of the groups. (default: ``0``)
+        init (dict, optional): warm start (group -> permutation). (default: identity)
+        solver (str, optional): ``"auto"``, ``"lap"`` or ``"scipy"``. (default: ``"auto"``)
+        device (str or torch.device, optional): where the products are computed. (default: ``"cpu"``)
+        progress (bool, optional): a progress bar of sweeps on stderr. (default: ``False``)
+        groups (list, optional): optimise only these groups; the others keep ``init``.
+        include_buffers (bool, optional): let buffers count in the similarity. (default: ``False``)
+        return_info (bool, optional): also return ``{"sweeps", "objective"}``. (default: ``False``)
+
+    Shapes:
+        every similarity matrix: ``(n, n)`` with ``n = structure.groups[g].size``.
+
+    Returns:
+        ``dict[group, LongTensor]`` (and the info dict); apply it with
+        ``weightspace.permute(structure, state_b, perms)``.
+
+    Raises:
+        ValueError: the checkpoints do not fit the structure, or an unknown group.
+
+    Example:
+        >>> with open_checkpoint("a", mmap=False) as a, open_checkpoint("b", mmap=False) as b:  # doctest: +SKIP
+        ...     perms = streaming_weight_matching(structure, a, b)
+    """
+    fn = "streaming_weight_matching"
+    _check_states(structure, state_a, state_b, fn)
+    device = torch.device(device)
+    keys = {k for k in state_a if k in structure.axes and k in state_b and _dtype(state_a, k).is_floating_point
+            and (include_buffers or not structure.is_buffer(k))}
+    perms = {g: (init[g].to(device) if init is not None and g in init
+                 else torch.arange(structure.groups[g].size, device=device)) for g in structure.groups}
+    if groups is None:
+        groups = list(structure.groups)
+    unknown = [g for g in groups if g not in structure.groups]
+    if unknown:
+        raise ValueError(f"{fn}: unknown groups {unknown}; the structure has {sorted(structure.groups)}")
+    rng = torch.Generator().manual_seed(seed)
+    neighbours = _neighbours(structure)
+    dirty = {g: True for g in structure.groups}
+    duals: dict[str, Any] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(desc="weight matching (streaming)", unit="sweep", leave=False)
+    sweeps = 0
+    for sweeps in range(1, max_iter + 1):
+        improved = False
+        for gi in torch.randperm(len(groups), generator=rng).tolist():
+            g = groups[gi]
+            if not dirty[g]:
+                continue
+            c = _similarity(structure, state_a, state_b, keys, g, perms, device)
+            new, duals[g] = merging.solve_assignment(c, solver=solver, init=perms[g], duals=duals.get(g),
+                                                     return_duals=True)
+            dirty[g] = False
+            rows = torch.arange(len(new), device=c.device)
+            old_val = float(c[rows, perms[g].to(c.device)].sum())
+            new_val = float(c[rows, new.to(c.device)].sum())
+            del c
+            if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
+                perms[g] = new.to(device)
+                improved = True
+                for h in neighbours[g]:
+                    dirty[h] = True
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(changed=sum(dirty.values()))
+        if not improved:
+            break
+    if bar is not None:
+        bar.close()
+    perms = {g: p.cpu() for g, p in perms.items()}
+    if return_info:
+        return perms, {"sweeps": sweeps, "objective": _objective(structure, state_a, state_b, keys, perms)}
+    return perms
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def _distinct_meta_storage(module: nn.Module) -> nn.Module:
+    """Give every parameter and buffer of a meta-device module its own place in one meta storage.
+
+    Meta tensors all report ``data_ptr() == 0``, which would make the tracer take every two
+    tensors of one shape for tied weights. Views at distinct offsets of one meta storage have
+    distinct ``data_ptr()`` and still hold no memory; truly tied tensors (one object) stay one.
+    """
+    new: dict[int, tuple[Tensor, int]] = {}
+    sizes: dict[torch.dtype, int] = {}
+    for m in module.modules():
+        for d in (m._parameters, m._buffers):
+            for t in d.values():
+                if t is not None and id(t) not in new:
+                    new[id(t)] = (t, sizes.get(t.dtype, 0))
+                    sizes[t.dtype] = sizes.get(t.dtype, 0) + max(t.numel(), 1)
+    stores = {dt: torch.empty(n, dtype=dt, device="meta") for dt, n in sizes.items()}
+    views: dict[int, Tensor] = {}
+    for i, (t, off) in new.items():
+        v = stores[t.dtype][off:off + t.numel()].view(t.shape)
+        views[i] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v
+    for m in module.modules():
+        for d in (m._parameters, m._buffers):
+            for k, t in list(d.items()):
+                if t is not None:
+                    d[k] = views[id(t)]
+    return module
+
+
+def trace_without_weights(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
+                          metadata: Mapping[str, str] | None = None, path: str | None = None,
+                          input_shape: str | tuple[int, ...] | None = None
+                          ) -> tuple[Structure, nn.Module, str]:
+    """Trace a model family's permutation structure without allocating its weights.
+
+    The module is built under ``torch.device("meta")`` and traced on a meta example input, so
+    neither its parameters nor its activations take memory. A meta module computes no values,
+    so the tracer's numerical check (permuting the network at random and comparing outputs) is
+    skipped; the structure is the one the checked trace gives (tested on every built-in family).
+    A model whose forward pass cannot run on the meta device (a data-dependent branch, say) is
+    built and traced for real instead, which takes memory of the model's size; a warning says so.
+
+    Args:
+        model, model_kwargs: the ``--model`` spec, as for :func:`weightspace.build_model`.
+        metadata (Mapping[str, str], optional): a checkpoint's metadata recording the model.
+        path (str, optional): that checkpoint, for messages.
+        input_shape (str or tuple, optional): one example's shape without the batch axis.
+
+    Returns:
+        ``(structure, module, spec)``: the module (on the meta device unless traced for real)
+        serves shape checks with :func:`weightspace.check_fits`.
+
+    Raises:
+        ValueError: unknown model or bad arguments, or no input shape known.
+    """
+    with torch.device("meta"):
+        module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    try:
+        _distinct_meta_storage(module)
+        example = example_input_for(module, shape, batch_size=2)
+        example = example.to("meta") if isinstance(example, Tensor) else \
+            tuple(x.to("meta") if isinstance(x, Tensor) else x for x in example)
+        return trace(module, example, check=False), module, spec
+    except Exception as e:  # a forward pass that needs values: trace the real model
+        if isinstance(e, ValueError) and "input shape" in str(e):
+            raise
+        warnings.warn(f"streaming_merge: the model cannot be traced on the meta device ({_brief(e)}); "
+                      f"building it for real, which takes memory of the model's size", stacklevel=2)
+        module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
+        return trace_model(module, input_shape=shape), module, spec
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def is_sharded(path: PathLike) -> bool:
+    """Whether ``path`` is a sharded checkpoint (a ``*.index.json`` or a directory holding one)."""
+    try:
+        return _resolve(path, "is_sharded")[1] is not None
+    except CheckpointError:
+        return False
+
+
+def _write_safetensors(tmp: str, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce,
+                       metadata: Mapping[str, str] | None, bar) -> None:
+    """Write a ``.safetensors`` file whose tensors come one at a time from ``produce(name)``."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    off = 0
+    for k, dtype, shape in entries:
+        nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+        header[k] = {"dtype": _ST_CODES[dtype], "shape": list(shape), "data_offsets": [off, off + nbytes]}
+        off += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for k, dtype, shape in entries:
+            t = produce(k)
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise ValueError(f"streaming_merge: {k!r} came out as {t.dtype} {tuple(t.shape)}, "
+                                 f"expected {dtype} {tuple(shape)}")
+            if t.numel():
+                f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+            del t
+            if bar is not None:
+                bar.update(1)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def streaming_merge(
+    path_a: PathLike,
+    path_b: PathLike,
+    out: PathLike,
+    *,
+    model: str | None = None,
+    model_kwargs: str | Mapping[str, Any] | None = None,
+    input_shape: str | tuple[int, ...] | None = None,
+    method: str = "weight",
+    alpha: float = 0.5,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    solver: str = "auto",
+    max_shard_size: int | str | None = None,
+    progress: bool = True,
+):
+    r"""Align B to A and write the interpolated checkpoint, one tensor at a time.
+
+    .. math::
+        \theta_{out} = (1 - \alpha)\, \theta_A + \alpha\, P(\theta_B)
+
+    The result is the one :func:`weightspace.merge_checkpoints` computes in memory (same
+    permutation, same tensors bit for bit), but neither checkpoint is ever loaded whole: the
+    model is traced on the meta device (:func:`trace_without_weights`), the permutation found by
+    :func:`streaming_weight_matching`, and every merged tensor computed from one tensor of A and
+    one of B and appended to the output. Peak memory is a few tensors plus one similarity matrix.
+
+    Everything is checked before the matching starts: the method (``"weight"`` or ``"none"``;
+    activation and STE matching and REPAIR run the model, so they need it in memory), ``alpha``,
+    the output path, that A and B have the same tensor names and shapes (from the file headers),
+    that both fit the model and are finite. The output is written atomically: every shard and
+    the index go to temporary files renamed into place only when all were written, so a failure
+    (a merged tensor that overflows, a full disk) leaves the previous output, if any, untouched.
+
+    Args:
+        path_a, path_b (str or PathLike): checkpoints A (the reference) and B: ``.safetensors``
+            files, sharded Hugging Face checkpoints (``*.index.json`` or their directory), or
+            ``.pt`` files (read whole: only safetensors is read tensor by tensor).
+        out (str or PathLike): a ``.safetensors`` file, or a directory or
+            ``*.safetensors.index.json`` for the sharded layout (``model-00001-of-0000N.safetensors``
+            and ``model.safetensors.index.json``).
+        model, model_kwargs, input_shape: as for :func:`weightspace.merge_checkpoints`.
+        method (str, optional): ``"weight"`` or ``"none"``. (default: ``"weight"``)
+        alpha (float, optional): weight of B, in ``[0, 1]``. (default: ``0.5``)
+        device (str or torch.device, optional): where the similarity products are computed
+            (``"cpu"``, ``"cuda"``, ``"auto"``); tensors are read to the CPU. (default: ``"cpu"``)
+        seed (int, optional): seeds weight matching's sweep order. (default: ``0``)
+        solver (str, optional): the assignment solver. (default: ``"auto"``)
+        max_shard_size (int or str, optional): bytes per output shard (``"2GB"``, ``"500MiB"``);
+            needs a sharded output. (default: ``None``: one shard)
+        progress (bool, optional): progress bars on stderr. (default: ``True``)
+
+    Returns:
+        MergeResult: as :func:`weightspace.merge_checkpoints` returns (``path`` is the index for
+        a sharded output); ``provenance["streaming"]`` is true.
+
+    Raises:
+        ValueError: any bad input above, with a one-line message naming the file and the problem.
+
+    Example:
+        >>> streaming_merge("a/", "b/", "merged/", max_shard_size="2GB")  # doctest: +SKIP
+    """
+    from . import __version__
+    from .merge import MergeResult, _check_alpha, _check_method, _check_same_states, _file_record, _resolve_device
+
+    fn = "merge_checkpoints"
+    t0 = time.perf_counter()
+    method = _check_method(method, fn)
+    if method not in ("weight", "none"):
+        raise ValueError(f"{fn}: the low-memory (streaming) merge aligns by weight matching or not at all; "
+                         f"method {method!r} runs the model on data and needs it in memory (drop "
+                         f"--low-memory / --max-shard-size, or use --method weight)")
+    alpha = _check_alpha(alpha, fn)
+    out = Path(out)
+    kind, target = _layout(out, max_shard_size)
+    if kind == "torch":
+        raise ValueError(f"{fn}: the low-memory merge writes safetensors; the output {out} must end in "
+                         f".safetensors or .safetensors.index.json, or be a directory")
+    limit = _parse_size(max_shard_size, out) if max_shard_size is not None else None
+    check_not_input(out, [path_a, path_b])
+    dev = _resolve_device(device)
+    with open_checkpoint(path_a, mmap=False) as ca, open_checkpoint(path_b, mmap=False) as cb:
+        _check_same_states(ca, cb, path_a, path_b, fn, ca.shape, cb.shape)
+        shape = input_shape
+        if shape is None:
+            shape = ca.metadata.get(INPUT_SHAPE_KEY) or cb.metadata.get(INPUT_SHAPE_KEY)
+        meta_b = cb.metadata if MODEL_KEY in cb.metadata else ca.metadata
+        if model is None and MODEL_KEY not in ca.metadata and MODEL_KEY in cb.metadata:
+            meta_a = cb.metadata  # A records no model: it is B's
+        else:
+            meta_a = ca.metadata
+        structure, module, spec = trace_without_weights(model, model_kwargs, metadata=meta_a, path=str(path_a),
+                                                        input_shape=shape)
+        if model is None and MODEL_KEY in meta_b:
+            with torch.device("meta"):
+                spec_b = build_model(None, model_kwargs, metadata=meta_b, path=str(path_b))[1]
+            if spec_b != spec:
+                warnings.warn(f"{fn}: {path_a} records model {spec} but {path_b} records {spec_b}; "
+                              f"using A's (pass --model to choose)", stacklevel=2)
+        check_fits(ca, module, path=str(path_a))
+        check_fits(cb, module, path=str(path_b))
+        check_finite(ca, str(path_a))
+        check_finite(cb, str(path_b))
+        if shape is None and getattr(module, "input_shape", None) is not None:
+            shape = module.input_shape
+        shape = tuple(int(s) for s in parse_input_shape(shape)) if shape is not None else None
+        del module
+
+        t1 = time.perf_counter()
+        sweeps = None
+        if method == "weight":
+            perms, info = streaming_weight_matching(structure, ca, cb, seed=seed, solver=solver, device=dev,
+                                                    progress=progress, return_info=True)
+            sweeps = info["sweeps"]
+        else:
+            perms = identity_permutation(structure)
+        align_seconds = time.perf_counter() - t1
+
+        files = (ca.info.files + ((ca.info.index,) if ca.info.index else ()),
+                 cb.info.files + ((cb.info.index,) if cb.info.index else ()))
+        provenance = {
+            "tool": "weightspace merge",
+            "inputs": [_file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
+            "method": method,
+            "alpha": alpha,
+            "repair": "none",
+            "seed": seed,
+            "data": None,
+            "sweeps": sweeps,
+            "streaming": True,
+            "weightspace_version": __version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        metadata = {MODEL_KEY: spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+        if shape is not None:
+            metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
+
+        keys = list(ca) + [k for k in cb if k not in ca]  # a counter only B has comes last, as in memory
+
+        def merged(k: str) -> Tensor:
+            if k not in ca:
+                return cb[k].clone()
+            a = ca[k]
+            if not (a.is_floating_point() or a.is_complex()):
+                return a
+            pb = permute(structure, {k: cb[k]}, perms)[k]
+            t = merging.interpolate({k: a}, {k: pb}, alpha)[k]
+            del a, pb
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values; nothing was "
+                                 f"written to {out}")
+            return t
+
+        entries = []
+        for k in keys:
+            dtype = ca.dtype(k) if k in ca else cb.dtype(k)
+            if dtype not in _ST_CODES:
+                raise ValueError(f"{fn}: {k!r} has dtype {dtype}, which the streaming writer cannot store")
+            entries.append((k, dtype, ca.shape(k) if k in ca else cb.shape(k)))
+        path = _write(entries, merged, target, kind, limit, metadata, [path_a, path_b], progress)
+    return MergeResult(path=path, method=method, alpha=alpha, repair="none", perms=perms, sweeps=sweeps,
+                       align_seconds=align_seconds, seconds=time.perf_counter() - t0, model=spec,
+                       input_shape=shape, provenance=provenance)
+
+
+def _write(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce, target: Path, kind: str,
+           limit: int | None, metadata: dict[str, str], inputs: list[PathLike], progress: bool) -> Path:
+    """Split ``entries`` into shards (as :func:`weightspace.save` does) and write them atomically."""
+    groups: list[list[tuple[str, torch.dtype, tuple[int, ...]]]] = [[]]
+    size = 0
+    for e in entries:
+        n = _numel(e[2]) * torch.empty((), dtype=e[1]).element_size()
+        if limit is not None and groups[-1] and size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(e)
+        size += n
+    if kind == "sharded":
+        stem = target.name[: -len(".safetensors.index.json")]
+        names = [f"{stem}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        paths = [target.parent / n for n in names]
+    else:
+        names, paths = [target.name], [target]
+    _check_overlap("streaming_merge", [target, *paths], inputs)
+    made_dir = not target.parent.exists()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(entries), desc="writing", unit="tensor", leave=False)
+    done: list[tuple[str, Path]] = []
+    try:
+        for p, group in zip(paths, groups):
+            done.append((_atomic(p, lambda f, g=group: _write_safetensors(f, g, produce, metadata, bar)), p))
+        if kind == "sharded":
+            total = sum(_numel(s) * torch.empty((), dtype=d).element_size() for _, d, s in entries)
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {k: n for n, group in zip(names, groups) for k, _, _ in group}}
+            done.append((_atomic(target, lambda f: Path(f).write_text(json.dumps(index, indent=2))), target))
+    except BaseException as e:
+        for tmp, _ in done:
+            os.unlink(tmp)
+        if made_dir and not any(target.parent.iterdir()):
+            target.parent.rmdir()
+        if isinstance(e, ValueError) or not isinstance(e, Exception):
+            raise
+        raise CheckpointError(f"streaming_merge: writing {target} failed, nothing was replaced: "
+                              f"{_brief(e)}") from e
+    finally:
+        if bar is not None:
+            bar.close()
+    stale = []
+    if kind == "sharded" and target.is_file():
+        try:
+            old = json.loads(target.read_text()).get("weight_map", {}).values()
+            pattern = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.safetensors")
+            stale = [target.parent / n for n in set(old) - set(names) if pattern.fullmatch(str(n))]
+        except (OSError, ValueError, AttributeError):
+            pass
+    _commit(done)
+    for p in stale:  # shards of an earlier, differently split output in the same place
+        p.unlink(missing_ok=True)
+    return target
