@@ -29,7 +29,8 @@ def one_thread():
 def test_every_example_is_tested():
     assert {p.stem for p in EXAMPLES.glob("*.py")} == {"merge_two_checkpoints", "align_and_permute",
                                                      "parameter_graphs", "merge_many_models",
-                                                     "build_a_zoo", "train_a_metanetwork"}
+                                                     "build_a_zoo", "train_a_metanetwork",
+                                                     "merge_sharded_checkpoints"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -73,3 +74,13 @@ def test_merge_many_models(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MergeMany" in out and (tmp_path / "mergemany.safetensors").is_file()
     assert result["mergemany"]["loss"] < result["average"]["loss"]
+
+
+def test_merge_sharded_checkpoints(tmp_path, capsys):
+    result = _load("merge_sharded_checkpoints").main(["--out", str(tmp_path), "--width", "16", "--epochs", "2",
+                                                      "--shard-size", "2kB", "--quiet"])
+    out = capsys.readouterr().out
+    assert result["identical"] and "identical to the in-memory merge: True" in out
+    assert len(result["shards"]) > 2 and result["merged"].provenance["streaming"]
+    assert (tmp_path / "merged" / "model.safetensors.index.json").is_file()
+    assert set(result["accuracy"]) == {"A", "B", "merged"}

@@ -95,14 +95,14 @@ def _similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Ma
 
 def _objective(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
                keys: set[str], perms: Mapping[str, Tensor]) -> float:
-    """``sum_k <A_k, P(B)_k>`` over the matched tensors, in float64 chunks of 64k entries."""
+    """``sum_k <A_k, P(B)_k>`` over the matched tensors, in float64 chunks of 1M entries."""
     total = 0.0
     for k in state_a:
         if k not in keys or all(a is None for a in structure.axes[k]):
             continue
         a = state_a[k].reshape(-1)
         pb = permute(structure, {k: state_b[k]}, perms)[k].reshape(-1)
-        for x, y in zip(a.split(1 << 16), pb.split(1 << 16)):
+        for x, y in zip(a.split(1 << 20), pb.split(1 << 20)):
             total += float((x.double() * y.double()).sum())
         del a, pb
     return total
@@ -179,9 +179,19 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
     """
     fn = "streaming_weight_matching"
     _check_states(structure, state_a, state_b, fn)
-    device = torch.device(device)
     keys = {k for k in state_a if k in structure.axes and k in state_b and _dtype(state_a, k).is_floating_point
             and (include_buffers or not structure.is_buffer(k))}
+    perms, sweeps = _descend(structure, state_a, state_b, keys, max_iter, seed, init, solver, torch.device(device),
+                             progress, groups, fn)
+    if return_info:
+        return perms, {"sweeps": sweeps, "objective": _objective(structure, state_a, state_b, keys, perms)}
+    return perms
+
+
+def _descend(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], keys: set[str],
+             max_iter: int, seed: int, init: Mapping[str, Tensor] | None, solver: str, device: torch.device,
+             progress: bool, groups: list[str] | None, fn: str) -> tuple[dict[str, Tensor], int]:
+    """The coordinate descent of :func:`streaming_weight_matching`: ``(perms, sweeps)``."""
     perms = {g: (init[g].to(device) if init is not None and g in init
                  else torch.arange(structure.groups[g].size, device=device)) for g in structure.groups}
     if groups is None:
@@ -224,10 +234,7 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
             break
     if bar is not None:
         bar.close()
-    perms = {g: p.cpu() for g, p in perms.items()}
-    if return_info:
-        return perms, {"sweeps": sweeps, "objective": _objective(structure, state_a, state_b, keys, perms)}
-    return perms
+    return {g: p.cpu() for g, p in perms.items()}, sweeps
 
 
 # --------------------------------------------------------------------------- tracing
@@ -460,9 +467,10 @@ def streaming_merge(
         t1 = time.perf_counter()
         sweeps = None
         if method == "weight":
-            perms, info = streaming_weight_matching(structure, ca, cb, seed=seed, solver=solver, device=dev,
-                                                    progress=progress, return_info=True)
-            sweeps = info["sweeps"]
+            _check_states(structure, ca, cb, fn)
+            keys = {k for k in ca if k in structure.axes and k in cb and ca.dtype(k).is_floating_point
+                    and not structure.is_buffer(k)}
+            perms, sweeps = _descend(structure, ca, cb, keys, 100, seed, None, solver, dev, progress, None, fn)
         else:
             perms = identity_permutation(structure)
         align_seconds = time.perf_counter() - t1
