@@ -19,6 +19,18 @@ from merging.matching import (
 from merging.many import merge_many, repair_many
 from merging.methods import MergeMethod, get_method, list_methods, merge_method, merge_states
 from merging.repair import repair, reset_batchnorm
+from merging.star_eval import (
+    PredictionMetrics,
+    aligned_barriers,
+    ensemble_proba,
+    expected_calibration_error,
+    mean_barrier,
+    pairwise_barriers,
+    predict_proba,
+    prediction_metrics,
+    star_domain_proba,
+)
+from merging.starlight import Starlight, TDist, parse_t_dist
 
 __all__ = [
     # evaluation
@@ -53,4 +65,17 @@ __all__ = [
     "c2m3_merge",
     "pairwise_permutation",
     "soft_permute",
+    # star models
+    "Starlight",
+    "TDist",
+    "parse_t_dist",
+    "aligned_barriers",
+    "pairwise_barriers",
+    "mean_barrier",
+    "predict_proba",
+    "ensemble_proba",
+    "star_domain_proba",
+    "PredictionMetrics",
+    "prediction_metrics",
+    "expected_calibration_error",
 ]
