@@ -30,7 +30,7 @@ def test_every_example_is_tested():
     assert {p.stem for p in EXAMPLES.glob("*.py")} == {"merge_two_checkpoints", "align_and_permute",
                                                      "parameter_graphs", "merge_many_models",
                                                      "build_a_zoo", "train_a_metanetwork",
-                                                     "merge_sharded_checkpoints"}
+                                                     "merge_sharded_checkpoints", "star_model"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -84,3 +84,14 @@ def test_merge_sharded_checkpoints(tmp_path, capsys):
     assert len(result["shards"]) > 2 and result["merged"].provenance["streaming"]
     assert (tmp_path / "merged" / "model.safetensors.index.json").is_file()
     assert set(result["accuracy"]) == {"A", "B", "merged"}
+
+
+def test_star_model(tmp_path, capsys):
+    result = _load("star_model").main(["--out", str(tmp_path), "--sources", "3", "--held-out", "1", "--width", "8",
+                                       "--epochs", "3", "--star-epochs", "2", "--steps", "3", "--quiet"])
+    out = capsys.readouterr().out
+    assert "star <-> held-out models" in out and (tmp_path / "star.safetensors").is_file()
+    assert (tmp_path / "star.starlight.pt").is_file() and result["star"].epochs == 2
+    # the star sits on low-loss lines to its sources: lower than unaligned pairs of models
+    assert result["star_sources"] < result["pairs_naive"]
+    assert 0.0 <= result["star_domain"].ece <= 1.0 and 0.0 <= result["ensemble"].ece <= 1.0
