@@ -30,7 +30,8 @@ def test_every_example_is_tested():
     assert {p.stem for p in EXAMPLES.glob("*.py")} == {"merge_two_checkpoints", "align_and_permute",
                                                      "parameter_graphs", "merge_many_models",
                                                      "build_a_zoo", "train_a_metanetwork",
-                                                     "merge_sharded_checkpoints", "star_model"}
+                                                     "merge_sharded_checkpoints", "star_model",
+                                                     "resample_widths"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -95,3 +96,12 @@ def test_star_model(tmp_path, capsys):
     # the star sits on low-loss lines to its sources: lower than unaligned pairs of models
     assert result["star_sources"] < result["pairs_naive"]
     assert 0.0 <= result["star_domain"].ece <= 1.0 and 0.0 <= result["ensemble"].ece <= 1.0
+
+
+def test_resample_widths(tmp_path, capsys):
+    result = _load("resample_widths").main(["--width", "16", "--epochs", "3", "--steps", "40", "--out", str(tmp_path),
+                                            "--quiet"])
+    out = capsys.readouterr().out
+    assert set(result["accuracies"]) == {4, 8, 16} and "sampled at width" in out
+    assert all(0.0 <= a <= 1.0 for a in result["accuracies"].values())
+    assert (tmp_path / "mlp_w8.safetensors").is_file()

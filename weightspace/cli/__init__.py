@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import barrier, demo, graph, inspect, merge, merge_many, metanet, starlight, zoo
+from . import barrier, demo, graph, hypernet, inspect, merge, merge_many, metanet, resample, starlight, zoo
 from ._common import run_command
 
 __all__ = ["main", "build_parser"]
 
 # subcommand modules, each with NAME, HELP, add_arguments(parser) and run(args), in --help order
-_COMMANDS = [demo, inspect, merge, barrier, merge_many, starlight, graph, zoo, metanet]
+_COMMANDS = [demo, inspect, merge, barrier, merge_many, starlight, graph, zoo, metanet, hypernet, resample]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,148 @@
+"""The weight-manifold hypernetwork: smoothing keeps the function, generation fits every width, training learns."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphs import trace
+from merging import evaluate
+from merging.hypernet import (HyperNet, fit_hypernet, magnitude_prune, path_length, resize_structure, sample_state,
+                              smooth, unit_features)
+from weightspace.models import CNN, MLP
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _mlp(h=12, in_features=6, seed=0):
+    torch.manual_seed(seed)
+    return MLP(in_features, (h, h), 3)
+
+
+def _cnn(c=(4, 6), flatten=True, seed=0):
+    torch.manual_seed(seed)
+    return CNN(in_channels=2, channels=c, num_classes=3, image_size=6, flatten=flatten)
+
+
+def _state(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("make", [_mlp, _cnn, lambda: _cnn(flatten=False)])
+@pytest.mark.parametrize("method", ["2opt", "greedy", "christofides"])
+def test_smoothing_preserves_function_and_shortens_paths(make, method):
+    model = make()
+    x = model.example_input(8, seed=1)
+    structure = trace(model, x)
+    state = _state(model)
+    r = smooth(structure, state, method=method)
+    before = torch.func.functional_call(model, state, (x,))
+    after = torch.func.functional_call(model, r.state, (x,))
+    assert torch.allclose(before, after, atol=1e-5)
+    assert r.total_after < r.total_before
+    for g, p in r.perms.items():
+        assert sorted(p.tolist()) == list(range(structure.groups[g].size))
+        # the reported length is the path length of the permuted network in its new order
+        assert path_length(unit_features(structure, r.state, g)) == pytest.approx(r.after[g], rel=1e-6)
+
+
+@pytest.mark.parametrize("make,kw,ratios", [
+    (_mlp, "hidden", [0.25, 0.5, 0.75, 1.0]),
+    (_cnn, "channels", [0.25, 0.5, 1.0]),
+    (lambda: _cnn(flatten=False), "channels", [0.5, 1.0]),
+])
+def test_generated_states_fit_the_family_at_every_width(make, kw, ratios):
+    model = make()
+    structure = trace(model, model.example_input(2))
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    full = list(getattr(model, kw))
+    for r in ratios:
+        widths = tuple(max(1, round(w * r)) for w in full)
+        small = MLP(6, widths, 3) if kw == "hidden" else CNN(in_channels=2, channels=widths, num_classes=3,
+                                                             image_size=6, flatten=model.flatten)
+        state = sample_state(hn, small)
+        small.load_state_dict(state)  # strict: every tensor present with the right shape
+        assert all(torch.isfinite(v).all() for v in state.values())
+        assert hn.sizes_of({k: v.shape for k, v in state.items()}) == {
+            g: w for g, w in zip(structure.groups, widths)}
+        # K noisy samples average to a state of the same shapes, different from the noiseless one
+        avg = sample_state(hn, small, samples=3, noise=0.5)
+        assert {k: v.shape for k, v in avg.items()} == {k: v.shape for k, v in state.items()}
+
+
+def test_config_round_trip_gives_the_same_network():
+    model = _cnn()
+    structure = trace(model, model.example_input(2))
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    again = HyperNet(hn.config)
+    again.load_state_dict(hn.state_dict())
+    small = _cnn(c=(2, 3))
+    a, b = sample_state(hn, small), sample_state(again, small)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resize_structure_refuses_another_family():
+    model = _mlp()
+    structure = trace(model, model.example_input(2))
+    other = MLP(7, (12, 12), 3)  # another input size: a fixed axis changed
+    hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1)
+    with pytest.raises(ValueError, match="fixed axis"):
+        sample_state(hn, other)
+    with pytest.raises(ValueError, match="no tensor"):
+        resize_structure(structure, {"layers.0.weight": (4, 6)})
+
+
+def test_magnitude_prune_keeps_the_largest_units():
+    model = _mlp(h=8)
+    structure = trace(model, model.example_input(2))
+    state = _state(model)
+    pruned = magnitude_prune(structure, state, {"layers.0": 3, "layers.1": 8})
+    norms = (state["layers.0.weight"].pow(2).sum(1) + state["layers.0.bias"].pow(2)).sqrt()
+    keep = torch.topk(norms, 3).indices.sort().values
+    assert torch.equal(pruned["layers.0.weight"], state["layers.0.weight"][keep])
+    assert torch.equal(pruned["layers.1.weight"], state["layers.1.weight"][:, keep])
+    MLP(6, (3, 8), 3).load_state_dict(pruned)
+    full = magnitude_prune(structure, state, {g: grp.size for g, grp in structure.groups.items()})
+    assert all(torch.equal(full[k], state[k]) for k in state)
+    with pytest.raises(ValueError, match="cannot keep"):
+        magnitude_prune(structure, state, {"layers.0": 9})
+
+
+def _teacher_data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 0.5).long()
+    return [(x[i:i + 64], y[i:i + 64]) for i in range(0, n, 64)]
+
+
+def test_a_tiny_training_run_lowers_the_loss():
+    data = _teacher_data()
+    model = _mlp(h=16)
+    structure = trace(model, model.example_input(2))
+    state = _state(model)
+    hn = HyperNet.from_source(structure, state, hidden=32, depth=1)
+    build = lambda r: MLP(6, (max(1, round(16 * r)),) * 2, 3)  # noqa: E731
+    half = build(0.5)
+    before = evaluate(half, sample_state(hn, half), data).loss
+    hist = fit_hypernet(hn, build, data, state, ratios=[0.5, 1.0], steps=80, warmup=0.25, progress=False)
+    after = evaluate(half, sample_state(hn, half), data).loss
+    assert after < before
+    assert hist[-1]["recon"] < hist[0]["recon"]
+    assert all(h["ratio"] in (0.5, 1.0) for h in hist)
+
+
+def test_fit_refuses_bad_arguments():
+    model = _mlp()
+    structure = trace(model, model.example_input(2))
+    hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        fit_hypernet(hn, lambda r: model, _teacher_data(), _state(model), steps=1)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        fit_hypernet(hn, lambda r: model, _teacher_data(), _state(model), ratios=[1.5], steps=1)
+    with pytest.raises(ValueError, match="unknown hyper-parameter"):
+        HyperNet.from_source(structure, _state(model), width=3)
