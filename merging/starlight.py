@@ -314,8 +314,8 @@ class Starlight:
             saved = self._load(ckpt, config, fn)
             star = {k: v.to(dev) for k, v in saved["star"].items()}
             perms = [{g: p for g, p in ps.items()} for ps in saved["perms"]]
-            start_epoch, history, samples = int(saved["epoch"]), list(saved["history"]), \
-                [tuple(s) for s in saved["samples"]]
+            start_epoch, history = int(saved["epoch"]), list(saved["history"])
+            samples = list(zip(saved["sample_sources"].tolist(), saved["sample_ts"].tolist()))
             gen.set_state(saved["generator"])
             torch.set_rng_state(saved["torch_rng"])
             if dev.type == "cuda" and saved.get("cuda_rng") is not None:
@@ -428,7 +428,9 @@ class Starlight:
             "perms": [{g: p.cpu() for g, p in ps.items()} for ps in perms],
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-            "history": list(history), "samples": [list(s) for s in samples],
+            "history": list(history),
+            "sample_sources": torch.tensor([k for k, _ in samples], dtype=torch.long),
+            "sample_ts": torch.tensor([t for _, t in samples], dtype=torch.float64),
         }
         _save_atomic(obj, path)
 
