@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--arch", choices=ARCHS, default="gnn", help="metanetwork (default: gnn)")
     p.add_argument("--epochs", type=int, default=3, help="metanetwork epochs (default: 3)")
     p.add_argument("--hidden", type=int, default=16, help="metanetwork width (default: 16)")
+    p.add_argument("--probes", type=int, default=0,
+                   help="gnn/transformer: activations on this many probe inputs as node features (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
         build_cnn_zoo(zoo, "digits", n=args.models, checkpoints=(0, 1), progress=not args.quiet,
                       recipe={"channels": [8, 8, 8]})
         r = train_metanet(zoo, task="accuracy", arch=args.arch, epochs=args.epochs, hidden=args.hidden,
-                          batch_size=8, out=work / "metanet.pt", progress=not args.quiet)
+                          probes=args.probes, batch_size=8, out=work / "metanet.pt", progress=not args.quiet)
         split = "test" if r.metrics["test"] else "val"
         tau = r.metrics[split]["kendall_tau"]
         print(f"{args.arch} metanetwork, {r.num_params:,} parameters, {r.seconds:.1f} s")
