@@ -176,7 +176,7 @@ def load_hypernet(path: str | Path, *, device: str | torch.device = "cpu") -> Hy
 def train_hypernet_file(
     out: str | Path, *, model: str | None = None, model_kwargs: str | dict | None = None, data: str = "digits",
     widths: str = "0.25:1.0", source: str | Path | None = None, width_kwarg: str | None = None,
-    epochs: int = 10, lr: float = 0.05, steps: int = 600, hyper_lr: float = 1e-2, recon_weight: float = 1.0,
+    epochs: int = 10, lr: float = 0.05, steps: int = 600, hyper_lr: float = 1e-2, recon_weight: float = 10.0,
     coord_noise: float = 0.1, hparams: dict[str, Any] | None = None, smoothing: str = "2opt",
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
 ) -> tuple[HypernetFile, dict[str, Any]]:

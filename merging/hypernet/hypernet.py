@@ -351,10 +351,10 @@ def fit_hypernet(
     ratio_range: tuple[float, float] | None = None,
     steps: int = 500,
     lr: float = 1e-2,
-    recon_weight: float = 1.0,
+    recon_weight: float = 10.0,
     warmup: float = 0.3,
     coord_noise: float = 0.1,
-    joint_lr_factor: float = 0.3,
+    joint_lr_factor: float = 0.1,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     device: torch.device | str = "cpu",
     seed: int = 0,
@@ -380,11 +380,11 @@ def fit_hypernet(
         ratio_range (tuple, optional): ``(lo, hi)``: widths drawn continuously instead.
         steps (int, optional): optimisation steps. (default: ``500``)
         lr (float, optional): Adam's peak learning rate. (default: ``1e-2``)
-        recon_weight (float, optional): weight of the reconstruction loss. (default: ``1.0``)
+        recon_weight (float, optional): weight of the reconstruction loss. (default: ``10.0``)
         warmup (float, optional): fraction of steps on reconstruction alone. (default: ``0.3``)
         coord_noise (float, optional): coordinate noise, in half unit spacings. (default: ``0.1``)
         joint_lr_factor (float, optional): peak learning rate of the joint phase, as a fraction
-            of ``lr``. (default: ``0.3``)
+            of ``lr``. (default: ``0.1``)
         loss_fn (callable, optional): task loss ``loss_fn(output, y)``. (default: cross-entropy)
         device (str or torch.device, optional): where everything runs. (default: ``"cpu"``)
         seed (int, optional): seeds the width draws and the coordinate noise.

@@ -129,7 +129,8 @@ def test_a_tiny_training_run_lowers_the_loss():
     build = lambda r: MLP(6, (max(1, round(16 * r)),) * 2, 3)  # noqa: E731
     half = build(0.5)
     before = evaluate(half, sample_state(hn, half), data).loss
-    hist = fit_hypernet(hn, build, data, state, ratios=[0.5, 1.0], steps=80, warmup=0.25, progress=False)
+    hist = fit_hypernet(hn, build, data, state, ratios=[0.5, 1.0], steps=80, warmup=0.25,
+                        recon_weight=1.0, joint_lr_factor=0.3, progress=False)
     after = evaluate(half, sample_state(hn, half), data).loss
     assert after < before
     assert hist[-1]["recon"] < hist[0]["recon"]

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--widths", default="0.25:1.0", metavar="LO:HI", help="training widths (default: 0.25:1.0)")
     t.add_argument("--steps", type=int, default=600, help="hypernetwork training steps (default: 600)")
     t.add_argument("--hyper-lr", type=float, default=1e-2, help="Adam learning rate of the hypernetwork (default: 0.01)")
-    t.add_argument("--recon-weight", type=float, default=1.0, help="weight of the reconstruction loss (default: 1)")
+    t.add_argument("--recon-weight", type=float, default=10.0, help="weight of the reconstruction loss (default: 10)")
     t.add_argument("--coord-noise", type=float, default=0.1,
                    help="noise on unit coordinates, in half unit spacings (default: 0.1)")
     t.add_argument("--hidden", type=int, default=128, help="hypernetwork width (default: 128)")
