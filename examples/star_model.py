@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.sources + args.held_out
     paths = [train_checkpoint(out / f"m{i}.safetensors", seed=i, width=args.width, epochs=args.epochs,
                               quiet=args.quiet) for i in range(n)]
-    sources, held = paths[:args.sources], paths[args.sources:]
+    sources = paths[:args.sources]
 
     r = starlight_checkpoints(sources, out / "star.safetensors", data="digits", epochs=args.star_epochs,
                               progress=not args.quiet)

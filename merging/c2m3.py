@@ -9,8 +9,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from graphs import Cat, Prod, Structure, Unit, compose_permutations, inverse_permutation, permute
-
+from graphs import (
+    Cat,
+    Structure,
+    Unit,
+    compose_permutations,
+    inverse_permutation,
+    permute,
+)
 from merging.many import _check, mean_state
 from merging.matching._solve import solve_assignment
 from merging.matching.weight import _floating

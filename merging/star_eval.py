@@ -13,8 +13,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from graphs import Structure, permute
-
-from merging._eval import batchnorm_layers, call, check_reiterable, eval_mode, iter_batches, prepare_state, resolve_device
+from merging._eval import (
+    batchnorm_layers,
+    call,
+    check_reiterable,
+    eval_mode,
+    iter_batches,
+    prepare_state,
+    resolve_device,
+)
 from merging.barrier import BarrierResult, barrier
 from merging.interpolate import interpolate
 from merging.matching.weight import weight_matching

@@ -19,13 +19,19 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from graphs import Structure, identity_permutation, permute
-
-from merging._eval import LossFn, batchnorm_layers, check_reiterable, iter_batches, prepare_state, resolve_device
+from merging._eval import (
+    LossFn,
+    batchnorm_layers,
+    check_reiterable,
+    iter_batches,
+    prepare_state,
+    resolve_device,
+)
 from merging.many import merge_many
 from merging.matching.weight import weight_matching
 from merging.repair import reset_batchnorm
 
-__all__ = ["Starlight", "TDist", "parse_t_dist", "STATE_FORMAT"]
+__all__ = ["STATE_FORMAT", "Starlight", "TDist", "parse_t_dist"]
 
 StateDict = dict[str, Tensor]
 #: the ``format`` field of the files :class:`Starlight` writes to resume from

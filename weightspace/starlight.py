@@ -24,7 +24,13 @@ from merging.starlight import parse_t_dist
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from .checkpoint import check_not_input, save
-from .merge import _check_data_fits, _file_record, _input_shape, _resolve_device, _structure
+from .merge import (
+    _check_data_fits,
+    _file_record,
+    _input_shape,
+    _resolve_device,
+    _structure,
+)
 from .merge_many import _load_many
 
 __all__ = ["EpochLoader", "StarlightResult", "starlight_checkpoints", "state_path_for"]

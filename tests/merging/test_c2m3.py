@@ -5,12 +5,25 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
 from nets import randomize, teacher_data, train_teacher_mlp
+from torch import nn
 
 import merging
-from graphs import compose_permutations, identity_permutation, inverse_permutation, permute, random_permutation, trace
-from merging import c2m3_matching, c2m3_merge, evaluate, pairwise_permutation, soft_permute
+from graphs import (
+    compose_permutations,
+    identity_permutation,
+    inverse_permutation,
+    permute,
+    random_permutation,
+    trace,
+)
+from merging import (
+    c2m3_matching,
+    c2m3_merge,
+    evaluate,
+    pairwise_permutation,
+    soft_permute,
+)
 from merging.many import mean_state
 
 
@@ -147,7 +160,7 @@ def test_trained_models_merge_better_than_naive_averaging():
     models = [train_teacher_mlp(seed, x, y, steps=80) for seed in range(4)]
     states = [m.state_dict() for m in models]
     s = trace(models[0], x[:2])
-    merged, perms = c2m3_merge(s, states)
+    merged, _ = c2m3_merge(s, states)
     assert evaluate(models[0], merged, data).loss < evaluate(models[0], mean_state(states), data).loss
 
 

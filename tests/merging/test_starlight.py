@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import teacher_data, train_teacher_mlp
 from torch import nn
 from torch.func import functional_call
-from nets import teacher_data, train_teacher_mlp
 
 import merging
 from graphs import permute, random_permutation, trace
@@ -269,7 +269,7 @@ def test_ece_matches_the_definition_on_random_predictions():
 
 
 def test_star_domain_prediction_and_ensembles():
-    model, s, sources = _setup(3)
+    model, _, sources = _setup(3)
     x, y = _toy(40)
     data = [(x[:20], y[:20]), (x[20:], y[20:])]
     star = model.state_dict()

@@ -95,7 +95,7 @@ def test_epoch_loader_order_depends_only_on_the_epoch():
     second = [yb.tolist() for _, yb in a]
     b.set_epoch(1)
     assert [yb.tolist() for _, yb in b] == second != first
-    assert len(a) == 3 and sorted(sum(second, [])) == list(range(10))
+    assert len(a) == 3 and sorted(v for batch in second for v in batch) == list(range(10))
 
 
 def test_bad_input_exits_2_and_writes_nothing(sources, tmp_path, capsys):
