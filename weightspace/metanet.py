@@ -86,7 +86,7 @@ class _Split:
 class _Zoo:
     """A zoo held in memory: the model's structure and each split's state dicts and targets."""
 
-    def __init__(self, root: str | os.PathLike, task: str, target: str | None) -> None:
+    def __init__(self, root: str | os.PathLike, task: str, target: str | None, checkpoints: Any = "all") -> None:
         from .api import trace_model
         from .models import model_from_json
         from .zoo import ZooDataset
@@ -95,11 +95,11 @@ class _Zoo:
             raise ValueError(f"train_metanet: unknown task {task!r}; choose one of: {', '.join(TASKS)}")
         self.root = Path(root)
         target = target or ("accuracy" if task == "accuracy" else "label")
-        probe = ZooDataset(self.root, "all", view="state", target=target)
+        probe = ZooDataset(self.root, "all", view="state", target=target, checkpoints=checkpoints)
         self.card, self.target = probe.card, probe.target
         self.splits: dict[str, _Split] = {}
         for split in ("train", "val", "test"):
-            ds = ZooDataset(self.root, split, view="state", target=target)
+            ds = ZooDataset(self.root, split, view="state", target=target, checkpoints=checkpoints)
             states, ys = [], []
             for i in range(len(ds)):
                 states.append(ds.state(i))
@@ -284,8 +284,8 @@ def _aug_seed(seed: int, epoch: int, index: int) -> int:
 def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: str = "gnn", epochs: int = 50,
                   lr: float = 3e-4, batch_size: int = 32, hidden: int | None = None, augment: bool = True,
                   patience: int = 10, weight_decay: float = 0.0, target: str | None = None, seed: int = 0,
-                  probes: int = 0, device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
-                  progress: bool = True) -> MetanetResult:
+                  probes: int = 0, checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
+                  out: str | os.PathLike | None = None, progress: bool = True) -> MetanetResult:
     """Train a metanetwork on a zoo's train split, select it on the val split.
 
     Runs data-parallel when launched by ``torchrun --nproc_per_node K`` (the ``RANK`` /
@@ -331,6 +331,9 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         probes (int): graph archs only: add each network's activations on this many fixed
             probe inputs (uniform in ``[-1, 1]``) as node features
             (:func:`weightspace.nn.graph_metanet.probe_features`); 0 for none. (default: ``0``)
+        checkpoints (str, int or list of int): which stored checkpoints of each zoo model are
+            networks to learn from: ``"all"`` (every epoch kept, each its own network, all in
+            its model's split), ``"last"``, or the checkpoint(s). (default: ``"all"``)
         device (str): ``cpu``, ``cuda`` or ``auto``; under ``torchrun``, ``cuda`` means
             ``cuda:LOCAL_RANK``. (default: ``"cpu"``)
         out (str or PathLike, optional): where to save the best metanetwork (``.pt``, written
@@ -366,7 +369,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         raise ValueError(f"train_metanet: lr must be positive, got {lr!r}")
     dev = _device(device)
     t0 = time.perf_counter()
-    zoo = _Zoo(zoo_dir, task, target)
+    zoo = _Zoo(zoo_dir, task, target, checkpoints)
     ctx, dev = distributed_context(dev)
     try:
         K = ctx.world_size
@@ -378,7 +381,8 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         out_dim = zoo.num_classes if task == "class" else 1
         config: dict[str, Any] = {"format": FORMAT, "arch": arch, "task": task, "target": zoo.target,
                                   "out": out_dim, "hidden": int(hidden or _DEFAULT_HIDDEN[arch]), "num_layers": 3,
-                                  "model_spec": zoo.card.model_spec, "zoo": str(zoo.root)}
+                                  "model_spec": zoo.card.model_spec, "zoo": str(zoo.root),
+                                  "checkpoints": checkpoints}
         if arch in _TENSOR_ARCHS:
             from .nn import NetworkSpec
 
@@ -493,7 +497,7 @@ def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os
         net, config = model.model, model.config
     else:
         net, config = load_metanet(model)
-    zoo = _Zoo(zoo_dir, config["task"], config["target"])
+    zoo = _Zoo(zoo_dir, config["task"], config["target"], config.get("checkpoints", "last"))
     if zoo.card.model_spec != config["model_spec"] and config["arch"] in _TENSOR_ARCHS:
         raise ValueError(f"evaluate_metanet: {zoo_dir} holds {zoo.card.model_spec}, but the metanetwork was "
                          f"trained on {config['model_spec']}")

@@ -76,7 +76,12 @@ def test_cli(cnn_zoo, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["arch"] == "hnp" and res["epochs_run"] == 1 and out.is_file()
     assert main(["metanet", "eval", str(out), str(cnn_zoo), "--split", "all", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 10
+    assert json.loads(capsys.readouterr().out)["n"] == 20   # 10 models x checkpoints 0 and 1
+    assert main(["metanet", "train", str(cnn_zoo), "--arch", "statnn", "--epochs", "1", "--checkpoints", "last",
+                 "-o", str(out), "--json", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["metanet", "eval", str(out), str(cnn_zoo), "--split", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 10   # the checkpoint's selection is kept
     assert main(["metanet", "train", str(tmp_path / "nozoo"), "-o", str(tmp_path / "x.pt")]) == 2
     assert "not a directory" in capsys.readouterr().err
     assert main(["metanet", "eval", str(tmp_path / "none.pt"), str(cnn_zoo)]) == 2

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target", default=None, help="metrics.csv column to predict (default: test_acc or label)")
     t.add_argument("--probes", type=int, default=0, metavar="N",
                    help="gnn/transformer: add activations on N probe inputs as node features (default: 0)")
+    t.add_argument("--checkpoints", default="all", metavar="all|last|E[,E...]",
+                   help="which stored epochs of each zoo model to learn from (default: all)")
     t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common_args(t)
@@ -56,6 +58,15 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
+def _checkpoints(spec: str):
+    if spec in ("all", "last"):
+        return spec
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--checkpoints: expected all, last or comma-separated epochs, got {spec!r}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from weightspace.metanet import evaluate_metanet, train_metanet
 
@@ -66,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         r = train_metanet(args.zoo, task=args.task, arch=args.arch, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, hidden=args.hidden, augment=not args.no_augment,
                           patience=args.patience, target=args.target, seed=args.seed, probes=args.probes,
-                          device=device, out=args.out, progress=not args.quiet and not args.json)
+                          checkpoints=_checkpoints(args.checkpoints), device=device, out=args.out, progress=not args.quiet and not args.json)
         if int(os.environ.get("RANK", "0")) != 0:
             return 0   # under torchrun, rank 0 reports
         if args.json:
