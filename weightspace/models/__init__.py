@@ -15,6 +15,7 @@ from weightspace.models._registry import (
 )
 from weightspace.models.cnn import CNN
 from weightspace.models.mlp import MLP
+from weightspace.models.resnet import ResNet
 from weightspace.models.resnet20 import ResNet20
 from weightspace.models.sine import Sine
 from weightspace.models.siren import SIREN
@@ -25,6 +26,7 @@ __all__ = [
     "CNN",
     "MLP",
     "ModelEntry",
+    "ResNet",
     "ResNet20",
     "SIREN",
     "Sine",
