@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("-o", "--out", required=True, metavar="OUT.pt", help="where to write the best metanetwork")
     t.add_argument("--epochs", type=int, default=50, help="most epochs (default: 50)")
     t.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
-    t.add_argument("--batch-size", type=int, default=32, help="networks per step, over all processes under torchrun (default: 32)")
+    t.add_argument("--batch-size", type=int, default=32,
+                   help="networks per step, over all processes under torchrun (default: 32)")
     t.add_argument("--hidden", type=int, default=None, help="metanetwork width (default: per arch)")
     t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
     t.add_argument("--target", default=None, help="metrics.csv column to predict (default: test_acc or label)")
