@@ -37,11 +37,18 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weightspace.metanet import (_DEFAULT_HIDDEN, _aug_seed, _collate, _loss, _metrics, _scales,  # noqa: E402
-                                 _Zoo, train_metanet)
-from weightspace.zoo import build_cnn_zoo, build_inr_zoo  # noqa: E402
-
-from graphs import permute, random_permutation  # noqa: E402
+from graphs import permute, random_permutation
+from weightspace.metanet import (
+    _DEFAULT_HIDDEN,
+    _aug_seed,
+    _collate,
+    _loss,
+    _metrics,
+    _scales,
+    _Zoo,
+    train_metanet,
+)
+from weightspace.zoo import build_cnn_zoo, build_inr_zoo
 
 OURS_INR = ("gnn", "transformer", "dws", "np")
 BASELINES = ("statnn", "mlp")
@@ -178,7 +185,7 @@ def _inr_recipe(zoo_dir: Path) -> str:
         rows = list(csv.DictReader(f))
     psnr = sorted(float(x["psnr"]) for x in rows)
     steps = sorted(int(x["steps"]) for x in rows)
-    med = lambda v: v[len(v) // 2]  # noqa: E731
+    med = lambda v: v[len(v) // 2]
     return (f"{card.get('n_models')} SIRENs {card['model']['kwargs']['hidden']} w0 {r.get('w0')} on "
             f"{d.get('n_images')} images of {d.get('spec')}, {r.get('fits_per_image')} fit(s) per image, each from "
             f"its own initialisation; full-batch Adam lr {r.get('lr')}, at most {r.get('steps')} steps, stop at "
@@ -188,10 +195,10 @@ def _inr_recipe(zoo_dir: Path) -> str:
 
 def bench_inr(args, zoo_dir: Path, results: dict) -> list[str]:
     dev = torch.device(args.device)
-    kw = dict(task="class", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-              seed=args.seed, device=args.device, progress=not args.quiet)
-    lines = [f"**INR classification** ({_inr_recipe(zoo_dir)}; {args.epochs} epochs max, batch {args.batch_size}, "
-             f"lr {args.lr}, device {args.device})", "",
+    kw = {"task": "class", "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+          "patience": args.patience, "seed": args.seed, "device": args.device, "progress": not args.quiet}
+    lines = [(f"**INR classification** ({_inr_recipe(zoo_dir)}; {args.epochs} epochs max, batch "
+              f"{args.batch_size}, lr {args.lr}, device {args.device})"), "",
              row("method", "test accuracy", "parameters", "training time (s)", "best epoch"),
              row("---", "---", "---", "---", "---")]
     runs = [(a, 0) for a in args.methods if a in OURS_INR]
@@ -241,8 +248,8 @@ def _build_gnn(out: int, args):
 
 
 def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
-    lines = [f"**Accuracy prediction** (CNN zoo {zoo_dir.name}: {args.cnn_models} models x checkpoints "
-             f"{args.cnn_checkpoints} on {args.cnn_data}; split by model)", "",
+    lines = [(f"**Accuracy prediction** (CNN zoo {zoo_dir.name}: {args.cnn_models} models x checkpoints "
+              f"{args.cnn_checkpoints} on {args.cnn_data}, every checkpoint a network; split by model)"), "",
              row("method", "Kendall tau", "R^2", "parameters", "training time (s)"),
              row("---", "---", "---", "---", "---")]
     for arch in args.cnn_methods:
@@ -277,14 +284,14 @@ def bench_throughput(args, zoo_dir: Path, results: dict) -> list[str]:
     if _have_nfn():
         models["`nfn` NP, same parameters as ours: gnn"] = ("np", nfn_model(zoo, out,
                                                                             _nparams(models["ours: gnn"][1])))
-    lines = [f"**Training throughput** (INR zoo, batch {B}, {steps} steps after 3 warm-up steps, device "
-             f"{args.device}, {torch.get_num_threads()} threads)", "",
+    lines = [(f"**Training throughput** (INR zoo, batch {B}, {steps} steps after 3 warm-up steps, device "
+              f"{args.device}, {torch.get_num_threads()} threads)"), "",
              row("method", "parameters", "graphs/s"), row("---", "---", "---")]
     for name, (arch, model) in models.items():
         model = model.to(dev).train()
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
 
-        def step(k: int) -> None:
+        def step(k: int, model=model, arch=arch, opt=opt) -> None:
             idx = [(k * B + j) % len(train.states) for j in range(B)]
             states = [permute(zoo.structure, train.states[j], random_permutation(zoo.structure, seed=k * B + j))
                       for j in idx]
