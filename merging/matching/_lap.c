@@ -16,14 +16,20 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* Minimise sum_i cost[i * n + col4row[i]].
+/* Minimise sum_i sign * cost[i * n + col4row[i]] (sign = -1 maximises).
  *   cost    n x n, row-major, finite.
  *   col4row in: previous assignment if warm (entries may be -1), out: the optimum.
  *   u, v    row and column duals; v is read when warm, both are written.
+ *   slack   0 for an exact optimum. When > 0, a warm row keeps its previous column if that
+ *           column is within slack of its best reduced cost: reduced costs may then be as
+ *           low as -slack and the result is within n * slack of optimal (used to finish
+ *           the near-optimal assignment an auction with epsilon = slack left).
  * Returns the number of rows augmented (>= 0), or -1 (infeasible / non-finite), -2 (memory).
  */
-int64_t ws_lap(int64_t n, const double *cost, int64_t *col4row, double *u, double *v, int warm)
+int64_t ws_lap(int64_t n, const double *cost_in, int64_t *col4row, double *u, double *v, int warm,
+               double slack, double sign)
 {
+    const double *cost = cost_in;
     int64_t i, j, k;
     int64_t *row4col = malloc(n * sizeof(int64_t));
     int64_t *path = malloc(n * sizeof(int64_t));
@@ -42,26 +48,76 @@ int64_t ws_lap(int64_t n, const double *cost, int64_t *col4row, double *u, doubl
         for (j = 0; j < n; j++) v[j] = 0.0;
     for (j = 0; j < n; j++) row4col[j] = -1;
 
-    /* row duals from the column duals; keep tight previous edges, else a free tight one */
+    /* row duals from the column duals; first keep every tight previous edge, then give the
+     * other rows their cheapest column if still free (two passes, so that a row's cheapest
+     * column never displaces a later row's tight previous one) */
     for (i = 0; i < n; i++) {
         const double *ci = cost + i * n;
         double m = INFINITY;
         int64_t arg = -1;
         for (j = 0; j < n; j++) {
-            double r = ci[j] - v[j];
+            double r = sign * ci[j] - v[j];
             if (r < m) { m = r; arg = j; }
         }
         if (arg < 0 || !isfinite(m)) { result = -1; goto done; }
         u[i] = m;
+        scanned[i] = arg;
         j = warm ? col4row[i] : -1;
-        if (j >= 0 && j < n && row4col[j] == -1 && ci[j] - v[j] - m == 0.0) {
+        if (j >= 0 && j < n && row4col[j] == -1 && sign * ci[j] - v[j] - m <= slack) {
             row4col[j] = i;
-        } else if (row4col[arg] == -1) {
+            u[i] = sign * ci[j] - v[j];
+        } else {
+            col4row[i] = -1;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (col4row[i] >= 0) continue;
+        int64_t arg = scanned[i];
+        if (row4col[arg] == -1) {
             col4row[i] = arg;
             row4col[arg] = i;
         } else {
-            col4row[i] = -1;
             free_rows[nfree++] = i;
+        }
+    }
+
+    /* augmenting row reduction (Jonker & Volgenant 1987): each free row takes its cheapest
+     * column and lowers that column's dual to the gap to its second cheapest, evicting the
+     * previous owner; O(n) per step, where an augmenting path costs O(n * rows visited).
+     * Duals stay feasible and every assigned row stays tight, which the paths below need. */
+    for (int pass = 0; pass < 2 && nfree > 0 && n > 1; pass++) {
+        int64_t kk = 0, prv = nfree, steps = 0, limit = 8 * n;
+        nfree = 0;
+        while (kk < prv) {
+            i = free_rows[kk++];
+            const double *ci = cost + i * n;
+            double u1 = INFINITY, u2 = INFINITY;
+            int64_t j1 = -1, j2 = -1;
+            for (j = 0; j < n; j++) {
+                double r = sign * ci[j] - v[j];
+                if (r < u2) {
+                    if (r < u1) { u2 = u1; j2 = j1; u1 = r; j1 = j; }
+                    else { u2 = r; j2 = j; }
+                }
+            }
+            if (j1 < 0 || j2 < 0 || !isfinite(u1) || !isfinite(u2)) { result = -1; goto done; }
+            int64_t i0 = row4col[j1];
+            int strict = u1 < u2;
+            if (strict)
+                v[j1] -= u2 - u1;
+            else if (i0 >= 0) {
+                j1 = j2;
+                i0 = row4col[j1];
+            }
+            if (i0 >= 0) {
+                col4row[i0] = -1;
+                if (strict && steps < limit) free_rows[--kk] = i0;
+                else free_rows[nfree++] = i0;
+            }
+            row4col[j1] = i;
+            col4row[i] = j1;
+            u[i] = sign * ci[j1] - v[j1];
+            steps++;
         }
     }
 
@@ -80,7 +136,7 @@ int64_t ws_lap(int64_t n, const double *cost, int64_t *col4row, double *u, doubl
             visited[nvis++] = i;
             for (int64_t q = 0; q < nrem; q++) {
                 j = remaining[q];
-                double r = min_val + ci[j] - ui - v[j];
+                double r = min_val + sign * ci[j] - ui - v[j];
                 if (r < shortest[j]) { path[j] = i; shortest[j] = r; }
                 if (shortest[j] < lowest || (shortest[j] == lowest && row4col[j] == -1)) {
                     lowest = shortest[j];

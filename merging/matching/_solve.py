@@ -4,6 +4,9 @@
 the previous assignment and column duals, which is what weight matching's sequence of
 slowly changing problems needs. ``"scipy"``: SciPy's ``linear_sum_assignment``, the exact
 reference. ``"auto"``: ``"lap"`` when the extension was built, else ``"scipy"``.
+``"auction"``: a synchronous auction in torch on the matrix's own device (CUDA), whose
+near-optimal assignment and prices the C solver finishes; approximate (within ``n * eps``,
+eps ~ 1e-7 of the entries), so weight matching uses it for its early sweeps only.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-SOLVERS = ("auto", "lap", "scipy")
+SOLVERS = ("auto", "lap", "scipy", "auction")
 
 
 def _load_lap():
@@ -28,7 +31,7 @@ def _load_lap():
             continue
         lib.ws_lap.restype = ctypes.c_int64
         lib.ws_lap.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                               ctypes.c_void_p, ctypes.c_int]
+                               ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double]
         return lib
     return None
 
@@ -46,21 +49,37 @@ def _resolve(solver: str) -> str:
         raise ValueError(f"solve_assignment: unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if solver == "auto":
         return "lap" if _LAP is not None else "scipy"
-    if solver == "lap" and _LAP is None:
-        raise ValueError("solve_assignment: the 'lap' solver's C extension is not built here "
-                         "(reinstall with a C compiler available), use solver='scipy'")
+    if solver in ("lap", "auction") and _LAP is None:
+        raise ValueError(f"solve_assignment: the {solver!r} solver needs the C extension, which is not built "
+                         "here (reinstall with a C compiler available); use solver='scipy'")
     return solver
+
+
+def _lap(c: np.ndarray, init, duals, slack: float = 0.0):
+    n = c.shape[0]
+    warm = init is not None and duals is not None and len(duals) == n
+    out = (np.ascontiguousarray(init.detach().cpu().numpy(), dtype=np.int64).copy() if warm
+           else np.full(n, -1, dtype=np.int64))
+    v = np.ascontiguousarray(duals, dtype=np.float64).copy() if warm else np.zeros(n)
+    u = np.zeros(n)
+    rc = _LAP.ws_lap(n, c.ctypes.data, out.ctypes.data, u.ctypes.data, v.ctypes.data, int(warm),
+                     float(slack), -1.0)
+    if rc < 0:
+        raise RuntimeError(f"solve_assignment: the C solver failed (code {rc})")
+    return out, v
 
 
 def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None = None,
                      duals: np.ndarray | None = None, return_duals: bool = False):
-    """Exact maximum-weight perfect matching of a square similarity matrix.
+    """Maximum-weight perfect matching of a square similarity matrix.
 
     Args:
         cost: similarity matrix ``C``.
-        solver (str, optional): ``"auto"``, ``"lap"`` or ``"scipy"``. (default: ``"auto"``)
-        init, duals (optional): warm start for ``"lap"``: the previous assignment and the
-            column duals it returned (``return_duals=True``). Ignored by ``"scipy"``.
+        solver (str, optional): ``"auto"``, ``"lap"``, ``"scipy"`` (exact) or ``"auction"``
+            (approximate, on ``cost``'s device). (default: ``"auto"``)
+        init, duals (optional): warm start for ``"lap"`` and ``"auction"``: the previous
+            assignment and the column duals it returned (``return_duals=True``). Ignored by
+            ``"scipy"``.
 
     Shapes:
         cost: ``(n, n)``; output: ``(n,)`` LongTensor on ``cost``'s device with
@@ -71,26 +90,27 @@ def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None 
         ``return_duals``.
     """
     which = _resolve(solver)
-    c = cost.detach().to("cpu", torch.float64).numpy()
-    if c.ndim != 2 or c.shape[0] != c.shape[1]:
-        raise ValueError(f"solve_assignment: expected a square matrix, got shape {tuple(c.shape)}")
-    if not np.isfinite(c).all():
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"solve_assignment: expected a square matrix, got shape {tuple(cost.shape)}")
+    if not bool(torch.isfinite(cost).all()):
         raise ValueError("solve_assignment: the similarity matrix has NaN or Inf (are the weights finite?)")
-    n = c.shape[0]
+    n = cost.shape[0]
     v = None
-    if which == "scipy":
-        rows, cols = linear_sum_assignment(c, maximize=True)
-        out = np.empty(n, dtype=np.int64)
-        out[rows] = cols
-    else:
-        neg = np.ascontiguousarray(-c)
+    if which == "auction":
+        from ._auction import auction_assignment
         warm = init is not None and duals is not None and len(duals) == n
-        out = (np.ascontiguousarray(init.detach().cpu().numpy(), dtype=np.int64).copy() if warm
-               else np.full(n, -1, dtype=np.int64))
-        v = np.ascontiguousarray(duals, dtype=np.float64).copy() if warm else np.zeros(n)
-        u = np.zeros(n)
-        rc = _LAP.ws_lap(n, neg.ctypes.data, out.ctypes.data, u.ctypes.data, v.ctypes.data, int(warm))
-        if rc < 0:
-            raise RuntimeError(f"solve_assignment: the C solver failed (code {rc})")
+        prices = torch.as_tensor(-np.asarray(duals), dtype=torch.float64, device=cost.device) if warm else None
+        perm, prices, eps = auction_assignment(cost.detach(), prices=prices, init=init if warm else None,
+                                               finish=False, return_eps=True)
+        c = cost.detach().to("cpu", torch.float64).numpy()
+        out, v = _lap(c, perm, -prices.cpu().numpy(), slack=eps)
+    else:
+        c = cost.detach().to("cpu", torch.float64).numpy()
+        if which == "scipy":
+            rows, cols = linear_sum_assignment(c, maximize=True)
+            out = np.empty(n, dtype=np.int64)
+            out[rows] = cols
+        else:
+            out, v = _lap(np.ascontiguousarray(c), init, duals)
     perm = torch.from_numpy(out).to(cost.device)
     return (perm, v) if return_duals else perm

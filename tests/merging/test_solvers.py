@@ -70,3 +70,54 @@ def test_weight_matching_same_objective_with_either_solver():
     pl, il = merging.weight_matching(s, a, b, solver="lap", return_info=True)
     ps, is_ = merging.weight_matching(s, a, b, solver="scipy", return_info=True)
     assert il["objective"] == pytest.approx(is_["objective"], rel=1e-12)
+
+
+@needs_lap
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 80), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_auction_is_near_optimal(n, seed, ties):
+    """The auction (finished by the C solver with slack 2 eps) is within 2 n eps of optimal."""
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, 3, (n, n)).astype(float) if ties else rng.standard_normal((n, n))
+    p, v = solve_assignment(torch.from_numpy(c), solver="auction", return_duals=True)
+    assert sorted(p.tolist()) == list(range(n))
+    scale = float(np.abs(c.max(1)).mean()) + 1e-12
+    assert _value(c, p) >= _opt(c) - 2 * n * 1e-7 * scale - 1e-9
+    # warm start from its own prices on a perturbed matrix
+    c2 = c + 1e-2 * rng.standard_normal((n, n))
+    q = solve_assignment(torch.from_numpy(c2), solver="auction", init=p, duals=v)
+    assert sorted(q.tolist()) == list(range(n))
+    assert _value(c2, q) >= _opt(c2) - 2 * n * 1e-7 * (float(np.abs(c2.max(1)).mean()) + 1e-12) - 1e-9
+
+
+def test_auction_alone_returns_a_permutation():
+    from merging.matching._auction import auction_assignment
+
+    torch.manual_seed(0)
+    c = torch.randn(200, 200)
+    perm, prices = auction_assignment(c, stop=20)
+    assert sorted(perm.tolist()) == list(range(200))
+    assert prices.dtype == torch.float64 and prices.shape == (200,)
+    opt = _opt(c.double().numpy())
+    assert _value(c.double().numpy(), perm) >= opt * (1 - 1e-2)  # rows finished among themselves
+    # the identity is optimal for a dominant diagonal, and the auction finds it
+    d = torch.eye(50) * 10 + 0.01 * torch.rand(50, 50)
+    assert torch.equal(auction_assignment(d)[0], torch.arange(50))
+
+
+@needs_lap
+def test_weight_matching_auction_then_exact_reaches_the_lap_objective():
+    import torch.nn as nn
+
+    import merging
+    from graphs import trace
+
+    torch.manual_seed(1)
+    make = lambda: nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))  # noqa: E731
+    a, b = make().state_dict(), make().state_dict()
+    s = trace(make(), torch.randn(2, 10))
+    _, il = merging.weight_matching(s, a, b, solver="lap", return_info=True)
+    _, ia = merging.weight_matching(s, a, b, solver="auction", return_info=True)
+    assert ia["objective"] == pytest.approx(il["objective"], rel=1e-3)
+    ident = merging.matching_objective(s, a, b, {g: torch.arange(x.size) for g, x in s.groups.items()})
+    assert ia["objective"] > ident
