@@ -65,37 +65,63 @@ class _IncrementalSimilarity:
 
     def __init__(self, structure: Structure, a, b, group: str, device) -> None:
         self.structure, self.group = structure, group
-        names = {name for name, _ in structure.groups[group].members if name in a}
+        names = list(dict.fromkeys(name for name, _ in structure.groups[group].members if name in a))
         self.b_flat = {k: b[k].reshape(-1) for k in names}
-        self.index = {k: torch.arange(b[k].numel(), device=b[k].device).reshape(b[k].shape) for k in names}
-        self.rows_a = [m for _, m in group_rows(structure, {k: a[k] for k in names}, group)]
+        # int32 halves the memory traffic of permuting the layouts (the matrices fit easily)
+        self.index = {k: torch.arange(b[k].numel(), device=b[k].device,
+                                      dtype=torch.int32 if b[k].numel() < 2**31 else torch.int64).reshape(b[k].shape)
+                      for k in names}
+        occ = list(group_rows(structure, {k: a[k] for k in names}, group))
+        self.rows_a = [m for _, m in occ]
+        # occurrence slots of each tensor, in group_rows' order
+        self.slots: dict[str, list[int]] = {}
+        for k, (name, _) in enumerate(occ):
+            self.slots.setdefault(name, []).append(k)
+        # the other groups each tensor's layout depends on, and the permutations last seen
+        self.deps = {k: sorted(_tensor_groups(structure, k) - {group}) for k in names}
+        self.seen: dict[str, list | None] = {k: None for k in names}
         self.last: list[Tensor | None] = [None] * len(self.rows_a)
         self.parts: list[Tensor | None] = [None] * len(self.rows_a)
         self.dtype = torch.float64  # low-rank corrections accumulate: keep them exact
         self.n = structure.groups[group].size
 
     def __call__(self, perms) -> Tensor:
-        c = None
-        occ = group_rows(self.structure, self.index, self.group, perms)
-        for k, (name, idx) in enumerate(occ):
-            a_rows, b_flat, last = self.rows_a[k], self.b_flat[name], self.last[k]
-            if last is None:
+        # only tensors whose other groups' permutations changed are looked at again
+        stale = [k for k in self.slots
+                 if self.seen[k] is None or any(perms[h] is not p for h, p in zip(self.deps[k], self.seen[k]))]
+        if stale:
+            occ = group_rows(self.structure, {k: self.index[k] for k in stale}, self.group, perms)
+            slot_iter = [k for name in stale for k in self.slots[name]]
+            for k, (name, idx) in zip(slot_iter, occ):
+                self._update(k, name, idx)
+            for name in stale:
+                self.seen[name] = [perms[h] for h in self.deps[name]]
+        parts = [p for p in self.parts if p is not None]
+        if not parts:
+            return torch.zeros(self.n, self.n, dtype=self.dtype, device=next(iter(self.b_flat.values())).device
+                               if self.b_flat else "cpu")
+        if len(parts) == 1:
+            return parts[0].clone()
+        c = parts[0] + parts[1]
+        for p in parts[2:]:
+            c.add_(p)
+        return c
+
+    def _update(self, k: int, name: str, idx: Tensor) -> None:
+        a_rows, b_flat, last = self.rows_a[k], self.b_flat[name], self.last[k]
+        if last is None:
+            part = (a_rows @ b_flat[idx].T).to(self.dtype)
+        else:
+            changed = (idx != last).any(0).nonzero().squeeze(1)
+            if len(changed) == 0:
+                part = self.parts[k]
+            elif 4 * len(changed) > 3 * idx.shape[1]:
                 part = (a_rows @ b_flat[idx].T).to(self.dtype)
             else:
-                changed = (idx != last).any(0).nonzero().squeeze(1)
-                if len(changed) == 0:
-                    part = self.parts[k]
-                elif 4 * len(changed) > idx.shape[1]:
-                    part = (a_rows @ b_flat[idx].T).to(self.dtype)
-                else:
-                    delta = b_flat[idx[:, changed]] - b_flat[last[:, changed]]
-                    part = self.parts[k] + (a_rows[:, changed] @ delta.T).to(self.dtype)
-            self.parts[k], self.last[k] = part, idx
-            c = part.clone() if c is None else c.add_(part)
-        if c is None:
-            c = torch.zeros(self.n, self.n, dtype=self.dtype, device=next(iter(self.b_flat.values())).device
-                            if self.b_flat else "cpu")
-        return c
+                delta = b_flat[idx[:, changed]] - b_flat[last[:, changed]]
+                part = self.parts[k]  # owned here: the sum handed out is a new tensor
+                part.add_(a_rows[:, changed] @ delta.T)
+        self.parts[k], self.last[k] = part, idx
 
 
 def _tensor_groups(structure: Structure, name: str) -> set[str]:
