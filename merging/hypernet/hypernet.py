@@ -48,7 +48,7 @@ from ._coords import N_COORDS, SUPPORTED_KINDS, CoordTable, build_table, grid_la
 __all__ = ["HyperNet", "fit_hypernet", "sample_state"]
 
 DEFAULTS: dict[str, Any] = {"hidden": 128, "depth": 2, "n_freq": 6, "embed_dim": 32, "fan_in_power": 1.0,
-                            "grid_levels": 4, "grid_dim": 8}
+                            "grid_levels": 4, "grid_dim": 8, "antialias": True}
 
 
 def _generated_tensors(structure: Structure, state: Mapping[str, Tensor]) -> list[dict]:
@@ -134,7 +134,8 @@ class HyperNet(nn.Module):
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
-        self.config = {**DEFAULTS, **dict(config)}
+        # files written before anti-aliasing existed have no key: they keep the plain grid
+        self.config = {**DEFAULTS, "antialias": False, **dict(config)}
         c = self.config
         self.structure = Structure.from_dict(c["structure"])
         self.tensors: list[dict] = list(c["tensors"])
@@ -233,7 +234,13 @@ class HyperNet(nn.Module):
         return torch.cat([coords, x.sin().flatten(-2), x.cos().flatten(-2)], dim=-1)
 
     def grid_features(self, table: CoordTable, coords: Tensor) -> Tensor:
-        """Linear interpolation of each level of the row's feature grid at its unit coordinate, ``(M, K * G)``."""
+        """Linear interpolation of each level of the row's feature grid at its unit coordinate, ``(M, K * G)``.
+
+        With ``antialias`` (the default of new hypernetworks) a level of ``res`` cells is weighted by
+        ``clamp(2 n / res - 1, 0, 1)`` on an axis of ``n`` units: the per-unit detail of the finest
+        levels shapes only the widths that resolve it, and narrower networks are generated from
+        the coarser levels (the weight is continuous in the width coordinate).
+        """
         pos = torch.where(table.side == 0, coords[:, 1], coords[:, 2])[:, None]       # (M, 1)
         res = table.grid_res                                                         # (M, K)
         has = res > 0
@@ -246,6 +253,12 @@ class HyperNet(nn.Module):
         g0 = self.grid[table.grid_offset + i0]
         g1 = self.grid[table.grid_offset + i1]
         feats = (g0 * (1 - w) + g1 * w) * has[..., None]
+        if self.config["antialias"]:
+            # mip-mapping: a level finer than the axis's current width would alias (a network of n
+            # units samples a grid of res cells), so its weight fades from 1 at res <= n to 0 at res >= 2n
+            n = 0.5 / table.cell.clamp(min=1e-12)                                    # units on the axis
+            fade = (2 * n[:, None] / resf - 1).clamp(0.0, 1.0)
+            feats = feats * fade[..., None]
         return feats.flatten(1)
 
     def forward(self, table: CoordTable, *, noise: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
@@ -356,6 +369,10 @@ def fit_hypernet(
     coord_noise: float = 0.1,
     joint_lr_factor: float = 0.1,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    low_bias: float = 1.0,
+    sandwich: bool = False,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = True,
@@ -386,6 +403,16 @@ def fit_hypernet(
         joint_lr_factor (float, optional): peak learning rate of the joint phase, as a fraction
             of ``lr``. (default: ``0.1``)
         loss_fn (callable, optional): task loss ``loss_fn(output, y)``. (default: cross-entropy)
+        teacher (nn.Module, optional): the full-width source network; with ``distill > 0`` the task
+            loss adds ``distill`` times the KL divergence from the teacher's predictive
+            distribution to the generated network's (knowledge distillation on the same batch).
+        distill (float, optional): weight of the distillation term. (default: ``0.0``)
+        low_bias (float, optional): with ``ratio_range``, ratios are drawn as
+            ``lo + (hi - lo) u^low_bias`` for uniform ``u``: above 1 the narrow end, where the
+            generated networks lose most, is drawn more often. (default: ``1.0``)
+        sandwich (bool, optional): each joint step also takes the task loss at the narrowest and
+            the full width (the "sandwich rule" of slimmable networks), averaged with the drawn
+            width's. (default: ``False``)
         device (str or torch.device, optional): where everything runs. (default: ``"cpu"``)
         seed (int, optional): seeds the width draws and the coordinate noise.
         progress (bool, optional): a progress bar on stderr. (default: ``True``)
@@ -405,8 +432,16 @@ def fit_hypernet(
         raise ValueError(f"fit_hypernet: ratio_range must be (lo, hi) with lo <= hi, got {ratio_range}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"fit_hypernet: steps must be a positive integer, got {steps!r}")
+    if not (isinstance(low_bias, (int, float)) and low_bias > 0):
+        raise ValueError(f"fit_hypernet: low_bias must be positive, got {low_bias!r}")
+    if distill < 0:
+        raise ValueError(f"fit_hypernet: distill must be non-negative, got {distill!r}")
     dev = torch.device(device)
     hypernet.to(dev).train()
+    if teacher is not None:
+        teacher = teacher.to(dev).eval()
+        for q in teacher.parameters():
+            q.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     opt = torch.optim.Adam(hypernet.parameters(), lr=lr)
@@ -433,19 +468,32 @@ def fit_hypernet(
                 r = float(pool[int(torch.randint(len(pool), (1,), generator=gen))])
             else:
                 lo, hi = ratio_range  # type: ignore[misc]
-                r = float(lo + (hi - lo) * torch.rand((), generator=gen))
+                r = float(lo + (hi - lo) * torch.rand((), generator=gen) ** low_bias)
             if step >= n_warm:
-                model = models.get(r) if ratios is not None else None
-                if model is None:
-                    model = build(r).to(dev).train()
-                    if ratios is not None:
-                        models[r] = model
-                shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-                params = hypernet.generate(shapes, noise=coord_noise, generator=noise_gen)
-                buffers = {k: v for k, v in model.named_buffers()}
                 x, y = next(batches)
-                out = functional_call(model, {**buffers, **params}, (x.to(dev),))
-                task = loss_fn(out, y.to(dev))
+                x, y = x.to(dev), y.to(dev)
+                soft = None
+                if teacher is not None and distill > 0:
+                    with torch.no_grad():
+                        soft = F.log_softmax(teacher(x), dim=-1)
+                draws = [r] + ([min(pool), max(pool)] if sandwich else [])
+                tasks = []
+                for rr in draws:
+                    model = models.get(rr)
+                    if model is None:
+                        model = build(rr).to(dev).train()
+                        if ratios is not None or rr in (min(pool), max(pool)):
+                            models[rr] = model
+                    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+                    params = hypernet.generate(shapes, noise=coord_noise, generator=noise_gen)
+                    buffers = {k: v for k, v in model.named_buffers()}
+                    out = functional_call(model, {**buffers, **params}, (x,))
+                    t_loss = loss_fn(out, y)
+                    if soft is not None:
+                        t_loss = t_loss + distill * F.kl_div(F.log_softmax(out, dim=-1), soft, log_target=True,
+                                                             reduction="batchmean")
+                    tasks.append(t_loss)
+                task = torch.stack(tasks).mean()
                 loss = task + recon_weight * recon
             else:
                 loss = recon

@@ -147,3 +147,61 @@ def test_fit_refuses_bad_arguments():
         fit_hypernet(hn, lambda r: model, _teacher_data(), _state(model), ratios=[1.5], steps=1)
     with pytest.raises(ValueError, match="unknown hyper-parameter"):
         HyperNet.from_source(structure, _state(model), width=3)
+
+
+def test_low_bias_draws_follow_the_power_law():
+    # the same uniform draws u give lo + (hi - lo) u with low_bias 1 and lo + (hi - lo) u^3 with 3
+    model = _mlp()
+    structure = trace(model, model.example_input(2))
+    build = lambda r: model  # noqa: E731  (warm-up only: the build is never called)
+    runs = []
+    for p in (1.0, 3.0):
+        hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1)
+        hist = fit_hypernet(hn, build, _teacher_data(), _state(model), ratio_range=(0.2, 1.0), steps=30,
+                            warmup=1.0, low_bias=p, progress=False)
+        runs.append(torch.tensor([h["ratio"] for h in hist]))
+    u = (runs[0] - 0.2) / 0.8
+    torch.testing.assert_close(runs[1], 0.2 + 0.8 * u ** 3, rtol=1e-5, atol=1e-6)
+    assert runs[1].mean() < runs[0].mean()
+
+
+def test_distillation_and_sandwich_steps_train():
+    data = _teacher_data()
+    model = _mlp(h=16)
+    structure = trace(model, model.example_input(2))
+    state = _state(model)
+    hn = HyperNet.from_source(structure, state, hidden=32, depth=1)
+    build = lambda r: MLP(6, (max(1, round(16 * r)),) * 2, 3)  # noqa: E731
+    half = build(0.5)
+    before = evaluate(half, sample_state(hn, half), data).loss
+    hist = fit_hypernet(hn, build, data, state, ratio_range=(0.5, 1.0), steps=60, warmup=0.25, recon_weight=1.0,
+                        joint_lr_factor=0.3, teacher=model, distill=1.0, sandwich=True, low_bias=2.0, progress=False)
+    assert evaluate(half, sample_state(hn, half), data).loss < before
+    assert all(h["task"] == h["task"] for h in hist[15:])  # the joint phase has a (finite) task loss
+    with pytest.raises(ValueError, match="low_bias"):
+        fit_hypernet(hn, build, data, state, ratio_range=(0.5, 1.0), steps=1, low_bias=0.0, progress=False)
+    with pytest.raises(ValueError, match="distill"):
+        fit_hypernet(hn, build, data, state, ratio_range=(0.5, 1.0), steps=1, distill=-1.0, progress=False)
+
+
+def test_antialias_drops_the_finest_grid_level_below_its_resolution():
+    model = _mlp(h=16)
+    structure = trace(model, model.example_input(2))
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    plain = HyperNet({**hn.config, "antialias": False})
+    plain.load_state_dict(hn.state_dict())
+    full = {k: v.shape for k, v in model.state_dict().items()}
+    half = {k: v.shape for k, v in MLP(6, (8, 8), 3).state_dict().items()}
+    with torch.no_grad():
+        a, b = hn.generate(full), plain.generate(full)
+        for k in a:  # at full width every level resolves: the same function as the plain grid
+            torch.testing.assert_close(a[k], b[k])
+        before = hn.generate(half)
+        for layout in hn.grids.values():  # level 0 has one cell per unit of the full width
+            off, res = layout[0]
+            hn.grid[off:off + res].add_(torch.randn(res, hn.grid_dim))
+        after, moved = hn.generate(half), hn.generate(full)
+    for k in before:  # 8 of 16 units cannot resolve level 0, so its cells do not matter
+        torch.testing.assert_close(before[k], after[k])
+    assert any(not torch.allclose(moved[k], a[k]) for k in a)
+    assert not HyperNet({k: v for k, v in hn.config.items() if k != "antialias"}).config["antialias"]
