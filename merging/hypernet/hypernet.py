@@ -48,7 +48,8 @@ from ._coords import N_COORDS, SUPPORTED_KINDS, CoordTable, build_table, grid_la
 __all__ = ["HyperNet", "fit_hypernet", "sample_state"]
 
 DEFAULTS: dict[str, Any] = {"hidden": 128, "depth": 2, "n_freq": 6, "embed_dim": 32, "fan_in_power": 1.0,
-                            "grid_levels": 4, "grid_dim": 8, "antialias": True}
+                            "grid_levels": 4, "grid_dim": 8, "antialias": True,
+                            "fixed_features": True}
 
 
 def _generated_tensors(structure: Structure, state: Mapping[str, Tensor]) -> list[dict]:
@@ -135,7 +136,7 @@ class HyperNet(nn.Module):
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
         # files written before anti-aliasing existed have no key: they keep the plain grid
-        self.config = {**DEFAULTS, "antialias": False, **dict(config)}
+        self.config = {**DEFAULTS, "antialias": False, "fixed_features": False, **dict(config)}
         c = self.config
         self.structure = Structure.from_dict(c["structure"])
         self.tensors: list[dict] = list(c["tensors"])
@@ -160,6 +161,9 @@ class HyperNet(nn.Module):
         self.blocks = nn.ModuleList(_Block(h) for _ in range(int(c["depth"])))
         self.out = nn.Linear(h, h)
         self.vector_heads = nn.Linear(h, len(self.tensors))
+        # fixed axes (the network's inputs and outputs) never change size, so each of their entries
+        # may own a free feature vector added to the trunk's (row 0: hidden axes, kept at zero)
+        self.fixed_features = (nn.Embedding(off, h, padding_idx=0) if c["fixed_features"] else None)
         self._tables: OrderedDict[tuple, CoordTable] = OrderedDict()
         with torch.no_grad():
             for emb in (self.layer_embedding, self.side_embedding, self.index_embedding):
@@ -167,6 +171,8 @@ class HyperNet(nn.Module):
             self.index_embedding.weight[0].zero_()
             self.vector_heads.weight.mul_(0.1)
             self.vector_heads.bias.zero_()
+            if self.fixed_features is not None:
+                self.fixed_features.weight.zero_()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -276,7 +282,10 @@ class HyperNet(nn.Module):
         h = self.inp(torch.cat([self.encode(coords), emb, self.grid_features(table, coords)], dim=-1))
         for block in self.blocks:
             h = block(h)
-        return self.out(F.silu(h))
+        out = self.out(F.silu(h))
+        if self.fixed_features is not None:
+            out = out + self.fixed_features(table.index)
+        return out
 
     def normalised(self, table: CoordTable, feats: Tensor) -> dict[str, Tensor]:
         """Each tensor in units of its scale (before std, mean and fan-in factor)."""
@@ -373,6 +382,8 @@ def fit_hypernet(
     distill: float = 0.0,
     low_bias: float = 1.0,
     sandwich: bool = False,
+    max_grad_norm: float = 1.0,
+    trunk_lr_factor: float = 1.0,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = True,
@@ -413,6 +424,10 @@ def fit_hypernet(
         sandwich (bool, optional): each joint step also takes the task loss at the narrowest and
             the full width (the "sandwich rule" of slimmable networks), averaged with the drawn
             width's. (default: ``False``)
+        max_grad_norm (float, optional): the gradient is clipped to this norm. (default: ``1.0``)
+        trunk_lr_factor (float, optional): learning rate of the shared trunk (every weight depends
+            on it) as a fraction of that of the per-unit parameters (grid cells, fixed-axis
+            features, vector heads). (default: ``1.0``)
         device (str or torch.device, optional): where everything runs. (default: ``"cpu"``)
         seed (int, optional): seeds the width draws and the coordinate noise.
         progress (bool, optional): a progress bar on stderr. (default: ``True``)
@@ -444,7 +459,10 @@ def fit_hypernet(
             q.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed + 1)
-    opt = torch.optim.Adam(hypernet.parameters(), lr=lr)
+    local_names = ("grid", "fixed_features.weight", "vector_heads.weight", "vector_heads.bias")
+    local = [p for n, p in hypernet.named_parameters() if n in local_names]
+    shared = [p for n, p in hypernet.named_parameters() if n not in local_names]
+    opt = torch.optim.Adam([{"params": local, "lr": lr}, {"params": shared, "lr": lr * trunk_lr_factor}])
     n_warm = int(round(warmup * steps))
 
     def schedule(s: int) -> float:
@@ -501,7 +519,7 @@ def fit_hypernet(
                 raise ValueError(f"fit_hypernet: the loss became {float(loss)} at step {step + 1}; lower lr (now {lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(hypernet.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(hypernet.parameters(), max_grad_norm)
             opt.step()
             sched.step()
             history.append({"ratio": r, "task": float(task.detach()), "recon": float(recon.detach())})

@@ -175,7 +175,8 @@ def test_distillation_and_sandwich_steps_train():
     half = build(0.5)
     before = evaluate(half, sample_state(hn, half), data).loss
     hist = fit_hypernet(hn, build, data, state, ratio_range=(0.5, 1.0), steps=60, warmup=0.25, recon_weight=1.0,
-                        joint_lr_factor=0.3, teacher=model, distill=1.0, sandwich=True, low_bias=2.0, progress=False)
+                        joint_lr_factor=0.3, teacher=model, distill=1.0, sandwich=True, low_bias=2.0, trunk_lr_factor=0.5,
+                        progress=False)
     assert evaluate(half, sample_state(hn, half), data).loss < before
     assert all(h["task"] == h["task"] for h in hist[15:])  # the joint phase has a (finite) task loss
     with pytest.raises(ValueError, match="low_bias"):
@@ -205,3 +206,20 @@ def test_antialias_drops_the_finest_grid_level_below_its_resolution():
         torch.testing.assert_close(before[k], after[k])
     assert any(not torch.allclose(moved[k], a[k]) for k in a)
     assert not HyperNet({k: v for k, v in hn.config.items() if k != "antialias"}).config["antialias"]
+
+
+def test_fixed_axis_features_touch_only_layers_with_a_fixed_axis():
+    model = _mlp(h=10)
+    structure = trace(model, model.example_input(2))
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    shapes = {k: v.shape for k, v in MLP(6, (7, 7), 3).state_dict().items()}
+    with torch.no_grad():
+        before = hn.generate(shapes)
+        hn.fixed_features.weight[1:].add_(torch.randn_like(hn.fixed_features.weight[1:]))  # row 0: hidden axes
+        after = hn.generate(shapes)
+    # layers.1 maps hidden to hidden: no fixed axis, no change; the input and output layers move
+    torch.testing.assert_close(before["layers.1.weight"], after["layers.1.weight"])
+    assert not torch.allclose(before["layers.0.weight"], after["layers.0.weight"])
+    assert not torch.allclose(before["layers.2.weight"], after["layers.2.weight"])
+    old = {k: v for k, v in hn.config.items() if k != "fixed_features"}
+    assert HyperNet(old).fixed_features is None  # files written before the option keep their layout
