@@ -628,8 +628,16 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
         if not isinstance(e, Exception):
             raise
         raise CheckpointError(f"save: writing {target} failed, nothing was replaced: {_brief(e)}") from e
+    _commit_replacing(done, kind, target, names)
+    return target
+
+
+def _commit_replacing(done: list[tuple[str, Path]], kind: str, target: Path, names) -> None:
+    """Rename the written files into place, then delete the shards of an earlier, differently
+    split save to the same index that the new one no longer names."""
     stale = []
     if kind == "sharded" and target.is_file():
+        stem = target.name[: -len(".safetensors.index.json")]
         try:
             old = json.loads(target.read_text()).get("weight_map", {}).values()
             pattern = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.safetensors")
@@ -637,9 +645,8 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
         except (OSError, ValueError, AttributeError):
             pass
     _commit(done)
-    for p in stale:  # shards of an earlier, differently split save into the same place
+    for p in stale:
         p.unlink(missing_ok=True)
-    return target
 
 
 def check_not_input(out: PathLike, inputs: Iterable[PathLike]) -> None:

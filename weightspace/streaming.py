@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, trace_model
-from .checkpoint import (CheckpointError, _atomic, _brief, _check_overlap, _commit, _layout, _parse_size,
+from .checkpoint import (CheckpointError, _atomic, _brief, _check_overlap, _commit_replacing, _layout, _parse_size,
                          _resolve, _ST_DTYPES, check_finite, check_fits, check_not_input, open_checkpoint)
 from .models import example_input_for, parse_input_shape
 
@@ -568,15 +567,5 @@ def _write(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce, tar
     finally:
         if bar is not None:
             bar.close()
-    stale = []
-    if kind == "sharded" and target.is_file():
-        try:
-            old = json.loads(target.read_text()).get("weight_map", {}).values()
-            pattern = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.safetensors")
-            stale = [target.parent / n for n in set(old) - set(names) if pattern.fullmatch(str(n))]
-        except (OSError, ValueError, AttributeError):
-            pass
-    _commit(done)
-    for p in stale:  # shards of an earlier, differently split output in the same place
-        p.unlink(missing_ok=True)
+    _commit_replacing(done, kind, target, names)
     return target
