@@ -1,13 +1,15 @@
 """Train and evaluate metanetworks on model zoos: predict a network's accuracy or class from its weights."""
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +20,16 @@ from graphs import ParamGraph, Structure, permute, random_permutation
 
 from .distributed import DistContext, distributed_context
 
-__all__ = ["ARCHS", "TASKS", "MetanetResult", "train_metanet", "evaluate_metanet", "load_metanet"]
+__all__ = ["ARCHS", "DEFAULT_PROBES", "TASKS", "MetanetResult", "evaluate_metanet", "load_metanet", "train_metanet"]
 
 ARCHS = ("gnn", "transformer", "np", "hnp", "dws", "statnn", "mlp")
 TASKS = ("accuracy", "class")
 FORMAT = "weightspace-metanet"
 _TENSOR_ARCHS = ("np", "hnp", "dws", "statnn", "mlp")
 _DEFAULT_HIDDEN = {"gnn": 64, "transformer": 64, "np": 16, "hnp": 16, "dws": 16, "statnn": 256, "mlp": 256}
+_GRAPH_ARCHS = ("gnn", "transformer")
+#: probe inputs of ``probes="auto"`` for the graph archs on a zoo whose networks can be run
+DEFAULT_PROBES = 32
 
 
 # ============================================================================ models
@@ -45,7 +50,7 @@ class _WeightSpaceNet(nn.Module):
                 return (NPLinear if arch == "np" else HNPLinear)(spec, a, b)
 
             chans = [1, hidden, hidden]
-            self.layers.extend(make(a, b) for a, b in zip(chans[:-1], chans[1:]))
+            self.layers.extend(make(a, b) for a, b in itertools.pairwise(chans))
             self.pool = (NPPool if arch == "np" else HNPPool)(spec, hidden)
             width = self.pool.num_outputs(spec, hidden)
             self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * hidden), nn.ReLU(),
@@ -69,7 +74,7 @@ def _build_model(config: Mapping[str, Any]) -> nn.Module:
     from .nn import GraphMetanet, NetworkSpec
 
     arch, out, hidden = config["arch"], config["out"], config["hidden"]
-    if arch in ("gnn", "transformer"):
+    if arch in _GRAPH_ARCHS:
         return GraphMetanet(hidden=hidden, out_channels=out, num_layers=config.get("num_layers", 3), arch=arch,
                             probe_dim=int(config.get("probes", 0)))
     spec = NetworkSpec.from_dict(config["spec"])
@@ -143,7 +148,7 @@ class _Prober:
         self.structure = structure
 
     def raw(self, graph: ParamGraph, stacked: Mapping[str, Tensor], device: torch.device) -> Tensor:
-        from .nn.graph_metanet import probe_features
+        from .nn import probe_features
 
         return probe_features(self.module, graph, self.inputs.to(device), dict(stacked)).float()
 
@@ -163,9 +168,32 @@ class _Prober:
         return (f / self.scale.to(f.device)[:, None]).reshape(-1, f.shape[-1])
 
 
+def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo: _Zoo) -> int:
+    """The number of probe inputs: ``"auto"`` is :data:`DEFAULT_PROBES` for the graph archs when
+    the zoo's networks can be run on inputs of the card's shape (tried on one train network),
+    else 0; a number is checked and kept."""
+    if probes == "auto":
+        if arch not in _GRAPH_ARCHS or not zoo.card.input_shape:
+            return 0
+        try:
+            trial = _Prober({**config, "probes": 2, "input_shape": list(zoo.card.input_shape)}, zoo.structure)
+            states = zoo.splits["train"].states[:1]
+            stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+            f = trial.raw(ParamGraph.batch_from_stacked(zoo.structure, stacked), stacked, torch.device("cpu"))
+        except Exception:  # noqa: BLE001 - a network that cannot be run on probes trains without them
+            return 0
+        return DEFAULT_PROBES if bool(torch.isfinite(f).all()) and bool(f.abs().sum() > 0) else 0
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+        raise ValueError(f"train_metanet: probes must be a non-negative integer or 'auto', got {probes!r}")
+    if probes and arch not in _GRAPH_ARCHS:
+        raise ValueError(f"train_metanet: probe features are node features of the graph archs; use --arch gnn or "
+                         f"transformer with --probes (got {arch!r})")
+    return probes
+
+
 def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], device: torch.device,
              prober: _Prober | None = None):
-    if arch in ("gnn", "transformer"):
+    if arch in _GRAPH_ARCHS:
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
         graph = ParamGraph.batch_from_stacked(structure, stacked)
         data = graph.to_pyg().to(device)
@@ -270,7 +298,8 @@ class MetanetResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.config["arch"], "task": self.config["task"], "target": self.config["target"],
-                "best_epoch": self.best_epoch, "epochs_run": len(self.history), "metrics": self.metrics,
+                "probes": int(self.config.get("probes", 0)), "best_epoch": self.best_epoch,
+                "epochs_run": len(self.history), "metrics": self.metrics,
                 "num_params": self.num_params, "seconds": round(self.seconds, 3),
                 "path": str(self.path) if self.path else None, "history": self.history}
 
@@ -284,7 +313,7 @@ def _aug_seed(seed: int, epoch: int, index: int) -> int:
 def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: str = "gnn", epochs: int = 50,
                   lr: float = 3e-4, batch_size: int = 32, hidden: int | None = None, augment: bool = True,
                   patience: int = 10, weight_decay: float = 0.0, target: str | None = None, seed: int = 0,
-                  probes: int = 0, checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
+                  probes: int | str = "auto", checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
                   out: str | os.PathLike | None = None, progress: bool = True) -> MetanetResult:
     """Train a metanetwork on a zoo's train split, select it on the val split.
 
@@ -328,9 +357,13 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         weight_decay (float): AdamW weight decay. (default: ``0.0``)
         target (str, optional): the ``metrics.csv`` column to predict.
         seed (int): seeds initialisation, batch order and augmentation. (default: ``0``)
-        probes (int): graph archs only: add each network's activations on this many fixed
-            probe inputs (uniform in ``[-1, 1]``) as node features
-            (:func:`weightspace.nn.graph_metanet.probe_features`); 0 for none. (default: ``0``)
+        probes (int or "auto"): graph archs only: add each network's activations on this many
+            fixed probe inputs (uniform in ``[-1, 1]``) as node features
+            (:func:`weightspace.nn.probe_features`); 0 for none. ``"auto"`` is
+            :data:`DEFAULT_PROBES` (32) for ``gnn`` / ``transformer`` when the zoo's networks can
+            be run (its card names the model and input shape), else 0: without probes, message
+            passing stays at chance on INRs fitted from independent initialisations. The number
+            used is ``config["probes"]``. (default: ``"auto"``)
         checkpoints (str, int or list of int): which stored checkpoints of each zoo model are
             networks to learn from: ``"all"`` (every epoch kept, each its own network, all in
             its model's split), ``"last"``, or the checkpoint(s). (default: ``"all"``)
@@ -360,11 +393,8 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"train_metanet: {name} must be a positive integer, got {v!r}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
-        raise ValueError(f"train_metanet: probes must be a non-negative integer, got {probes!r}")
-    if probes and arch not in ("gnn", "transformer"):
-        raise ValueError(f"train_metanet: probe features are node features of the graph archs; use --arch gnn or "
-                         f"transformer with --probes (got {arch!r})")
+    if probes != "auto":
+        _resolve_probes(probes, arch, {}, None)   # bad values fail before the zoo is read
     if not lr > 0:
         raise ValueError(f"train_metanet: lr must be positive, got {lr!r}")
     dev = _device(device)
@@ -393,8 +423,9 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                 raise ValueError(f"train_metanet: arch {arch!r} cannot read this zoo ({e}); use --arch gnn") from None
             config["scales"] = _scales(train.states)
         prober = None
+        config["probes"] = probes = _resolve_probes(probes, arch, config, zoo)
         if probes:
-            config.update(probes=probes, probe_seed=0, input_shape=list(zoo.card.input_shape))
+            config.update(probe_seed=0, input_shape=list(zoo.card.input_shape))
             prober = _Prober(config, zoo.structure)
             config["probe_scale"] = prober.fit_scale(train.states[:256])
         torch.manual_seed(seed)

@@ -102,3 +102,32 @@ def test_training_with_probes(tmp_path):
     assert m["loss"] == pytest.approx(r.metrics["train"]["loss"], rel=1e-4, abs=1e-6)
     with pytest.raises(ValueError, match="probe"):
         train_metanet(zoo, task="class", arch="np", probes=4, epochs=1, progress=False)
+
+
+def test_probes_default_on_for_graph_archs(tmp_path, capsys):
+    """The bare command trains with probes on a runnable zoo; --probes 0 and the tensor archs without."""
+    import json
+
+    import weightspace.nn as wnn
+    from weightspace.cli import main
+    from weightspace.metanet import DEFAULT_PROBES
+
+    assert wnn.probe_features is probe_features
+    zoo = tmp_path / "inr"
+    build_inr_zoo(zoo, "digits", n=10, progress=False, recipe={"steps": 5, "hidden": [8, 8]})
+    r = train_metanet(zoo, task="class", arch="transformer", epochs=1, hidden=8, batch_size=4, progress=False)
+    assert r.config["probes"] == DEFAULT_PROBES == r.to_dict()["probes"]
+    assert r.model.probe_dim == DEFAULT_PROBES and len(r.config["probe_scale"]) == 2 + 8 + 8 + 1
+    assert train_metanet(zoo, task="class", arch="np", epochs=1, hidden=4, batch_size=4,
+                         progress=False).config["probes"] == 0
+    with pytest.raises(ValueError, match="probes"):
+        train_metanet(zoo, task="class", arch="gnn", probes="many", epochs=1, progress=False)
+    for flag, want in (([], DEFAULT_PROBES), (["--probes", "0"], 0)):
+        out = tmp_path / f"g{want}.pt"
+        assert main(["metanet", "train", str(zoo), "--task", "class", "--epochs", "1", "--hidden", "8",
+                     "--batch-size", "4", "-o", str(out), "--json", *flag]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got["probes"] == want
+        assert main(["metanet", "eval", str(out), str(zoo), "--split", "train", "--json"]) == 0
+        ev = json.loads(capsys.readouterr().out)
+        assert ev["loss"] == pytest.approx(got["metrics"]["train"]["loss"], rel=1e-4, abs=1e-6)

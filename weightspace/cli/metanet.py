@@ -15,9 +15,10 @@ DESCRIPTION = """Metanetworks: networks that read other networks' weights.
   weightspace metanet eval gnn.pt zoo-cnn --split test --json
   torchrun --nproc_per_node 4 -m weightspace.cli metanet train zoo-inr --task class -o gnn.pt
 
-Archs: gnn, transformer (parameter graphs, any architecture; --probes N adds each network's
-activations on N fixed probe inputs as node features; on INRs fitted from independent
-initialisations they make the difference: 12% -> 71% on MNIST SIRENs), np, hnp, dws (equivariant
+Archs: gnn, transformer (parameter graphs, any architecture; by default (--probes auto) each
+network's activations on 32 fixed probe inputs are added as node features whenever the zoo's
+networks can be run; on INRs fitted from independent initialisations they make the difference:
+12% -> 71% on MNIST SIRENs; --probes 0 switches them off), np, hnp, dws (equivariant
 weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
 permutations of the input networks, keeps the best model on the val split (early stopping),
 and reports Kendall tau and R^2 (accuracy) or accuracy (class) on every split. Under torchrun the
@@ -26,7 +27,7 @@ same training runs data-parallel (DistributedDataParallel; gloo on the CPU, nccl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from weightspace.metanet import ARCHS, TASKS
+    from weightspace.metanet import ARCHS, DEFAULT_PROBES, TASKS
 
     sub = p.add_subparsers(dest="metanet_command", metavar="{train,eval}")
     t = sub.add_parser("train", help="train a metanetwork on a zoo", description="Train a metanetwork on a zoo.")
@@ -41,8 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--hidden", type=int, default=None, help="metanetwork width (default: per arch)")
     t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
     t.add_argument("--target", default=None, help="metrics.csv column to predict (default: test_acc or label)")
-    t.add_argument("--probes", type=int, default=0, metavar="N",
-                   help="gnn/transformer: add activations on N probe inputs as node features (default: 0)")
+    t.add_argument("--probes", type=_probes, default="auto", metavar="N|auto",
+                   help=f"gnn/transformer: add activations on N probe inputs as node features; auto: "
+                        f"{DEFAULT_PROBES} when the zoo's networks can be run, else 0 (default: auto)")
     t.add_argument("--checkpoints", default="all", metavar="all|last|E[,E...]",
                    help="which stored epochs of each zoo model to learn from (default: all)")
     t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
@@ -58,6 +60,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def _probes(spec: str):
+    if spec == "auto":
+        return spec
+    try:
+        n = int(spec)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of probe inputs or auto, got {spec!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of probe inputs, got {n}")
+    return n
 
 
 def _checkpoints(spec: str):
@@ -85,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(r.to_dict())
         else:
-            print(f"{args.arch} metanetwork ({r.num_params:,} parameters), best epoch {r.best_epoch} of "
+            probes = r.config.get("probes", 0)
+            print(f"{args.arch} metanetwork ({r.num_params:,} parameters"
+                  f"{f', {probes} probe inputs' if probes else ''}), best epoch {r.best_epoch} of "
                   f"{len(r.history)}, {r.seconds:.1f} s -> {r.path}")
             for split, m in r.metrics.items():
                 print(f"  {split}: {_fmt(m) if m else '(empty split)'}")
