@@ -14,7 +14,9 @@ from weightspace.models import example_input_for, get_model
 FAMILIES = {
     "mlp": [{"in_features": 12, "hidden": [9, 7], "out_features": 3}, {"in_features": 5, "hidden": [16], "out_features": 2, "activation": "tanh"}],
     "cnn": [{"in_channels": 2, "channels": [4, 6], "num_classes": 3, "image_size": 12},
-            {"in_channels": 1, "channels": [5, 3], "num_classes": 4, "image_size": 10, "flatten": True}],
+            {"in_channels": 1, "channels": [5, 3], "num_classes": 4, "image_size": 10, "flatten": True},
+            {"in_channels": 1, "channels": [4, 5, 3], "num_classes": 4, "image_size": 12, "stride": 2,
+             "padding": "tf_same", "pool": None}],
     "vgg": [{"in_channels": 3, "num_classes": 5, "image_size": 16, "width": 0.25}],
     "resnet20": [{"width": 0.25, "num_classes": 4, "image_size": 8}],
     "siren": [{"in_features": 2, "hidden": [16, 16], "out_features": 3}],

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 import torch.fx
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -42,6 +43,7 @@ CASES: list[tuple[str, dict[str, Any], int]] = [
     ("cnn", {"in_channels": 3, "channels": [4, 8], "image_size": 8, "num_classes": 5, "flatten": True}, 5),
     ("cnn", {"channels": [4], "image_size": 6, "num_classes": 2, "pool": None, "flatten": True, "kernel_size": 5}, 2),
     ("cnn", {"channels": [4, 4], "image_size": 9, "pool": "avg", "activation": "gelu"}, 10),
+    ("cnn", {"channels": [16, 16, 16], "stride": 2, "padding": "tf_same", "pool": None}, 10),
     ("vgg", {}, 10),
     ("vgg", {"in_channels": 1, "image_size": 28, "width": 0.25, "num_classes": 7}, 7),
     ("vgg", {"image_size": 8, "config": [8, "M", 16, "M"], "classifier": [], "num_classes": 4}, 4),
@@ -154,6 +156,40 @@ def test_cnn_flatten_head_reads_channels_times_pixels() -> None:
     ]
 
 
+def _tf_same_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
+    """TensorFlow's conv2d(padding="SAME") written out: the output has ceil(n / stride) rows, the
+    padding max((out - 1) * stride + k - n, 0) rows, the odd row at the bottom (and so for columns)."""
+    n, k = x.shape[-1], w.shape[-1]
+    out = -(-n // stride)
+    total = max((out - 1) * stride + k - n, 0)
+    top = total // 2
+    xp = F.pad(x, (top, total - top, top, total - top))
+    return F.conv2d(xp, w, b, stride=stride)
+
+
+@pytest.mark.parametrize("size", [28, 27, 8, 7])
+def test_cnn_tf_same_stride_computes_tensorflows_function(size: int) -> None:
+    """The Small CNN Zoo's family: stride-2 'SAME' convolutions (asymmetric on even sizes), GAP, dense."""
+    torch.manual_seed(size)
+    model = CNN(channels=(16, 16, 16), image_size=size, stride=2, padding="tf_same", pool=None)
+    assert sum(p.numel() for p in model.parameters()) == 4970
+    assert [k for k in model.state_dict()] == [k for k in CNN().state_dict()]  # the keys of the stride-1 family
+    x = torch.randn(3, 1, size, size)
+    h = x
+    for conv in model.convs:
+        h = torch.relu(_tf_same_conv(h, conv.weight, conv.bias, 2))
+    expected = model.head(h.mean((2, 3)))
+    sizes = {28: 4, 27: 4, 8: 1, 7: 1}
+    assert h.shape[-1] == model.feature_size == sizes[size]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    # even sizes (28, or 14 after one layer) pad bottom / right only: symmetric padding shifts the grid
+    sym = CNN(channels=(16, 16, 16), image_size=size, stride=2, pool=None)
+    sym.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert (sym(x) - model(x)).abs().max() > 1e-3
+
+
 def test_vgg_key_layout_and_width() -> None:
     model = VGG(width=0.5)
     sd = model.state_dict()
@@ -216,6 +252,8 @@ def test_vit_manual_attention_matches_torch_attention() -> None:
         ("mlp", {"hidden": [8, 0]}, "hidden must be a sequence of positive ints"),
         ("cnn", {"pool": "median"}, "unknown pool"),
         ("cnn", {"channels": []}, "at least one convolution"),
+        ("cnn", {"stride": 0}, "stride must be a positive int"),
+        ("cnn", {"padding": "same"}, "unknown padding 'same'; choose one of: symmetric, tf_same"),
         ("vgg", {"config": ["M", 8]}, "must start with a convolution"),
         ("vgg", {"image_size": 4}, "too small"),
         ("resnet20", {"width": 0}, "width must be a positive number"),

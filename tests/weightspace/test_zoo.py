@@ -105,6 +105,35 @@ def test_format_round_trip(cnn_zoo):
     assert json.loads(meta["weightspace.model"])["name"] == "cnn"
     assert [r["index"] for r in json.loads(meta["weightspace.zoo.rows"])] == [0, 1, 2, 3]
     assert sum(p.numel() for p in get_model("cnn", **card.model["kwargs"]).parameters()) == 4970
+    # the default family is the Small CNN Zoo's: stride-2 'SAME' convolutions, no pooling, GAP
+    assert {k: card.model["kwargs"][k] for k in ("stride", "padding", "pool")} == {
+        "stride": 2, "padding": "tf_same", "pool": None}
+    assert card.recipe["stride"] == 2 and any("'SAME'" in n for n in card.notes)
+
+
+def test_pooled_family_and_zoos_started_before_strides_resume(tmp_path, capsys):
+    """--family pooled gives the earlier family; a zoo whose card predates strides (no stride,
+    no padding recorded) resumes with it instead of being refused as a different zoo."""
+    out = tmp_path / "z"
+    argv = ["zoo", "build", "cnn", "--data", "digits", "--out", str(out), "--n", "3", "--models-per-shard", "2",
+            "--checkpoints", "0,1", "--recipe", json.dumps(FAST), "--family", "pooled", "--quiet"]
+    assert main(argv) == 0
+    card = json.loads((out / "zoo.json").read_text())
+    assert card["model"]["kwargs"]["pool"] == "avg" and card["model"]["kwargs"]["stride"] == 1
+    first = weightspace.load(out / "models" / "shard-00000.safetensors")
+    for d in (card["model"]["kwargs"], card["recipe"]):
+        del d["stride"], d["padding"]
+    (out / "zoo.json").write_text(json.dumps(card))
+    (out / "models" / "shard-00000.safetensors").unlink()
+    assert main(argv) == 0
+    assert "built 1 shards (2 models" in capsys.readouterr().out
+    again = json.loads((out / "zoo.json").read_text())
+    assert "stride" not in again["recipe"] and "stride" not in again["model"]["kwargs"]
+    rebuilt = weightspace.load(out / "models" / "shard-00000.safetensors")
+    assert all(torch.equal(first[k], rebuilt[k]) for k in first)
+    # the new default family is another zoo
+    assert main(argv[:-3] + ["--quiet"]) == 2
+    assert "holds a different zoo" in capsys.readouterr().err
 
 
 def test_checkpoints_load_and_reproduce_their_metrics(cnn_zoo):
@@ -227,8 +256,9 @@ def test_grouped_forward_matches_vmap_and_the_module():
     from weightspace.zoo._batched import cnn_forward, siren_forward, stack_models, vmap_forward
 
     torch.manual_seed(0)
-    for pool in ("avg", "max", None):
-        models = [CNN(1, (4, 6), 10, 8, pool=pool) for _ in range(3)]
+    for kw in ({"pool": "avg"}, {"pool": "max"}, {"pool": None}, {"pool": None, "stride": 2, "padding": "tf_same"},
+               {"pool": "avg", "stride": 2}, {"pool": None, "stride": 2, "padding": "tf_same", "activation": "tanh"}):
+        models = [CNN(1, (4, 6), 10, 8, **kw) for _ in range(3)]
         params = stack_models(models)
         x = torch.randn(3, 5, 1, 8, 8)
         ref = torch.stack([m(x[i]) for i, m in enumerate(models)])
@@ -243,13 +273,15 @@ def test_grouped_forward_matches_vmap_and_the_module():
                                torch.stack([s(coords) for s in sirens]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_batched_training_matches_plain_training(optimizer):
+@pytest.mark.parametrize("optimizer,family", [("adam", "smallcnnzoo"), ("sgd", "smallcnnzoo"), ("adam", "pooled")])
+def test_batched_training_matches_plain_training(optimizer, family):
     """Models trained together (grouped kernels, stacked optimizer) equal models trained alone
     with torch.optim and the same hyper-parameters, data order and dropout masks."""
+    from weightspace.zoo import CNN_FAMILIES
     from weightspace.zoo._cnn import _train_shard, prepare_cnn_task, train_cnn_single
 
-    recipe = {**FAST, "optimizer": optimizer, "lr_range": [1e-3, 1e-2], "dropout_range": [0.1, 0.4]}
+    recipe = {**FAST, **CNN_FAMILIES[family], "optimizer": optimizer, "lr_range": [1e-3, 1e-2],
+              "dropout_range": [0.1, 0.4]}
     task, _ = prepare_cnn_task("digits", checkpoints=(0, 1), seed=5, recipe=recipe)
     tensors, rows = _train_shard(task, 0, range(3))
     for mid in (0, 2):
@@ -396,10 +428,14 @@ def test_summary_of_a_half_built_zoo(cnn_zoo, tmp_path):
 # --------------------------------------------------------------------------- importers
 
 
-def _tf_cnn(n_models: int, seed: int = 0) -> tuple[list[dict[str, torch.Tensor]], np.ndarray, list[list]]:
+_SCZ_SHAPES = [("conv2d", (16, 1, 3, 3)), ("conv2d_1", (16, 16, 3, 3)), ("conv2d_2", (16, 16, 3, 3)),
+               ("dense", (10, 16))]  # the Small CNN Zoo's architecture, 4,970 parameters
+
+
+def _tf_cnn(n_models: int, seed: int = 0, shapes=None) -> tuple[list[dict[str, torch.Tensor]], np.ndarray, list[list]]:
     """Random CNNs (torch order) and the same weights flattened in TensorFlow order with a layout."""
     g = torch.Generator().manual_seed(seed)
-    shapes = [("conv2d", (8, 1, 3, 3)), ("conv2d_1", (8, 8, 3, 3)), ("dense", (10, 8))]
+    shapes = shapes or [("conv2d", (8, 1, 3, 3)), ("conv2d_1", (8, 8, 3, 3)), ("dense", (10, 8))]
     states, rows = [], []
     layout, off = [], 0
     for name, shape in shapes:
@@ -423,19 +459,22 @@ def _tf_cnn(n_models: int, seed: int = 0) -> tuple[list[dict[str, torch.Tensor]]
     return states, np.stack(rows).astype(np.float32), layout
 
 
-def _write_scz(src: Path, states_per_model: int = 2, n_models: int = 3) -> list[dict[str, torch.Tensor]]:
+def _write_scz(src: Path, states_per_model: int = 2, n_models: int = 3, shapes=None,
+               activations: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
     src.mkdir(parents=True)
-    states, weights, layout = _tf_cnn(n_models * states_per_model)
+    states, weights, layout = _tf_cnn(n_models * states_per_model, shapes=shapes)
     np.save(src / "weights.npy", weights)
     with open(src / "layout.csv", "w") as f:
         f.write("varname,start_idx,end_idx,size,shape\n")
         for r in layout:
             f.write(f'{r[0]},{r[1]},{r[2]},{r[3]},"{r[4]}"\n')
     with open(src / "metrics.csv", "w") as f:
-        f.write("modeldir,step,test_accuracy,train_accuracy,config.learning_rate,split\n")
+        f.write("modeldir,step,test_accuracy,train_accuracy,config.learning_rate,split"
+                + (",config.activation\n" if activations else "\n"))
         for i in range(n_models * states_per_model):
             m, step = divmod(i, states_per_model)
-            f.write(f"run{m},{[0, 86][step]},{0.1 * (i + 1)},{0.5},{1e-3 * (m + 1)},{['train', 'test', 'val'][m]}\n")
+            f.write(f"run{m},{[0, 86][step]},{0.1 * (i + 1)},{0.5},{1e-3 * (m + 1)},{['train', 'test', 'val'][m % 3]}"
+                    + (f",{activations[m]}\n" if activations else "\n"))
     return states
 
 
@@ -456,6 +495,57 @@ def test_import_smallcnnzoo(tmp_path):
     assert ds.rows[0]["config_learning_rate"] == pytest.approx(1e-3) and ds.rows[0]["source"] == "run0"
     assert [r.model_ids for r in (ZooDataset(tmp_path / "z", split=s) for s in ("train", "val", "test"))] == [
         [0], [2], [1]]  # their splits kept
+
+
+def _tf_reference(x: torch.Tensor, variables: list[tuple[np.ndarray, np.ndarray]], act) -> torch.Tensor:
+    """The Small CNN Zoo's network from TensorFlow-layout arrays, written out: 'SAME' stride-2
+    convolutions (ceil(n / 2) outputs, the odd padded row / column at the bottom / right) as
+    explicit patch sums with (H, W, C_in, C_out) kernels, global average pooling, dense (in, out)."""
+    h = x.double()
+    for kernel, bias in variables[:-1]:
+        k = torch.from_numpy(kernel).double()
+        n, size = h.shape[-1], k.shape[0]
+        out = -(-n // 2)
+        total = max((out - 1) * 2 + size - n, 0)
+        hp = F.pad(h, (total // 2, total - total // 2, total // 2, total - total // 2))
+        patches = hp.unfold(2, size, 2).unfold(3, size, 2)  # (B, C, out, out, kh, kw)
+        h = act(torch.einsum("bcyxij,ijco->boyx", patches, k) + torch.from_numpy(bias).double().view(1, -1, 1, 1))
+    kernel, bias = variables[-1]
+    return h.mean((2, 3)) @ torch.from_numpy(kernel).double() + torch.from_numpy(bias).double()
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_imported_smallcnnzoo_networks_compute_what_tensorflow_computed(tmp_path, size):
+    _write_scz(tmp_path / "scz", n_models=2, shapes=_SCZ_SHAPES, activations=["tanh", "tanh"])
+    import_smallcnnzoo(tmp_path / "scz", tmp_path / "z", image_size=size, progress=False)
+    card = read_card(tmp_path / "z")
+    assert card.model["kwargs"]["stride"] == 2 and card.model["kwargs"]["padding"] == "tf_same"
+    assert card.model["kwargs"]["activation"] == "tanh" and card.input_shape == (1, size, size)
+    weights = np.load(tmp_path / "scz" / "weights.npy")
+    layout = (tmp_path / "scz" / "layout.csv").read_text().splitlines()[1:]
+    spans = [tuple(int(v) for v in line.split(",")[1:3]) for line in layout]
+    shapes = [tuple(int(d) for d in line.split('"')[1].strip("()").split(",") if d.strip()) for line in layout]
+    ds = ZooDataset(tmp_path / "z", split="all", checkpoints="all")
+    x = torch.rand(4, 1, size, size)
+    for i in range(len(ds)):
+        row = weights[i]
+        arrays = [row[a:b].reshape(shape) for (a, b), shape in zip(spans, shapes)]
+        expected = _tf_reference(x, list(zip(arrays[::2], arrays[1::2])), torch.tanh)
+        model = get_model("cnn", **card.model["kwargs"])
+        model.load_state_dict(ds[i][0])
+        with torch.no_grad():
+            torch.testing.assert_close(model(x).double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_import_smallcnnzoo_selects_one_activation(tmp_path):
+    _write_scz(tmp_path / "scz", n_models=3, activations=["relu", "tanh", "relu"])
+    with pytest.raises(ValueError, match=r"activations \['relu', 'tanh'\].*choose one"):
+        import_smallcnnzoo(tmp_path / "scz", tmp_path / "z", progress=False)
+    r = import_smallcnnzoo(tmp_path / "scz", tmp_path / "z", activation="relu", progress=False)
+    assert r.card.n_models == 2 and r.card.model["kwargs"]["activation"] == "relu"
+    assert [row["source"] for row in ZooDataset(tmp_path / "z", split="all").rows] == ["run0", "run2"]
+    with pytest.raises(ValueError, match="no model .* has activation 'gelu'"):
+        import_smallcnnzoo(tmp_path / "scz", tmp_path / "z2", activation="gelu", progress=False)
 
 
 def test_import_smallcnnzoo_refuses_a_bad_layout(tmp_path):
@@ -553,6 +643,10 @@ def test_cli_build_info_import(tmp_path, capsys):
     (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--recipe", "{"], "--recipe"),
     (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--recipe", '{"lr": 1}'],
      "unknown recipe keys"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--recipe", '{"padding": "same"}'],
+     "unknown padding 'same'"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--recipe", '{"stride": 0}'],
+     "stride must be a positive integer"),
     (["zoo", "build", "inr", "--images", "digits", "--out", "{tmp}/z", "--n", "99999"], "more than"),
     (["zoo", "info", "{tmp}/missing"], "not a directory"),
     (["zoo", "info", "{tmp}"], "no zoo.json"),

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoints", default="0,1,2,4,8", metavar="E,E,...",
                    help="epochs at which to keep weights and metrics (default: 0,1,2,4,8)")
     g.add_argument("--image-size", type=int, default=None, metavar="S", help="resize images to S x S first")
+    g.add_argument("--family", default=None, choices=("smallcnnzoo", "pooled"),
+                   help="smallcnnzoo (default): stride-2 convolutions, TensorFlow 'SAME' padding, no pooling, as in "
+                        "the Small CNN Zoo; pooled: stride-1 convolutions each followed by 2x2 average pooling")
     g.add_argument("--channels", default=None, metavar="C,C,C", help="channels of the convolutions (default: 16,16,16)")
     g.add_argument("--batch-size", type=int, default=None, help="examples per step (default: 32)")
     g = b.add_argument_group("inr")
@@ -79,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--prefix", default=None, help="nfn: the directory prefix to import (default: the only one)")
     m.add_argument("--split-points", default=None, metavar="VAL,TEST", help="nfn: index split points to keep")
     m.add_argument("--image-size", type=int, default=28, help="smallcnnzoo: input image size to record (default: 28)")
+    m.add_argument("--stride", type=int, default=2, help="smallcnnzoo: the convolutions' stride (default: 2)")
+    m.add_argument("--activation", default=None,
+                   help="smallcnnzoo: import the models with this config.activation (needed when it varies)")
     m.add_argument("--w0", type=float, default=30.0, help="dws, nfn: SIREN w0 to record (default: 30)")
     m.add_argument("--models-per-shard", type=int, default=256, metavar="K", help="models per shard (default: 256)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -118,8 +124,11 @@ def _build(args: argparse.Namespace) -> int:
             raise ValueError("zoo build cnn: --n (the number of models) is needed")
         if args.images:
             raise ValueError("zoo build cnn: --images belongs to zoo build inr; give --data")
-        recipe = _recipe(args, {"channels": _ints(args.channels, "--channels"), "batch_size": args.batch_size,
-                                "optimizer": args.optimizer})
+        from weightspace.zoo import CNN_FAMILIES
+
+        recipe = {**(CNN_FAMILIES[args.family] if args.family else {}),  # --recipe and the flags override it
+                  **_recipe(args, {"channels": _ints(args.channels, "--channels"), "batch_size": args.batch_size,
+                                   "optimizer": args.optimizer})}
         r = build_cnn_zoo(args.out, args.data, n=args.n, models_per_shard=args.models_per_shard or 64,
                           checkpoints=args.checkpoints, seed=args.seed, shard=args.shard, device=args.device,
                           image_size=args.image_size, recipe=recipe, progress=progress)
@@ -167,8 +176,8 @@ def _import(args: argparse.Namespace) -> int:
 
     progress = not (args.quiet or args.json)
     if args.layout == "smallcnnzoo":
-        r = import_smallcnnzoo(args.src, args.out, image_size=args.image_size,
-                               models_per_shard=args.models_per_shard, progress=progress)
+        r = import_smallcnnzoo(args.src, args.out, image_size=args.image_size, stride=args.stride,
+                               activation=args.activation, models_per_shard=args.models_per_shard, progress=progress)
     elif args.layout == "dws":
         r = import_dws(args.src, args.out, splits=args.splits, w0=args.w0, models_per_shard=args.models_per_shard,
                        progress=progress)

@@ -4,12 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightspace.models._common import ExampleInputMixin, int_tuple, make_activation, positive_int
+from weightspace.models._common import (
+    ExampleInputMixin,
+    int_tuple,
+    make_activation,
+    positive_int,
+)
 from weightspace.models._registry import register_model
 
 _POOLS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+_PADDINGS = ("symmetric", "tf_same")
+
+
+def conv_padding(size: int, kernel_size: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """``(before, after, output size)`` of one spatial axis of a ``CNN`` convolution.
+
+    ``"symmetric"`` pads ``kernel_size // 2`` on both sides; ``"tf_same"`` is TensorFlow's
+    ``padding="SAME"``: the output has ``ceil(size / stride)`` positions and the
+    ``max((out - 1) * stride + kernel_size - size, 0)`` padded positions are split with the
+    odd one after (bottom / right).
+    """
+    if padding == "symmetric":
+        before = after = kernel_size // 2
+    else:
+        total = max((-(-size // stride) - 1) * stride + kernel_size - size, 0)
+        before, after = total // 2, total - total // 2
+    return before, after, (size + before + after - kernel_size) // stride + 1
 
 
 @register_model("cnn", pretty_name="Plain CNN")
@@ -20,7 +43,12 @@ class CNN(ExampleInputMixin, nn.Module):
         h_l = \mathrm{pool}(\sigma(\mathrm{conv}_l(h_{l-1}))), \quad
         y = W \, \mathrm{flatten}(h_L) + b \ \text{ or } \ y = W \, \mathrm{mean}_{hw}(h_L) + b
 
-    Convolutions use ``padding = kernel_size // 2``. With ``pool`` set, a 2x2 pooling (stride 2)
+    Convolutions have stride ``stride`` and, with ``padding="symmetric"``, ``kernel_size // 2``
+    zeros on each side; ``padding="tf_same"`` is TensorFlow's ``"SAME"`` (``ceil(size / stride)``
+    outputs, the odd padded row / column at the bottom / right), with which networks trained in
+    TensorFlow -- the Small CNN Zoo's (three 3x3 convolutions of 16 channels, stride 2, global
+    average pooling: ``CNN(channels=(16, 16, 16), stride=2, padding="tf_same", pool=None)``) --
+    compute here exactly what they computed there. With ``pool`` set, a 2x2 pooling (stride 2)
     follows each convolution while the feature map is at least 2x2.
 
     Args:
@@ -30,6 +58,8 @@ class CNN(ExampleInputMixin, nn.Module):
         num_classes (int, optional): outputs of the head (default: ``10``).
         image_size (int, optional): input height and width (default: ``28``).
         kernel_size (int, optional): convolution kernel size (default: ``3``).
+        stride (int, optional): stride of every convolution (default: ``1``).
+        padding (str, optional): ``"symmetric"`` or ``"tf_same"`` (default: ``"symmetric"``).
         pool (str, optional): ``"max"``, ``"avg"`` or ``None`` (default: ``"max"``).
         flatten (bool, optional): flatten the last feature map (``C * H * W`` features) into the head;
             otherwise global average pooling gives ``C`` features (default: ``False``).
@@ -56,6 +86,8 @@ class CNN(ExampleInputMixin, nn.Module):
         image_size: int = 28,
         *,
         kernel_size: int = 3,
+        stride: int = 1,
+        padding: str = "symmetric",
         pool: str | None = "max",
         flatten: bool = False,
         activation: str = "relu",
@@ -68,6 +100,10 @@ class CNN(ExampleInputMixin, nn.Module):
         self.num_classes = positive_int(num_classes, owner="CNN", name="num_classes")
         self.image_size = positive_int(image_size, owner="CNN", name="image_size")
         self.kernel_size = positive_int(kernel_size, owner="CNN", name="kernel_size")
+        self.stride = positive_int(stride, owner="CNN", name="stride")
+        if padding not in _PADDINGS:
+            raise ValueError(f"CNN: unknown padding {padding!r}; choose one of: {', '.join(_PADDINGS)}")
+        self.padding = padding
         if pool is not None and pool not in _POOLS:
             raise ValueError(f"CNN: unknown pool {pool!r}; choose one of: avg, max, or None")
         self.pool_kind = pool
@@ -77,19 +113,25 @@ class CNN(ExampleInputMixin, nn.Module):
 
         size = self.image_size
         pooled: list[bool] = []
+        pads: list[tuple[int, int]] = []
         for _ in self.channels:
-            size = size + 2 * (self.kernel_size // 2) - self.kernel_size + 1
-            if size < 1:
+            before, after, out = conv_padding(size, self.kernel_size, self.stride, padding)
+            if out < 1:
                 raise ValueError(f"CNN: image_size={image_size} is too small for kernel_size={kernel_size}")
+            size = out
+            pads.append((before, after))
             pooled.append(pool is not None and size >= 2)
             if pooled[-1]:
                 size //= 2
         self._pool_after = tuple(pooled)
+        #: ``(before, after)`` zero padding of each convolution's input, both spatial axes
+        self.pads = tuple(pads)
         self.feature_size = size  # height = width of the last feature map
 
         sizes = (self.in_channels, *self.channels)
         self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, self.kernel_size, padding=self.kernel_size // 2) for a, b in zip(sizes[:-1], sizes[1:])
+            nn.Conv2d(a, b, self.kernel_size, stride=self.stride, padding=p[0] if p[0] == p[1] else 0)
+            for a, b, p in zip(sizes[:-1], sizes[1:], pads)
         )
         self.act = make_activation(activation, owner="CNN")
         self.pool = _POOLS[pool](2) if pool is not None else None
@@ -105,7 +147,9 @@ class CNN(ExampleInputMixin, nn.Module):
         self.head.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        for conv, pooled in zip(self.convs, self._pool_after):
+        for conv, pooled, (before, after) in zip(self.convs, self._pool_after, self.pads):
+            if before != after:  # asymmetric ("tf_same" on even sizes): padded here, not by the convolution
+                x = F.pad(x, (before, after, before, after))
             x = self.act(conv(x))
             if pooled:
                 x = self.pool(x)

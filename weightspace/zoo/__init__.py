@@ -8,7 +8,7 @@ and ``metrics.csv`` (one row per model and checkpoint). Build one with :func:`bu
 :func:`zoo_summary`, and train on it through :class:`ZooDataset`.
 """
 from ._build import ZooBuildResult
-from ._cnn import CNN_RECIPE, build_cnn_zoo, sample_cnn_hparams
+from ._cnn import CNN_FAMILIES, CNN_RECIPE, build_cnn_zoo, sample_cnn_hparams
 from ._importers import import_dws, import_nfn, import_smallcnnzoo
 from ._inr import INR_RECIPE, build_inr_zoo, image_grid
 from ._info import format_summary, plot_histogram, zoo_summary
@@ -18,6 +18,7 @@ from .zoo_dataset import ZooDataset, state_to_tensors
 from .zoo_writer import ZooWriter
 
 __all__ = [
+    "CNN_FAMILIES",
     "CNN_RECIPE",
     "INR_RECIPE",
     "ZooBuildResult",

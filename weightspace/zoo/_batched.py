@@ -164,7 +164,6 @@ def cnn_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor, *,
     """
     M = params["head.weight"].shape[0]
     cl = torch.channels_last
-    k = template.kernel_size
     if x.ndim == 4:  # one batch for all: the first layer is one dense convolution of M * C_out channels
         B, C, H, W = x.shape
         h, groups = x.contiguous(memory_format=cl), 1
@@ -172,10 +171,12 @@ def cnn_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor, *,
         _, B, C, H, W = x.shape
         h, groups = x.permute(1, 0, 2, 3, 4).reshape(B, M * C, H, W).contiguous(memory_format=cl), M
     relu = template.activation == "relu"
-    for i, pooled in enumerate(template._pool_after):
+    for i, (pooled, (before, after)) in enumerate(zip(template._pool_after, template.pads)):
         w = params[f"convs.{i}.weight"]
         w = w.reshape(-1, *w.shape[2:]).contiguous(memory_format=cl)
-        h = F.conv2d(h, w, params[f"convs.{i}.bias"].reshape(-1), padding=k // 2, groups=groups)
+        if before != after:  # TensorFlow's "SAME" on an even size: the odd row / column at the bottom / right
+            h, before = F.pad(h, (before, after, before, after)), 0
+        h = F.conv2d(h, w, params[f"convs.{i}.bias"].reshape(-1), stride=template.stride, padding=before, groups=groups)
         groups = M
         h = torch.relu_(h) if relu else template.act(h)
         if pooled:

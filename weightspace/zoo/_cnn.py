@@ -14,19 +14,31 @@ from torch import Tensor, nn
 
 from weightspace.data import Dataset, load_dataset
 from weightspace.models import CNN
+from weightspace.models.cnn import conv_padding
 
 from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, cnn_forward, model_generator
 from ._build import ZooBuildResult, check_positive_int, check_range, resolve_device, run_build
 from ._metrics import Row
-from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard
+from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
 
-__all__ = ["build_cnn_zoo", "sample_cnn_hparams", "CNN_RECIPE", "CNN_COLUMNS"]
+__all__ = ["build_cnn_zoo", "sample_cnn_hparams", "CNN_RECIPE", "CNN_COLUMNS", "CNN_FAMILIES"]
+
+#: architecture families of ``weightspace zoo build cnn --family``: recipe overrides.
+#: ``smallcnnzoo`` (the default): the Small CNN Zoo's stride-2 convolutions with TensorFlow
+#: "SAME" padding and no pooling; ``pooled``: stride-1 convolutions each followed by 2x2
+#: average pooling (this package's default before strides existed).
+CNN_FAMILIES: dict[str, dict[str, Any]] = {
+    "smallcnnzoo": {"stride": 2, "padding": "tf_same", "pool": None},
+    "pooled": {"stride": 1, "padding": "symmetric", "pool": "avg"},
+}
 
 #: the default recipe of ``weightspace zoo build cnn`` (every key can be overridden)
 CNN_RECIPE: dict[str, Any] = {
     "channels": [16, 16, 16],
     "kernel_size": 3,
-    "pool": "avg",
+    "stride": 2,
+    "padding": "tf_same",
+    "pool": None,
     "activation": "relu",
     "optimizer": "adam",
     "batch_size": 32,
@@ -54,6 +66,19 @@ _NOTES = (
     "train_loss / train_acc are evaluated at each checkpoint on the first train_eval_size examples of the "
     "training split; test_loss / test_acc on the whole test split",
 )
+
+
+_TF_SAME_NOTE = ("convolutions have TensorFlow's 'SAME' padding: ceil(size / stride) outputs, the odd padded "
+                 "row / column at the bottom / right (cnn padding='tf_same'), as in the Small CNN Zoo")
+
+
+def _built_before_strides(out: str | os.PathLike) -> bool:
+    """Whether ``out`` holds a cnn zoo whose card predates strides (no ``stride`` in its recipe)."""
+    try:
+        card = read_card(out)
+    except ValueError:
+        return False
+    return card.model.get("name") == "cnn" and "stride" not in card.recipe
 
 
 def sample_cnn_hparams(seed: int, model_id: int, recipe: Mapping[str, Any], n_train: int) -> dict[str, Any]:
@@ -90,9 +115,14 @@ def _init_state(template: nn.Module, init_std: float, generator: torch.Generator
     return out
 
 
-def _dropout_mask(p: float, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    u = torch.rand(shape, generator=generator)
-    return (u >= p).float() / (1.0 - p)
+#: dropout masks are drawn for this many steps at a time (by both trainers, so they draw alike)
+MASK_BLOCK = 32
+
+
+def _dropout_masks(p: Tensor, u: Tensor) -> Tensor:
+    """Inverted-dropout multipliers from uniforms ``u`` ``(M, ...)`` and float64 rates ``p`` ``(M,)``."""
+    p = p.view(-1, *([1] * (u.ndim - 1)))
+    return (u >= p).to(u.dtype) / (1.0 - p).to(u.dtype)
 
 
 @dataclass
@@ -127,8 +157,9 @@ class _Task:
 
 
 def _eval_chunk(task: _Task, m: int) -> int:
-    c, s = max(task.template.channels), task.template.image_size
-    return max(16, int(2**25 // (4 * m * c * s * s)))  # activations of a chunk: about 32 MB
+    t = task.template
+    s = conv_padding(t.image_size, t.kernel_size, t.stride, t.padding)[2]  # the largest feature map
+    return max(16, int(2**25 // (4 * m * max(t.channels) * s * s)))  # activations of a chunk: about 32 MB
 
 
 @torch.no_grad()
@@ -155,7 +186,7 @@ def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor]
     params = {k: torch.stack([s[k] for s in inits]).to(dev).requires_grad_() for k in inits[0]}
     streams = [task.stream(i, hp) for i, hp in zip(ids, hps)]
     drop_gens = [task.dropout_generator(i) for i in ids]
-    drops = [hp["dropout"] for hp in hps]
+    drops = torch.tensor([hp["dropout"] for hp in hps], dtype=torch.float64)
     lr = torch.tensor([hp["lr"] for hp in hps])
     wd = torch.tensor([hp["weight_decay"] for hp in hps])
     opt = StackedOptimizer(params, lr, wd, kind=rec["optimizer"])
@@ -177,10 +208,13 @@ def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor]
     for epoch in range(1, max(task.checkpoints) + 1):
         order = torch.stack([s.take(steps * b) for s in streams]).view(m, steps, b).to(dev)
         for step in range(steps):
+            if step % MASK_BLOCK == 0:  # every model's masks for the next steps, drawn from its own generator
+                n_block = min(MASK_BLOCK, steps - step)
+                u = torch.stack([torch.rand((n_block, b, feat), generator=g) for g in drop_gens])
+                masks = _dropout_masks(drops, u).to(dev)
             idx = order[:, step]
             xb, yb = task.x_train[idx], task.y_train[idx]
-            mask = torch.stack([_dropout_mask(p, (b, feat), g) for p, g in zip(drops, drop_gens)]).to(dev)
-            logits = cnn_forward(task.template, params, xb, dropout=mask)
+            logits = cnn_forward(task.template, params, xb, dropout=masks[:, step % MASK_BLOCK])
             loss = F.cross_entropy(logits.reshape(m * b, -1), yb.reshape(-1), reduction="none").view(m, b).mean(1)
             grads = torch.autograd.grad(loss.sum(), [params[k] for k in keys])
             opt.step(dict(zip(keys, grads)))
@@ -240,8 +274,11 @@ def train_cnn_single(task: _Task, model_id: int) -> tuple[list[dict[str, Tensor]
     for epoch in range(1, max(task.checkpoints) + 1):
         order = stream.take(steps * b).view(steps, b).to(dev)
         for step in range(steps):
+            if step % MASK_BLOCK == 0:
+                u = torch.rand((min(MASK_BLOCK, steps - step), b, feat), generator=gen)
+                masks = _dropout_masks(torch.tensor([hp["dropout"]], dtype=torch.float64), u[None])[0].to(dev)
             idx = order[step]
-            mask[0] = _dropout_mask(hp["dropout"], (b, feat), gen).to(dev)
+            mask[0] = masks[step % MASK_BLOCK]
             loss = F.cross_entropy(model(task.x_train[idx]), task.y_train[idx])
             opt.zero_grad()
             loss.backward()
@@ -255,8 +292,8 @@ def train_cnn_single(task: _Task, model_id: int) -> tuple[list[dict[str, Tensor]
 def _model_kwargs(template: CNN) -> dict[str, Any]:
     return {"in_channels": template.in_channels, "channels": list(template.channels),
             "num_classes": template.num_classes, "image_size": template.image_size,
-            "kernel_size": template.kernel_size, "pool": template.pool_kind, "flatten": template.flatten,
-            "activation": template.activation}
+            "kernel_size": template.kernel_size, "stride": template.stride, "padding": template.padding,
+            "pool": template.pool_kind, "flatten": template.flatten, "activation": template.activation}
 
 
 def _resize(ds: Dataset, size: int | None) -> Tensor:
@@ -296,6 +333,7 @@ def prepare_cnn_task(data: str, *, checkpoints: Sequence[int] | str = (0, 1, 2, 
         raise ValueError(f"zoo build cnn: unknown recipe keys {sorted(unknown)}; known: {', '.join(sorted(rec))}")
     rec.update(recipe or {})
     rec["channels"] = [check_positive_int(c, "channels") for c in rec["channels"]]
+    check_positive_int(rec["stride"], "stride")
     check_positive_int(rec["batch_size"], "batch_size")
     check_positive_int(rec["train_eval_size"], "train_eval_size")
     if rec["optimizer"] not in OPTIMIZERS:
@@ -318,8 +356,12 @@ def prepare_cnn_task(data: str, *, checkpoints: Sequence[int] | str = (0, 1, 2, 
         raise ValueError(f"zoo build cnn: {data} has {len(x_train)} training examples, fewer than one batch "
                          f"({rec['batch_size']})")
     num_classes = max(int(train.num_classes), int(test.num_classes or 0))
-    template = CNN(x_train.shape[1], rec["channels"], num_classes, x_train.shape[-1], kernel_size=rec["kernel_size"],
-                   pool=rec["pool"], flatten=False, activation=rec["activation"])
+    try:
+        template = CNN(x_train.shape[1], rec["channels"], num_classes, x_train.shape[-1],
+                       kernel_size=rec["kernel_size"], stride=rec["stride"], padding=rec["padding"], pool=rec["pool"],
+                       flatten=False, activation=rec["activation"])
+    except ValueError as e:
+        raise ValueError(f"zoo build cnn: the recipe's architecture is invalid: {e}") from None
     task = _Task(template, x_train.to(dev), train.y.long().to(dev), x_test.to(dev), test.y.long().to(dev),
                  rec, cks, int(seed), dev)
     described = {"spec": data, "train_size": len(x_train), "test_size": len(x_test), "num_classes": num_classes,
@@ -335,9 +377,10 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
     """Build (or resume) a zoo of small CNNs, many trained at once.
 
     The architecture is the Small CNN Zoo's (Unterthiner et al., arXiv:2002.11448): three 3x3
-    convolutions of 16 channels, global average pooling and a linear head, 4,970 parameters
-    on one-channel images, as the ``cnn`` family (``--model cnn``), with 2x2 average pooling
-    after each convolution. Each model draws its hyper-parameters from ``(seed, model_id)``
+    convolutions of 16 channels with stride 2 and TensorFlow's "SAME" padding, global average
+    pooling and a linear head, 4,970 parameters on one-channel images, as the ``cnn`` family
+    (``--model cnn``). ``recipe=CNN_FAMILIES["pooled"]`` gives the earlier family: stride-1
+    convolutions each followed by 2x2 average pooling (same parameter shapes). Each model draws its hyper-parameters from ``(seed, model_id)``
     (see :data:`CNN_RECIPE` and ``zoo.json``'s notes); the models of one shard train together
     as grouped convolutions with a per-model Adam (or SGD), each with its own data order.
 
@@ -371,12 +414,20 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
     task, described = prepare_cnn_task(data, checkpoints=checkpoints, seed=seed, device=device,
                                        image_size=image_size, recipe=recipe)
     kwargs = _model_kwargs(task.template)
+    rec = dict(task.recipe)
+    notes = _NOTES
+    if (rec["stride"], rec["padding"]) == (1, "symmetric") and _built_before_strides(out):
+        # a zoo started before the cnn family had strides (its card names neither): resumed as it began
+        for d in (rec, kwargs):
+            del d["stride"], d["padding"]
+    elif rec["padding"] == "tf_same":
+        notes = (*_NOTES, _TF_SAME_NOTE)
     card = ZooCard(
         task="image-classification", model={"name": "cnn", "kwargs": kwargs}, dataset=described,
-        recipe={**task.recipe, "seed": int(seed), "checkpoints": list(task.checkpoints),
+        recipe={**rec, "seed": int(seed), "checkpoints": list(task.checkpoints),
                 "image_size": task.template.image_size, "steps_per_epoch": task.steps_per_epoch},
         n_models=n, models_per_shard=models_per_shard, columns=CNN_COLUMNS, target="test_acc",
         input_shape=tuple(task.x_train.shape[1:]), checkpoints=task.checkpoints, checkpoint_unit="epoch",
-        splits=dict(DEFAULT_SPLITS), cite=_CITE, notes=_NOTES)
+        splits=dict(DEFAULT_SPLITS), cite=_CITE, notes=notes)
     return run_build(out, card, shard, lambda s, ids: _train_shard(task, s, ids), progress=progress,
                      on_shard=on_shard, desc="zoo build cnn")

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from weightspace.checkpoint import load
+from weightspace.models import CNN
 
 from ._build import ZooBuildResult, check_positive_int, run_build
 from ._metrics import Row, parse_value
@@ -79,10 +80,12 @@ def _column_name(name: str) -> str:
 _SCZ_METRICS = {"test_accuracy": "test_acc", "train_accuracy": "train_acc", "test_loss": "test_loss",
                 "train_loss": "train_loss"}
 _SCZ_MODEL_COLUMNS = ("modeldir", "model_dir", "model_id", "model")
+_SCZ_ACTIVATION_COLUMNS = ("config.activation", "activation")
 
 
-def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_size: int = 28,
-                       models_per_shard: int = 256, progress: bool = True) -> ZooBuildResult:
+def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_size: int = 28, stride: int = 2,
+                       activation: str | None = None, models_per_shard: int = 256,
+                       progress: bool = True) -> ZooBuildResult:
     """Convert a zoo in the Small CNN Zoo layout (Unterthiner et al., arXiv:2002.11448).
 
     The layout, as released with "Predicting Neural Network Accuracy from Weights":
@@ -99,26 +102,36 @@ def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_
       present, is kept as the zoo's split.
 
     Convolution kernels ``(H, W, in, out)`` become ``(out, in, H, W)``, dense kernels
-    ``(in, out)`` become ``(out, in)``; the network maps to the ``cnn`` family (convolutions
-    ``convs.{l}``, linear head ``head``, global average pooling). The Small CNN Zoo's
-    convolutions have stride 2 and ``cnn``'s stride 1, so the shapes and the permutation
-    symmetry match exactly but running a converted model as ``cnn`` does not reproduce the
-    original's outputs; ``zoo.json`` says so.
+    ``(in, out)`` become ``(out, in)``; the network maps to the ``cnn`` family with the Small
+    CNN Zoo's architecture: convolutions ``convs.{l}`` of stride ``stride`` with TensorFlow's
+    ``"SAME"`` padding (``padding="tf_same"``: the odd padded row / column at the bottom /
+    right), no pooling, global average pooling and the linear head ``head``; so a converted
+    model computes exactly what the TensorFlow original computed.
+
+    The source zoo mixes activations (``config.activation``: ``relu`` or ``tanh``) while a
+    zoo has one architecture: with such a column, ``activation`` selects the models to import
+    (needed when the column holds several values); without one, ``activation`` is recorded
+    as given (default ``relu``).
 
     Args:
         src (str or PathLike): the directory holding the three files.
         out (str or PathLike): the zoo to write.
         image_size (int, optional): recorded input size (not in the files). (default: ``28``)
+        stride (int, optional): the convolutions' stride (not in the files). (default: ``2``)
+        activation (str, optional): the activation of the models to import. (default: the
+            source's only one, else ``relu``)
         models_per_shard (int, optional): models per shard. (default: ``256``)
         progress (bool, optional): progress bar. (default: ``True``)
 
     Raises:
         ValueError: a missing file, a layout that does not fit the weights, metrics of the
-            wrong length, or an architecture other than convolutions + one dense layer.
+            wrong length, an architecture other than convolutions + one dense layer, or
+            several activations and no ``activation`` to choose.
     """
     src = Path(src)
     check_positive_int(models_per_shard, "models_per_shard")
     check_positive_int(image_size, "image_size")
+    check_positive_int(stride, "stride")
     if not src.is_dir():
         raise ValueError(f"zoo import smallcnnzoo: {src} is not a directory")
     wpath, lpath = src / "weights.npy", src / "layout.csv"
@@ -186,9 +199,20 @@ def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_
                          f"they must correspond row by row")
     model_col = next((c for c in _SCZ_MODEL_COLUMNS if c in mcols), None)
     step_col = next((c for c in ("step", "epoch") if c in mcols), None)
+    act_col = next((c for c in _SCZ_ACTIVATION_COLUMNS if c in mcols), None)
+    found = sorted({r[act_col] for r in metrics}) if act_col else []
+    if activation is None:
+        if len(found) > 1:
+            raise ValueError(f"zoo import smallcnnzoo: {mpath.name} holds models with activations {found} "
+                             f"({act_col}); a zoo has one architecture: choose one (activation=..., --activation)")
+        activation = found[0] if found else "relu"
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(metrics):
-        groups.setdefault(r[model_col] if model_col else str(i), []).append(i)
+        if act_col is None or r[act_col] == activation:
+            groups.setdefault(r[model_col] if model_col else str(i), []).append(i)
+    if not groups:
+        raise ValueError(f"zoo import smallcnnzoo: no model in {mpath.name} has activation {activation!r} "
+                         f"(found: {', '.join(found)})")
     extra_cols = [c for c in mcols if c not in (model_col, step_col, "split", *_SCZ_METRICS)]
     renamed = {c: _column_name(c) for c in extra_cols}
     has_split = "split" in mcols
@@ -228,9 +252,14 @@ def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_
         return out_rows
 
     kwargs = {"in_channels": convs[0]["kernel"][2][2], "channels": channels, "num_classes": num_classes,
-              "image_size": image_size, "kernel_size": ks.pop(), "pool": None, "flatten": False,
-              "activation": "relu"}
-    cks = sorted({int(float(r[step_col])) for r in metrics if r[step_col] != ""}) if step_col else [0]
+              "image_size": image_size, "kernel_size": ks.pop(), "stride": stride, "padding": "tf_same",
+              "pool": None, "flatten": False, "activation": activation}
+    try:
+        CNN(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"zoo import smallcnnzoo: the converted architecture is invalid: {e}") from None
+    kept = [i for rows in groups.values() for i in rows]
+    cks = sorted({int(float(metrics[i][step_col])) for i in kept if metrics[i][step_col] != ""}) if step_col else [0]
     card = ZooCard(
         task="image-classification", model={"name": "cnn", "kwargs": kwargs},
         dataset={"spec": "small-cnn-zoo", "note": "the dataset the source zoo was trained on; see its metrics"},
@@ -239,12 +268,16 @@ def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_
         checkpoint_unit=step_col or "checkpoint", splits={"column": "split"} if has_split else dict(DEFAULT_SPLITS),
         cite=("T. Unterthiner, D. Keysers, S. Gelly, O. Bousquet, I. Tolstikhin, \"Predicting Neural Network "
               "Accuracy from Weights\", arXiv:2002.11448 (2020): the Small CNN Zoo."),
-        source={"layout": "smallcnnzoo", "path": str(src.resolve()), "model_column": model_col, "step_column": step_col},
+        source={"layout": "smallcnnzoo", "path": str(src.resolve()), "model_column": model_col, "step_column": step_col,
+                **({"activation_column": act_col, "activation": activation} if act_col else {})},
         notes=("converted from TensorFlow order: conv kernels (H, W, in, out) -> (out, in, H, W), dense (in, out) -> "
                "(out, in)",
-               "the source convolutions have stride 2 (the cnn family: stride 1, no pooling here): shapes and "
-               "symmetry match, the function computed as cnn does not",
-               f"input image size {image_size} is recorded, not read from the source"))
+               f"convolutions of stride {stride} with TensorFlow's 'SAME' padding (cnn padding='tf_same': the odd "
+               "padded row / column at the bottom / right), no pooling, global average pooling: the converted "
+               "models compute what the source models computed",
+               f"input image size {image_size} and stride {stride} are recorded, not read from the source",
+               *([f"only the models with {act_col} == {activation!r} (a zoo has one architecture)"]
+                 if len(found) > 1 else [])))
     return _write(out, card, load_model, progress, "zoo import smallcnnzoo")
 
 
