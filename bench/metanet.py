@@ -167,11 +167,13 @@ def build_zoos(args) -> tuple[Path | None, Path | None]:
                           models_per_shard=args.models_per_shard, progress=not args.quiet)
             print(f"INR zoo: {inr} ({time.perf_counter() - t:.0f} s incl. any reuse)", file=sys.stderr)
     if not args.skip_cnn:
-        cnn = Path(args.cnn_zoo) if args.cnn_zoo else out / f"cnn-{args.cnn_models}"
+        size = f"-{args.cnn_image_size}px" if args.cnn_image_size else ""
+        cnn = Path(args.cnn_zoo) if args.cnn_zoo else out / f"cnn-{args.cnn_models}{size}"
         if not args.cnn_zoo:
             t = time.perf_counter()
             build_cnn_zoo(cnn, args.cnn_data, n=args.cnn_models, checkpoints=args.cnn_checkpoints,
-                          device=args.device, progress=not args.quiet, models_per_shard=args.models_per_shard)
+                          device=args.device, progress=not args.quiet, models_per_shard=args.models_per_shard,
+                          image_size=args.cnn_image_size)
             print(f"CNN zoo: {cnn} ({time.perf_counter() - t:.0f} s incl. any reuse)", file=sys.stderr)
     return inr, cnn
 
@@ -247,18 +249,50 @@ def _build_gnn(out: int, args):
     return GraphMetanet(hidden=args.hidden.get("gnn") or _DEFAULT_HIDDEN["gnn"], out_channels=out)
 
 
-def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
-    lines = [(f"**Accuracy prediction** (CNN zoo {zoo_dir.name}: {args.cnn_models} models x checkpoints "
-              f"{args.cnn_checkpoints} on {args.cnn_data}, every checkpoint a network; split by model)"), "",
-             row("method", "Kendall tau", "R^2", "parameters", "training time (s)"),
-             row("---", "---", "---", "---", "---")]
+def _cnn_runs(args) -> list[tuple[str, str, object, object]]:
+    """``(name, arch, probes, stats)`` of each accuracy-prediction run: the library defaults
+    (``auto``) for every method, plus the ``--cnn-ablate`` variants of the graph archs."""
+    runs = []
     for arch in args.cnn_methods:
-        r = train_metanet(zoo_dir, task="accuracy", arch=arch, epochs=args.cnn_epochs, lr=args.lr,
+        runs.append((arch, arch, "auto", "auto"))
+        if arch in ("gnn", "transformer"):
+            for v in args.cnn_ablate:
+                probes, stats = {"no-probes": (0, "auto"), "no-stats": ("auto", False),
+                                 "weights-only": (0, False)}[v]
+                runs.append((f"{arch}, {v.replace('-', ' ')}", arch, probes, stats))
+    return runs
+
+
+def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
+    from weightspace.metanet import evaluate_metanet
+
+    card = json.loads((zoo_dir / "zoo.json").read_text())
+    n_models, ckpts = card.get("n_models"), card.get("checkpoints")
+    lines = [(f"**Accuracy prediction** (CNN zoo {zoo_dir.name}: {n_models} models x checkpoints {ckpts} on "
+              f"{card.get('dataset', {}).get('spec')} at {card.get('input_shape')}, every checkpoint a network; split "
+              f"by model; {args.cnn_epochs} epochs max, batch {args.cnn_batch_size}, lr {args.cnn_lr}; tau and R^2 "
+              f"over all test checkpoints, and over the last checkpoint of each test model)"), "",
+             row("method", "probes", "stats", "Kendall tau (all ckpts)", "R^2 (all ckpts)", "test networks",
+                 "Kendall tau (last ckpt)", "test models", "parameters", "training time (s)"),
+             row(*["---"] * 10)]
+    for name, arch, probes, stats in _cnn_runs(args):
+        r = train_metanet(zoo_dir, task="accuracy", arch=arch, epochs=args.cnn_epochs, lr=args.cnn_lr,
                           batch_size=args.cnn_batch_size, patience=args.cnn_patience, seed=args.seed,
-                          device=args.device, hidden=args.hidden.get(arch), progress=not args.quiet)
-        m = r.metrics["test"] or r.metrics["val"]   # a tiny zoo may have no test models
-        results.setdefault("cnn", []).append({"method": arch, **m, "num_params": r.num_params, "seconds": r.seconds})
-        lines.append(row(arch, f"{m['kendall_tau']:.3f}", f"{m['r2']:.3f}", f"{r.num_params:,}", f"{r.seconds:.0f}"))
+                          device=args.device, hidden=args.hidden.get(arch), progress=not args.quiet,
+                          probes=probes, stats=stats)
+        split = "test" if r.metrics["test"] else "val"   # a tiny zoo may have no test models
+        m = r.metrics[split]
+        last = evaluate_metanet(r, zoo_dir, split=split, checkpoints="last", device=args.device)
+        n_all = evaluate_metanet(r, zoo_dir, split=split, device=args.device)["n"]
+        cfg = r.config
+        results.setdefault("cnn", []).append({"method": name, "split": split, **m, "n": n_all,
+                                              "last": last, "probes": cfg.get("probes", 0),
+                                              "stats": "stats_mean" in cfg, "num_params": r.num_params,
+                                              "seconds": r.seconds, "best_epoch": r.best_epoch})
+        lines.append(row(name, cfg.get("probes", 0) if arch in ("gnn", "transformer") else "-",
+                         ("yes" if "stats_mean" in cfg else "no") if arch in ("gnn", "transformer") else "-",
+                         f"{m['kendall_tau']:.3f}", f"{m['r2']:.3f}", n_all, f"{last['kendall_tau']:.3f}",
+                         last["n"], f"{r.num_params:,}", f"{r.seconds:.0f}"))
         print(lines[-1], file=sys.stderr)
     return lines
 
@@ -335,6 +369,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", default="gnn,transformer,dws,np,nfn-np,statnn,mlp",
                    help="INR methods (default: gnn,transformer,dws,np,nfn-np,statnn,mlp)")
     p.add_argument("--cnn-methods", default="gnn,np,statnn", help="accuracy-prediction methods")
+    p.add_argument("--cnn-ablate", default="", metavar="V[,V...]",
+                   help="also run gnn/transformer as: no-probes, no-stats, weights-only (default: none)")
+    p.add_argument("--cnn-image-size", type=int, default=None, help="resize the CNN zoo's images (default: native)")
+    p.add_argument("--cnn-lr", type=float, default=None, help="accuracy-prediction learning rate (default: --lr)")
     p.add_argument("--probes", type=int, default=0, help="also run gnn with this many probe inputs (default: 0)")
     p.add_argument("--hidden", default="", help="widths per arch, e.g. gnn=64,np=16 (default: the library's)")
     p.add_argument("--epochs", type=int, default=20, help="most INR epochs (default: 20)")
@@ -360,6 +398,11 @@ def main(argv: list[str] | None = None) -> dict:
     args.cnn_data = args.cnn_data or args.images
     args.methods = [m for m in args.methods.split(",") if m]
     args.cnn_methods = [m for m in args.cnn_methods.split(",") if m]
+    args.cnn_ablate = [v for v in args.cnn_ablate.split(",") if v]
+    bad = set(args.cnn_ablate) - {"no-probes", "no-stats", "weights-only"}
+    if bad:
+        p.error(f"--cnn-ablate: unknown {', '.join(sorted(bad))}; choose from no-probes, no-stats, weights-only")
+    args.cnn_lr = args.cnn_lr or args.lr
     args.hidden = {k: int(v) for k, v in (kv.split("=") for kv in args.hidden.split(",") if kv)}
     t0 = time.perf_counter()
     inr, cnn = build_zoos(args)

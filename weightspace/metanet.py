@@ -76,7 +76,8 @@ def _build_model(config: Mapping[str, Any]) -> nn.Module:
     arch, out, hidden = config["arch"], config["out"], config["hidden"]
     if arch in _GRAPH_ARCHS:
         return GraphMetanet(hidden=hidden, out_channels=out, num_layers=config.get("num_layers", 3), arch=arch,
-                            probe_dim=int(config.get("probes", 0)))
+                            probe_dim=int(config.get("probes", 0)),
+                            global_dim=len(config.get("stats_mean", ())))
     spec = NetworkSpec.from_dict(config["spec"])
     return _WeightSpaceNet(arch, spec, out, hidden, torch.tensor(config["scales"], dtype=torch.float32))
 
@@ -168,6 +169,43 @@ class _Prober:
         return (f / self.scale.to(f.device)[:, None]).reshape(-1, f.shape[-1])
 
 
+_STAT_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class _Stats:
+    """Invariant per-network statistics for the graph archs' readout: for each floating-point
+    tensor of the state dict, the mean, log standard deviation and 0, 25, 50, 75, 100%
+    quantiles of its entries (permuting hidden units only reorders a tensor's entries),
+    standardised by means and scales fitted on the train split."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.mean = torch.tensor(config["stats_mean"], dtype=torch.float32) if "stats_mean" in config else None
+        self.scale = torch.tensor(config["stats_scale"], dtype=torch.float32) if "stats_scale" in config else None
+
+    @staticmethod
+    def raw(stacked: Mapping[str, Tensor]) -> Tensor:
+        cols = []
+        for t in stacked.values():
+            if not t.is_floating_point():
+                continue
+            t = t.reshape(t.shape[0], -1).float()
+            q = torch.quantile(t, torch.tensor(_STAT_QUANTILES, dtype=t.dtype, device=t.device), dim=1).T
+            sd = t.std(1, unbiased=False) if t.shape[1] > 1 else torch.zeros_like(t[:, 0])
+            cols += [t.mean(1, keepdim=True), (sd + 1e-8).log()[:, None], q]
+        return torch.cat(cols, 1)
+
+    def fit(self, states: list[dict[str, Tensor]]) -> tuple[list[float], list[float]]:
+        f = self.raw({k: torch.stack([s[k] for s in states]) for k in states[0]})
+        self.mean = f.mean(0)
+        sd = f.std(0, unbiased=False) if f.shape[0] > 1 else torch.ones(f.shape[1])
+        self.scale = torch.where(torch.isfinite(sd) & (sd > 1e-6), sd, torch.ones_like(sd))
+        return self.mean.tolist(), self.scale.tolist()
+
+    def __call__(self, stacked: Mapping[str, Tensor], device: torch.device) -> Tensor:
+        f = self.raw(stacked)
+        return ((f - self.mean) / self.scale).to(device)
+
+
 def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo: _Zoo) -> int:
     """The number of probe inputs: ``"auto"`` is :data:`DEFAULT_PROBES` for the graph archs when
     the zoo's networks can be run on inputs of the card's shape (tried on one train network),
@@ -191,14 +229,29 @@ def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo
     return probes
 
 
+def _resolve_stats(stats: bool | str, arch: str, task: str) -> bool:
+    """Whether the graph archs' readout also gets per-tensor weight statistics (:class:`_Stats`):
+    ``"auto"`` means for accuracy prediction."""
+    if stats == "auto":
+        return arch in _GRAPH_ARCHS and task == "accuracy"
+    if not isinstance(stats, bool):
+        raise ValueError(f"train_metanet: stats must be True, False or 'auto', got {stats!r}")  # noqa: TRY004
+    if stats and arch not in _GRAPH_ARCHS:
+        raise ValueError(f"train_metanet: weight statistics are a readout input of the graph archs; use --arch gnn "
+                         f"or transformer with --stats (got {arch!r}; statnn is the statistics-only baseline)")
+    return stats
+
+
 def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], device: torch.device,
-             prober: _Prober | None = None):
+             prober: _Prober | None = None, stats: _Stats | None = None):
     if arch in _GRAPH_ARCHS:
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
         graph = ParamGraph.batch_from_stacked(structure, stacked)
         data = graph.to_pyg().to(device)
         if prober is not None:
             data.probe = prober(graph, stacked, device)
+        if stats is not None:
+            data.stats = stats(stacked, device)
         return data
     from .nn import WeightSpaceFeatures
 
@@ -236,13 +289,14 @@ def _metrics(task: str, pred: Tensor, y: Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def _predict(model: nn.Module, arch: str, structure: Structure, split: _Split, out: int, batch_size: int,
-             device: torch.device, prober: _Prober | None = None, ctx: DistContext | None = None) -> Tensor:
+             device: torch.device, prober: _Prober | None = None, ctx: DistContext | None = None,
+             stats: _Stats | None = None) -> Tensor:
     """``(n, out)`` predictions for the networks of ``split``, on the CPU; under ``ctx`` each
     process predicts its shard (rows ``rank::K``) and every process gets them all, in order."""
     model.eval()
     ctx = ctx or DistContext()
     mine = [split.states[i] for i in ctx.shard(len(split.states))]
-    outs = [model(_collate(arch, structure, mine[i:i + batch_size], device, prober)).float()
+    outs = [model(_collate(arch, structure, mine[i:i + batch_size], device, prober, stats)).float()
             for i in range(0, len(mine), batch_size)]
     local = torch.cat(outs) if outs else torch.zeros(0, out, device=device)
     return ctx.gather_rows(local, len(split.states), device)
@@ -298,7 +352,8 @@ class MetanetResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.config["arch"], "task": self.config["task"], "target": self.config["target"],
-                "probes": int(self.config.get("probes", 0)), "best_epoch": self.best_epoch,
+                "probes": int(self.config.get("probes", 0)), "stats": "stats_mean" in self.config,
+                "best_epoch": self.best_epoch,
                 "epochs_run": len(self.history), "metrics": self.metrics,
                 "num_params": self.num_params, "seconds": round(self.seconds, 3),
                 "path": str(self.path) if self.path else None, "history": self.history}
@@ -313,7 +368,7 @@ def _aug_seed(seed: int, epoch: int, index: int) -> int:
 def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: str = "gnn", epochs: int = 50,
                   lr: float = 3e-4, batch_size: int = 32, hidden: int | None = None, augment: bool = True,
                   patience: int = 10, weight_decay: float = 0.0, target: str | None = None, seed: int = 0,
-                  probes: int | str = "auto", checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
+                  probes: int | str = "auto", stats: bool | str = "auto", checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
                   out: str | os.PathLike | None = None, progress: bool = True) -> MetanetResult:
     """Train a metanetwork on a zoo's train split, select it on the val split.
 
@@ -364,6 +419,10 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
             be run (its card names the model and input shape), else 0: without probes, message
             passing stays at chance on INRs fitted from independent initialisations. The number
             used is ``config["probes"]``. (default: ``"auto"``)
+        stats (bool or "auto"): graph archs only: also feed the readout invariant statistics of
+            each network's weights (per state-dict tensor: mean, log standard deviation, 0 to
+            100% quantiles), standardised on the train split. ``"auto"``: for ``task="accuracy"``.
+            (default: ``"auto"``)
         checkpoints (str, int or list of int): which stored checkpoints of each zoo model are
             networks to learn from: ``"all"`` (every epoch kept, each its own network, all in
             its model's split), ``"last"``, or the checkpoint(s). (default: ``"all"``)
@@ -395,6 +454,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
             raise ValueError(f"train_metanet: {name} must be a positive integer, got {v!r}")
     if probes != "auto":
         _resolve_probes(probes, arch, {}, None)   # bad values fail before the zoo is read
+    _resolve_stats(stats, arch, task)
     if not lr > 0:
         raise ValueError(f"train_metanet: lr must be positive, got {lr!r}")
     dev = _device(device)
@@ -428,6 +488,10 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
             config.update(probe_seed=0, input_shape=list(zoo.card.input_shape))
             prober = _Prober(config, zoo.structure)
             config["probe_scale"] = prober.fit_scale(train.states[:256])
+        stat_feats = None
+        if _resolve_stats(stats, arch, task):
+            stat_feats = _Stats({})
+            config["stats_mean"], config["stats_scale"] = stat_feats.fit(train.states[:1024])
         torch.manual_seed(seed)
         model = _build_model(config).to(dev)
         ddp = ctx.wrap(model, dev)
@@ -453,7 +517,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                 if augment:
                     states = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=_aug_seed(seed, epoch, j)))
                               for s, j in zip(states, idx)]
-                pred = ddp(_collate(arch, zoo.structure, states, dev, prober))
+                pred = ddp(_collate(arch, zoo.structure, states, dev, prober, stat_feats))
                 loss = _loss(task, pred.float(), train.targets[idx].to(dev))
                 opt.zero_grad()
                 loss.backward()   # DDP averages the processes' gradients here
@@ -462,7 +526,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
             total, count = ctx.all_reduce_sum([total, float(count)], dev)
-            pv = _predict(model, arch, zoo.structure, select_on, out_dim, 64, dev, prober, ctx)
+            pv = _predict(model, arch, zoo.structure, select_on, out_dim, 64, dev, prober, ctx, stat_feats)
             vm = _metrics(task, pv, select_on.targets)
             history.append({"epoch": epoch, "train_loss": total / count, **{f"val_{k}": v for k, v in vm.items()}})
             bar.set_postfix(train=f"{total / count:.4g}", val=f"{vm['loss']:.4g}")
@@ -478,8 +542,8 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                     break
         bar.close()
         model.load_state_dict(best_state)
-        metrics = {name: _metrics(task, _predict(model, arch, zoo.structure, s, out_dim, 64, dev, prober, ctx),
-                                  s.targets)
+        metrics = {name: _metrics(task, _predict(model, arch, zoo.structure, s, out_dim, 64, dev, prober, ctx,
+                                                  stat_feats), s.targets)
                    for name, s in zoo.splits.items()}
         ctx.barrier()   # the checkpoint is on disk before any process returns
     finally:
@@ -510,13 +574,16 @@ def load_metanet(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os.PathLike, *, split: str = "test",
-                     batch_size: int = 64, device: str | torch.device = "cpu") -> dict[str, float]:
+                     batch_size: int = 64, device: str | torch.device = "cpu",
+                     checkpoints: str | int | list[int] | None = None) -> dict[str, float]:
     """Metrics of a trained metanetwork on a split of a zoo of the same architecture.
 
     Args:
         model: a checkpoint path or a :class:`MetanetResult`.
         zoo_dir: the zoo.
         split (str): ``"train"``, ``"val"``, ``"test"`` or ``"all"``. (default: ``"test"``)
+        checkpoints (str, int or list of int, optional): which stored checkpoints of each model
+            to score (``"all"``, ``"last"`` or epochs). (default: those it was trained on)
 
     Returns:
         dict: ``kendall_tau``, ``r2``, ``mse`` (accuracy) or ``accuracy``, ``loss`` (class), and ``n``.
@@ -528,7 +595,8 @@ def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os
         net, config = model.model, model.config
     else:
         net, config = load_metanet(model)
-    zoo = _Zoo(zoo_dir, config["task"], config["target"], config.get("checkpoints", "last"))
+    zoo = _Zoo(zoo_dir, config["task"], config["target"],
+               config.get("checkpoints", "last") if checkpoints is None else checkpoints)
     if zoo.card.model_spec != config["model_spec"] and config["arch"] in _TENSOR_ARCHS:
         raise ValueError(f"evaluate_metanet: {zoo_dir} holds {zoo.card.model_spec}, but the metanetwork was "
                          f"trained on {config['model_spec']}")
@@ -543,7 +611,9 @@ def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os
         raise ValueError(f"evaluate_metanet: the {split} split of {zoo_dir} is empty; pass another split")
     dev = _device(device)
     prober = _Prober(config, zoo.structure) if config.get("probes") else None
-    pred = _predict(net.to(dev), config["arch"], zoo.structure, data, int(config["out"]), batch_size, dev, prober)
+    stat_feats = _Stats(config) if "stats_mean" in config else None
+    pred = _predict(net.to(dev), config["arch"], zoo.structure, data, int(config["out"]), batch_size, dev, prober,
+                    stats=stat_feats)
     net.cpu()
     return {**_metrics(config["task"], pred, data.targets), "n": len(data.states)}
 

@@ -35,7 +35,7 @@ def test_every_arch_trains_on_a_cnn_zoo(cnn_zoo, tmp_path, arch):
     for name in ("train", "val"):
         assert math.isfinite(r.metrics[name]["mse"]) and -1 <= r.metrics[name]["kendall_tau"] <= 1
     assert r.num_params > 0 and out.is_file() and not list(tmp_path.glob(".*tmp*"))
-    model, config = load_metanet(out)
+    _model, config = load_metanet(out)
     assert config["arch"] == arch
     m = evaluate_metanet(out, cnn_zoo, split="train")
     assert m["n"] > 0
@@ -86,3 +86,33 @@ def test_cli(cnn_zoo, tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert main(["metanet", "eval", str(tmp_path / "none.pt"), str(cnn_zoo)]) == 2
     assert main(["metanet", "train", str(cnn_zoo), "--epochs", "0", "-o", str(tmp_path / "x.pt")]) == 2
+
+
+def test_weight_statistics_for_accuracy_prediction(cnn_zoo, tmp_path):
+    """gnn/transformer on --task accuracy also read per-tensor weight statistics: invariant to
+    permutations, standardised on the train split, kept in the checkpoint."""
+    import torch
+
+    from graphs import ParamGraph, permute, random_permutation
+    from weightspace.metanet import _Stats, _Zoo
+    from weightspace.nn import GraphMetanet
+
+    zoo = _Zoo(cnn_zoo, "accuracy", None)
+    states = zoo.splits["train"].states[:4]
+    perm = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=i)) for i, s in enumerate(states)]
+    stack = lambda ss: {k: torch.stack([s[k] for s in ss]) for k in ss[0]}
+    raw, raw_p = _Stats.raw(stack(states)), _Stats.raw(stack(perm))
+    assert raw.shape == (4, 8 * 7) and torch.allclose(raw, raw_p, atol=1e-5)   # 4 layers x weight, bias
+    assert not torch.allclose(raw[0], raw[1])
+
+    out = tmp_path / "s.pt"
+    r = train_metanet(cnn_zoo, arch="gnn", probes=0, epochs=1, hidden=8, batch_size=4, progress=False, out=out)
+    assert r.to_dict()["stats"] and len(r.config["stats_mean"]) == 56 and r.model.global_dim == 56
+    assert evaluate_metanet(out, cnn_zoo, split="train")["mse"] == pytest.approx(r.metrics["train"]["mse"], rel=1e-4)
+    assert evaluate_metanet(out, cnn_zoo, split="all", checkpoints="last")["n"] == 10
+    off = train_metanet(cnn_zoo, arch="gnn", probes=0, stats=False, epochs=1, hidden=8, batch_size=4, progress=False)
+    assert "stats_mean" not in off.config and off.model.global_dim == 0
+    with pytest.raises(ValueError, match="stats"):
+        train_metanet(cnn_zoo, arch="np", stats=True, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="stats"):
+        GraphMetanet(hidden=8, global_dim=3)(ParamGraph.from_structure(zoo.structure, states[0]).to_pyg())

@@ -92,11 +92,15 @@ class GraphMetanet(nn.Module):
         probe_dim (int, optional): width of extra node features ``data.probe`` (the input
             network's activations on probe inputs, :func:`probe_features`), appended to ``x``;
             0 for none. (default: ``0``)
+        global_dim (int, optional): width of extra per-graph features ``data.stats`` (invariant
+            statistics of each network, e.g. per-tensor moments and quantiles of its weights),
+            encoded by an MLP and concatenated to the pooled readout; 0 for none.
+            (default: ``0``)
 
     Shapes:
         - input: a :class:`torch_geometric.data.Batch` (or ``Data``) with ``x (N, node_dim)``,
           ``edge_index (2, E)``, ``edge_attr (E, edge_dim)``, ``batch (N,)`` and, with
-          ``probe_dim``, ``probe (N, probe_dim)``;
+          ``probe_dim``, ``probe (N, probe_dim)``; with ``global_dim``, ``stats (B, global_dim)``;
         - output: ``(B, out_channels)``; :meth:`encode` gives node ``(N, hidden)`` and edge
           ``(E, hidden)`` states.
 
@@ -113,7 +117,7 @@ class GraphMetanet(nn.Module):
 
     def __init__(self, node_dim: int = 31, edge_dim: int = 34, hidden: int = 64, out_channels: int = 1, *,
                  num_layers: int = 3, arch: str = "gnn", heads: int = 4, dropout: float = 0.0,
-                 probe_dim: int = 0) -> None:
+                 probe_dim: int = 0, global_dim: int = 0) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"GraphMetanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
@@ -126,10 +130,12 @@ class GraphMetanet(nn.Module):
         self.heads = heads
         self.dropout = dropout
         self.probe_dim = probe_dim
+        self.global_dim = global_dim
         self.node_enc = mlp([node_dim + probe_dim, hidden, hidden])
         self.edge_enc = mlp([edge_dim, hidden, hidden])
         self.layers = nn.ModuleList(_GraphMetaLayer(hidden, arch, heads, dropout) for _ in range(num_layers))
-        self.head = mlp([3 * hidden, hidden, out_channels], dropout=dropout)
+        self.global_enc = mlp([global_dim, hidden, hidden]) if global_dim else None
+        self.head = mlp([(4 if global_dim else 3) * hidden, hidden, out_channels], dropout=dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -175,6 +181,13 @@ class GraphMetanet(nn.Module):
         ebatch = batch[data.edge_index[0]]
         pooled = torch.cat([global_mean_pool(h, batch, size), global_max_pool(h, batch, size),
                             global_mean_pool(e, ebatch, size)], 1)
+        if self.global_enc is not None:
+            stats = getattr(data, "stats", None)
+            if stats is None or tuple(stats.shape) != (size, self.global_dim):
+                got = "none" if stats is None else tuple(stats.shape)
+                raise ValueError(f"GraphMetanet: built with global_dim={self.global_dim}, so batches need per-graph "
+                                 f"features data.stats of shape ({size}, {self.global_dim}); got {got}")
+            pooled = torch.cat([pooled, self.global_enc(stats.to(pooled.dtype))], 1)
         return self.head(pooled)
 
 
