@@ -88,7 +88,7 @@ def test_cli(cnn_zoo, tmp_path, capsys):
     assert main(["metanet", "train", str(cnn_zoo), "--epochs", "0", "-o", str(tmp_path / "x.pt")]) == 2
 
 
-def test_weight_statistics_for_accuracy_prediction(cnn_zoo, tmp_path):
+def test_weight_statistics_for_accuracy_prediction(cnn_zoo, tmp_path, capsys):
     """gnn/transformer on --task accuracy also read per-tensor weight statistics: invariant to
     permutations, standardised on the train split, kept in the checkpoint."""
     import torch
@@ -114,5 +114,9 @@ def test_weight_statistics_for_accuracy_prediction(cnn_zoo, tmp_path):
     assert "stats_mean" not in off.config and off.model.global_dim == 0
     with pytest.raises(ValueError, match="stats"):
         train_metanet(cnn_zoo, arch="np", stats=True, epochs=1, progress=False)
+    for flag, want in (("off", False), ("auto", True)):
+        assert main(["metanet", "train", str(cnn_zoo), "--epochs", "1", "--hidden", "4", "--probes", "0",
+                     "--stats", flag, "-o", str(tmp_path / "c.pt"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["stats"] is want
     with pytest.raises(ValueError, match="stats"):
         GraphMetanet(hidden=8, global_dim=3)(ParamGraph.from_structure(zoo.structure, states[0]).to_pyg())

@@ -18,8 +18,9 @@ DESCRIPTION = """Metanetworks: networks that read other networks' weights.
 Archs: gnn, transformer (parameter graphs, any architecture; by default (--probes auto) each
 network's activations on 32 fixed probe inputs are added as node features whenever the zoo's
 networks can be run; on INRs fitted from independent initialisations they make the difference:
-12% -> 71% on MNIST SIRENs; --probes 0 switches them off), np, hnp, dws (equivariant
-weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
+12% -> 71% on MNIST SIRENs; --probes 0 switches them off; for --task accuracy their readout
+also gets per-tensor weight statistics, --stats off switches them off), np, hnp, dws
+(equivariant weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
 permutations of the input networks, keeps the best model on the val split (early stopping),
 and reports Kendall tau and R^2 (accuracy) or accuracy (class) on every split. Under torchrun the
 same training runs data-parallel (DistributedDataParallel; gloo on the CPU, nccl on CUDA);
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--probes", type=_probes, default="auto", metavar="N|auto",
                    help=f"gnn/transformer: add activations on N probe inputs as node features; auto: "
                         f"{DEFAULT_PROBES} when the zoo's networks can be run, else 0 (default: auto)")
+    t.add_argument("--stats", choices=("auto", "on", "off"), default="auto",
+                   help="gnn/transformer: also feed the readout per-tensor weight statistics; auto: for "
+                        "--task accuracy (default: auto)")
     t.add_argument("--checkpoints", default="all", metavar="all|last|E[,E...]",
                    help="which stored epochs of each zoo model to learn from (default: all)")
     t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         r = train_metanet(args.zoo, task=args.task, arch=args.arch, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, hidden=args.hidden, augment=not args.no_augment,
                           patience=args.patience, target=args.target, seed=args.seed, probes=args.probes,
+                          stats={"auto": "auto", "on": True, "off": False}[args.stats],
                           checkpoints=_checkpoints(args.checkpoints), device=device, out=args.out, progress=not args.quiet and not args.json)
         if int(os.environ.get("RANK", "0")) != 0:
             return 0   # under torchrun, rank 0 reports
