@@ -1,16 +1,18 @@
 """Weight matching (Git Re-Basin, Algorithm 1) on any traced structure."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from graphs import Structure, group_rows
+from graphs import axis_groups as _axis_groups
+from graphs.structure import _axis_index
 
 from ._solve import solve_assignment
 
-__all__ = ["weight_matching", "similarity", "matching_objective"]
+__all__ = ["matching_objective", "similarity", "weight_matching"]
 
 
 def _floating(state: Mapping[str, Tensor], structure: Structure, device,
@@ -56,72 +58,166 @@ class _IncrementalSimilarity:
     """One group's similarity matrix, updated by low-rank corrections.
 
     For each tensor occurrence, ``C_k = A_k P(B_k)^T`` where the other groups' permutation
-    ``P`` only reorders the columns (the entries moving with each unit). The permuted
-    layout is tracked as an index matrix into B's flat tensor: when few columns changed
-    since the last call (late sweeps), ``C_k`` is corrected on those columns only, in
-    ``O(n^2 |changed|)``; otherwise it is recomputed. Tensors no other group touches
+    ``P`` only reorders the columns (the entries moving with each unit). When few columns
+    changed since the last call (late sweeps), ``C_k`` is corrected on those columns only,
+    in ``O(n^2 |changed|)``; otherwise it is recomputed. Tensors no other group touches
     never change and cost nothing after the first call.
+
+    An occurrence whose axis is the group's own (every linear or convolution weight, bias
+    and normalisation vector) keeps only its column order: a vector over the columns of B's
+    row matrix, built from the other axes' permutations. Occurrences inside a packed axis
+    (attention's ``[q; k; v]``, heads) track an index matrix into B's flat tensor instead.
     """
 
     def __init__(self, structure: Structure, a, b, group: str, device) -> None:
+        from graphs import Unit
         self.structure, self.group = structure, group
-        names = list(dict.fromkeys(name for name, _ in structure.groups[group].members if name in a))
-        self.b_flat = {k: b[k].reshape(-1) for k in names}
-        # int32 halves the memory traffic of permuting the layouts (the matrices fit easily)
-        self.index = {k: torch.arange(b[k].numel(), device=b[k].device,
-                                      dtype=torch.int32 if b[k].numel() < 2**31 else torch.int64).reshape(b[k].shape)
-                      for k in names}
-        occ = list(group_rows(structure, {k: a[k] for k in names}, group))
-        self.rows_a = [m for _, m in occ]
-        # occurrence slots of each tensor, in group_rows' order
-        self.slots: dict[str, list[int]] = {}
-        for k, (name, _) in enumerate(occ):
-            self.slots.setdefault(name, []).append(k)
+        self.n = n = structure.groups[group].size
+        self.slots: dict[str, list[int]] = {}  # tensor -> its occurrence slots
+        self.rows_a: list[Tensor] = []
+        self.fast: list[tuple[int, list] | None] = []  # (axis, other axes) for column-vector slots
+        self.b_rows: list[Tensor | None] = []  # fast slots: B as (n, r) rows, unpermuted
+        self.b_flat: dict[str, Tensor] = {}
+        self.index: dict[str, Tensor] = {}
+        generic: list[str] = []
+        for name, axis_i in structure.groups[group].members:
+            if name not in a or name in self.slots or name in generic:
+                continue
+            axes = structure.axes[name]
+            own = [i for i, ax in enumerate(axes) if ax is not None and group in _axis_groups(ax)]
+            if len(own) == 1 and isinstance(axes[axis_i], Unit):
+                self.slots[name] = [len(self.rows_a)]
+                self.rows_a.append(a[name].movedim(axis_i, 0).reshape(n, -1))
+                self.b_rows.append(b[name].movedim(axis_i, 0).reshape(n, -1).contiguous())
+                self.fast.append((axis_i, [(i, ax, a[name].shape[i]) for i, ax in enumerate(axes) if i != axis_i]))
+            else:
+                generic.append(name)
+        if generic:
+            # int32 halves the memory traffic of permuting the layouts (the matrices fit easily)
+            for k in generic:
+                self.b_flat[k] = b[k].reshape(-1)
+                self.index[k] = torch.arange(b[k].numel(), device=b[k].device,
+                                             dtype=torch.int32 if b[k].numel() < 2**31 else torch.int64
+                                             ).reshape(b[k].shape)
+            for name, m in group_rows(structure, {k: a[k] for k in generic}, group):
+                self.slots.setdefault(name, []).append(len(self.rows_a))
+                self.rows_a.append(m)
+                self.b_rows.append(None)
+                self.fast.append(None)
         # the other groups each tensor's layout depends on, and the permutations last seen
-        self.deps = {k: sorted(_tensor_groups(structure, k) - {group}) for k in names}
-        self.seen: dict[str, list | None] = {k: None for k in names}
+        self.deps = {k: sorted(_tensor_groups(structure, k) - {group}) for k in self.slots}
+        self.seen: dict[str, list | None] = {k: None for k in self.slots}
         self.last: list[Tensor | None] = [None] * len(self.rows_a)
         self.parts: list[Tensor | None] = [None] * len(self.rows_a)
         self.dtype = torch.float64  # low-rank corrections accumulate: keep them exact
-        self.n = structure.groups[group].size
+        # buffers reused across calls: a fresh n x n tensor is mapped and page-faulted anew
+        # on every call (measured: 10x the cost of the add): the sum handed out, one
+        # product, and B's rows in each occurrence's current layout
+        self.out: Tensor | None = None
+        self.scratch: Tensor | None = None
+        self.gathered: list[Tensor | None] = [None] * len(self.rows_a)
+
+    def _columns(self, k: int, perms) -> Tensor:
+        """Fast slot ``k``: B's row-matrix column shown in each column under ``perms``."""
+        col = None
+        for _, ax, size in self.fast[k][1]:
+            idx = None if ax is None else _axis_index(ax, perms, self.rows_a[k].device)
+            if idx is None:
+                idx = torch.arange(size, device=self.rows_a[k].device)
+            col = idx if col is None else (col[:, None] * size + idx[None, :]).reshape(-1)
+        if col is None:
+            col = torch.zeros(1, dtype=torch.long, device=self.rows_a[k].device)
+        return col
 
     def __call__(self, perms) -> Tensor:
         # only tensors whose other groups' permutations changed are looked at again
         stale = [k for k in self.slots
                  if self.seen[k] is None or any(perms[h] is not p for h, p in zip(self.deps[k], self.seen[k]))]
         if stale:
-            occ = group_rows(self.structure, {k: self.index[k] for k in stale}, self.group, perms)
-            slot_iter = [k for name in stale for k in self.slots[name]]
-            for k, (name, idx) in zip(slot_iter, occ):
-                self._update(k, name, idx)
+            others = {g: p for g, p in perms.items() if g != self.group}
+            slow = [name for name in stale if self.fast[self.slots[name][0]] is None]
+            for name in stale:
+                k = self.slots[name][0]
+                if self.fast[k] is not None:
+                    self._update_fast(k, self._columns(k, others))
+            if slow:
+                occ = group_rows(self.structure, {k: self.index[k] for k in slow}, self.group, perms)
+                slot_iter = [k for name in slow for k in self.slots[name]]
+                for k, (name, idx) in zip(slot_iter, occ):
+                    self._update(k, name, idx)
             for name in stale:
                 self.seen[name] = [perms[h] for h in self.deps[name]]
         parts = [p for p in self.parts if p is not None]
         if not parts:
-            return torch.zeros(self.n, self.n, dtype=self.dtype, device=next(iter(self.b_flat.values())).device
-                               if self.b_flat else "cpu")
+            dev = self.rows_a[0].device if self.rows_a else "cpu"
+            return torch.zeros(self.n, self.n, dtype=self.dtype, device=dev)
+        if self.out is None:
+            self.out = torch.empty_like(parts[0])
         if len(parts) == 1:
-            return parts[0].clone()
-        c = parts[0] + parts[1]
+            return self.out.copy_(parts[0])
+        torch.add(parts[0], parts[1], out=self.out)
         for p in parts[2:]:
-            c.add_(p)
-        return c
+            self.out.add_(p)
+        return self.out
+
+    def _product(self, a_rows: Tensor, b_rows: Tensor) -> Tensor:
+        """``a_rows @ b_rows.T`` into a scratch matrix shared by this group's tensors."""
+        if self.scratch is None or self.scratch.dtype != a_rows.dtype:
+            self.scratch = torch.empty(self.n, self.n, dtype=a_rows.dtype, device=a_rows.device)
+        return torch.mm(a_rows, b_rows.T, out=self.scratch)
+
+    def _set(self, k: int, a_rows: Tensor, b_rows: Tensor) -> None:
+        prod = self._product(a_rows, b_rows)
+        if self.parts[k] is None:
+            self.parts[k] = torch.empty(self.n, self.n, dtype=self.dtype, device=prod.device)
+        self.parts[k].copy_(prod)
+
+    def _correct(self, k: int, a_cols: Tensor, delta: Tensor) -> None:
+        part = self.parts[k]  # owned here: the sum handed out is a separate buffer
+        if 8 * delta.shape[1] <= a_cols.shape[0] or 8 * delta.shape[1] <= self.rows_a[k].shape[1]:
+            # a thin correction: one fused float64 addmm beats a float32 product plus a
+            # mixed-precision add over the whole matrix
+            part.addmm_(a_cols.to(part.dtype), delta.to(part.dtype).T)
+        else:
+            part.add_(self._product(a_cols, delta))
+
+    def _update_fast(self, k: int, col: Tensor) -> None:
+        a_rows, b_rows, last = self.rows_a[k], self.b_rows[k], self.last[k]
+        if last is not None:
+            changed = (col != last).nonzero().squeeze(1)
+            if len(changed) == 0:
+                return
+            if 4 * len(changed) <= 3 * len(col):
+                new = b_rows.index_select(1, col[changed])
+                cur = self.gathered[k]
+                delta = new - cur[:, changed]
+                cur[:, changed] = new
+                self._correct(k, a_rows[:, changed], delta)
+                self.last[k] = col
+                return
+        if self.gathered[k] is None:
+            self.gathered[k] = torch.empty_like(b_rows)
+        torch.index_select(b_rows, 1, col, out=self.gathered[k])
+        self._set(k, a_rows, self.gathered[k])
+        self.last[k] = col
 
     def _update(self, k: int, name: str, idx: Tensor) -> None:
         a_rows, b_flat, last = self.rows_a[k], self.b_flat[name], self.last[k]
-        if last is None:
-            part = (a_rows @ b_flat[idx].T).to(self.dtype)
-        else:
+        if last is not None:
             changed = (idx != last).any(0).nonzero().squeeze(1)
             if len(changed) == 0:
-                part = self.parts[k]
-            elif 4 * len(changed) > 3 * idx.shape[1]:
-                part = (a_rows @ b_flat[idx].T).to(self.dtype)
-            else:
+                self.last[k] = idx
+                return
+            if 4 * len(changed) <= 3 * idx.shape[1]:
                 delta = b_flat[idx[:, changed]] - b_flat[last[:, changed]]
-                part = self.parts[k]  # owned here: the sum handed out is a new tensor
-                part.add_(a_rows[:, changed] @ delta.T)
-        self.parts[k], self.last[k] = part, idx
+                self._correct(k, a_rows[:, changed], delta)
+                self.last[k] = idx
+                return
+        if self.gathered[k] is None:
+            self.gathered[k] = torch.empty(idx.shape, dtype=b_flat.dtype, device=b_flat.device)
+        b_rows = torch.index_select(b_flat, 0, idx.reshape(-1), out=self.gathered[k].view(-1)).view(idx.shape)
+        self._set(k, a_rows, b_rows)
+        self.last[k] = idx
 
 
 def _tensor_groups(structure: Structure, name: str) -> set[str]:
@@ -132,7 +228,7 @@ def _tensor_groups(structure: Structure, name: str) -> set[str]:
 def _neighbours(structure: Structure) -> dict[str, set[str]]:
     from graphs import axis_groups
     out: dict[str, set[str]] = {g: set() for g in structure.groups}
-    for name, ax in structure.axes.items():
+    for ax in structure.axes.values():
         gs = {g for a in ax for g in axis_groups(a)}
         for g in gs:
             out[g] |= gs - {g}
