@@ -3,9 +3,14 @@ kernels and a stacked optimizer) against a plain loop that trains the same model
 (an ``nn.Module`` and ``torch.optim``) with the same recipe, data order, dropout masks and
 evaluations; and, with ``--full``, a 1,000-model CNN zoo on MNIST with its accuracy spread.
 
-    python bench/zoo_throughput.py                                     # CNNs and INRs on digits
-    python bench/zoo_throughput.py --data mnist-idx:../shared/data/mnist --image-size 14 --per-shard 16,64
+    python bench/zoo_throughput.py --threads 1                         # CNNs and INRs on digits
+    python bench/zoo_throughput.py --threads 1 --skip-inr --checkpoints 0,1,2,4,8 --family pooled
+    python bench/zoo_throughput.py --threads 1 --skip-inr --data mnist-idx:../shared/data/mnist --per-shard 64
     python bench/zoo_throughput.py --full --mnist ../shared/data/mnist --out /tmp/zoo-mnist  # ~1 h
+
+The CNNs are the zoo's default family (``--family smallcnnzoo``: the Small CNN Zoo's three
+stride-2 convolutions of 16 channels, global average pooling) or ``--family pooled`` (stride-1
+convolutions each followed by 2x2 average pooling).
 
 Models per second count training and the per-checkpoint evaluations (test split, and up to
 ``train_eval_size`` training examples), not data loading or writing. The plain loop runs
@@ -23,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weightspace.zoo import build_cnn_zoo, format_summary, zoo_summary  # noqa: E402
+from weightspace.zoo import CNN_FAMILIES, build_cnn_zoo, format_summary, zoo_summary  # noqa: E402
 from weightspace.zoo._cnn import _train_shard, prepare_cnn_task, train_cnn_single  # noqa: E402
 from weightspace.zoo._inr import _fit_shard, prepare_inr_task, train_inr_single  # noqa: E402
 
@@ -39,11 +44,12 @@ def timed(fn) -> float:
 
 
 def bench_cnn(args) -> list[str]:
-    recipe = {"batch_size": args.batch_size, "train_eval_size": args.train_eval_size}
+    recipe = {"batch_size": args.batch_size, "train_eval_size": args.train_eval_size, **CNN_FAMILIES[args.family]}
     task, desc = prepare_cnn_task(args.data, checkpoints=args.checkpoints, device=args.device,
                                   image_size=args.image_size, recipe=recipe)
-    what = (f"cnn {desc['input_shape']} on {args.data}: {len(task.template.channels)} convs x "
-            f"{task.template.channels[0]} channels, {task.steps_per_epoch} steps/epoch x {max(task.checkpoints)} "
+    t = task.template
+    what = (f"cnn ({args.family}: stride {t.stride}, pool {t.pool_kind}) {desc['input_shape']} on {args.data}: "
+            f"{len(t.channels)} convs x {t.channels[0]} channels, {task.steps_per_epoch} steps/epoch x {max(task.checkpoints)} "
             f"epochs, batch {args.batch_size}, checkpoints {','.join(map(str, task.checkpoints))}")
     n0 = args.baseline_models
     train_cnn_single(task, 0)  # warm-up
@@ -78,7 +84,7 @@ def full_build(args) -> None:
     t = time.perf_counter()
     r = build_cnn_zoo(args.out, f"mnist-idx:{args.mnist}", n=args.full_n, models_per_shard=args.full_per_shard,
                       checkpoints=args.full_checkpoints, image_size=args.full_image_size, device=args.device,
-                      recipe={"train_eval_size": args.train_eval_size}, progress=True)
+                      recipe={"train_eval_size": args.train_eval_size, **CNN_FAMILIES[args.family]}, progress=True)
     s = zoo_summary(args.out)
     print(f"\n## {args.full_n}-model CNN zoo on MNIST ({args.out})\n")
     print(format_summary(s))
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="digits", help="CNN training data (default: digits)")
     p.add_argument("--image-size", type=int, default=None, help="resize CNN inputs (default: native)")
+    p.add_argument("--family", default="smallcnnzoo", choices=sorted(CNN_FAMILIES),
+                   help="CNN family (default: smallcnnzoo, the zoo's default)")
     p.add_argument("--checkpoints", default="0,1", help="CNN checkpoints, epochs (default: 0,1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--train-eval-size", type=int, default=500, help="training examples evaluated per checkpoint")
@@ -109,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full-n", type=int, default=1000)
     p.add_argument("--full-per-shard", type=int, default=50)
     p.add_argument("--full-checkpoints", default="0,1,2,4")
-    p.add_argument("--full-image-size", type=int, default=14, help="MNIST resized to this for --full (default: 14)")
+    p.add_argument("--full-image-size", type=int, default=None,
+                   help="MNIST resized to this for --full (default: native, 28)")
     args = p.parse_args(argv)
     args.per_shard = [int(v) for v in args.per_shard.split(",")]
     if args.threads:

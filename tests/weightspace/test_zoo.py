@@ -295,6 +295,20 @@ def test_batched_training_matches_plain_training(optimizer, family):
     assert rows[0]["dropout"] > 0.1  # the masks were exercised
 
 
+def test_grouped_and_one_by_one_evaluation_agree():
+    """The CPU evaluates model by model; other devices all models at once as grouped convolutions."""
+    from weightspace.zoo._cnn import _evaluate, prepare_cnn_task
+
+    task, _ = prepare_cnn_task("digits", checkpoints=(0, 1), seed=1, recipe=FAST)
+    params = {k: torch.stack([task.init(i, task.hparams(i))[k] for i in range(3)]) for k in task.template.state_dict()}
+    params = {k: v * 4 if k.endswith("weight") else v for k, v in params.items()}  # varied predictions
+    one = _evaluate(task, params, task.x_test, task.y_test)
+    grouped = _evaluate(task, params, task.x_test, task.y_test, grouped=True)
+    torch.testing.assert_close(one[0], grouped[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one[1], grouped[1], rtol=0, atol=1.5 / len(task.x_test))  # a tie may flip
+    assert len(set(one[1].tolist())) == 3
+
+
 def test_batched_inr_fitting_matches_plain_fitting():
     from weightspace.zoo._inr import _fit_shard, prepare_inr_task, train_inr_single
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from weightspace.data import Dataset, load_dataset
 from weightspace.models import CNN
@@ -162,13 +163,33 @@ def _eval_chunk(task: _Task, m: int) -> int:
     return max(16, int(2**25 // (4 * m * max(t.channels) * s * s)))  # activations of a chunk: about 32 MB
 
 
+#: examples per forward pass when evaluating one model (the plain loop's evaluation batch too)
+EVAL_BATCH = 512
+
+
 @torch.no_grad()
-def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean loss and accuracy of every model on ``(x, y)``: two ``(M,)`` tensors."""
+def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
+              grouped: bool | None = None) -> tuple[Tensor, Tensor]:
+    """Mean loss and accuracy of every model on ``(x, y)``: two ``(M,)`` tensors.
+
+    On a CPU the models are evaluated one after another, each on batches of
+    :data:`EVAL_BATCH` examples: every model sees the same inputs here, and one convolution
+    over 512 examples runs faster than a grouped one over many models (measured 1.4-1.7x per
+    model on small CNNs). On other devices (or with ``grouped=True``) all models run at once,
+    as grouped convolutions.
+    """
     m = params["head.weight"].shape[0]
-    chunk = _eval_chunk(task, m)
     loss = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
+    if not (x.device.type != "cpu" if grouped is None else grouped):
+        for j in range(m):
+            state = {k: v[j] for k, v in params.items()}
+            logits = torch.cat([functional_call(task.template, state, (x[i:i + EVAL_BATCH],))
+                                for i in range(0, len(x), EVAL_BATCH)])
+            loss[j] = float(F.cross_entropy(logits, y, reduction="sum"))
+            correct[j] = float((logits.argmax(1) == y).sum())
+        return loss / len(x), correct / len(x)
+    chunk = _eval_chunk(task, m)
     for i in range(0, len(x), chunk):
         xb, yb = x[i:i + chunk], y[i:i + chunk]
         logits = cnn_forward(task.template, params, xb)
@@ -259,7 +280,7 @@ def train_cnn_single(task: _Task, model_id: int) -> tuple[list[dict[str, Tensor]
     @torch.no_grad()
     def evaluate(x: Tensor, y: Tensor) -> tuple[float, float]:
         model.eval()
-        logits = torch.cat([model(x[i:i + 512]) for i in range(0, len(x), 512)])
+        logits = torch.cat([model(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
         model.train()
         return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
