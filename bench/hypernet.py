@@ -3,7 +3,8 @@
     python bench/hypernet.py --data mnist-idx:../shared/data/mnist            # MLP and CNN, CPU
     python bench/hypernet.py --data mnist-idx:../shared/data/mnist --device cuda
 
-For each model: train the full-width network (--epochs of SGD), smooth it, fit a hypernetwork on
+For each model: train the full-width network (--epochs of SGD), smooth it, fit a residual
+hypernetwork (--base: the source merged to the asked width plus a learned correction) on
 widths drawn from 25-100 % (--steps; narrow widths favoured by --low-bias; task loss plus
 distillation from the full network, --distill), then at 20 % (outside the trained range), 25,
 37.5, 50, 75 and 100 % width report the test accuracy of
@@ -52,7 +53,8 @@ def run(kind: str, args, train, test, shape) -> list[dict]:
     structure = trace(full, full.example_input(2))
     sm = smooth(structure, state)
     t_full = time.perf_counter() - t0
-    hn = HyperNet.from_source(structure, sm.state, hidden=args.hidden, depth=args.depth)
+    base = {"residual": False} if args.base == "none" else {"base": args.base}
+    hn = HyperNet.from_source(structure, sm.state, hidden=args.hidden, depth=args.depth, **base)
     t1 = time.perf_counter()
     fit_hypernet(hn, lambda r: family(kind, r, shape), train, sm.state, ratio_range=RANGE_TRAIN, steps=args.steps,
                  lr=args.hyper_lr, coord_noise=args.coord_noise, recon_weight=args.recon_weight,
@@ -91,7 +93,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--low-bias", type=float, default=1.5, help="ratio draws lo + (hi - lo) u^B favour narrow widths")
     p.add_argument("--sandwich", action="store_true", help="also take the task loss at the narrowest and full width")
     p.add_argument("--hyper-lr", type=float, default=1e-2)
-    p.add_argument("--coord-noise", type=float, default=0.0)
+    p.add_argument("--coord-noise", type=float, default=0.5)
+    p.add_argument("--base", choices=("cluster", "merge", "area", "none"), default="cluster",
+                   help="prior of the residual hypernetwork (none: the plain implicit function)")
     p.add_argument("--recon-weight", type=float, default=10.0)
     p.add_argument("--joint-lr", type=float, default=0.3, help="joint-phase peak lr as a fraction of --hyper-lr")
     p.add_argument("--hidden", type=int, default=128)
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for kind in args.models.split(","):
         rows += run(kind, args, train, test, shape)
     print(f"\n{args.data}, {args.epochs} epochs per network, hypernetwork {args.steps} steps "
-          f"(hidden {args.hidden}, depth {args.depth}, distill {args.distill}, low-bias {args.low_bias}, "
+          f"(hidden {args.hidden}, depth {args.depth}, base {args.base}, coord noise {args.coord_noise}, distill {args.distill}, low-bias {args.low_bias}, "
           f"sandwich {args.sandwich}), training widths drawn continuously from {RANGE_TRAIN}, device {args.device}")
     print(f"{'model':5} {'width':>6} {'units':>10} {'seen':>5} {'sampled':>8} {'sampled5':>9} {'scratch':>8} "
           f"{'pruned':>7}")

@@ -14,6 +14,7 @@ BatchNorm uses batch statistics there.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -177,14 +178,18 @@ def train_hypernet_file(
     out: str | Path, *, model: str | None = None, model_kwargs: str | dict | None = None, data: str = "digits",
     widths: str = "0.25:1.0", source: str | Path | None = None, width_kwarg: str | None = None,
     epochs: int = 10, lr: float = 0.05, steps: int = 600, hyper_lr: float = 1e-2, recon_weight: float = 10.0,
-    coord_noise: float = 0.1, hparams: dict[str, Any] | None = None, smoothing: str = "2opt",
+    coord_noise: float = 0.5, distill: float = 1.0, low_bias: float = 1.5, joint_lr_factor: float = 0.3,
+    hparams: dict[str, Any] | None = None, smoothing: str = "2opt",
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
 ) -> tuple[HypernetFile, dict[str, Any]]:
     """Train a hypernetwork on a family and write it to ``out``.
 
     Without ``source``, a full-width network is first trained on ``data`` (``epochs``, ``lr``, SGD);
     with it, that checkpoint is the source. The source is smoothed (:func:`merging.hypernet.smooth`),
-    then :func:`merging.hypernet.fit_hypernet` runs ``steps`` steps on ``data`` at the ``widths``.
+    then :func:`merging.hypernet.fit_hypernet` runs ``steps`` steps on ``data`` at the ``widths``
+    (task loss plus ``distill`` times distillation from the source network). ``hparams`` go to
+    :meth:`merging.hypernet.HyperNet.from_source` (by default a residual hypernetwork: the source
+    merged to the asked width plus a learned correction).
 
     Returns:
         ``(hypernet file, summary)``: the summary has the source's accuracy, smoothing distances,
@@ -228,9 +233,14 @@ def train_hypernet_file(
     source_acc = merging.evaluate(module, sm.state, test, device=dev).accuracy
     hn = HyperNet.from_source(structure, sm.state, **(hparams or {}))
     t1 = time.perf_counter()
+    teacher = None
+    if distill > 0:
+        teacher = copy.deepcopy(module)
+        teacher.load_state_dict(sm.state)
     hist = fit_hypernet(hn, lambda r: model_at_ratio(spec, key, r)[0], train, sm.state, ratios=ratios,
                         ratio_range=ratio_range, steps=steps, lr=hyper_lr, recon_weight=recon_weight,
-                        coord_noise=coord_noise, device=dev, seed=seed, progress=progress)
+                        coord_noise=coord_noise, joint_lr_factor=joint_lr_factor, teacher=teacher, distill=distill,
+                        low_bias=low_bias, device=dev, seed=seed, progress=progress)
     tail = hist[-max(1, len(hist) // 10):]
     task = [h["task"] for h in tail if h["task"] == h["task"]]
     summary = {"source_accuracy": source_acc, "smoothing_before": sm.total_before, "smoothing_after": sm.total_after,
@@ -243,7 +253,8 @@ def train_hypernet_file(
 
     provenance = {"tool": "weightspace hypernet train", "source": str(source) if source else None, "data": data,
                   "widths": widths, "steps": steps, "lr": hyper_lr, "recon_weight": recon_weight,
-                  "coord_noise": coord_noise, "smoothing": smoothing, "seed": seed,
+                  "coord_noise": coord_noise, "distill": distill, "low_bias": low_bias,
+                  "joint_lr_factor": joint_lr_factor, "hparams": hparams or {}, "smoothing": smoothing, "seed": seed,
                   "weightspace_version": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     state_out = {k: v.detach().cpu().contiguous() for k, v in hn.state_dict().items()}
     save(state_out, out, metadata=_metadata(hf, provenance), inputs=[source] if source else ())

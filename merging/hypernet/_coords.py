@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -107,6 +107,8 @@ class CoordTable:
         spans: per layer ``(out_start, n_out, in_start, n_in_rows)`` (``n_in_rows`` 0: no input side).
         shapes: tensor name -> shape, in the order of the hypernetwork's tensors.
         fan: tensor name -> fan-in factor.
+        hidden: tensor name -> ``[(axis, group, units, entries per unit)]`` for each of its axes
+            (0: output, 1: input) that a hidden group runs along.
     """
 
     coords: Tensor
@@ -119,6 +121,7 @@ class CoordTable:
     spans: dict[int, tuple[int, int, int, int]]
     shapes: dict[str, tuple[int, ...]]
     fan: dict[str, float]
+    hidden: dict[str, list[tuple[int, str, int, int]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.layer)
@@ -126,7 +129,7 @@ class CoordTable:
     def to(self, device: torch.device | str) -> CoordTable:
         return CoordTable(self.coords.to(device), self.cell.to(device), self.layer.to(device),
                           self.side.to(device), self.index.to(device), self.grid_offset.to(device),
-                          self.grid_res.to(device), self.spans, self.shapes, self.fan)
+                          self.grid_res.to(device), self.spans, self.shapes, self.fan, self.hidden)
 
 
 def _spatial(sub_index: Tensor, sub: int) -> tuple[Tensor, Tensor]:
@@ -250,10 +253,61 @@ def build_table(tensors: list[dict], structure: Structure, full_sizes: Mapping[s
             row += m
         spans[li] = (out_start, n, in_start, m)
     shapes = {t["name"]: tuple(structure.shapes[t["name"]]) for t in tensors}
-    fan = {}
+    fan, hidden = {}, {}
     for t in tensors:
-        i = layers[t["layer"]]["in"]
+        o, i = layers[t["layer"]]["out"], layers[t["layer"]]["in"]
         hidden_in = len(t["shape"]) >= 2 and i is not None and i.group is not None
         fan[t["name"]] = (full_sizes[i.group] / i.size) ** fan_in_power if hidden_in else 1.0
+        hidden[t["name"]] = ([(0, o.group, o.size, 1)] if o.group is not None else []) + \
+            ([(1, i.group, i.size, i.sub)] if hidden_in else [])
     return CoordTable(torch.cat(coords), torch.cat(cells), torch.cat(lays), torch.cat(sides), torch.cat(idxs),
-                      torch.cat(goffs), torch.cat(gress), spans, shapes, fan)
+                      torch.cat(goffs), torch.cat(gress), spans, shapes, fan, hidden)
+
+
+def area_matrix(full: int, n: int) -> Tensor:
+    """``(n, full)``: unit ``i`` of an axis of ``n`` units as a mix of the ``full`` source units it overlaps.
+
+    Both axes tile [0, 1] (unit ``i`` of ``n`` covers ``[i/n, (i+1)/n]``); entry ``(i, j)`` is the
+    fraction of new unit ``i`` that source unit ``j`` covers, so rows sum to 1 (the identity when
+    ``n == full``; for ``n`` a multiple of ``full`` every new unit copies one source unit).
+    """
+    a = torch.arange(n, dtype=torch.float64)
+    b = torch.arange(full, dtype=torch.float64)
+    lo = torch.maximum(a[:, None] / n, b[None, :] / full)
+    hi = torch.minimum((a[:, None] + 1) / n, (b[None, :] + 1) / full)
+    return ((hi - lo).clamp(min=0) * n).float()
+
+
+def area_matrices(full: int, n: int) -> tuple[Tensor, Tensor]:
+    """``(P, Q)`` of :func:`resample_axes` for uniform resampling: ``P = area_matrix(full, n)``, ``Q = P full / n``.
+
+    Each new unit's incoming weights average those of the source units it covers; each source
+    unit's outgoing weights are split among the new units covering it. An integer multiple of the
+    width splits every unit into copies that compute the same function.
+    """
+    p = area_matrix(full, n)
+    return p, p * (full / n)
+
+
+def resample_axes(source: Tensor, hidden: list[tuple[int, str, int, int]],
+                  matrices: Callable[[str, int], tuple[Tensor, Tensor]]) -> Tensor:
+    """``source`` (full width) resampled along its hidden axes to the sizes in ``hidden`` (see :class:`CoordTable`).
+
+    ``matrices(group, n)`` gives two ``(n, N)`` matrices: an output axis of the group becomes
+    ``P W`` (new unit ``i``'s incoming weights mix the source units' by row ``i`` of ``P``), an
+    input axis ``W Q^T`` (source unit ``j``'s outgoing weights go to new unit ``i`` times
+    ``Q[i, j]``). Both are the identity at full width, where the source is returned unchanged.
+    """
+    t = source
+    for axis, group, n, sub in hidden:
+        full = t.shape[axis] // sub
+        if n == full:
+            continue
+        p, q = matrices(group, n)
+        if axis == 0:
+            t = (p.to(t) @ t.reshape(full, -1)).reshape(n, *t.shape[1:])
+        else:
+            rest = t.shape[2:]
+            v = t.reshape(t.shape[0], full, -1)
+            t = torch.einsum("onr,mn->omr", v, q.to(t)).reshape(t.shape[0], n * sub, *rest)
+    return t

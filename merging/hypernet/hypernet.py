@@ -24,8 +24,23 @@ width with small noise on the unit coordinates, and minimises the task loss of t
 network (run with :func:`torch.func.functional_call`) plus a reconstruction loss against the
 (smoothed, see :func:`merging.hypernet.smooth`) source weights at full width.
 
+Residual design (the default, ``residual=True``): the hypernetwork holds the smoothed source and
+generates ``W = B_n(source) + g_t (1 - min_a n_a / N_a)^+ * delta``, where ``B_n`` is a
+data-derived prior that takes the source to the asked widths without training
+(:meth:`HyperNet.base_matrices`: ``base="cluster"`` merges clusters of alike units, chosen by a
+greedy agglomeration on the source's weights, ``"merge"`` merges runs of adjacent units of the
+smoothed order, ``"area"`` resamples the axis uniformly; widths above the source's split units,
+which keeps the function at integer multiples), ``delta`` is the implicit function's output as
+above, ``g_t`` a per-tensor gain that starts at 0 and the gate vanishes when every hidden axis
+of the tensor is at full width. So the full width is the source exactly, the untrained
+hypernetwork generates the merged source at any width, and training learns only what merging
+misses. A merged unit's coordinate is the mean position of the source units it stands for (its
+cell, the range of the coordinate noise, their share of the axis), so the correction is a
+function of where a unit's weights come from. Nothing is left to reconstruct, so a residual
+hypernetwork trains on the task (and distillation) loss alone, from the first step.
+
 Differences from the released NeuMeta code: every layer is generated (theirs: the last block
-of a ResNet), and fixed axes get index embeddings.
+of a ResNet), fixed axes get index embeddings, and the residual design's prior.
 """
 from __future__ import annotations
 
@@ -43,13 +58,16 @@ from tqdm import tqdm
 
 from graphs import Structure
 
-from ._coords import N_COORDS, SUPPORTED_KINDS, CoordTable, build_table, grid_layout, layer_axes, resize_structure
+from ._coords import (N_COORDS, SUPPORTED_KINDS, CoordTable, area_matrices, build_table, grid_layout, layer_axes,
+                      resample_axes, resize_structure)
+from ._merge import cluster_partitions, merge_matrices, merge_partitions, runs, unit_io
 
 __all__ = ["HyperNet", "fit_hypernet", "sample_state"]
 
 DEFAULTS: dict[str, Any] = {"hidden": 128, "depth": 2, "n_freq": 6, "embed_dim": 32, "fan_in_power": 1.0,
                             "grid_levels": 4, "grid_dim": 8, "antialias": True,
-                            "fixed_features": True}
+                            "fixed_features": True, "residual": True, "base": "cluster"}
+_BASES = ("merge", "cluster", "area")
 
 
 def _generated_tensors(structure: Structure, state: Mapping[str, Tensor]) -> list[dict]:
@@ -136,7 +154,7 @@ class HyperNet(nn.Module):
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
         # files written before anti-aliasing existed have no key: they keep the plain grid
-        self.config = {**DEFAULTS, "antialias": False, "fixed_features": False, **dict(config)}
+        self.config = {**DEFAULTS, "antialias": False, "fixed_features": False, "residual": False, **dict(config)}
         c = self.config
         self.structure = Structure.from_dict(c["structure"])
         self.tensors: list[dict] = list(c["tensors"])
@@ -165,6 +183,19 @@ class HyperNet(nn.Module):
         # may own a free feature vector added to the trunk's (row 0: hidden axes, kept at zero)
         self.fixed_features = (nn.Embedding(off, h, padding_idx=0) if c["fixed_features"] else None)
         self._tables: OrderedDict[tuple, CoordTable] = OrderedDict()
+        # residual design: the source weights (a buffer per tensor, saved with the hypernetwork) are
+        # resampled to the asked width and the implicit function adds a correction, scaled by a
+        # per-tensor gain that starts at 0 (the untrained hypernetwork generates the resampled source)
+        self.residual = bool(c["residual"])
+        if c["base"] not in _BASES:
+            raise ValueError(f"HyperNet: base must be one of {', '.join(_BASES)}, got {c['base']!r}")
+        self._merge_cache: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self._partitions: dict[str, list[list[int]]] = {}
+        if self.residual:
+            for i, t in enumerate(self.tensors):
+                self.register_buffer(f"source_{i}", torch.zeros(t["shape"]))
+            self.residual_gain = nn.Parameter(torch.zeros(len(self.tensors)))
+            self.register_load_state_dict_post_hook(lambda module, keys: module._clear_base_cache())
         with torch.no_grad():
             for emb in (self.layer_embedding, self.side_embedding, self.index_embedding):
                 nn.init.normal_(emb.weight, std=0.5)
@@ -183,8 +214,9 @@ class HyperNet(nn.Module):
             structure (Structure): the traced full-width network.
             state (Mapping[str, Tensor]): its (smoothed) weights.
             **hparams: ``hidden`` (feature size R and trunk width), ``depth`` (residual blocks),
-                ``n_freq`` (Fourier frequencies per coordinate), ``embed_dim``, ``fan_in_power``;
-                defaults in ``DEFAULTS``.
+                ``n_freq`` (Fourier frequencies per coordinate), ``embed_dim``, ``fan_in_power``,
+                ``residual`` (the residual design: the source plus a learned correction) and
+                ``base`` (its prior: ``cluster``, ``merge`` or ``area``); defaults in ``DEFAULTS``.
 
         Raises:
             ValueError: a layer kind or axis the coordinates do not cover, or an unknown hparam.
@@ -197,7 +229,12 @@ class HyperNet(nn.Module):
         config = {**DEFAULTS, **hparams, "structure": structure.to_dict(), "tensors": tensors,
                   "full_sizes": {g: grp.size for g, grp in structure.groups.items()},
                   "fixed": _fixed_axes(structure, tensors)}
-        return cls(config)
+        hn = cls(config)
+        if hn.residual:
+            with torch.no_grad():
+                for i, t in enumerate(hn.tensors):
+                    getattr(hn, f"source_{i}").copy_(state[t["name"]].detach().float())
+        return hn
 
     def extra_repr(self) -> str:
         c = self.config
@@ -223,11 +260,42 @@ class HyperNet(nn.Module):
             return hit
         structure = self.structure_at(shapes)
         table = build_table(self.tensors, structure, self.full_sizes, self.fixed_offsets,
-                            float(self.config["fan_in_power"]), self.grids, self.grid_levels).to(dev)
+                            float(self.config["fan_in_power"]), self.grids, self.grid_levels)
+        if self.residual and self.config["base"] != "area":
+            self._merged_coordinates(table)
+        table = table.to(dev)
         self._tables[key] = table
         while len(self._tables) > 64:
             self._tables.popitem(last=False)
         return table
+
+    def _merged_coordinates(self, table: CoordTable) -> None:
+        """Place each merged unit at the centre of the run of source units it merges (in place).
+
+        With ``base="merge"`` unit ``i`` of ``n`` stands for a run of adjacent source units, which
+        need not sit at ``(i + 1/2) / n``; the correction is a function of where the unit's weights
+        come from, so the same source region gets the same coordinate at every width. The run's
+        half-length is the unit's cell (the range of the coordinate noise, and the local
+        resolution that anti-aliasing sees).
+        """
+        done: set[tuple[int, int]] = set()
+        for t in self.tensors:
+            o0, n_out, i0, m = table.spans[t["layer"]]
+            for axis, group, n, _ in table.hidden[t["name"]]:
+                full = self.full_sizes[group]
+                if n > full or (t["layer"], axis) in done:
+                    continue
+                done.add((t["layer"], axis))
+                cl = self.clusters(group, n)
+                centre = torch.tensor([(sum(c) / len(c) + 0.5) / full for c in cl])
+                half = torch.tensor([len(c) / (2 * full) for c in cl])
+                if axis == 0:
+                    table.coords[o0:o0 + n_out, 1] = centre
+                    table.cell[o0:o0 + n_out] = half
+                else:
+                    unit = torch.div(torch.arange(m), m // n, rounding_mode="floor")
+                    table.coords[i0:i0 + m, 2] = centre[unit]
+                    table.cell[i0:i0 + m] = half[unit]
 
     def sizes_of(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
         """Group -> width of the network with these tensor shapes."""
@@ -323,22 +391,84 @@ class HyperNet(nn.Module):
             for k, v in self.normalised(table, self(table, noise=noise, generator=generator)).items():
                 acc[k] = v if k not in acc else acc[k] + v
         out = {}
-        for t in self.tensors:
+        for col, t in enumerate(self.tensors):
             name = t["name"]
-            if name in acc:
-                out[name] = t["mean"] + acc[name] / samples * (t["std"] * table.fan[name])
+            if name not in acc:
+                continue
+            delta = acc[name] / samples * (t["std"] * table.fan[name])
+            if self.residual:
+                out[name] = self.base(table, col) + self.residual_gain[col] * self.gate(table, name) * delta
+            else:
+                out[name] = t["mean"] + delta
         return out
+
+    def _clear_base_cache(self) -> None:
+        self._tables.clear()
+        self._merge_cache.clear()
+        self._partitions.clear()
+
+    def source_state(self) -> dict[str, Tensor]:
+        """Residual design: the (smoothed) full-width source the hypernetwork holds."""
+        if not self.residual:
+            raise ValueError("HyperNet.source_state: this hypernetwork is not residual (it holds no source)")
+        return {t["name"]: getattr(self, f"source_{i}") for i, t in enumerate(self.tensors)}
+
+    def base_matrices(self, group: str, n: int) -> tuple[Tensor, Tensor]:
+        """Residual design: the ``(n, N)`` matrices ``(P, Q)`` that take ``group`` from full width to ``n`` units.
+
+        ``base="merge"``: ``n <= N`` merges runs of adjacent units (:mod:`merging.hypernet._merge`);
+        ``base="area"`` and any ``n > N``: uniform area resampling (:func:`area_matrices`).
+        """
+        key = (group, int(n))
+        hit = self._merge_cache.get(key)
+        if hit is not None:
+            return hit
+        full = self.full_sizes[group]
+        if self.config["base"] == "area" or n > full:
+            mats = area_matrices(full, n)
+        else:
+            inc, out = unit_io(self.structure, self.source_state(), group)
+            mats = merge_matrices(inc, out, self.clusters(group, n, inc, out))
+        self._merge_cache[key] = mats
+        return mats
+
+    def clusters(self, group: str, n: int, inc: Tensor | None = None, out: Tensor | None = None) -> list[list[int]]:
+        """Residual design: the ``n`` clusters of source units that the base merges ``group`` into (``n <= N``)."""
+        if group not in self._partitions:
+            if inc is None or out is None:
+                inc, out = unit_io(self.structure, self.source_state(), group)
+            if self.config["base"] == "cluster":
+                self._partitions[group] = cluster_partitions(inc, out)
+            else:
+                full = self.full_sizes[group]
+                self._partitions[group] = [runs(starts, full) for starts in merge_partitions(inc, out)]
+        return self._partitions[group][n]
+
+    def base(self, table: CoordTable, col: int) -> Tensor:
+        """Residual design: the source tensor ``col`` taken to the table's widths (:meth:`base_matrices`)."""
+        with torch.no_grad():
+            return resample_axes(getattr(self, f"source_{col}"), table.hidden[self.tensors[col]["name"]],
+                                 self.base_matrices)
+
+    def gate(self, table: CoordTable, name: str) -> float:
+        """Residual design: the weight of the learned correction, ``max(0, 1 - min(n / N))`` over the tensor's hidden axes.
+
+        It vanishes when every hidden axis is at full width (the source is generated exactly) and
+        above it (wider networks are the resampled source alone); it grows linearly as the width
+        shrinks.
+        """
+        rel = [n / self.full_sizes[g] for _, g, n, _ in table.hidden[name]]
+        return max(0.0, 1.0 - min(rel)) if rel else 0.0
 
     def reconstruction_loss(self, source: Mapping[str, Tensor], *, noise: float = 0.0,
                             generator: torch.Generator | None = None) -> Tensor:
         """Mean squared error to ``source`` (full width), in units of each tensor's std, averaged over tensors."""
         shapes = {t["name"]: tuple(source[t["name"]].shape) for t in self.tensors}
-        table = self.table(shapes)
-        pred = self.normalised(table, self(table, noise=noise, generator=generator))
+        pred = self.generate(shapes, noise=noise, generator=generator)
         losses = []
         for t in self.tensors:
-            target = (source[t["name"]].detach().to(self.device, torch.float32) - t["mean"]) / t["std"]
-            losses.append(F.mse_loss(pred[t["name"]], target))
+            target = source[t["name"]].detach().to(self.device, torch.float32)
+            losses.append(F.mse_loss(pred[t["name"]] / t["std"], target / t["std"]))
         return torch.stack(losses).mean()
 
 
@@ -375,12 +505,12 @@ def fit_hypernet(
     lr: float = 1e-2,
     recon_weight: float = 10.0,
     warmup: float = 0.3,
-    coord_noise: float = 0.1,
-    joint_lr_factor: float = 0.1,
+    coord_noise: float = 0.5,
+    joint_lr_factor: float = 0.3,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     teacher: nn.Module | None = None,
-    distill: float = 0.0,
-    low_bias: float = 1.0,
+    distill: float = 1.0,
+    low_bias: float = 1.5,
     sandwich: bool = False,
     max_grad_norm: float = 1.0,
     trunk_lr_factor: float = 1.0,
@@ -397,7 +527,8 @@ def fit_hypernet(
     between the full-width generation and ``source``. The first
     ``warmup`` fraction of the steps minimise the reconstruction loss alone, so the task loss
     starts from a network near the source. Each phase has its own short ramp and cosine decay of
-    the learning rate.
+    the learning rate. A residual hypernetwork (:class:`HyperNet`, ``residual=True``) generates the
+    source exactly at full width: it has no reconstruction loss and no warm-up.
 
     Args:
         hypernet (HyperNet): trained in place, moved to ``device``.
@@ -410,17 +541,19 @@ def fit_hypernet(
         lr (float, optional): Adam's peak learning rate. (default: ``1e-2``)
         recon_weight (float, optional): weight of the reconstruction loss. (default: ``10.0``)
         warmup (float, optional): fraction of steps on reconstruction alone. (default: ``0.3``)
-        coord_noise (float, optional): coordinate noise, in half unit spacings. (default: ``0.1``)
+        coord_noise (float, optional): coordinate noise, in half unit spacings (with a residual
+            hypernetwork: in half-lengths of the merged unit's share of the axis). (default: ``0.5``)
         joint_lr_factor (float, optional): peak learning rate of the joint phase, as a fraction
-            of ``lr``. (default: ``0.1``)
+            of ``lr``. (default: ``0.3``)
         loss_fn (callable, optional): task loss ``loss_fn(output, y)``. (default: cross-entropy)
         teacher (nn.Module, optional): the full-width source network; with ``distill > 0`` the task
             loss adds ``distill`` times the KL divergence from the teacher's predictive
             distribution to the generated network's (knowledge distillation on the same batch).
-        distill (float, optional): weight of the distillation term. (default: ``0.0``)
+        distill (float, optional): weight of the distillation term (used only with a ``teacher``).
+            (default: ``1.0``)
         low_bias (float, optional): with ``ratio_range``, ratios are drawn as
             ``lo + (hi - lo) u^low_bias`` for uniform ``u``: above 1 the narrow end, where the
-            generated networks lose most, is drawn more often. (default: ``1.0``)
+            generated networks lose most, is drawn more often. (default: ``1.5``)
         sandwich (bool, optional): each joint step also takes the task loss at the narrowest and
             the full width (the "sandwich rule" of slimmable networks), averaged with the drawn
             width's. (default: ``False``)
@@ -459,11 +592,13 @@ def fit_hypernet(
             q.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed + 1)
-    local_names = ("grid", "fixed_features.weight", "vector_heads.weight", "vector_heads.bias")
+    local_names = ("grid", "fixed_features.weight", "vector_heads.weight", "vector_heads.bias", "residual_gain")
     local = [p for n, p in hypernet.named_parameters() if n in local_names]
     shared = [p for n, p in hypernet.named_parameters() if n not in local_names]
     opt = torch.optim.Adam([{"params": local, "lr": lr}, {"params": shared, "lr": lr * trunk_lr_factor}])
-    n_warm = int(round(warmup * steps))
+    # residual design: the full width is the source by construction, so there is nothing to reconstruct
+    residual = bool(getattr(hypernet, "residual", False))
+    n_warm = 0 if residual else int(round(warmup * steps))
 
     def schedule(s: int) -> float:
         # each phase ramps up over 5% of its steps and decays by a cosine; the joint phase peaks at
@@ -479,8 +614,11 @@ def fit_hypernet(
     bar = tqdm(total=steps, desc="hypernet", unit="step", file=sys.stderr, disable=not progress, leave=False)
     try:
         for step in range(steps):
-            recon = hypernet.reconstruction_loss(source, noise=coord_noise if step >= n_warm else 0.0,
-                                                 generator=noise_gen)
+            if residual:
+                recon = torch.zeros((), device=dev)
+            else:
+                recon = hypernet.reconstruction_loss(source, noise=coord_noise if step >= n_warm else 0.0,
+                                                     generator=noise_gen)
             task = torch.full((), math.nan)
             if ratios is not None:
                 r = float(pool[int(torch.randint(len(pool), (1,), generator=gen))])

@@ -120,12 +120,13 @@ def _teacher_data(n=256, seed=0):
     return [(x[i:i + 64], y[i:i + 64]) for i in range(0, n, 64)]
 
 
-def test_a_tiny_training_run_lowers_the_loss():
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_tiny_training_run_lowers_the_loss(residual):
     data = _teacher_data()
     model = _mlp(h=16)
     structure = trace(model, model.example_input(2))
     state = _state(model)
-    hn = HyperNet.from_source(structure, state, hidden=32, depth=1)
+    hn = HyperNet.from_source(structure, state, hidden=32, depth=1, residual=residual)
     build = lambda r: MLP(6, (max(1, round(16 * r)),) * 2, 3)  # noqa: E731
     half = build(0.5)
     before = evaluate(half, sample_state(hn, half), data).loss
@@ -133,7 +134,11 @@ def test_a_tiny_training_run_lowers_the_loss():
                         recon_weight=1.0, joint_lr_factor=0.3, progress=False)
     after = evaluate(half, sample_state(hn, half), data).loss
     assert after < before
-    assert hist[-1]["recon"] < hist[0]["recon"]
+    if residual:  # the full width is the source by construction: nothing to reconstruct, no warm-up
+        assert all(h["recon"] == 0 and h["task"] == h["task"] for h in hist)
+        assert hn.residual_gain.abs().sum() > 0
+    else:
+        assert hist[-1]["recon"] < hist[0]["recon"]
     assert all(h["ratio"] in (0.5, 1.0) for h in hist)
 
 
@@ -156,7 +161,7 @@ def test_low_bias_draws_follow_the_power_law():
     build = lambda r: model  # noqa: E731  (warm-up only: the build is never called)
     runs = []
     for p in (1.0, 3.0):
-        hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1)
+        hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1, residual=False)
         hist = fit_hypernet(hn, build, _teacher_data(), _state(model), ratio_range=(0.2, 1.0), steps=30,
                             warmup=1.0, low_bias=p, progress=False)
         runs.append(torch.tensor([h["ratio"] for h in hist]))
@@ -188,7 +193,7 @@ def test_distillation_and_sandwich_steps_train():
 def test_antialias_drops_the_finest_grid_level_below_its_resolution():
     model = _mlp(h=16)
     structure = trace(model, model.example_input(2))
-    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1, residual=False)
     plain = HyperNet({**hn.config, "antialias": False})
     plain.load_state_dict(hn.state_dict())
     full = {k: v.shape for k, v in model.state_dict().items()}
@@ -211,7 +216,7 @@ def test_antialias_drops_the_finest_grid_level_below_its_resolution():
 def test_fixed_axis_features_touch_only_layers_with_a_fixed_axis():
     model = _mlp(h=10)
     structure = trace(model, model.example_input(2))
-    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1, residual=False)
     shapes = {k: v.shape for k, v in MLP(6, (7, 7), 3).state_dict().items()}
     with torch.no_grad():
         before = hn.generate(shapes)
@@ -223,3 +228,89 @@ def test_fixed_axis_features_touch_only_layers_with_a_fixed_axis():
     assert not torch.allclose(before["layers.2.weight"], after["layers.2.weight"])
     old = {k: v for k, v in hn.config.items() if k != "fixed_features"}
     assert HyperNet(old).fixed_features is None  # files written before the option keep their layout
+
+
+# ---------------------------------------------------------------------- residual design
+
+
+def _trained_residual(model, structure, build, ratios, steps=15):
+    """A residual hypernetwork after a few steps, so that its correction is not zero."""
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    fit_hypernet(hn, build, _teacher_data() if isinstance(model, MLP) else _image_data(), _state(model),
+                 ratios=ratios, steps=steps, lr=0.05, joint_lr_factor=1.0, progress=False)
+    return hn
+
+
+def _image_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, 6, 6, generator=g)
+    return [(x[i:i + 32], (x[i:i + 32].mean((1, 2, 3)) > 0).long()) for i in range(0, n, 32)]
+
+
+@pytest.mark.parametrize("base", ["merge", "area"])
+def test_residual_full_width_is_the_source_exactly(base):
+    for make, build in ((lambda: _mlp(h=8), lambda r: MLP(6, (max(1, round(8 * r)),) * 2, 3)),
+                        (_cnn, lambda r: _cnn(c=(max(1, round(4 * r)), max(1, round(6 * r)))))):
+        model = make()
+        structure = trace(model, model.example_input(2))
+        hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1, base=base)
+        hn = _trained_residual(model, structure, build, [0.5, 0.75]) if base == "merge" else hn
+        assert hn.residual_gain.abs().sum() > 0 or base == "area"
+        state = sample_state(hn, model)
+        assert all(torch.equal(state[k], model.state_dict()[k]) for k in state)
+        # noisy samples too: the correction is switched off at full width
+        noisy = sample_state(hn, model, samples=3, noise=0.5)
+        assert all(torch.equal(noisy[k], model.state_dict()[k]) for k in state)
+        # a saved and reloaded hypernetwork holds the same source
+        again = HyperNet(hn.config)
+        again.load_state_dict(hn.state_dict())
+        half = build(0.5)
+        a, b = sample_state(hn, half), sample_state(again, half)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_merge_base_merges_duplicate_units_without_changing_the_function():
+    # every hidden unit of layers.0 has an exact twin next to it: merging the twins is lossless
+    model = _mlp(h=8)
+    with torch.no_grad():
+        w, b = model.layers[0].weight, model.layers[0].bias
+        w[1::2], b[1::2] = w[0::2], b[0::2]
+    structure = trace(model, model.example_input(2))
+    hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1)
+    x = torch.randn(16, 6)
+    small = MLP(6, (4, 8), 3)
+    small.load_state_dict(sample_state(hn, small))
+    torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+    # partitions are nested runs, one per width, the identity at full width
+    parts = [[c[0] for c in hn.clusters("layers.0", n)] if n else [] for n in range(9)]
+    assert parts[8] == list(range(8)) and parts[4] == [0, 2, 4, 6]
+    for n in range(1, 8):
+        assert len(parts[n]) == n and set(parts[n]) <= set(parts[n + 1])
+    # merged units sit at the centre of their run of source units
+    table = hn.table({k: v.shape for k, v in small.state_dict().items()})
+    o0, n, _, _ = table.spans[0]
+    torch.testing.assert_close(table.coords[o0:o0 + n, 1], torch.tensor([1, 3, 5, 7]) / 8.0)
+
+
+@pytest.mark.parametrize("base", ["merge", "area"])
+def test_residual_wider_than_the_source_splits_units(base):
+    # twice the width: every unit is split in two copies that compute the same function
+    model = _mlp(h=5)
+    structure = trace(model, model.example_input(2))
+    hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1, base=base)
+    wide = MLP(6, (10, 10), 3)
+    wide.load_state_dict(sample_state(hn, wide))
+    x = torch.randn(16, 6)
+    torch.testing.assert_close(wide(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_residual_options_are_validated():
+    model = _mlp()
+    structure = trace(model, model.example_input(2))
+    with pytest.raises(ValueError, match="base must be one of"):
+        HyperNet.from_source(structure, _state(model), base="nearest")
+    plain = HyperNet.from_source(structure, _state(model), hidden=8, depth=1, residual=False)
+    with pytest.raises(ValueError, match="not residual"):
+        plain.source_state()
+    old = {k: v for k, v in plain.config.items() if k not in ("residual", "base")}
+    assert not HyperNet(old).residual  # files written before the option are not residual

@@ -53,6 +53,23 @@ def test_train_from_a_checkpoint(hypernet_file, tmp_path):
                  "--device", "cpu", "--quiet"]) == 0
 
 
+def test_default_hypernetwork_is_residual_and_exact_at_full_width(hypernet_file, tmp_path):
+    from weightspace.hypernet import load_hypernet
+
+    hf = load_hypernet(hypernet_file)
+    assert hf.hypernet.residual and hf.hypernet.config["base"] == "cluster"
+    out = tmp_path / "w16.safetensors"
+    assert main(["resample", str(hypernet_file), "--width", "16", "-o", str(out), "--device", "cpu", "--quiet"]) == 0
+    source = hf.hypernet.source_state()
+    assert all(torch.equal(v, source[k]) for k, v in load_model(out).state.items())
+    # --base none: the plain implicit function, trained with reconstruction
+    plain = tmp_path / "plain.safetensors"
+    assert main(["hypernet", "train", "--from", str(out), "--data", "digits", "--widths", "8,16", "--steps", "3",
+                 "--hidden", "8", "--depth", "1", "--base", "none", "-o", str(plain), "--device", "cpu",
+                 "--quiet"]) == 0
+    assert not load_hypernet(plain).hypernet.residual
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["resample", "{h}", "--width", "40", "-o", "{t}/x.safetensors"], "outside the trained range"),
     (["resample", "{h}", "--width", "0", "-o", "{t}/x.safetensors"], "positive"),
@@ -64,6 +81,10 @@ def test_train_from_a_checkpoint(hypernet_file, tmp_path):
       "-o", "{t}/y.safetensors"], "--widths"),
     (["hypernet", "train", "--model", "mlp", "--width-kwarg", "nope", "--steps", "1", "--epochs", "1",
       "-o", "{t}/y.safetensors"], "nope"),
+    (["hypernet", "train", "--model", "mlp", "--distill", "-1", "--steps", "1", "--epochs", "1",
+      "-o", "{t}/y.safetensors"], "--distill"),
+    (["hypernet", "train", "--model", "mlp", "--low-bias", "0", "--steps", "1", "--epochs", "1",
+      "-o", "{t}/y.safetensors"], "--low-bias"),
 ])
 def test_bad_input_exits_2(hypernet_file, tmp_path, capsys, argv, needle):
     main(["resample", str(hypernet_file), "--width", "8", "-o", str(tmp_path / "w.safetensors"), "--device", "cpu",

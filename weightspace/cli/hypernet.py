@@ -16,8 +16,12 @@ any width (NeuMeta, Yang et al., arXiv 2410.11878); then `weightspace resample` 
 
 Without --from, a full-width network is first trained on --data (--epochs, --lr). Its hidden units
 are then smoothed (each group reordered along a short path through its units; the function is
-unchanged) and the hypernetwork is trained on the task loss of generated networks at widths drawn
-from --widths plus reconstruction of the smoothed source at full width.
+unchanged). The hypernetwork is residual (--base): a network of any width is the source merged to
+that width (clusters of alike units become one unit; wider than the source, units are split) plus
+a correction from the implicit function of the weights' coordinates, which vanishes at full width,
+so the full width is the source exactly. The correction is trained on the task loss of generated
+networks at widths drawn from --widths plus distillation from the source (--distill).
+With --base none the plain implicit function is trained, with reconstruction of the source.
 
 --widths: LO:HI (widths drawn continuously) or A,B,C (a discrete set); integers are units of the
 widest hidden layer, numbers with a point are ratios of the full width (default 0.25:1.0).
@@ -38,9 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--widths", default="0.25:1.0", metavar="LO:HI", help="training widths (default: 0.25:1.0)")
     t.add_argument("--steps", type=int, default=600, help="hypernetwork training steps (default: 600)")
     t.add_argument("--hyper-lr", type=float, default=1e-2, help="Adam learning rate of the hypernetwork (default: 0.01)")
-    t.add_argument("--recon-weight", type=float, default=10.0, help="weight of the reconstruction loss (default: 10)")
-    t.add_argument("--coord-noise", type=float, default=0.1,
-                   help="noise on unit coordinates, in half unit spacings (default: 0.1)")
+    t.add_argument("--recon-weight", type=float, default=10.0, help="weight of the reconstruction loss (--base none only; default: 10)")
+    t.add_argument("--coord-noise", type=float, default=0.5,
+                   help="noise on unit coordinates, in half unit spacings (default: 0.5)")
+    t.add_argument("--distill", type=float, default=1.0,
+                   help="weight of distillation from the source network (0: task loss only; default: 1)")
+    t.add_argument("--low-bias", type=float, default=1.5,
+                   help="with LO:HI widths, draw LO + (HI - LO) u^B: above 1 narrow widths more often (default: 1.5)")
+    t.add_argument("--base", choices=("cluster", "merge", "area", "none"), default="cluster",
+                   help="prior of the residual hypernetwork: the source merged to the width by clusters of alike "
+                        "units (cluster), runs of adjacent units (merge) or uniform resampling (area), plus a "
+                        "learned correction; none: the plain implicit function (default: cluster)")
     t.add_argument("--hidden", type=int, default=128, help="hypernetwork width (default: 128)")
     t.add_argument("--depth", type=int, default=2, help="residual blocks of the hypernetwork (default: 2)")
     t.add_argument("--epochs", type=int, default=10, help="epochs of the full-width network without --from (default: 10)")
@@ -58,12 +70,18 @@ def run(args: argparse.Namespace) -> int:
                     ("--epochs", args.epochs)):
         if v < 1:
             raise ValueError(f"{flag} must be a positive integer, got {v}")
+    if args.distill < 0:
+        raise ValueError(f"--distill must be non-negative, got {args.distill}")
+    if args.low_bias <= 0:
+        raise ValueError(f"--low-bias must be positive, got {args.low_bias}")
     quiet = args.quiet or args.json
     hf, summary = train_hypernet_file(
         args.output, model=args.model, model_kwargs=args.model_kwargs, data=args.data, widths=args.widths,
         source=args.source, width_kwarg=args.width_kwarg, epochs=args.epochs, lr=args.lr, steps=args.steps,
-        hyper_lr=args.hyper_lr, recon_weight=args.recon_weight, coord_noise=args.coord_noise,
-        hparams={"hidden": args.hidden, "depth": args.depth}, device=resolve_device(args.device), seed=args.seed,
+        hyper_lr=args.hyper_lr, recon_weight=args.recon_weight, coord_noise=args.coord_noise, distill=args.distill,
+        low_bias=args.low_bias, hparams={"hidden": args.hidden, "depth": args.depth,
+                                         **({"residual": False} if args.base == "none" else {"base": args.base})},
+        device=resolve_device(args.device), seed=args.seed,
         progress=not quiet)
     summary = {"output": args.output, "model": hf.spec, "widths": args.widths, **summary}
     if args.json:
