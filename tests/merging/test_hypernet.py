@@ -233,9 +233,9 @@ def test_fixed_axis_features_touch_only_layers_with_a_fixed_axis():
 # ---------------------------------------------------------------------- residual design
 
 
-def _trained_residual(model, structure, build, ratios, steps=15):
+def _trained_residual(model, structure, build, ratios, base, steps=15):
     """A residual hypernetwork after a few steps, so that its correction is not zero."""
-    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1)
+    hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1, base=base)
     fit_hypernet(hn, build, _teacher_data() if isinstance(model, MLP) else _image_data(), _state(model),
                  ratios=ratios, steps=steps, lr=0.05, joint_lr_factor=1.0, progress=False)
     return hn
@@ -247,14 +247,14 @@ def _image_data(n=64, seed=0):
     return [(x[i:i + 32], (x[i:i + 32].mean((1, 2, 3)) > 0).long()) for i in range(0, n, 32)]
 
 
-@pytest.mark.parametrize("base", ["merge", "area"])
+@pytest.mark.parametrize("base", ["cluster", "merge", "area"])
 def test_residual_full_width_is_the_source_exactly(base):
     for make, build in ((lambda: _mlp(h=8), lambda r: MLP(6, (max(1, round(8 * r)),) * 2, 3)),
                         (_cnn, lambda r: _cnn(c=(max(1, round(4 * r)), max(1, round(6 * r)))))):
         model = make()
         structure = trace(model, model.example_input(2))
         hn = HyperNet.from_source(structure, _state(model), hidden=16, depth=1, base=base)
-        hn = _trained_residual(model, structure, build, [0.5, 0.75]) if base == "merge" else hn
+        hn = _trained_residual(model, structure, build, [0.5, 0.75], base) if base != "area" else hn
         assert hn.residual_gain.abs().sum() > 0 or base == "area"
         state = sample_state(hn, model)
         assert all(torch.equal(state[k], model.state_dict()[k]) for k in state)
@@ -269,30 +269,35 @@ def test_residual_full_width_is_the_source_exactly(base):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_merge_base_merges_duplicate_units_without_changing_the_function():
+@pytest.mark.parametrize("base", ["cluster", "merge"])
+def test_merge_base_merges_duplicate_units_without_changing_the_function(base):
     # every hidden unit of layers.0 has an exact twin next to it: merging the twins is lossless
     model = _mlp(h=8)
     with torch.no_grad():
         w, b = model.layers[0].weight, model.layers[0].bias
         w[1::2], b[1::2] = w[0::2], b[0::2]
     structure = trace(model, model.example_input(2))
-    hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1)
+    hn = HyperNet.from_source(structure, _state(model), hidden=8, depth=1, base=base)
     x = torch.randn(16, 6)
     small = MLP(6, (4, 8), 3)
     small.load_state_dict(sample_state(hn, small))
     torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
-    # partitions are nested runs, one per width, the identity at full width
+    # partitions are nested, one per width, the identity at full width
     parts = [[c[0] for c in hn.clusters("layers.0", n)] if n else [] for n in range(9)]
     assert parts[8] == list(range(8)) and parts[4] == [0, 2, 4, 6]
     for n in range(1, 8):
-        assert len(parts[n]) == n and set(parts[n]) <= set(parts[n + 1])
+        assert len(parts[n]) == n
+        coarse, fine = hn.clusters("layers.0", n), hn.clusters("layers.0", n + 1)
+        assert all(any(set(f) <= set(c) for c in coarse) for f in fine)  # each cluster of n + 1 lies in one of n
+        if base == "merge":  # runs of adjacent units
+            assert all(c == list(range(c[0], c[-1] + 1)) for c in coarse)
     # merged units sit at the centre of their run of source units
     table = hn.table({k: v.shape for k, v in small.state_dict().items()})
     o0, n, _, _ = table.spans[0]
     torch.testing.assert_close(table.coords[o0:o0 + n, 1], torch.tensor([1, 3, 5, 7]) / 8.0)
 
 
-@pytest.mark.parametrize("base", ["merge", "area"])
+@pytest.mark.parametrize("base", ["cluster", "merge", "area"])
 def test_residual_wider_than_the_source_splits_units(base):
     # twice the width: every unit is split in two copies that compute the same function
     model = _mlp(h=5)
@@ -314,3 +319,13 @@ def test_residual_options_are_validated():
         plain.source_state()
     old = {k: v for k, v in plain.config.items() if k not in ("residual", "base")}
     assert not HyperNet(old).residual  # files written before the option are not residual
+
+
+def test_cluster_base_merges_twins_that_are_not_neighbours():
+    from merging.hypernet._merge import cluster_partitions, merge_partitions
+
+    g = torch.Generator().manual_seed(0)
+    inc, out = torch.randn(6, 5, generator=g), torch.randn(6, 4, generator=g)
+    inc[4], out[4] = inc[1], out[1]  # units 1 and 4 are twins, three apart
+    assert [1, 4] in cluster_partitions(inc, out)[5]  # the first merge joins them
+    assert len(merge_partitions(inc, out)[5]) == 5  # runs of adjacent units cannot
