@@ -279,7 +279,7 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
         r = train_metanet(zoo_dir, task="accuracy", arch=arch, epochs=args.cnn_epochs, lr=args.cnn_lr,
                           batch_size=args.cnn_batch_size, patience=args.cnn_patience, seed=args.seed,
                           device=args.device, hidden=args.hidden.get(arch), progress=not args.quiet,
-                          probes=probes, stats=stats)
+                          probes=probes, stats=stats, probe_source=args.cnn_probe_source)
         split = "test" if r.metrics["test"] else "val"   # a tiny zoo may have no test models
         m = r.metrics[split]
         last = evaluate_metanet(r, zoo_dir, split=split, checkpoints="last", device=args.device)
@@ -287,9 +287,11 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
         cfg = r.config
         results.setdefault("cnn", []).append({"method": name, "split": split, **m, "n": n_all,
                                               "last": last, "probes": cfg.get("probes", 0),
+                                              "probe_source": cfg.get("probe_source"),
                                               "stats": "stats_mean" in cfg, "num_params": r.num_params,
                                               "seconds": r.seconds, "best_epoch": r.best_epoch})
-        lines.append(row(name, cfg.get("probes", 0) if arch in ("gnn", "transformer") else "-",
+        probe_cell = (f"{cfg['probes']} ({cfg['probe_source']})" if cfg.get("probes") else "0")
+        lines.append(row(name, probe_cell if arch in ("gnn", "transformer") else "-",
                          ("yes" if "stats_mean" in cfg else "no") if arch in ("gnn", "transformer") else "-",
                          f"{m['kendall_tau']:.3f}", f"{m['r2']:.3f}", n_all, f"{last['kendall_tau']:.3f}",
                          last["n"], f"{r.num_params:,}", f"{r.seconds:.0f}"))
@@ -371,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cnn-methods", default="gnn,np,statnn", help="accuracy-prediction methods")
     p.add_argument("--cnn-ablate", default="", metavar="V[,V...]",
                    help="also run gnn/transformer as: no-probes, no-stats, weights-only (default: none)")
+    p.add_argument("--cnn-probe-source", choices=("uniform", "data", "auto"), default="uniform",
+                   help="probe inputs of the graph archs on the CNN zoo (default: uniform)")
     p.add_argument("--cnn-image-size", type=int, default=None, help="resize the CNN zoo's images (default: native)")
     p.add_argument("--cnn-lr", type=float, default=None, help="accuracy-prediction learning rate (default: --lr)")
     p.add_argument("--probes", type=int, default=0, help="also run gnn with this many probe inputs (default: 0)")

@@ -142,9 +142,12 @@ class _Prober:
 
         self.module = model_from_json(config["model_spec"])
         shape = tuple(config["input_shape"])
-        gen = torch.Generator().manual_seed(int(config.get("probe_seed", 0)))
-        # uniform in [-1, 1]: the coordinate range of an INR, the range of normalised inputs
-        self.inputs = torch.rand(int(config["probes"]), *shape, generator=gen) * 2 - 1
+        if config.get("probe_inputs") is not None:   # drawn from the zoo's training data
+            self.inputs = torch.as_tensor(config["probe_inputs"], dtype=torch.float32).reshape(-1, *shape)
+        else:
+            gen = torch.Generator().manual_seed(int(config.get("probe_seed", 0)))
+            # uniform in [-1, 1]: the coordinate range of an INR, the range of normalised inputs
+            self.inputs = torch.rand(int(config["probes"]), *shape, generator=gen) * 2 - 1
         self.scale = torch.tensor(config["probe_scale"], dtype=torch.float32) if "probe_scale" in config else None
         self.structure = structure
 
@@ -204,6 +207,29 @@ class _Stats:
     def __call__(self, stacked: Mapping[str, Tensor], device: torch.device) -> Tensor:
         f = self.raw(stacked)
         return ((f - self.mean) / self.scale).to(device)
+
+
+PROBE_SOURCES = ("auto", "data", "uniform")
+
+
+def _data_probes(card, n: int, seed: int) -> Tensor | None:
+    """``n`` inputs drawn from the training split of the data the zoo's models were trained on
+    (resized as the zoo resized them), or None when the card names no loadable data whose
+    inputs have the models' input shape (INRs: images are not coordinates)."""
+    from .data import load_dataset
+    from .zoo._cnn import _resize
+
+    spec, shape = (card.dataset or {}).get("spec"), card.input_shape
+    if not spec or not shape or len(shape) != 3:
+        return None
+    try:
+        x = _resize(load_dataset(spec, split="train"), shape[-1])
+    except Exception:  # noqa: BLE001 - missing or unreadable data: uniform probes instead
+        return None
+    if tuple(x.shape[1:]) != tuple(shape) or len(x) < n:
+        return None
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx].float().contiguous()
 
 
 def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo: _Zoo) -> int:
@@ -352,7 +378,8 @@ class MetanetResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.config["arch"], "task": self.config["task"], "target": self.config["target"],
-                "probes": int(self.config.get("probes", 0)), "stats": "stats_mean" in self.config,
+                "probes": int(self.config.get("probes", 0)),
+                "probe_source": self.config.get("probe_source"), "stats": "stats_mean" in self.config,
                 "best_epoch": self.best_epoch,
                 "epochs_run": len(self.history), "metrics": self.metrics,
                 "num_params": self.num_params, "seconds": round(self.seconds, 3),
@@ -368,7 +395,8 @@ def _aug_seed(seed: int, epoch: int, index: int) -> int:
 def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: str = "gnn", epochs: int = 50,
                   lr: float = 3e-4, batch_size: int = 32, hidden: int | None = None, augment: bool = True,
                   patience: int = 10, weight_decay: float = 0.0, target: str | None = None, seed: int = 0,
-                  probes: int | str = "auto", stats: bool | str = "auto", checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
+                  probes: int | str = "auto", probe_source: str = "uniform", stats: bool | str = "auto",
+                  checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
                   out: str | os.PathLike | None = None, progress: bool = True) -> MetanetResult:
     """Train a metanetwork on a zoo's train split, select it on the val split.
 
@@ -413,12 +441,17 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         target (str, optional): the ``metrics.csv`` column to predict.
         seed (int): seeds initialisation, batch order and augmentation. (default: ``0``)
         probes (int or "auto"): graph archs only: add each network's activations on this many
-            fixed probe inputs (uniform in ``[-1, 1]``) as node features
+            fixed probe inputs (see ``probe_source``) as node features
             (:func:`weightspace.nn.probe_features`); 0 for none. ``"auto"`` is
             :data:`DEFAULT_PROBES` (32) for ``gnn`` / ``transformer`` when the zoo's networks can
             be run (its card names the model and input shape), else 0: without probes, message
             passing stays at chance on INRs fitted from independent initialisations. The number
             used is ``config["probes"]``. (default: ``"auto"``)
+        probe_source (str): where probe inputs come from: ``"uniform"`` (uniform in ``[-1, 1]``),
+            ``"data"`` (images of the training split of the data the zoo's models were trained
+            on, as the zoo card names it; no labels are used; the inputs are kept in the
+            checkpoint), or ``"auto"`` (``"data"`` when that data loads and has the models'
+            input shape, else ``"uniform"``). (default: ``"uniform"``)
         stats (bool or "auto"): graph archs only: also feed the readout invariant statistics of
             each network's weights (per state-dict tensor: mean, log standard deviation, 0 to
             100% quantiles), standardised on the train split. ``"auto"``: for ``task="accuracy"``.
@@ -455,6 +488,9 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
     if probes != "auto":
         _resolve_probes(probes, arch, {}, None)   # bad values fail before the zoo is read
     _resolve_stats(stats, arch, task)
+    if probe_source not in PROBE_SOURCES:
+        raise ValueError(f"train_metanet: unknown probe_source {probe_source!r}; choose one of: "
+                         f"{', '.join(PROBE_SOURCES)}")
     if not lr > 0:
         raise ValueError(f"train_metanet: lr must be positive, got {lr!r}")
     dev = _device(device)
@@ -486,6 +522,13 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         config["probes"] = probes = _resolve_probes(probes, arch, config, zoo)
         if probes:
             config.update(probe_seed=0, input_shape=list(zoo.card.input_shape))
+            inputs = None if probe_source == "uniform" else _data_probes(zoo.card, probes, 0)
+            if inputs is None and probe_source == "data":
+                raise ValueError(f"train_metanet: probe_source='data' needs the zoo's training data "
+                                 f"({(zoo.card.dataset or {}).get('spec')!r}) loadable, with inputs of the models' "
+                                 f"shape {tuple(zoo.card.input_shape)}; use probe_source='uniform'")
+            config["probe_source"] = "uniform" if inputs is None else "data"
+            config["probe_inputs"] = inputs
             prober = _Prober(config, zoo.structure)
             config["probe_scale"] = prober.fit_scale(train.states[:256])
         stat_feats = None

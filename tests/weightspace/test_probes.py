@@ -131,3 +131,30 @@ def test_probes_default_on_for_graph_archs(tmp_path, capsys):
         assert main(["metanet", "eval", str(out), str(zoo), "--split", "train", "--json"]) == 0
         ev = json.loads(capsys.readouterr().out)
         assert ev["loss"] == pytest.approx(got["metrics"]["train"]["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_probe_inputs_from_the_zoo_data(tmp_path):
+    """probe_source='data' probes CNNs with images of their own training data (kept in the checkpoint);
+    an INR zoo's images are not its networks' inputs, so 'auto' falls back to uniform probes there."""
+    from weightspace.data import load_dataset
+    from weightspace.zoo import build_cnn_zoo
+
+    cnn = tmp_path / "cnn"
+    build_cnn_zoo(cnn, "digits", n=6, checkpoints=(0, 1), progress=False,
+                  recipe={"channels": [4, 4, 4], "train_eval_size": 64})
+    out = tmp_path / "d.pt"
+    r = train_metanet(cnn, arch="gnn", probes=5, probe_source="data", epochs=1, hidden=8, batch_size=4,
+                      progress=False, out=out)
+    x = r.config["probe_inputs"]
+    assert r.to_dict()["probe_source"] == "data" and tuple(x.shape) == (5, 1, 8, 8)
+    train = load_dataset("digits", split="train").x.float().reshape(-1, 64)
+    assert all(bool((train == row.reshape(1, 64)).all(1).any()) for row in x)   # real training images
+    assert evaluate_metanet(out, cnn, split="train")["mse"] == pytest.approx(r.metrics["train"]["mse"], rel=1e-4)
+    inr = tmp_path / "inr"
+    build_inr_zoo(inr, "digits", n=6, progress=False, recipe={"steps": 3, "hidden": [8, 8]})
+    kw = {"task": "class", "arch": "gnn", "probes": 3, "epochs": 1, "hidden": 8, "progress": False}
+    assert train_metanet(inr, probe_source="auto", **kw).config["probe_source"] == "uniform"
+    with pytest.raises(ValueError, match="probe_source"):
+        train_metanet(inr, probe_source="data", **kw)
+    with pytest.raises(ValueError, match="probe_source"):
+        train_metanet(inr, probe_source="images", **kw)

@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--probes", type=_probes, default="auto", metavar="N|auto",
                    help=f"gnn/transformer: add activations on N probe inputs as node features; auto: "
                         f"{DEFAULT_PROBES} when the zoo's networks can be run, else 0 (default: auto)")
+    t.add_argument("--probe-source", choices=("uniform", "data", "auto"), default="uniform",
+                   help="probe inputs: uniform in [-1, 1], images of the zoo's training data (data), or data "
+                        "when it loads with the models' input shape (auto) (default: uniform)")
     t.add_argument("--stats", choices=("auto", "on", "off"), default="auto",
                    help="gnn/transformer: also feed the readout per-tensor weight statistics; auto: for "
                         "--task accuracy (default: auto)")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         r = train_metanet(args.zoo, task=args.task, arch=args.arch, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, hidden=args.hidden, augment=not args.no_augment,
                           patience=args.patience, target=args.target, seed=args.seed, probes=args.probes,
+                          probe_source=args.probe_source,
                           stats={"auto": "auto", "on": True, "off": False}[args.stats],
                           checkpoints=_checkpoints(args.checkpoints), device=device, out=args.out, progress=not args.quiet and not args.json)
         if int(os.environ.get("RANK", "0")) != 0:
