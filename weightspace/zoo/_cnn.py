@@ -22,7 +22,7 @@ from ._build import ZooBuildResult, check_positive_int, check_range, resolve_dev
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
 
-__all__ = ["build_cnn_zoo", "sample_cnn_hparams", "CNN_RECIPE", "CNN_COLUMNS", "CNN_FAMILIES"]
+__all__ = ["CNN_COLUMNS", "CNN_FAMILIES", "CNN_RECIPE", "build_cnn_zoo", "sample_cnn_hparams"]
 
 #: architecture families of ``weightspace zoo build cnn --family``: recipe overrides.
 #: ``smallcnnzoo`` (the default): the Small CNN Zoo's stride-2 convolutions with TensorFlow
