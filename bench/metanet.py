@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cnn-methods", default="gnn,np,statnn", help="accuracy-prediction methods")
     p.add_argument("--cnn-ablate", default="", metavar="V[,V...]",
                    help="also run gnn/transformer as: no-probes, no-stats, weights-only (default: none)")
-    p.add_argument("--cnn-probe-source", choices=("uniform", "data", "auto"), default="uniform",
-                   help="probe inputs of the graph archs on the CNN zoo (default: uniform)")
+    p.add_argument("--cnn-probe-source", choices=("uniform", "data", "auto"), default="auto",
+                   help="probe inputs of the graph archs on the CNN zoo (default: auto, the library's)")
     p.add_argument("--cnn-image-size", type=int, default=None, help="resize the CNN zoo's images (default: native)")
     p.add_argument("--cnn-lr", type=float, default=None, help="accuracy-prediction learning rate (default: --lr)")
     p.add_argument("--probes", type=int, default=0, help="also run gnn with this many probe inputs (default: 0)")

@@ -150,6 +150,8 @@ def test_probe_inputs_from_the_zoo_data(tmp_path):
     train = load_dataset("digits", split="train").x.float().reshape(-1, 64)
     assert all(bool((train == row.reshape(1, 64)).all(1).any()) for row in x)   # real training images
     assert evaluate_metanet(out, cnn, split="train")["mse"] == pytest.approx(r.metrics["train"]["mse"], rel=1e-4)
+    default = train_metanet(cnn, arch="gnn", epochs=1, hidden=8, batch_size=4, progress=False).config
+    assert default["probes"] == 32 and default["probe_source"] == "data"   # the bare command on a CNN zoo
     inr = tmp_path / "inr"
     build_inr_zoo(inr, "digits", n=6, progress=False, recipe={"steps": 3, "hidden": [8, 8]})
     kw = {"task": "class", "arch": "gnn", "probes": 3, "epochs": 1, "hidden": 8, "progress": False}

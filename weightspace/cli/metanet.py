@@ -17,10 +17,11 @@ DESCRIPTION = """Metanetworks: networks that read other networks' weights.
 
 Archs: gnn, transformer (parameter graphs, any architecture; by default (--probes auto) each
 network's activations on 32 fixed probe inputs are added as node features whenever the zoo's
-networks can be run; on INRs fitted from independent initialisations they make the difference:
-12% -> 71% on MNIST SIRENs; --probes 0 switches them off; for --task accuracy their readout
-also gets per-tensor weight statistics, --stats off switches them off), np, hnp, dws
-(equivariant weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
+networks can be run: images of the zoo's own training data when it loads (CNN zoos), else
+uniform noise (INRs); on INRs fitted from independent initialisations they make the
+difference: 12% -> 71% on MNIST SIRENs; --probes 0 switches them off; for --task accuracy
+their readout also gets per-tensor weight statistics, --stats off switches them off), np,
+hnp, dws (equivariant weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
 permutations of the input networks, keeps the best model on the val split (early stopping),
 and reports Kendall tau and R^2 (accuracy) or accuracy (class) on every split. Under torchrun the
 same training runs data-parallel (DistributedDataParallel; gloo on the CPU, nccl on CUDA);
@@ -46,9 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--probes", type=_probes, default="auto", metavar="N|auto",
                    help=f"gnn/transformer: add activations on N probe inputs as node features; auto: "
                         f"{DEFAULT_PROBES} when the zoo's networks can be run, else 0 (default: auto)")
-    t.add_argument("--probe-source", choices=("uniform", "data", "auto"), default="uniform",
+    t.add_argument("--probe-source", choices=("uniform", "data", "auto"), default="auto",
                    help="probe inputs: uniform in [-1, 1], images of the zoo's training data (data), or data "
-                        "when it loads with the models' input shape (auto) (default: uniform)")
+                        "when it loads with the models' input shape, else uniform (auto) (default: auto)")
     t.add_argument("--stats", choices=("auto", "on", "off"), default="auto",
                    help="gnn/transformer: also feed the readout per-tensor weight statistics; auto: for "
                         "--task accuracy (default: auto)")
