@@ -8,6 +8,12 @@ against the ``nfn`` package's NP model and our invariant baselines in the same r
     # sized down for a 2-core CPU (INR part and throughput only)
     python bench/metanet.py --mnist ../shared/data/mnist --n-images 1000 --epochs 5 --hidden gnn=32 \\
         --methods gnn,np,nfn-np,statnn,mlp --probes 16 --skip-cnn --throughput-steps 5
+    # accuracy prediction on this 2-core CPU: a 768-CNN MNIST zoo at 8x8 (25 min on 2 x 1 thread,
+    # built once with `weightspace zoo build cnn --n 768 --image-size 8 --data mnist-idx:...`),
+    # gnn (library defaults: 32 data probes + weight statistics) about 15 min, statnn + np 10 min
+    python bench/metanet.py --skip-inr --skip-throughput --cnn-zoo out/cnn-mnist8-768 \
+        --cnn-methods gnn,statnn,np --hidden gnn=32 --cnn-epochs 12 --cnn-patience 5 --cnn-lr 1e-3 \
+        --threads 1 --quiet
 
 (a) **INR classification**: a zoo of SIRENs (2-32-32-1, ``w0`` 30), one per MNIST image and
 each from its own random initialisation (as DWSNets and NFN build theirs), split by image
