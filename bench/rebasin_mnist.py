@@ -14,8 +14,8 @@ import copy
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import merging
 import weightspace
@@ -81,42 +81,47 @@ def mlp_barriers(train_ds, test, args) -> None:
 
 def resnet_barriers(train_ds, test, args) -> None:
     model = get_model("resnet20", width=args.resnet_width, in_channels=1, image_size=28, num_classes=10)
-    t = time.time()
-    a = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=0)
-    b = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=1)
-    t_train = time.time() - t
     s = weightspace.trace(model, model.example_input())
-    # exact function preservation
-    pr = weightspace.random_permutation(s, 0)
-    x = next(iter(test))[0][:64]
-    with torch.no_grad():
-        ya = torch.func.functional_call(model, a, (x,))
-        yp = torch.func.functional_call(model, weightspace.permute(s, a, pr), (x,))
-    diff = float((ya - yp).abs().max())
     reset = train_ds.loader(500)
-    print(f"\n### ResNet-20 (width x{args.resnet_width}, BatchNorm), MNIST 8k/2k, two seeds "
-          f"({args.resnet_epochs} epochs each, {t_train:.0f} s)\n")
-    print(f"random permutation of A: max |output difference| = {diff:.2e} (float32)\n")
-    print(row("method", "endpoint test acc. A / B", "midpoint test acc.", "acc. barrier (mean)",
+    x = next(iter(test))[0][:64]
+    print(f"\n### ResNet-20 (width x{args.resnet_width}, BatchNorm), MNIST 8k/2k, {args.resnet_pairs} pairs of seeds "
+          f"({args.resnet_epochs} epochs each)\n")
+    print(row("pair", "method", "endpoint test acc. A / B", "midpoint test acc.", "acc. barrier (mean)",
               "acc. barrier (linear)", "loss barrier (mean)"))
-    print(row(*["---"] * 6))
-    res = {}
-    for method in ("naive", "weight", "activation"):
-        if method == "naive":
-            p = weightspace.identity_permutation(s)
-        elif method == "weight":
-            p = merging.weight_matching(s, a, b)
-        else:
-            p = merging.activation_matching(s, model, a, b, reset, max_examples=1000)
-        r = merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.resnet_steps,
-                            reset_bn_data=reset, progress=False)
-        res[method] = r
-        print(row(f"{method} + BatchNorm reset", f"{fmt(r.accuracies[0], 4)} / {fmt(r.accuracies[-1], 4)}",
-                  fmt(r.midpoint_accuracy, 4), fmt(r.accuracy_barrier, 4), fmt(r.accuracy_barrier_linear, 4),
-                  fmt(r.loss_barrier)))
-    for method in ("weight", "activation"):
-        ratio = res[method].accuracy_barrier / max(res["naive"].accuracy_barrier, 1e-12)
-        print(f"\naccuracy barrier, {method} matching / naive (both with BatchNorm reset): {ratio:.2f}")
+    print(row(*["---"] * 7))
+    methods = ("naive", "weight", "activation")
+    res: dict[str, list] = {m: [] for m in methods}
+    diffs = []
+    for pair in range(args.resnet_pairs):
+        a = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=2 * pair)
+        b = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=2 * pair + 1)
+        # exact function preservation
+        pr = weightspace.random_permutation(s, pair)
+        with torch.no_grad():
+            ya = torch.func.functional_call(model, a, (x,))
+            yp = torch.func.functional_call(model, weightspace.permute(s, a, pr), (x,))
+        diffs.append(float((ya - yp).abs().max()))
+        for method in methods:
+            if method == "naive":
+                p = weightspace.identity_permutation(s)
+            elif method == "weight":
+                p = merging.weight_matching(s, a, b)
+            else:
+                p = merging.activation_matching(s, model, a, b, reset, max_examples=1000)
+            r = merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.resnet_steps,
+                                reset_bn_data=reset, progress=False)
+            res[method].append(r)
+            print(row(f"{2 * pair},{2 * pair + 1}", f"{method} + BatchNorm reset",
+                      f"{fmt(r.accuracies[0], 4)} / {fmt(r.accuracies[-1], 4)}", fmt(r.midpoint_accuracy, 4),
+                      fmt(r.accuracy_barrier, 4), fmt(r.accuracy_barrier_linear, 4), fmt(r.loss_barrier)), flush=True)
+    print(f"\nrandom permutation of A: max |output difference| = {max(diffs):.2e} (float32, all pairs)\n")
+    print(row("method (+ BatchNorm reset)", "mean midpoint test acc.", "mean acc. barrier", "ratio to naive"))
+    print(row(*["---"] * 4))
+    naive = sum(r.accuracy_barrier for r in res["naive"]) / len(res["naive"])
+    for method in methods:
+        mid = sum(r.midpoint_accuracy for r in res[method]) / len(res[method])
+        bar = sum(r.accuracy_barrier for r in res[method]) / len(res[method])
+        print(row(method, fmt(mid, 4), fmt(bar, 4), f"{bar / max(naive, 1e-12):.2f}"))
 
 
 def speed(train_ds, test, args) -> None:
@@ -168,12 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--resnet-width", type=int, default=1)
     ap.add_argument("--resnet-epochs", type=int, default=3)
+    ap.add_argument("--resnet-pairs", type=int, default=3, help="pairs of seeds (0,1), (2,3), ... (default: 3)")
     ap.add_argument("--resnet-steps", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip-mlp", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_ds = load_dataset(f"mnist-idx:{args.mnist}", split="train")
     test = load_dataset(f"mnist-idx:{args.mnist}", split="test").loader(1000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
