@@ -221,7 +221,10 @@ def bench_inr(args, zoo_dir: Path, results: dict) -> list[str]:
             gnn_params = r.num_params
         acc = r.metrics["test"]["accuracy"]
         results.setdefault("inr", []).append({"method": name, "test_accuracy": acc, "num_params": r.num_params,
-                                              "seconds": r.seconds, "best_epoch": r.best_epoch})
+                                              "seconds": r.seconds, "best_epoch": r.best_epoch,
+                                              "val": r.metrics["val"], "history": r.history,
+                                              "loss": args.cnn_loss, "schedule": args.cnn_schedule,
+                                              "select": args.cnn_select})
         lines.append(row(name, f"{100 * acc:.1f}%", f"{r.num_params:,}", f"{r.seconds:.0f}", r.best_epoch))
         print(lines[-1], file=sys.stderr)
     if "nfn-np" in args.methods and not _have_nfn():
@@ -285,7 +288,8 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
         r = train_metanet(zoo_dir, task="accuracy", arch=arch, epochs=args.cnn_epochs, lr=args.cnn_lr,
                           batch_size=args.cnn_batch_size, patience=args.cnn_patience, seed=args.seed,
                           device=args.device, hidden=args.hidden.get(arch), progress=not args.quiet,
-                          probes=probes, stats=stats, probe_source=args.cnn_probe_source)
+                          probes=probes, stats=stats, probe_source=args.cnn_probe_source,
+                          loss=args.cnn_loss, schedule=args.cnn_schedule, select=args.cnn_select)
         split = "test" if r.metrics["test"] else "val"   # a tiny zoo may have no test models
         m = r.metrics[split]
         last = evaluate_metanet(r, zoo_dir, split=split, checkpoints="last", device=args.device)
@@ -295,7 +299,10 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
                                               "last": last, "probes": cfg.get("probes", 0),
                                               "probe_source": cfg.get("probe_source"),
                                               "stats": "stats_mean" in cfg, "num_params": r.num_params,
-                                              "seconds": r.seconds, "best_epoch": r.best_epoch})
+                                              "seconds": r.seconds, "best_epoch": r.best_epoch,
+                                              "val": r.metrics["val"], "history": r.history,
+                                              "loss": args.cnn_loss, "schedule": args.cnn_schedule,
+                                              "select": args.cnn_select})
         probe_cell = (f"{cfg['probes']} ({cfg['probe_source']})" if cfg.get("probes") else "0")
         lines.append(row(name, probe_cell if arch in ("gnn", "transformer") else "-",
                          ("yes" if "stats_mean" in cfg else "no") if arch in ("gnn", "transformer") else "-",
@@ -382,6 +389,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cnn-probe-source", choices=("uniform", "data", "auto"), default="auto",
                    help="probe inputs of the graph archs on the CNN zoo (default: auto, the library's)")
     p.add_argument("--cnn-image-size", type=int, default=None, help="resize the CNN zoo's images (default: native)")
+    p.add_argument("--cnn-loss", choices=("mse", "rank"), default="mse",
+                   help="accuracy-prediction loss: mse, or mse plus a pairwise ranking term (default: mse)")
+    p.add_argument("--cnn-schedule", choices=("constant", "cosine"), default="constant",
+                   help="accuracy-prediction learning-rate schedule (default: constant)")
+    p.add_argument("--cnn-select", choices=("loss", "kendall_tau"), default="loss",
+                   help="validation metric that keeps the epoch and stops early (default: loss)")
     p.add_argument("--cnn-lr", type=float, default=None, help="accuracy-prediction learning rate (default: --lr)")
     p.add_argument("--probes", type=int, default=0, help="also run gnn with this many probe inputs (default: 0)")
     p.add_argument("--hidden", default="", help="widths per arch, e.g. gnn=64,np=16 (default: the library's)")

@@ -328,8 +328,34 @@ def _predict(model: nn.Module, arch: str, structure: Structure, split: _Split, o
     return ctx.gather_rows(local, len(split.states), device)
 
 
-def _loss(task: str, pred: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(pred, y) if task == "class" else F.mse_loss(pred.squeeze(1), y)
+LOSSES = ("mse", "rank")
+SCHEDULES = ("constant", "cosine")
+SELECTS = ("loss", "kendall_tau")
+_RANK_TEMPERATURE = 0.02   # accuracy units: pairs predicted this far apart in the right order cost little
+
+
+def _rank_loss(pred: Tensor, y: Tensor) -> Tensor:
+    """Pairwise logistic ranking loss over the batch, in accuracy units.
+
+    For every pair with different targets, ``T * softplus(-sign(y_i - y_j) * (p_i - p_j) / T)``,
+    averaged over those pairs (zero when there are none): a correctly ordered pair costs little
+    once predicted ``T`` apart, a wrongly ordered one grows linearly with the gap.
+    """
+    d = pred[:, None] - pred[None, :]
+    s = torch.sign(y[:, None] - y[None, :])
+    mask = s > 0   # each unordered pair once, ties skipped
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    t = _RANK_TEMPERATURE
+    return (t * F.softplus(-d[mask] / t)).mean()
+
+
+def _loss(task: str, pred: Tensor, y: Tensor, kind: str = "mse") -> Tensor:
+    if task == "class":
+        return F.cross_entropy(pred, y)
+    p = pred.squeeze(1)
+    mse = F.mse_loss(p, y)
+    return mse + _rank_loss(p, y) if kind == "rank" else mse
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -397,7 +423,8 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                   patience: int = 10, weight_decay: float = 0.0, target: str | None = None, seed: int = 0,
                   probes: int | str = "auto", probe_source: str = "auto", stats: bool | str = "auto",
                   checkpoints: str | int | list[int] = "all", device: str | torch.device = "cpu",
-                  out: str | os.PathLike | None = None, progress: bool = True) -> MetanetResult:
+                  out: str | os.PathLike | None = None, progress: bool = True, loss: str = "mse",
+                  schedule: str = "constant", select: str = "loss") -> MetanetResult:
     """Train a metanetwork on a zoo's train split, select it on the val split.
 
     Runs data-parallel when launched by ``torchrun --nproc_per_node K`` (the ``RANK`` /
@@ -435,7 +462,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         augment (bool): feed each training network under a fresh random permutation of its
             hidden units every epoch (:func:`graphs.random_permutation` + :func:`graphs.permute`).
             (default: ``True``)
-        patience (int): stop after this many epochs without a better validation loss.
+        patience (int): stop after this many epochs without a better validation ``select`` metric.
             (default: ``10``)
         weight_decay (float): AdamW weight decay. (default: ``0.0``)
         target (str, optional): the ``metrics.csv`` column to predict.
@@ -465,6 +492,17 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         out (str or PathLike, optional): where to save the best metanetwork (``.pt``, written
             atomically whenever validation improves).
         progress (bool): progress bar on stderr. (default: ``True``)
+        loss (str): ``task="accuracy"`` only: ``"mse"`` (squared error on the target), or
+            ``"rank"`` (squared error plus a pairwise logistic ranking term over each batch's
+            pairs, which targets Kendall tau; within each process's share of the batch under
+            ``torchrun``). On a 768-model MNIST CNN zoo, ``loss="rank"`` with
+            ``schedule="cosine"`` gave the GNN a test Kendall tau of 0.887 to 0.890 over three
+            runs, against 0.880 for ``"mse"`` at a constant rate. (default: ``"mse"``)
+        schedule (str): learning rate over epochs: ``"constant"`` or ``"cosine"`` (decayed to 0
+            at ``epochs``, stepped once per epoch). (default: ``"constant"``)
+        select (str): the validation metric that picks the kept epoch and drives early
+            stopping: ``"loss"`` (squared error or cross-entropy, lower is better) or
+            ``"kendall_tau"`` (``task="accuracy"`` only, higher is better). (default: ``"loss"``)
 
     Returns:
         MetanetResult: the best model, its metrics on every split, the history (the same on
@@ -494,6 +532,16 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                          f"{', '.join(PROBE_SOURCES)}")
     if not lr > 0:
         raise ValueError(f"train_metanet: lr must be positive, got {lr!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"train_metanet: unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
+    if loss != "mse" and task != "accuracy":
+        raise ValueError(f"train_metanet: loss {loss!r} is for task='accuracy'; task {task!r} uses cross-entropy")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"train_metanet: unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if select not in SELECTS:
+        raise ValueError(f"train_metanet: unknown select {select!r}; choose one of: {', '.join(SELECTS)}")
+    if select == "kendall_tau" and task != "accuracy":
+        raise ValueError("train_metanet: select='kendall_tau' is for task='accuracy'")
     dev = _device(device)
     t0 = time.perf_counter()
     zoo = _Zoo(zoo_dir, task, target, checkpoints)
@@ -545,6 +593,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         if arch == "statnn" and sampler.num_samples % local_bs == 1:
             local_bs += 1   # no batch of one: BatchNorm needs two
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine" else None
         best, best_state, best_epoch, bad = math.inf, None, 0, 0
         history: list[dict[str, float]] = []
         path = Path(out) if out is not None else None
@@ -562,20 +611,25 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                     states = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=_aug_seed(seed, epoch, j)))
                               for s, j in zip(states, idx)]
                 pred = ddp(_collate(arch, zoo.structure, states, dev, prober, stat_feats))
-                loss = _loss(task, pred.float(), train.targets[idx].to(dev))
+                step_loss = _loss(task, pred.float(), train.targets[idx].to(dev), loss)
                 opt.zero_grad()
-                loss.backward()   # DDP averages the processes' gradients here
+                step_loss.backward()   # DDP averages the processes' gradients here
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                total += float(loss.detach()) * len(idx)
+                total += float(step_loss.detach()) * len(idx)
                 count += len(idx)
+            if sched is not None:
+                sched.step()
             total, count = ctx.all_reduce_sum([total, float(count)], dev)
             pv = _predict(model, arch, zoo.structure, select_on, out_dim, 64, dev, prober, ctx, stat_feats)
             vm = _metrics(task, pv, select_on.targets)
             history.append({"epoch": epoch, "train_loss": total / count, **{f"val_{k}": v for k, v in vm.items()}})
             bar.set_postfix(train=f"{total / count:.4g}", val=f"{vm['loss']:.4g}")
-            if vm["loss"] < best - 1e-12:
-                best, best_epoch, bad = vm["loss"], epoch, 0
+            score = -vm["kendall_tau"] if select == "kendall_tau" else vm["loss"]
+            if not math.isfinite(score):   # tau of constant predictions: no ranking, the worst
+                score = math.inf
+            if score < best - 1e-12 or best_state is None:
+                best, best_epoch, bad = score, epoch, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 if path is not None and ctx.is_main:
                     _atomic_save({"format": FORMAT, "config": config, "state_dict": best_state,

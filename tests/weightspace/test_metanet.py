@@ -78,7 +78,7 @@ def test_cli(cnn_zoo, tmp_path, capsys):
     assert main(["metanet", "eval", str(out), str(cnn_zoo), "--split", "all", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 20   # 10 models x checkpoints 0 and 1
     assert main(["metanet", "train", str(cnn_zoo), "--arch", "statnn", "--epochs", "1", "--checkpoints", "last",
-                 "-o", str(out), "--json", "--device", "cpu"]) == 0
+                 "--loss", "rank", "--schedule", "cosine", "--select", "kendall_tau", "-o", str(out), "--json", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main(["metanet", "eval", str(out), str(cnn_zoo), "--split", "all", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 10   # the checkpoint's selection is kept
@@ -120,3 +120,39 @@ def test_weight_statistics_for_accuracy_prediction(cnn_zoo, tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["stats"] is want
     with pytest.raises(ValueError, match="stats"):
         GraphMetanet(hidden=8, global_dim=3)(ParamGraph.from_structure(zoo.structure, states[0]).to_pyg())
+
+
+def test_rank_loss_orders_pairs():
+    import torch
+
+    from weightspace.metanet import _loss, _rank_loss
+
+    y = torch.tensor([0.1, 0.5, 0.9, 0.9])
+    right, wrong = torch.tensor([0.0, 0.4, 0.8, 0.7]), torch.tensor([0.8, 0.4, 0.0, 0.1])
+    assert _rank_loss(right, y) < _rank_loss(wrong, y) / 10
+    assert float(_rank_loss(torch.zeros(3), torch.full((3,), 0.5))) == 0.0   # only ties: no pairs
+    p = torch.tensor([0.5, 0.5], requires_grad=True)
+    _rank_loss(p, torch.tensor([0.2, 0.6])).backward()
+    assert p.grad[0] > 0 > p.grad[1]   # descent pushes the better network up
+    pred = torch.tensor([[0.1], [0.5]])
+    mse = float(_loss("accuracy", pred, torch.tensor([0.1, 0.5])))
+    assert mse == 0.0 and float(_loss("accuracy", pred, torch.tensor([0.1, 0.5]), "rank")) > mse
+
+
+def test_rank_loss_and_cosine_schedule_train(cnn_zoo):
+    r = train_metanet(cnn_zoo, arch="statnn", epochs=3, hidden=8, batch_size=4, patience=3, progress=False,
+                      loss="rank", schedule="cosine", select="kendall_tau")
+    assert len(r.history) == 3 and all(math.isfinite(h["train_loss"]) for h in r.history)
+    taus = [h["val_kendall_tau"] for h in r.history]
+    kept = max((t, -e) for e, t in enumerate(taus, 1) if math.isfinite(t)) if any(map(math.isfinite, taus)) else None
+    assert kept is None or r.best_epoch == -kept[1]   # the first epoch of the best validation tau
+    with pytest.raises(ValueError, match="unknown loss"):
+        train_metanet(cnn_zoo, loss="bce")
+    with pytest.raises(ValueError, match="task='accuracy'"):
+        train_metanet(cnn_zoo, task="class", loss="rank")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train_metanet(cnn_zoo, schedule="step")
+    with pytest.raises(ValueError, match="unknown select"):
+        train_metanet(cnn_zoo, select="r2")
+    with pytest.raises(ValueError, match="task='accuracy'"):
+        train_metanet(cnn_zoo, task="class", select="kendall_tau")

@@ -29,7 +29,14 @@ same training runs data-parallel (DistributedDataParallel; gloo on the CPU, nccl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from weightspace.metanet import ARCHS, DEFAULT_PROBES, TASKS
+    from weightspace.metanet import (
+        ARCHS,
+        DEFAULT_PROBES,
+        LOSSES,
+        SCHEDULES,
+        SELECTS,
+        TASKS,
+    )
 
     sub = p.add_subparsers(dest="metanet_command", metavar="{train,eval}")
     t = sub.add_parser("train", help="train a metanetwork on a zoo", description="Train a metanetwork on a zoo.")
@@ -43,6 +50,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="networks per step, over all processes under torchrun (default: 32)")
     t.add_argument("--hidden", type=int, default=None, help="metanetwork width (default: per arch)")
     t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
+    t.add_argument("--loss", choices=LOSSES, default="mse",
+                   help="--task accuracy: squared error (mse), or squared error plus a pairwise ranking term over "
+                        "each batch (rank) (default: mse)")
+    t.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                   help="learning rate over epochs: constant, or cosine decay to 0 at --epochs (default: constant)")
+    t.add_argument("--select", choices=SELECTS, default="loss",
+                   help="validation metric that keeps the epoch and stops early: loss, or kendall_tau "
+                        "(--task accuracy) (default: loss)")
     t.add_argument("--target", default=None, help="metrics.csv column to predict (default: test_acc or label)")
     t.add_argument("--probes", type=_probes, default="auto", metavar="N|auto",
                    help=f"gnn/transformer: add activations on N probe inputs as node features; auto: "
@@ -101,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         r = train_metanet(args.zoo, task=args.task, arch=args.arch, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, hidden=args.hidden, augment=not args.no_augment,
                           patience=args.patience, target=args.target, seed=args.seed, probes=args.probes,
-                          probe_source=args.probe_source,
+                          probe_source=args.probe_source, loss=args.loss, schedule=args.schedule,
+                          select=args.select,
                           stats={"auto": "auto", "on": True, "off": False}[args.stats],
                           checkpoints=_checkpoints(args.checkpoints), device=device, out=args.out, progress=not args.quiet and not args.json)
         if int(os.environ.get("RANK", "0")) != 0:
