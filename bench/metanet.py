@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from graphs import permute, random_permutation
 from weightspace.metanet import (
     _DEFAULT_HIDDEN,
+    ARCHS,
     _aug_seed,
     _collate,
     _loss,
@@ -272,6 +273,36 @@ def _cnn_runs(args) -> list[tuple[str, str, object, object]]:
     return runs
 
 
+_CNN_HP = {"epochs": ("cnn_epochs", 30), "batch_size": ("cnn_batch_size", 32), "patience": ("cnn_patience", 15),
+           "lr": ("cnn_lr", None)}
+
+
+def _cnn_hparams(args, arch: str) -> dict:
+    """Epochs, batch, patience and learning rate of one accuracy-prediction run: the flags given,
+    else the bench's defaults (30, 32, 15, ``--lr``), except for probestat, whose defaults are the
+    library's (:func:`train_metanet` with ``None``)."""
+    out = {}
+    for key, (flag, default) in _CNN_HP.items():
+        v = getattr(args, flag)
+        if v is None and arch != "probestat":
+            v = args.lr if key == "lr" else default
+        out[key] = v
+    return out
+
+
+def _hp_text(args) -> str:
+    hp = _cnn_hparams(args, "gnn")
+    text = f"{hp['epochs']} epochs max, batch {hp['batch_size']}, lr {hp['lr']}, patience {hp['patience']}"
+    if "probestat" in args.cnn_methods:
+        from weightspace.metanet import _ARCH_TRAIN_DEFAULTS, _TRAIN_DEFAULTS
+
+        ps = {k: v if v is not None else {**_TRAIN_DEFAULTS, **_ARCH_TRAIN_DEFAULTS["probestat"]}[k]
+              for k, v in _cnn_hparams(args, "probestat").items()}
+        text += (f" (probestat: {ps['epochs']} epochs max, batch {ps['batch_size']}, lr {ps['lr']}, "
+                 f"patience {ps['patience']})")
+    return text
+
+
 def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
     from weightspace.metanet import evaluate_metanet
 
@@ -279,14 +310,14 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
     n_models, ckpts = card.get("n_models"), card.get("checkpoints")
     lines = [(f"**Accuracy prediction** (CNN zoo {zoo_dir.name}: {n_models} models x checkpoints {ckpts} on "
               f"{card.get('dataset', {}).get('spec')} at {card.get('input_shape')}, every checkpoint a network; split "
-              f"by model; {args.cnn_epochs} epochs max, batch {args.cnn_batch_size}, lr {args.cnn_lr}; tau and R^2 "
+              f"by model; {_hp_text(args)}; tau and R^2 "
               f"over all test checkpoints, and over the last checkpoint of each test model)"), "",
              row("method", "probes", "stats", "Kendall tau (all ckpts)", "R^2 (all ckpts)", "test networks",
                  "Kendall tau (last ckpt)", "test models", "parameters", "training time (s)"),
              row(*["---"] * 10)]
     for name, arch, probes, stats in _cnn_runs(args):
-        r = train_metanet(zoo_dir, task="accuracy", arch=arch, epochs=args.cnn_epochs, lr=args.cnn_lr,
-                          batch_size=args.cnn_batch_size, patience=args.cnn_patience, seed=args.seed,
+        hp = _cnn_hparams(args, arch)
+        r = train_metanet(zoo_dir, task="accuracy", arch=arch, **hp, seed=args.seed,
                           device=args.device, hidden=args.hidden.get(arch), progress=not args.quiet,
                           probes=probes, stats=stats, probe_source=args.cnn_probe_source,
                           loss=args.cnn_loss, schedule=args.cnn_schedule, select=args.cnn_select)
@@ -298,14 +329,16 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
         results.setdefault("cnn", []).append({"method": name, "split": split, **m, "n": n_all,
                                               "last": last, "probes": cfg.get("probes", 0),
                                               "probe_source": cfg.get("probe_source"),
-                                              "stats": "stats_mean" in cfg, "num_params": r.num_params,
+                                              "stats": "stats_mean" in cfg or bool(cfg.get("stats")),
+                                              "num_params": r.num_params,
                                               "seconds": r.seconds, "best_epoch": r.best_epoch,
                                               "val": r.metrics["val"], "history": r.history,
                                               "loss": args.cnn_loss, "schedule": args.cnn_schedule,
-                                              "select": args.cnn_select})
+                                              "select": args.cnn_select, **hp})
         probe_cell = (f"{cfg['probes']} ({cfg['probe_source']})" if cfg.get("probes") else "0")
-        lines.append(row(name, probe_cell if arch in ("gnn", "transformer") else "-",
-                         ("yes" if "stats_mean" in cfg else "no") if arch in ("gnn", "transformer") else "-",
+        has_probes = arch in ("gnn", "transformer", "probestat")
+        lines.append(row(name, probe_cell if has_probes else "-",
+                         ("yes" if "stats_mean" in cfg or cfg.get("stats") else "no") if has_probes else "-",
                          f"{m['kendall_tau']:.3f}", f"{m['r2']:.3f}", n_all, f"{last['kendall_tau']:.3f}",
                          last["n"], f"{r.num_params:,}", f"{r.seconds:.0f}"))
         print(lines[-1], file=sys.stderr)
@@ -383,7 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--models-per-shard", type=int, default=256, help="zoo models trained together (default: 256)")
     p.add_argument("--methods", default="gnn,transformer,dws,np,nfn-np,statnn,mlp",
                    help="INR methods (default: gnn,transformer,dws,np,nfn-np,statnn,mlp)")
-    p.add_argument("--cnn-methods", default="gnn,np,statnn", help="accuracy-prediction methods")
+    p.add_argument("--cnn-methods", default="gnn,np,statnn",
+                   help=f"accuracy-prediction methods, of: {', '.join(ARCHS)} (default: gnn,np,statnn)")
     p.add_argument("--cnn-ablate", default="", metavar="V[,V...]",
                    help="also run gnn/transformer as: no-probes, no-stats, weights-only (default: none)")
     p.add_argument("--cnn-probe-source", choices=("uniform", "data", "auto"), default="auto",
@@ -395,14 +429,16 @@ def main(argv: list[str] | None = None) -> dict:
                    help="accuracy-prediction learning-rate schedule (default: constant)")
     p.add_argument("--cnn-select", choices=("loss", "kendall_tau"), default="loss",
                    help="validation metric that keeps the epoch and stops early (default: loss)")
-    p.add_argument("--cnn-lr", type=float, default=None, help="accuracy-prediction learning rate (default: --lr)")
+    p.add_argument("--cnn-lr", type=float, default=None,
+                   help="accuracy-prediction learning rate (default: --lr; probestat: the library's, 1e-3)")
     p.add_argument("--probes", type=int, default=0, help="also run gnn with this many probe inputs (default: 0)")
     p.add_argument("--hidden", default="", help="widths per arch, e.g. gnn=64,np=16 (default: the library's)")
     p.add_argument("--epochs", type=int, default=20, help="most INR epochs (default: 20)")
-    p.add_argument("--cnn-epochs", type=int, default=30, help="most CNN-zoo epochs (default: 30)")
+    p.add_argument("--cnn-epochs", type=int, default=None,
+                   help="most CNN-zoo epochs (default: 30; probestat: the library's, 300)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cnn-batch-size", type=int, default=32)
-    p.add_argument("--cnn-patience", type=int, default=15)
+    p.add_argument("--cnn-batch-size", type=int, default=None, help="(default: 32; probestat: the library's, 64)")
+    p.add_argument("--cnn-patience", type=int, default=None, help="(default: 15; probestat: the library's, 100)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -425,7 +461,9 @@ def main(argv: list[str] | None = None) -> dict:
     bad = set(args.cnn_ablate) - {"no-probes", "no-stats", "weights-only"}
     if bad:
         p.error(f"--cnn-ablate: unknown {', '.join(sorted(bad))}; choose from no-probes, no-stats, weights-only")
-    args.cnn_lr = args.cnn_lr or args.lr
+    bad = set(args.cnn_methods) - set(ARCHS)
+    if bad:
+        p.error(f"--cnn-methods: unknown {', '.join(sorted(bad))}; choose from {', '.join(ARCHS)}")
     args.hidden = {k: int(v) for k, v in (kv.split("=") for kv in args.hidden.split(",") if kv)}
     t0 = time.perf_counter()
     inr, cnn = build_zoos(args)

@@ -156,3 +156,73 @@ def test_rank_loss_and_cosine_schedule_train(cnn_zoo):
         train_metanet(cnn_zoo, select="r2")
     with pytest.raises(ValueError, match="task='accuracy'"):
         train_metanet(cnn_zoo, task="class", select="kendall_tau")
+
+
+def test_probestat_is_invariant_and_eval_reproduces_training(cnn_zoo, tmp_path):
+    """probestat: features of a network and of its hidden-unit permutation agree, so do the
+    model's outputs; the checkpoint keeps the feature standardisation, so evaluation gives
+    training's numbers; no permutation augmentation."""
+    import torch
+
+    from graphs import permute, random_permutation
+    from weightspace.metanet import _probestat_features, _Zoo
+    from weightspace.testing import assert_invariant
+
+    out = tmp_path / "ps.pt"
+    r = train_metanet(cnn_zoo, arch="probestat", epochs=3, hidden=16, batch_size=4, progress=False, out=out)
+    cfg = r.config
+    assert cfg["probes"] == 32 and cfg["probe_source"] == "data" and cfg["stats"] and r.to_dict()["stats"]
+    assert len(cfg["feature_mean"]) == len(cfg["feature_scale"]) == 32 * 10 + 10 + 4 + 8 * 7
+    assert r.model.mean.tolist() == pytest.approx(cfg["feature_mean"])
+
+    zoo = _Zoo(cnn_zoo, "accuracy", None)
+    states = zoo.splits["train"].states[:3]
+    perm = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=7 + i)) for i, s in enumerate(states)]
+    assert any(not torch.equal(states[0][k], perm[0][k]) for k in states[0])   # the weights did move
+    f, f_perm = _probestat_features(cfg, states, "t"), _probestat_features(cfg, perm, "t")
+    assert torch.allclose(f, f_perm, atol=1e-4) and not torch.allclose(f[0], f[1])
+    assert_invariant(r.model, f, f_perm, atol=1e-4)
+
+    for split in ("train", "val", "test"):
+        if not r.metrics[split]:
+            continue
+        m = evaluate_metanet(out, cnn_zoo, split=split)
+        for key in ("mse", "kendall_tau"):
+            assert m[key] == pytest.approx(r.metrics[split][key], rel=1e-4, abs=1e-6, nan_ok=True)
+
+
+def test_probestat_defaults_and_class_task(cnn_zoo, inr_zoo, tmp_path, capsys):
+    from weightspace.metanet import _ARCH_TRAIN_DEFAULTS
+
+    assert _ARCH_TRAIN_DEFAULTS["probestat"]["epochs"] >= 100
+    r = train_metanet(inr_zoo, task="class", arch="probestat", epochs=2, hidden=8, batch_size=4, progress=False)
+    assert r.config["out"] >= 2 and r.config["probe_source"] == "uniform"   # INR outputs: width 1, no logits
+    assert 0.0 <= r.metrics["train"]["accuracy"] <= 1.0
+    off = train_metanet(cnn_zoo, arch="probestat", stats=False, probes=4, epochs=1, hidden=8, progress=False)
+    assert not off.config["stats"] and len(off.config["feature_mean"]) == 4 * 10 + 10 + 4
+    assert main(["metanet", "train", str(cnn_zoo), "--arch", "probestat", "--epochs", "2", "--hidden", "4",
+                 "--weight-decay", "0", "-o", str(tmp_path / "p.pt"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["arch"] == "probestat" and res["probes"] == 32 and res["stats"] and res["epochs_run"] == 2
+
+
+def test_probestat_bad_config(cnn_zoo, tmp_path):
+    import shutil
+
+    with pytest.raises(ValueError, match="probestat.*positive integer"):
+        train_metanet(cnn_zoo, arch="probestat", probes=0)
+    with pytest.raises(ValueError, match="probes"):
+        train_metanet(cnn_zoo, arch="probestat", probes="many")
+    from weightspace.metanet import _probestat_features, _Zoo
+
+    zoo = _Zoo(cnn_zoo, "accuracy", None)
+    cfg = {"model_spec": zoo.card.model_spec, "input_shape": [3, *zoo.card.input_shape[1:]], "probes": 2}
+    with pytest.raises(ValueError, match="probestat.*cannot be run"):   # the CNNs take one channel
+        _probestat_features(cfg, zoo.splits["train"].states[:2], "train_metanet")
+    bad = tmp_path / "bad"
+    shutil.copytree(cnn_zoo, bad)
+    card = json.loads((bad / "zoo.json").read_text())
+    card["input_shape"] = None
+    (bad / "zoo.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="probestat.*no input shape"):
+        train_metanet(bad, arch="probestat", epochs=1, progress=False)

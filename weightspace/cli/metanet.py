@@ -21,8 +21,11 @@ networks can be run: images of the zoo's own training data when it loads (CNN zo
 uniform noise (INRs); on INRs fitted from independent initialisations they make the
 difference: 12% -> 71% on MNIST SIRENs; --probes 0 switches them off; for --task accuracy
 their readout also gets per-tensor weight statistics, --stats off switches them off), np,
-hnp, dws (equivariant weight-space layers), statnn, mlp (baselines). Trains on the zoo's train split with random
-permutations of the input networks, keeps the best model on the val split (early stopping),
+hnp, dws (equivariant weight-space layers), statnn, mlp (baselines), probestat (an MLP on each
+network's outputs on the 32 probe images plus its per-tensor weight statistics: invariant by
+construction, features computed once per network; needs networks the zoo card lets us run; best on
+the CNN zoos' accuracy prediction). Trains on the zoo's train split with random
+permutations of the input networks (not probestat), keeps the best model on the val split (early stopping),
 and reports Kendall tau and R^2 (accuracy) or accuracy (class) on every split. Under torchrun the
 same training runs data-parallel (DistributedDataParallel; gloo on the CPU, nccl on CUDA);
 --batch-size is the global batch and rank 0 writes the checkpoint and the output."""
@@ -44,12 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--task", choices=TASKS, default="accuracy", help="what to predict (default: accuracy)")
     t.add_argument("--arch", choices=ARCHS, default="gnn", help="the metanetwork (default: gnn)")
     t.add_argument("-o", "--out", required=True, metavar="OUT.pt", help="where to write the best metanetwork")
-    t.add_argument("--epochs", type=int, default=50, help="most epochs (default: 50)")
-    t.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
-    t.add_argument("--batch-size", type=int, default=32,
-                   help="networks per step, over all processes under torchrun (default: 32)")
+    t.add_argument("--epochs", type=int, default=None, help="most epochs (default: 50; probestat: 300)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-4; probestat: 1e-3)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="networks per step, over all processes under torchrun (default: 32; probestat: 64)")
     t.add_argument("--hidden", type=int, default=None, help="metanetwork width (default: per arch)")
-    t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="early-stopping patience in epochs (default: 10; probestat: 100)")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay (default: 0; probestat: 1e-2)")
     t.add_argument("--loss", choices=LOSSES, default="mse",
                    help="--task accuracy: squared error (mse), or squared error plus a pairwise ranking term over "
                         "each batch (rank) (default: mse)")
@@ -61,13 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target", default=None, help="metrics.csv column to predict (default: test_acc or label)")
     t.add_argument("--probes", type=_probes, default="auto", metavar="N|auto",
                    help=f"gnn/transformer: add activations on N probe inputs as node features; auto: "
-                        f"{DEFAULT_PROBES} when the zoo's networks can be run, else 0 (default: auto)")
+                        f"{DEFAULT_PROBES} when the zoo's networks can be run, else 0; probestat: its N probe "
+                        f"inputs, auto: {DEFAULT_PROBES} (default: auto)")
     t.add_argument("--probe-source", choices=("uniform", "data", "auto"), default="auto",
                    help="probe inputs: uniform in [-1, 1], images of the zoo's training data (data), or data "
                         "when it loads with the models' input shape, else uniform (auto) (default: auto)")
     t.add_argument("--stats", choices=("auto", "on", "off"), default="auto",
                    help="gnn/transformer: also feed the readout per-tensor weight statistics; auto: for "
-                        "--task accuracy (default: auto)")
+                        "--task accuracy; probestat: add them to its features, auto: on (default: auto)")
     t.add_argument("--checkpoints", default="all", metavar="all|last|E[,E...]",
                    help="which stored epochs of each zoo model to learn from (default: all)")
     t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.metanet_command == "train":
         r = train_metanet(args.zoo, task=args.task, arch=args.arch, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, hidden=args.hidden, augment=not args.no_augment,
-                          patience=args.patience, target=args.target, seed=args.seed, probes=args.probes,
+                          patience=args.patience, weight_decay=args.weight_decay, target=args.target, seed=args.seed, probes=args.probes,
                           probe_source=args.probe_source, loss=args.loss, schedule=args.schedule,
                           select=args.select,
                           stats={"auto": "auto", "on": True, "off": False}[args.stats],
