@@ -239,12 +239,13 @@ def matching_objective(structure: Structure, state_a: Mapping[str, Tensor],
                        state_b: Mapping[str, Tensor], perms: Mapping[str, Tensor]) -> float:
     """``sum_k <A_k, P(B)_k>`` over every permuted floating parameter (larger is better)."""
     from graphs import permute
-    pb = permute(structure, {k: v for k, v in state_b.items() if k in structure.axes}, perms)
+    names = [k for k, v in state_a.items()
+             if k in state_b and v.is_floating_point() and not structure.is_buffer(k)
+             and any(a is not None for a in structure.axes.get(k, ()))]
+    pb = permute(structure, {k: state_b[k] for k in names}, perms)
     total = 0.0
-    for k, v in state_a.items():
-        if k in pb and v.is_floating_point() and not structure.is_buffer(k) \
-                and any(a is not None for a in structure.axes.get(k, ())):
-            total += float((v.double() * pb[k].double()).sum())
+    for k in names:
+        total += float(torch.dot(state_a[k].reshape(-1).double(), pb[k].reshape(-1).double()))
     return total
 
 
