@@ -1049,33 +1049,43 @@ def check_structure(module: nn.Module, structure: Structure, example_input: Any,
 
     Shipped as a test helper: a correct structure gives ~1e-15.
     """
-    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    m = copy.deepcopy(module).double().eval()
-    inputs = tuple(t.double() if isinstance(t, Tensor) and t.is_floating_point() else t for t in inputs)
-    state = dict(m.state_dict())
-    if perms is None:
-        perms = random_permutation(structure, seed)
-    permuted = permute(structure, state, perms)
-    with torch.no_grad():
-        a = _flat_outputs(torch.func.functional_call(m, state, inputs, tie_weights=False))
-        b = _flat_outputs(torch.func.functional_call(m, permuted, inputs, tie_weights=False))
-    err = 0.0
-    for x, y in zip(a, b):
-        scale = 1.0 + float(x.abs().max()) if x.numel() else 1.0
-        err = max(err, float((x - y).abs().max()) / scale if x.numel() else 0.0)
-    return err
+    return _Checker(module, example_input)(structure, random_permutation(structure, seed) if perms is None else perms)
+
+
+class _Checker:
+    """The float64 copy of a module and its inputs, made once for several checks."""
+
+    def __init__(self, module: nn.Module, example_input: Any) -> None:
+        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        self.module = copy.deepcopy(module).double().eval()
+        self.inputs = tuple(t.double() if isinstance(t, Tensor) and t.is_floating_point() else t for t in inputs)
+        self.state = dict(self.module.state_dict())
+        self._reference = None
+
+    def __call__(self, structure: Structure, perms: dict[str, Tensor]) -> float:
+        permuted = permute(structure, self.state, perms)
+        with torch.no_grad():
+            if self._reference is None:
+                self._reference = _flat_outputs(torch.func.functional_call(self.module, self.state, self.inputs,
+                                                                           tie_weights=False))
+            b = _flat_outputs(torch.func.functional_call(self.module, permuted, self.inputs, tie_weights=False))
+        err = 0.0
+        for x, y in zip(self._reference, b):
+            scale = 1.0 + float(x.abs().max()) if x.numel() else 1.0
+            err = max(err, float((x - y).abs().max()) / scale if x.numel() else 0.0)
+        return err
 
 
 def _verify(module: nn.Module, structure: Structure, inputs, atol: float) -> Structure:
     if not structure.groups:
         return structure
-    errs = {seed: check_structure(module, structure, inputs, seed=seed) for seed in (0, 1)}
+    check = _Checker(module, inputs)  # one float64 copy and one reference pass for every check
+    errs = {seed: check(structure, random_permutation(structure, seed)) for seed in (0, 1)}
     if max(errs.values()) <= atol:
         return structure
     bad = []
     for g in structure.groups:
-        if any(check_structure(module, structure, inputs, {g: random_permutation(structure, seed)[g]}) > atol
-               for seed in (0, 1, 2)):
+        if any(check(structure, {g: random_permutation(structure, seed)[g]}) > atol for seed in (0, 1, 2)):
             bad.append(g)
     warnings.warn(f"trace: permuting {bad} changed the output of {type(module).__name__}; "
                   f"they are left unpermuted (please report this as a bug)")
