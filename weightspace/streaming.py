@@ -26,10 +26,25 @@ from torch import Tensor, nn
 
 import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
+from merging.matching.weight import _descend as _coordinate_descent
+from merging.matching.weight import _start
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, trace_model
-from .checkpoint import (CheckpointError, _atomic, _brief, _check_overlap, _commit_replacing, _layout, _parse_size,
-                         _resolve, _ST_DTYPES, check_finite, check_fits, check_not_input, open_checkpoint)
+from .checkpoint import (
+    _ST_DTYPES,
+    CheckpointError,
+    _atomic,
+    _brief,
+    _check_overlap,
+    _commit_replacing,
+    _layout,
+    _parse_size,
+    _resolve,
+    check_finite,
+    check_fits,
+    check_not_input,
+    open_checkpoint,
+)
 from .models import example_input_for, parse_input_shape
 
 __all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]
@@ -57,16 +72,6 @@ def _load(state: Mapping[str, Tensor], name: str, device: torch.device) -> Tenso
     """One tensor as weight matching sees it: on ``device``, half precision widened to float32."""
     t = state[name].detach()
     return t.to(device=device, dtype=torch.float32 if t.dtype in _LOW_PRECISION else t.dtype)
-
-
-def _neighbours(structure: Structure) -> dict[str, set[str]]:
-    from graphs import axis_groups
-    out: dict[str, set[str]] = {g: set() for g in structure.groups}
-    for ax in structure.axes.values():
-        gs = {g for a in ax for g in axis_groups(a)}
-        for g in gs:
-            out[g] |= gs - {g}
-    return out
 
 
 def _similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
@@ -190,49 +195,13 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
 def _descend(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], keys: set[str],
              max_iter: int, seed: int, init: Mapping[str, Tensor] | None, solver: str, device: torch.device,
              progress: bool, groups: list[str] | None, fn: str) -> tuple[dict[str, Tensor], int]:
-    """The coordinate descent of :func:`streaming_weight_matching`: ``(perms, sweeps)``."""
-    perms = {g: (init[g].to(device) if init is not None and g in init
-                 else torch.arange(structure.groups[g].size, device=device)) for g in structure.groups}
-    if groups is None:
-        groups = list(structure.groups)
-    unknown = [g for g in groups if g not in structure.groups]
-    if unknown:
-        raise ValueError(f"{fn}: unknown groups {unknown}; the structure has {sorted(structure.groups)}")
-    rng = torch.Generator().manual_seed(seed)
-    neighbours = _neighbours(structure)
-    dirty = {g: True for g in structure.groups}
-    duals: dict[str, Any] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(desc="weight matching (streaming)", unit="sweep", leave=False)
-    sweeps = 0
-    for sweeps in range(1, max_iter + 1):
-        improved = False
-        for gi in torch.randperm(len(groups), generator=rng).tolist():
-            g = groups[gi]
-            if not dirty[g]:
-                continue
-            c = _similarity(structure, state_a, state_b, keys, g, perms, device)
-            new, duals[g] = merging.solve_assignment(c, solver=solver, init=perms[g], duals=duals.get(g),
-                                                     return_duals=True)
-            dirty[g] = False
-            rows = torch.arange(len(new), device=c.device)
-            old_val = float(c[rows, perms[g].to(c.device)].sum())
-            new_val = float(c[rows, new.to(c.device)].sum())
-            del c
-            if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
-                perms[g] = new.to(device)
-                improved = True
-                for h in neighbours[g]:
-                    dirty[h] = True
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(changed=sum(dirty.values()))
-        if not improved:
-            break
-    if bar is not None:
-        bar.close()
+    """The coordinate descent of :func:`streaming_weight_matching` (weight matching's own loop,
+    with similarities read tensor by tensor): ``(perms, sweeps)``."""
+    perms, groups = _start(structure, init, groups, device, fn)
+    sweeps = _coordinate_descent(structure, groups, perms,
+                                 lambda g: _similarity(structure, state_a, state_b, keys, g, perms, device),
+                                 solver=solver, max_iter=max_iter, seed=seed,
+                                 progress="weight matching (streaming)" if progress else None)
     return {g: p.cpu() for g, p in perms.items()}, sweeps
 
 
@@ -418,7 +387,14 @@ def streaming_merge(
         >>> streaming_merge("a/", "b/", "merged/", max_shard_size="2GB")  # doctest: +SKIP
     """
     from . import __version__
-    from .merge import MergeResult, _check_alpha, _check_method, _check_same_states, _file_record, _resolve_device
+    from .merge import (
+        MergeResult,
+        _check_alpha,
+        _check_method,
+        _check_same_states,
+        _file_record,
+        _resolve_device,
+    )
 
     fn = "merge_checkpoints"
     t0 = time.perf_counter()

@@ -306,30 +306,54 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         device = next((v.device for v in state_a.values()), torch.device("cpu"))
     a = _floating(state_a, structure, device, include_buffers)
     b = _floating(state_b, structure, device, include_buffers)
-    perms = {g: (init[g].to(device) if init is not None and g in init else torch.arange(structure.groups[g].size, device=device))
-             for g in structure.groups}
-    if groups is None:
-        groups = list(structure.groups)
-    unknown = [g for g in groups if g not in structure.groups]
-    if unknown:
-        raise ValueError(f"weight_matching: unknown groups {unknown}; the structure has {sorted(structure.groups)}")
+    perms, groups = _start(structure, init, groups, device, "weight_matching")
     step_solver = solver
     if solver == "auto":
         from ._solve import lap_available
         # measured on an H100 machine: the C solver on the host (similarities on the GPU)
         # beats the GPU auction at width 2048 and ties it at 4096 (README, bench)
         step_solver = "lap" if lap_available() else "scipy"
+    sims = {g: _IncrementalSimilarity(structure, a, b, g, device) for g in groups}
+    sweeps = _descend(structure, groups, perms, lambda g: sims[g](perms), solver=step_solver, max_iter=max_iter,
+                      seed=seed, progress="weight matching" if progress else None,
+                      postfix=lambda: {"objective": f"{matching_objective(structure, a, b, perms):.7g}"})
+    perms = {g: p.cpu() for g, p in perms.items()}
+    if return_info:
+        return perms, {"sweeps": sweeps, "objective": matching_objective(structure, state_a, state_b, perms)}
+    return perms
+
+
+def _start(structure: Structure, init: Mapping[str, Tensor] | None, groups: list[str] | None, device,
+           fn: str) -> tuple[dict[str, Tensor], list[str]]:
+    """The starting permutations (``init`` or the identity) and the groups to optimise."""
+    perms = {g: (init[g].to(device) if init is not None and g in init
+                 else torch.arange(structure.groups[g].size, device=device)) for g in structure.groups}
+    if groups is None:
+        groups = list(structure.groups)
+    unknown = [g for g in groups if g not in structure.groups]
+    if unknown:
+        raise ValueError(f"{fn}: unknown groups {unknown}; the structure has {sorted(structure.groups)}")
+    return perms, groups
+
+
+def _descend(structure: Structure, groups: list[str], perms: dict[str, Tensor], similarity, *, solver: str,
+             max_iter: int, seed: int, progress: str | None = None, postfix=None) -> int:
+    """Algorithm 1's coordinate descent, updating ``perms`` in place; returns the sweeps run.
+
+    ``similarity(g)`` gives group ``g``'s matrix under the current ``perms``. Every sweep
+    visits ``groups`` in a fresh random order; a group none of whose neighbours moved since
+    it was last solved is skipped (its solution still holds). Stops after a sweep without
+    strict improvement; with ``solver="auction"`` that is followed by exact sweeps, warm
+    from the auction's prices, until one improves nothing. ``progress``: the bar's title.
+    """
     rng = torch.Generator().manual_seed(seed)
-    # a group's similarity matrix depends only on the groups it shares a tensor with;
-    # if none of them moved since it was last solved, its solution still holds (exact skip)
     neighbours = _neighbours(structure)
     dirty = {g: True for g in structure.groups}
     duals: dict = {}
-    sims = {g: _IncrementalSimilarity(structure, a, b, g, device) for g in groups}
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(desc="weight matching", unit="sweep", leave=False)
+        bar = tqdm(desc=progress, unit="sweep", leave=False)
     sweeps = 0
     for sweeps in range(1, max_iter + 1):
         improved = False
@@ -337,32 +361,30 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
             g = groups[gi]
             if not dirty[g]:
                 continue
-            c = sims[g](perms)
-            new, duals[g] = solve_assignment(c, solver=step_solver, init=perms[g], duals=duals.get(g),
-                                             return_duals=True)
+            c = similarity(g)
+            new, duals[g] = solve_assignment(c, solver=solver, init=perms[g], duals=duals.get(g), return_duals=True)
             dirty[g] = False
-            old_val = float(c[torch.arange(len(new), device=c.device), perms[g].to(c.device)].sum())
-            new_val = float(c[torch.arange(len(new), device=c.device), new.to(c.device)].sum())
+            rows = torch.arange(len(new), device=c.device)
+            old_val = float(c[rows, perms[g].to(c.device)].sum())
+            new_val = float(c[rows, new.to(c.device)].sum())
+            del c
             if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
-                perms[g] = new.to(device)
+                perms[g] = new.to(perms[g].device)
                 improved = True
                 for h in neighbours[g]:
                     dirty[h] = True
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(objective=f"{matching_objective(structure, a, b, perms):.7g}", solver=step_solver)
+            bar.set_postfix(**(postfix() if postfix is not None else {}), solver=solver)
         if not improved:
-            if step_solver != "auction":
+            if solver != "auction":
                 break
             # the approximate sweeps settled: finish with exact ones, warm from the prices
-            step_solver = "lap"
+            solver = "lap"
             dirty = {g: True for g in structure.groups}
     if bar is not None:
         bar.close()
-    perms = {g: p.cpu() for g, p in perms.items()}
-    if return_info:
-        return perms, {"sweeps": sweeps, "objective": matching_objective(structure, state_a, state_b, perms)}
-    return perms
+    return sweeps
 
 
 def _check_states(structure: Structure, state_a, state_b) -> None:
