@@ -8,6 +8,6 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("merging.matching._lap", ["merging/matching/_lap.c"],
-                  extra_compile_args=["-O3"], optional=True),
+                  depends=["merging/matching/_lap_impl.h"], extra_compile_args=["-O3"], optional=True),
     ],
 )

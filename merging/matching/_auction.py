@@ -20,7 +20,6 @@ is a true local optimum of the exact coordinate descent (see ``weight_matching(s
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
