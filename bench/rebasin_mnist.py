@@ -3,6 +3,7 @@ with BatchNorm, and speed side by side with the PyPI package ``rebasin`` (0.0.47
 
     python bench/rebasin_mnist.py --mnist ../shared/data/mnist            # everything
     python bench/rebasin_mnist.py --mnist DIR --skip-resnet --widths 512  # quick
+    python bench/rebasin_mnist.py --mnist DIR --skip-mlp --skip-resnet --cache /tmp/rb  # speed, reuse nets
 
 MNIST: the 10,000 test images of the IDX files, 8,000 to train and 2,000 to test.
 Prints markdown tables (the README quotes them).
@@ -11,8 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import random
+import statistics
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +29,24 @@ from weightspace.data import load_dataset
 from weightspace.models import get_model
 
 
+CACHE: Path | None = None  # --cache: trained state dicts kept between runs
+
+
 def train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_size: int = 128) -> dict:
+    if CACHE is not None:
+        shapes = "-".join("x".join(map(str, p.shape)) for p in model.parameters())
+        key = hashlib.sha1(f"{type(model).__name__}|{shapes}|{len(ds)}|{epochs}|{lr}|{seed}|{batch_size}".encode())
+        path = CACHE / f"{key.hexdigest()[:16]}.safetensors"
+        if path.exists():
+            return weightspace.load(path)
+        state = _train(model, ds, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        weightspace.save(state, path)
+        return state
+    return _train(model, ds, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+
+
+def _train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_size: int) -> dict:
     torch.manual_seed(seed)
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
@@ -124,13 +147,22 @@ def resnet_barriers(train_ds, test, args) -> None:
         print(row(method, fmt(mid, 4), fmt(bar, 4), f"{bar / max(naive, 1e-12):.2f}"))
 
 
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def speed(train_ds, test, args) -> None:
     try:
         from rebasin import PermutationCoordinateDescent
     except ImportError:
         PermutationCoordinateDescent = None
+    r = args.speed_repeats
     print("\n### Weight matching speed on trained MLPs 784-W-W-W-10 (this machine, CPU), same pairs\n")
-    print("(weightspace: tracing included; both weightspace runs reach the same objective)\n")
+    print(f"(median of {r} runs with seeds 0..{r - 1} for each side: both visit the groups in a random order "
+          "and stop at a different sweep per seed; weightspace's time includes tracing; its two solvers reach "
+          "the same objective)\n")
     print(row("width", "weightspace (s)", "sweeps", "weightspace, SciPy solver (s)", "rebasin 0.0.47 (s)",
               "speed-up vs rebasin", "loss barrier weightspace", "loss barrier rebasin"))
     print(row(*["---"] * 8))
@@ -138,30 +170,39 @@ def speed(train_ds, test, args) -> None:
         model = get_model("mlp", in_features=784, hidden=[w, w, w], out_features=10)
         a = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=0)
         b = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=1)
-        t = time.time()
-        s = weightspace.trace(model, model.example_input())
-        p, info = merging.weight_matching(s, a, b, return_info=True)
-        t_ws = time.time() - t
-        t = time.time()
-        _, info_ref = merging.weight_matching(s, a, b, solver="scipy", return_info=True)
-        t_ref = time.time() - t
-        assert abs(info_ref["objective"] - info["objective"]) <= 1e-9 * abs(info["objective"])
-        r_ws = merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.steps, progress=False)
-        if PermutationCoordinateDescent is not None:
-            ma, mb = copy.deepcopy(model), copy.deepcopy(model)
-            ma.load_state_dict(a)
-            mb.load_state_dict(b)
+        t_ws, sweeps, bar_ws, t_rb, bar_rb = [], [], [], [], []
+        for seed in range(r):
             t = time.time()
-            pcd = PermutationCoordinateDescent(ma, mb, model.example_input(1))
-            pcd.rebasin()
-            t_rb = time.time() - t
-            r_rb = merging.barrier(model, a, {k: v.detach() for k, v in mb.state_dict().items()}, test,
-                                   steps=args.steps, progress=False)
-            print(row(w, fmt(t_ws, 2), info["sweeps"], fmt(t_ref, 2), fmt(t_rb, 2), f"{t_rb / t_ws:.1f}x",
-                      fmt(r_ws.loss_barrier), fmt(r_rb.loss_barrier)))
+            s = weightspace.trace(model, model.example_input())
+            p, info = merging.weight_matching(s, a, b, seed=seed, return_info=True)
+            t_ws.append(time.time() - t)
+            sweeps.append(info["sweeps"])
+            bar_ws.append(merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.steps,
+                                          progress=False).loss_barrier)
+            if seed == 0:
+                t = time.time()
+                _, info_ref = merging.weight_matching(s, a, b, seed=seed, solver="scipy", return_info=True)
+                t_ref = time.time() - t
+                assert abs(info_ref["objective"] - info["objective"]) <= 1e-9 * abs(info["objective"])
+            if PermutationCoordinateDescent is not None:
+                ma, mb = copy.deepcopy(model), copy.deepcopy(model)
+                ma.load_state_dict(a)
+                mb.load_state_dict(b)
+                _seed_everything(seed)
+                t = time.time()
+                pcd = PermutationCoordinateDescent(ma, mb, model.example_input(1))
+                pcd.rebasin()
+                t_rb.append(time.time() - t)
+                bar_rb.append(merging.barrier(model, a, {k: v.detach() for k, v in mb.state_dict().items()}, test,
+                                              steps=args.steps, progress=False).loss_barrier)
+        ours = statistics.median(t_ws)
+        sw = f"{min(sweeps)}-{max(sweeps)}" if min(sweeps) != max(sweeps) else str(sweeps[0])
+        if t_rb:
+            theirs = statistics.median(t_rb)
+            print(row(w, fmt(ours, 2), sw, fmt(t_ref, 2), f"{fmt(theirs, 2)} ({fmt(min(t_rb), 1)}-{fmt(max(t_rb), 1)})",
+                      f"{theirs / ours:.1f}x", fmt(statistics.mean(bar_ws)), fmt(statistics.mean(bar_rb))))
         else:
-            print(row(w, fmt(t_ws, 2), info["sweeps"], fmt(t_ref, 2), "not installed", "-",
-                      fmt(r_ws.loss_barrier), "-"))
+            print(row(w, fmt(ours, 2), sw, fmt(t_ref, 2), "not installed", "-", fmt(statistics.mean(bar_ws)), "-"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-mlp", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--speed-repeats", type=int, default=3, help="runs per side in the speed table (default: 3)")
+    ap.add_argument("--cache", default=None, help="directory keeping trained networks between runs (default: none)")
     args = ap.parse_args(argv)
+    global CACHE
+    CACHE = Path(args.cache) if args.cache else None
     if args.threads:
         torch.set_num_threads(args.threads)
     train_ds = load_dataset(f"mnist-idx:{args.mnist}", split="train")
