@@ -45,7 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train a metanetwork on a zoo", description="Train a metanetwork on a zoo.")
     t.add_argument("zoo", metavar="ZOO", help="the zoo directory")
     t.add_argument("--task", choices=TASKS, default="accuracy", help="what to predict (default: accuracy)")
-    t.add_argument("--arch", choices=ARCHS, default="gnn", help="the metanetwork (default: gnn)")
+    t.add_argument("--arch", choices=ARCHS, default="gnn",
+                   help="the metanetwork (default: gnn). gnn and transformer learn from parameter graphs and train "
+                        "for minutes to hours on a CPU; probestat reads the networks' outputs at probe inputs plus "
+                        "weight statistics, trains in seconds, and predicts accuracy best (README, Benchmarks)")
     t.add_argument("-o", "--out", required=True, metavar="OUT.pt", help="where to write the best metanetwork")
     t.add_argument("--epochs", type=int, default=None, help="most epochs (default: 50; probestat: 300)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-4; probestat: 1e-3)")

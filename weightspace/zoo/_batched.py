@@ -117,30 +117,42 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self, grads: Mapping[str, Tensor], active: Tensor | None = None) -> None:
+        """One update of every model. All parameters go through each operation at once
+        (``torch._foreach_*``, as ``torch.optim``'s foreach path), in the same order of
+        operations as the per-tensor update, so results are the same to the bit."""
         self.step_count += 1
         t = self.step_count
-        for k, p in self.params.items():
-            g = grads[k]
-            wd = self._view(self.weight_decay, p)
-            g = g.add(p * wd)
-            lr = self._view(self.lr if active is None else self.lr * active, p)
-            st = self.state.setdefault(k, {})
-            if self.kind == "adam":
-                b1, b2 = self.betas
-                if not st:
-                    st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
-                m, v = st["m"], st["v"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1**t, 1 - b2**t
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
-                p.sub_(lr / bc1 * m / denom)
-            else:
+        keys = list(self.params)
+        ps = [self.params[k] for k in keys]
+        lr = self.lr if active is None else self.lr * active
+        wds = [self._view(self.weight_decay, p) for p in ps]
+        lrs = [self._view(lr, p) for p in ps]
+        gs = torch._foreach_add([grads[k] for k in keys], torch._foreach_mul(ps, wds))
+        if self.kind == "adam":
+            b1, b2 = self.betas
+            for k, p in zip(keys, ps):
+                if not self.state.get(k):
+                    self.state[k] = {"m": torch.zeros_like(p), "v": torch.zeros_like(p)}
+            ms = [self.state[k]["m"] for k in keys]
+            vs = [self.state[k]["v"] for k in keys]
+            torch._foreach_lerp_(ms, gs, 1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+            bc1, bc2 = 1 - b1**t, 1 - b2**t
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, math.sqrt(bc2))
+            torch._foreach_add_(denom, self.eps)
+            upd = torch._foreach_mul(torch._foreach_div(lrs, bc1), ms)
+            torch._foreach_div_(upd, denom)
+            torch._foreach_sub_(ps, upd)
+        else:
+            for k, g in zip(keys, gs):
+                st = self.state.setdefault(k, {})
                 if "buf" not in st:
                     st["buf"] = g.clone()
                 else:
                     st["buf"].mul_(self.momentum).add_(g)
-                p.sub_(lr * st["buf"])
+            torch._foreach_sub_(ps, torch._foreach_mul(lrs, [self.state[k]["buf"] for k in keys]))
 
 
 def cnn_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor, *,
