@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--resnet-width", type=int, default=1)
     ap.add_argument("--resnet-epochs", type=int, default=3)
-    ap.add_argument("--resnet-pairs", type=int, default=3, help="pairs of seeds (0,1), (2,3), ... (default: 3)")
+    ap.add_argument("--resnet-pairs", type=int, default=5, help="pairs of seeds (0,1), (2,3), ... (default: 5)")
     ap.add_argument("--resnet-steps", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip-mlp", action="store_true")
