@@ -14,7 +14,8 @@
  * the end; ties go to the smallest column index, as in a plain left-to-right scan. The body
  * (_lap_impl.h) is compiled three times: with 8 lanes of AVX-512 and 4 of AVX2 (GCC / Clang
  * vector extensions, x86-64 only), and as plain scalar code; ws_lap picks the best build the
- * CPU runs. Scanned columns are marked NaN in the path search, so no flag array is read.
+ * CPU runs. Scanned columns are marked NaN in the path search, so no flag array is read
+ * (which is why this file must not be built with -ffast-math: it relies on NaN comparing false).
  *
  * Loaded with ctypes (no Python API), built as an optional extension by setup.py; without
  * a C compiler the package falls back to SciPy's solver.
