@@ -57,11 +57,13 @@ def _accumulate(n: int, rows_a, rows_b, device) -> Tensor:
 class _IncrementalSimilarity:
     """One group's similarity matrix, updated by low-rank corrections.
 
-    For each tensor occurrence, ``C_k = A_k P(B_k)^T`` where the other groups' permutation
-    ``P`` only reorders the columns (the entries moving with each unit). When few columns
-    changed since the last call (late sweeps), ``C_k`` is corrected on those columns only,
-    in ``O(n^2 |changed|)``; otherwise it is recomputed. Tensors no other group touches
-    never change and cost nothing after the first call.
+    The matrix is ``C = sum_k A_k P(B_k)^T`` over the tensor occurrences ``k`` touching the
+    group, where the other groups' permutation ``P`` only reorders the columns (the entries
+    moving with each unit). Only the sum is stored: when the columns of occurrence ``k``
+    change, ``C += A_k[:, changed] (B_new - B_cur)[:, changed]^T``, in ``O(n^2 |changed|)``,
+    so a call costs nothing for the occurrences that did not move and no pass over per-tensor
+    matrices (a ResNet-50 stage's residual group sums about twenty). Tensors no other group
+    touches never change and cost nothing after the first call.
 
     An occurrence whose axis is the group's own (every linear or convolution weight, bias
     and normalisation vector) keeps only its column order: a vector over the columns of B's
@@ -108,12 +110,11 @@ class _IncrementalSimilarity:
         self.deps = {k: sorted(_tensor_groups(structure, k) - {group}) for k in self.slots}
         self.seen: dict[str, list | None] = {k: None for k in self.slots}
         self.last: list[Tensor | None] = [None] * len(self.rows_a)
-        self.parts: list[Tensor | None] = [None] * len(self.rows_a)
-        self.dtype = torch.float64  # low-rank corrections accumulate: keep them exact
+        self.dtype = torch.float64  # corrections accumulate in the sum: keep them exact
         # buffers reused across calls: a fresh n x n tensor is mapped and page-faulted anew
-        # on every call (measured: 10x the cost of the add): the sum handed out, one
-        # product, and B's rows in each occurrence's current layout
-        self.out: Tensor | None = None
+        # on every call (measured: 10x the cost of an add): the sum, one product, and B's
+        # rows in each occurrence's current layout
+        self.total: Tensor | None = None
         self.scratch: Tensor | None = None
         self.gathered: list[Tensor | None] = [None] * len(self.rows_a)
 
@@ -147,18 +148,13 @@ class _IncrementalSimilarity:
                     self._update(k, name, idx)
             for name in stale:
                 self.seen[name] = [perms[h] for h in self.deps[name]]
-        parts = [p for p in self.parts if p is not None]
-        if not parts:
+        return self._total()
+
+    def _total(self) -> Tensor:
+        if self.total is None:
             dev = self.rows_a[0].device if self.rows_a else "cpu"
-            return torch.zeros(self.n, self.n, dtype=self.dtype, device=dev)
-        if self.out is None:
-            self.out = torch.empty_like(parts[0])
-        if len(parts) == 1:
-            return self.out.copy_(parts[0])
-        torch.add(parts[0], parts[1], out=self.out)
-        for p in parts[2:]:
-            self.out.add_(p)
-        return self.out
+            self.total = torch.zeros(self.n, self.n, dtype=self.dtype, device=dev)
+        return self.total
 
     def _product(self, a_rows: Tensor, b_rows: Tensor) -> Tensor:
         """``a_rows @ b_rows.T`` into a scratch matrix shared by this group's tensors."""
@@ -166,57 +162,49 @@ class _IncrementalSimilarity:
             self.scratch = torch.empty(self.n, self.n, dtype=a_rows.dtype, device=a_rows.device)
         return torch.mm(a_rows, b_rows.T, out=self.scratch)
 
-    def _set(self, k: int, a_rows: Tensor, b_rows: Tensor) -> None:
-        prod = self._product(a_rows, b_rows)
-        if self.parts[k] is None:
-            self.parts[k] = torch.empty(self.n, self.n, dtype=self.dtype, device=prod.device)
-        self.parts[k].copy_(prod)
-
-    def _correct(self, k: int, a_cols: Tensor, delta: Tensor) -> None:
-        part = self.parts[k]  # owned here: the sum handed out is a separate buffer
-        if 8 * delta.shape[1] <= a_cols.shape[0] or 8 * delta.shape[1] <= self.rows_a[k].shape[1]:
+    def _add(self, k: int, a_cols: Tensor, b_cols: Tensor) -> None:
+        """``total += a_cols @ b_cols.T``: a new occurrence, or a correction (``b_cols`` the change)."""
+        total = self._total()
+        if 8 * b_cols.shape[1] <= a_cols.shape[0] or 8 * b_cols.shape[1] <= self.rows_a[k].shape[1]:
             # a thin correction: one fused float64 addmm beats a float32 product plus a
             # mixed-precision add over the whole matrix
-            part.addmm_(a_cols.to(part.dtype), delta.to(part.dtype).T)
+            total.addmm_(a_cols.to(total.dtype), b_cols.to(total.dtype).T)
         else:
-            part.add_(self._product(a_cols, delta))
+            total.add_(self._product(a_cols, b_cols))
 
     def _update_fast(self, k: int, col: Tensor) -> None:
         a_rows, b_rows, last = self.rows_a[k], self.b_rows[k], self.last[k]
-        if last is not None:
+        if last is None:
+            self.gathered[k] = b_rows.index_select(1, col)
+            self._add(k, a_rows, self.gathered[k])
+        else:
             changed = (col != last).nonzero().squeeze(1)
             if len(changed) == 0:
                 return
+            cur = self.gathered[k]
             if 4 * len(changed) <= 3 * len(col):
                 new = b_rows.index_select(1, col[changed])
-                cur = self.gathered[k]
                 delta = new - cur[:, changed]
                 cur[:, changed] = new
-                self._correct(k, a_rows[:, changed], delta)
-                self.last[k] = col
-                return
-        if self.gathered[k] is None:
-            self.gathered[k] = torch.empty_like(b_rows)
-        torch.index_select(b_rows, 1, col, out=self.gathered[k])
-        self._set(k, a_rows, self.gathered[k])
+                self._add(k, a_rows[:, changed], delta)
+            else:  # most columns moved: one product over all of them
+                new = b_rows.index_select(1, col)
+                delta = new - cur
+                cur.copy_(new)
+                self._add(k, a_rows, delta)
         self.last[k] = col
 
     def _update(self, k: int, name: str, idx: Tensor) -> None:
         a_rows, b_flat, last = self.rows_a[k], self.b_flat[name], self.last[k]
-        if last is not None:
+        if last is None:
+            self._add(k, a_rows, b_flat.index_select(0, idx.reshape(-1)).view(idx.shape))
+        else:
             changed = (idx != last).any(0).nonzero().squeeze(1)
             if len(changed) == 0:
                 self.last[k] = idx
                 return
-            if 4 * len(changed) <= 3 * idx.shape[1]:
-                delta = b_flat[idx[:, changed]] - b_flat[last[:, changed]]
-                self._correct(k, a_rows[:, changed], delta)
-                self.last[k] = idx
-                return
-        if self.gathered[k] is None:
-            self.gathered[k] = torch.empty(idx.shape, dtype=b_flat.dtype, device=b_flat.device)
-        b_rows = torch.index_select(b_flat, 0, idx.reshape(-1), out=self.gathered[k].view(-1)).view(idx.shape)
-        self._set(k, a_rows, b_rows)
+            delta = b_flat[idx[:, changed]] - b_flat[last[:, changed]]
+            self._add(k, a_rows[:, changed], delta)
         self.last[k] = idx
 
 
