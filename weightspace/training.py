@@ -104,7 +104,7 @@ def train_classifier(
                 x, y = x.to(dev), y.to(dev)
                 loss = F.cross_entropy(model(x), y)
                 if not torch.isfinite(loss):
-                    raise ValueError(f"train_classifier: the loss became {float(loss)} in epoch {epoch + 1}; "
+                    raise ValueError(f"train_classifier: the loss became {float(loss.detach())} in epoch {epoch + 1}; "
                                      f"lower lr (now {lr})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
