@@ -118,6 +118,8 @@ def resnet_barriers(train_ds, test, args) -> None:
     for pair in range(args.resnet_pairs):
         a = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=2 * pair)
         b = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=2 * pair + 1)
+        if pair == 0:
+            first = (a, b)
         # exact function preservation
         pr = weightspace.random_permutation(s, pair)
         with torch.no_grad():
@@ -138,7 +140,7 @@ def resnet_barriers(train_ds, test, args) -> None:
                       f"{fmt(r.accuracies[0], 4)} / {fmt(r.accuracies[-1], 4)}", fmt(r.midpoint_accuracy, 4),
                       fmt(r.accuracy_barrier, 4), fmt(r.accuracy_barrier_linear, 4), fmt(r.loss_barrier)), flush=True)
     print(f"\nrandom permutation of A: max |output difference| = {max(diffs):.2e} (float32, all pairs)\n")
-    rebasin_on_resnet(model, train_ds, test, args)
+    rebasin_on_resnet(model, *first, test)
     print(row("method (+ BatchNorm reset)", "mean midpoint test acc.", "mean acc. barrier", "ratio to naive"))
     print(row(*["---"] * 4))
     naive = sum(r.accuracy_barrier for r in res["naive"]) / len(res["naive"])
@@ -154,7 +156,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rebasin_on_resnet(model: nn.Module, train_ds, test, args) -> None:
+def rebasin_on_resnet(model: nn.Module, a: dict, b: dict, test) -> None:
     """What ``rebasin`` 0.0.47 does to pair (0,1) of the ResNet-20: does its permuted B still
     compute B's function (it leaves BatchNorm's running statistics unpermuted)?"""
     try:
@@ -162,12 +164,10 @@ def rebasin_on_resnet(model: nn.Module, train_ds, test, args) -> None:
     except ImportError:
         print("rebasin not installed: its ResNet-20 check skipped\n")
         return
-    a = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=0)
-    b = train(model, train_ds, epochs=args.resnet_epochs, lr=0.1, seed=1)
     ma, mb = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
     ma.load_state_dict(a)
     mb.load_state_dict(b)
-    x = next(iter(test))[0]
+    x, y = next(iter(test))
     with torch.no_grad():
         y0 = mb(x)
     try:
@@ -180,8 +180,8 @@ def rebasin_on_resnet(model: nn.Module, train_ds, test, args) -> None:
     after = mb.state_dict()
     stats = [k for k in b if "running" in k]
     moved = sum(not torch.equal(b[k], after[k]) for k in stats)
-    acc0 = float((y0.argmax(1) == next(iter(test))[1]).float().mean())
-    acc1 = float((y1.argmax(1) == next(iter(test))[1]).float().mean())
+    acc0 = float((y0.argmax(1) == y).float().mean())
+    acc1 = float((y1.argmax(1) == y).float().mean())
     print(f"rebasin 0.0.47 on ResNet-20 pair (0,1): B's outputs change by up to {float((y0 - y1).abs().max()):.3g} "
           f"(logits up to {float(y0.abs().max()):.3g}); test accuracy of B {acc0:.4f} -> {acc1:.4f} on "
           f"{len(x)} images; running statistics permuted: {moved} of {len(stats)}\n")

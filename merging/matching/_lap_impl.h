@@ -35,6 +35,14 @@ WS_INLINE int NAME(best_lane)(const double *m, const int64_t *a, int skip)
     return best;
 }
 
+/* The lanes' overall minimum and its index in *arg (+inf and -1 when no lane holds one). */
+WS_INLINE double NAME(lanes_min)(const double *lm, const int64_t *la, int64_t *arg)
+{
+    int b = NAME(best_lane)(lm, la, -1);
+    *arg = b < 0 ? -1 : la[b];
+    return b < 0 ? INFINITY : lm[b];
+}
+
 /* min_j sign * c[j] - v[j] and the first j attaining it (-1 when every value is +inf / NaN). */
 WS_INLINE double NAME(row_argmin)(const double *c, const double *v, int64_t n, double sign, int64_t *arg)
 {
@@ -61,9 +69,7 @@ WS_INLINE double NAME(row_argmin)(const double *c, const double *v, int64_t n, d
         double r = sign * c[j] - v[j];
         if (r < lm[l]) { lm[l] = r; la[l] = j; }
     }
-    int b = NAME(best_lane)(lm, la, -1);
-    *arg = b < 0 ? -1 : la[b];
-    return b < 0 ? INFINITY : lm[b];
+    return NAME(lanes_min)(lm, la, arg);
 }
 
 /* The two smallest of sign * c[j] - v[j] in one pass: u1 at the first index j1 attaining it,
@@ -152,9 +158,7 @@ WS_INLINE double NAME(relax_argmin)(const double *ci, const double *v, double *s
         if (r < shortest[j]) { shortest[j] = r; path[j] = i; }
         if (shortest[j] < lm[l]) { lm[l] = shortest[j]; la[l] = j; }
     }
-    int b = NAME(best_lane)(lm, la, -1);
-    *arg = b < 0 ? -1 : la[b];
-    return b < 0 ? INFINITY : lm[b];
+    return NAME(lanes_min)(lm, la, arg);
 }
 
 /* The solver. */

@@ -181,17 +181,13 @@ class _IncrementalSimilarity:
             changed = (col != last).nonzero().squeeze(1)
             if len(changed) == 0:
                 return
+            # most columns moved: correct them all, through views instead of gathered copies
+            cols = changed if 4 * len(changed) <= 3 * len(col) else slice(None)
             cur = self.gathered[k]
-            if 4 * len(changed) <= 3 * len(col):
-                new = b_rows.index_select(1, col[changed])
-                delta = new - cur[:, changed]
-                cur[:, changed] = new
-                self._add(k, a_rows[:, changed], delta)
-            else:  # most columns moved: one product over all of them
-                new = b_rows.index_select(1, col)
-                delta = new - cur
-                cur.copy_(new)
-                self._add(k, a_rows, delta)
+            new = b_rows.index_select(1, col[cols])
+            delta = new - cur[:, cols]
+            cur[:, cols] = new
+            self._add(k, a_rows[:, cols], delta)
         self.last[k] = col
 
     def _update(self, k: int, name: str, idx: Tensor) -> None:
