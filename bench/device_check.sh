@@ -6,11 +6,13 @@
 #
 # MNIST_DIR: the MNIST IDX files (../shared does not travel to the device machine: copy them
 # into an ignored folder such as .devdata/mnist and carry it). Builds the C solver in place,
-# then prints: a ResNet-50 matched on the GPU, random and trained MLP pairs of widths 2048 and
-# 4096 with both solvers. Each step has its own time limit, so one slow step cannot eat the
+# then prints: the CUDA tests (where pytest is installed), a ResNet-50 matched on the GPU, trained and
+# random MLP pairs of widths 2048 and 4096 with the default solver (and the dense one, trained). Each step has its own time limit, so one slow step cannot eat the
 # rest; the tables also go to OUT_DIR (default: $OUT, else ./device-check).
-# DEVICE (default cuda) and WIDTHS (default 2048,4096) override, for a dry run on a CPU:
-#   DEVICE=cpu WIDTHS=128 bash bench/device_check.sh ../shared/data/mnist /tmp/dry
+# DEVICE (default cuda), WIDTHS (default 2048,4096), SOLVERS (trained pairs; default auto,lap:
+# auto is the sparse solver on a GPU), RANDOM_SOLVERS (default auto) and AUCTION_WIDTHS (default
+# none) override, for a dry run on a CPU:
+#   DEVICE=cpu WIDTHS=128 AUCTION_WIDTHS=128 bash bench/device_check.sh ../shared/data/mnist /tmp/dry
 set -uo pipefail
 device=${DEVICE:-cuda}
 widths=${WIDTHS:-2048,4096}
@@ -20,14 +22,23 @@ mkdir -p "$out"
 export PYTHONPATH=.
 python3 setup.py build_ext --inplace -q >/dev/null 2>&1 || echo "C solver not built: solver=auto falls back to SciPy"
 if [ "$device" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"; fi
+echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cores, avx512f: $(grep -c -m1 avx512f /proc/cpuinfo)" \
+    | tee "$out/host.txt"
 step() {  # step NAME LIMIT_S COMMAND...
     local name=$1 limit=$2
     shift 2
     echo "## $name"
     timeout "$limit" "$@" 2>&1 | tee "$out/$name.md" | grep -v "^\s*$" | tail -n 12
 }
-step resnet50 120 python3 bench/resnet50_matching.py --device "$device"
-step mlp-random 150 python3 bench/matching_speed.py --widths "$widths" --device "$device" --no-baseline \
-    --solvers lap,auction
-step mlp-trained 200 python3 bench/matching_speed.py --pairs trained --mnist "$mnist" --widths "$widths" \
-    --device "$device" --no-baseline --solvers lap,auction
+if [ "$device" = cuda ] && python3 -c "import pytest, hypothesis" 2>/dev/null; then
+    step cuda-tests 90 python3 -m pytest -q -p no:cacheprovider -k "cuda" tests/merging
+fi
+step resnet50 90 python3 bench/resnet50_matching.py --device "$device"
+step mlp-trained 150 python3 bench/matching_speed.py --pairs trained --mnist "$mnist" --widths "$widths" \
+    --device "$device" --no-baseline --solvers "${SOLVERS:-auto,lap}"
+step mlp-random 120 python3 bench/matching_speed.py --widths "$widths" --device "$device" --no-baseline \
+    --solvers "${RANDOM_SOLVERS:-auto}"
+if [ -n "${AUCTION_WIDTHS:-}" ]; then
+    step mlp-random-auction 60 python3 bench/matching_speed.py --widths "$AUCTION_WIDTHS" \
+        --device "$device" --no-baseline --solvers auction
+fi

@@ -160,7 +160,8 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
         max_iter (int, optional): maximum number of sweeps. (default: ``100``)
         seed (int, optional): seeds the order of the groups. (default: ``0``)
         init (dict, optional): warm start (group -> permutation). (default: identity)
-        solver (str, optional): ``"auto"``, ``"lap"`` or ``"scipy"``. (default: ``"auto"``)
+        solver (str, optional): ``"auto"``, ``"lap"``, ``"sparse"``, ``"scipy"`` or ``"auction"``, as
+            for :func:`merging.weight_matching`. (default: ``"auto"``)
         device (str or torch.device, optional): where the products are computed. (default: ``"cpu"``)
         progress (bool, optional): a progress bar of sweeps on stderr. (default: ``False``)
         groups (list, optional): optimise only these groups; the others keep ``init``.

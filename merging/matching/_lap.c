@@ -104,3 +104,229 @@ int64_t ws_lap(int64_t n, const double *cost, int64_t *col4row, double *u, doubl
 #endif
     return lap_scalar(n, cost, col4row, u, v, warm, slack, sign);
 }
+
+
+/* ------------------------------------------------------------------------------------------
+ * Sparse assignment: the same warm-started shortest-augmenting-path method on a bipartite
+ * graph of n rows with `width` candidate columns each (row-major, fixed width; a column may
+ * repeat within a row). Used with the best few columns of every row of a dense matrix, plus
+ * the previous assignment's: the caller checks the returned column duals against the whole
+ * matrix (on the GPU where it lives) and adds the columns that price out, so the answer is
+ * the dense optimum while this side reads O(n * width) entries instead of O(n^2) per pass.
+ * The path search is Dijkstra with a binary heap over the columns it reaches.
+ * ---------------------------------------------------------------------------------------- */
+
+typedef struct { double key; int64_t col; } ws_item;
+
+static int ws_less(ws_item a, ws_item b) { return a.key < b.key || (a.key == b.key && a.col < b.col); }
+
+static void ws_push(ws_item *h, int64_t *len, ws_item it)
+{
+    int64_t k = (*len)++;
+    while (k > 0) {
+        int64_t p = (k - 1) / 2;
+        if (!ws_less(it, h[p])) break;
+        h[k] = h[p];
+        k = p;
+    }
+    h[k] = it;
+}
+
+static ws_item ws_pop(ws_item *h, int64_t *len)
+{
+    ws_item top = h[0], last = h[--(*len)];
+    int64_t k = 0, n = *len;
+    for (;;) {
+        int64_t c = 2 * k + 1;
+        if (c >= n) break;
+        if (c + 1 < n && ws_less(h[c + 1], h[c])) c++;
+        if (!ws_less(h[c], last)) break;
+        h[k] = h[c];
+        k = c;
+    }
+    if (n > 0) h[k] = last;
+    return top;
+}
+
+/* The best and second-best reduced cost of row i over distinct columns. */
+static void sp_top2(const int64_t *cols, const double *vals, int64_t width, const double *v, double sign,
+                    double *u1, int64_t *j1, double *u2, int64_t *j2)
+{
+    double a = INFINITY, b = INFINITY;
+    int64_t ja = -1, jb = -1;
+    for (int64_t e = 0; e < width; e++) {
+        int64_t j = cols[e];
+        double r = sign * vals[e] - v[j];
+        if (j == ja) continue;
+        if (r < a || (r == a && j < ja)) {
+            b = a; jb = ja; a = r; ja = j;
+        } else if (j != jb && (r < b || (r == b && j < jb))) {
+            b = r; jb = j;
+        }
+    }
+    *u1 = a; *j1 = ja; *u2 = b; *j2 = jb;
+}
+
+/* Minimise sum_i sign * value(i, col4row[i]) over the perfect matchings of the graph.
+ *   cols, vals  n x width, row-major: row i's candidate columns and their values.
+ *   col4row, u, v, warm, sign: as for ws_lap (slack 0).
+ * Returns the number of rows augmented (>= 0), -1 (non-finite value), -2 (memory),
+ * -3 (the graph has no perfect matching: add columns), -4 (a column index out of range). */
+int64_t ws_lap_sparse(int64_t n, int64_t width, const int64_t *cols, const double *vals, int64_t *col4row,
+                      double *u, double *v, int warm, double sign)
+{
+    int64_t i, j, k, e, result = 0, nfree = 0;
+    int64_t *row4col = malloc(n * sizeof(int64_t));
+    int64_t *path = malloc(n * sizeof(int64_t));
+    int64_t *free_rows = malloc(n * sizeof(int64_t));
+    int64_t *visited = malloc(n * sizeof(int64_t));
+    int64_t *scanned = malloc(n * sizeof(int64_t));
+    int64_t *touched = malloc(n * sizeof(int64_t));
+    char *state = calloc(n, 1); /* 0 unreached, 1 reached, 2 scanned (in the current search) */
+    double *shortest = malloc(n * sizeof(double));
+    double *dist = malloc(n * sizeof(double));
+    int64_t cap = n * width + 1;
+    ws_item *heap = malloc(cap * sizeof(ws_item));
+
+    if (!row4col || !path || !free_rows || !visited || !scanned || !touched || !state || !shortest || !dist
+        || !heap) {
+        result = -2;
+        goto done;
+    }
+    for (e = 0; e < n * width; e++) {
+        if (cols[e] < 0 || cols[e] >= n) { result = -4; goto done; }
+        if (!isfinite(vals[e])) { result = -1; goto done; }
+    }
+    if (!warm)
+        for (j = 0; j < n; j++) v[j] = 0.0;
+    for (j = 0; j < n; j++) { row4col[j] = -1; shortest[j] = INFINITY; }
+
+    /* row duals from the column duals; keep the tight previous edges, then cheapest columns */
+    for (i = 0; i < n; i++) {
+        const int64_t *ci = cols + i * width;
+        const double *xi = vals + i * width;
+        double m = INFINITY, prev = INFINITY;
+        int64_t arg = -1, j0 = warm ? col4row[i] : -1;
+        for (e = 0; e < width; e++) {
+            double r = sign * xi[e] - v[ci[e]];
+            if (r < m || (r == m && ci[e] < arg)) { m = r; arg = ci[e]; }
+            if (ci[e] == j0 && r < prev) prev = r;
+        }
+        u[i] = m;
+        scanned[i] = arg;
+        if (j0 >= 0 && j0 < n && row4col[j0] == -1 && prev - m <= 0.0) {
+            row4col[j0] = i;
+            u[i] = prev;
+        } else {
+            col4row[i] = -1;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (col4row[i] >= 0) continue;
+        if (row4col[scanned[i]] == -1) {
+            col4row[i] = scanned[i];
+            row4col[scanned[i]] = i;
+        } else {
+            free_rows[nfree++] = i;
+        }
+    }
+
+    /* augmenting row reduction, as in ws_lap */
+    int passes = warm ? ARR_PASSES_WARM : ARR_PASSES;
+    for (int pass = 0; pass < passes && nfree > 0 && n > 1; pass++) {
+        int64_t kk = 0, prv = nfree, steps = 0, limit = (warm ? ARR_LIMIT_WARM : ARR_LIMIT) * n;
+        nfree = 0;
+        while (kk < prv) {
+            i = free_rows[kk++];
+            int64_t j1, j2;
+            double u1, u2;
+            sp_top2(cols + i * width, vals + i * width, width, v, sign, &u1, &j1, &u2, &j2);
+            if (j1 < 0) { result = -3; goto done; }
+            int64_t i0 = row4col[j1];
+            int strict = j2 < 0 || u1 < u2;
+            if (j2 < 0) {
+                if (i0 >= 0) { free_rows[nfree++] = i; continue; } /* one column, taken: leave it to the paths */
+            } else if (strict) {
+                v[j1] -= u2 - u1;
+            } else if (i0 >= 0) {
+                j1 = j2;
+                i0 = row4col[j1];
+            }
+            if (i0 >= 0) {
+                col4row[i0] = -1;
+                if (strict && steps < limit) free_rows[--kk] = i0;
+                else free_rows[nfree++] = i0;
+            }
+            row4col[j1] = i;
+            col4row[i] = j1;
+            for (e = 0; e < width; e++)
+                if (cols[i * width + e] == j1) { u[i] = sign * vals[i * width + e] - v[j1]; break; }
+            steps++;
+        }
+    }
+
+    /* one shortest augmenting path per free row: Dijkstra on reduced costs, binary heap */
+    for (k = 0; k < nfree; k++) {
+        int64_t cur = free_rows[k], sink = -1, nvis = 0, nscan = 0, ntouch = 0, hlen = 0;
+        double min_val = 0.0, bound = INFINITY; /* bound: the nearest free column reached */
+        i = cur;
+        while (sink == -1) {
+            visited[nvis++] = i;
+            const int64_t *ci = cols + i * width;
+            const double *xi = vals + i * width;
+            for (e = 0; e < width; e++) {
+                j = ci[e];
+                if (state[j] == 2) continue;
+                double r = min_val + sign * xi[e] - u[i] - v[j];
+                /* a column no nearer than a free one already reached cannot be scanned
+                 * before the search ends there: no need to record it (it is recorded if a
+                 * later row reaches it nearer) */
+                if (r < shortest[j] && r < bound) {
+                    if (row4col[j] == -1) bound = r;
+                    if (state[j] == 0) { state[j] = 1; touched[ntouch++] = j; }
+                    shortest[j] = r;
+                    path[j] = i;
+                    if (hlen >= cap) {
+                        ws_item *h2 = realloc(heap, 2 * cap * sizeof(ws_item));
+                        if (!h2) { result = -2; goto done; }
+                        heap = h2;
+                        cap *= 2;
+                    }
+                    ws_push(heap, &hlen, (ws_item){r, j});
+                }
+            }
+            /* the nearest reached column not yet scanned (stale heap entries are skipped) */
+            j = -1;
+            while (hlen > 0) {
+                ws_item it = ws_pop(heap, &hlen);
+                if (state[it.col] == 1 && it.key == shortest[it.col]) { j = it.col; break; }
+            }
+            if (j < 0) { result = -3; goto done; }
+            min_val = shortest[j];
+            state[j] = 2;
+            dist[nscan] = min_val;
+            scanned[nscan++] = j;
+            if (row4col[j] == -1) sink = j; else i = row4col[j];
+        }
+        u[cur] += min_val;
+        for (int64_t q = 1; q < nvis; q++)
+            u[visited[q]] += min_val - dist[q - 1];
+        for (int64_t q = 0; q < nscan; q++)
+            v[scanned[q]] -= min_val - dist[q];
+        for (int64_t q = 0; q < ntouch; q++) { state[touched[q]] = 0; shortest[touched[q]] = INFINITY; }
+        j = sink;
+        for (;;) {
+            i = path[j];
+            row4col[j] = i;
+            int64_t tmp = col4row[i];
+            col4row[i] = j;
+            j = tmp;
+            if (i == cur) break;
+        }
+        result++;
+    }
+done:
+    free(row4col); free(path); free(free_rows); free(visited); free(scanned);
+    free(touched); free(state); free(shortest); free(dist); free(heap);
+    return result;
+}

@@ -2,8 +2,12 @@
 
 ``"lap"``: our shortest-augmenting-path solver in C (``_lap.c``), exact, warm-started from
 the previous assignment and column duals, which is what weight matching's sequence of
-slowly changing problems needs. ``"scipy"``: SciPy's ``linear_sum_assignment``, the exact
-reference. ``"auto"``: ``"lap"`` when the extension was built, else ``"scipy"``.
+slowly changing problems needs. ``"sparse"``: the same method in C on each row's few best
+columns, priced against the whole matrix where it lives (the GPU) until no column is left
+that would improve it, so it is exact too, while the host reads O(n k) entries per round
+instead of copying and scanning O(n^2). ``"scipy"``: SciPy's ``linear_sum_assignment``, the
+exact reference. ``"auto"``: ``"sparse"`` for CUDA matrices and ``"lap"`` for others when the
+extension was built, else ``"scipy"``.
 ``"auction"``: a synchronous auction in torch on the matrix's own device (CUDA), whose
 near-optimal assignment and prices the C solver finishes; approximate (within ``n * eps``,
 eps ~ 1e-7 of the entries), so weight matching uses it for its early sweeps only.
@@ -11,16 +15,17 @@ eps ~ 1e-7 of the entries), so weight matching uses it for its early sweeps only
 from __future__ import annotations
 
 import ctypes
-import math
 import glob
+import math
 import os
+import threading
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-SOLVERS = ("auto", "lap", "scipy", "auction")
+SOLVERS = ("auto", "lap", "sparse", "scipy", "auction")
 
 
 def _load_lap():
@@ -33,6 +38,10 @@ def _load_lap():
         lib.ws_lap.restype = ctypes.c_int64
         lib.ws_lap.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double]
+        lib.ws_lap_sparse.restype = ctypes.c_int64
+        lib.ws_lap_sparse.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                      ctypes.c_double]
         return lib
     return None
 
@@ -45,15 +54,35 @@ def lap_available() -> bool:
     return _LAP is not None
 
 
-def _resolve(solver: str) -> str:
+def _resolve(solver: str, cuda: bool = False) -> str:
     if solver not in SOLVERS:
         raise ValueError(f"solve_assignment: unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if solver == "auto":
-        return "lap" if _LAP is not None else "scipy"
-    if solver in ("lap", "auction") and _LAP is None:
+        if _LAP is None:
+            return "scipy"
+        return "sparse" if cuda else "lap"
+    if solver in ("lap", "sparse", "auction") and _LAP is None:
         raise ValueError(f"solve_assignment: the {solver!r} solver needs the C extension, which is not built "
                          "here (reinstall with a C compiler available); use solver='scipy'")
     return solver
+
+
+_HOST = threading.local()
+
+
+def _to_host(cost: Tensor) -> np.ndarray:
+    """``cost`` as a float64 NumPy array. From CUDA, through a page-locked buffer kept per
+    thread and reused (about twice the copy bandwidth of pageable memory; the matrices of
+    one matching are all about the same size)."""
+    if not cost.is_cuda:
+        return cost.detach().to("cpu", torch.float64).numpy()
+    n = cost.numel()
+    buf = getattr(_HOST, "buffer", None)
+    if buf is None or buf.numel() < n:
+        buf = _HOST.buffer = torch.empty(n, dtype=torch.float64, pin_memory=True)
+    out = buf[:n].view(cost.shape)
+    out.copy_(cost.detach())  # synchronous: the solver reads it next
+    return out.numpy()
 
 
 def _lap(c: np.ndarray, init, duals, slack: float = 0.0):
@@ -70,15 +99,65 @@ def _lap(c: np.ndarray, init, duals, slack: float = 0.0):
     return out, v
 
 
+SPARSE_K = 32  # candidate columns per row for the "sparse" solver
+
+
+def _sparse(cost: Tensor, init: Tensor | None, duals, k: int | None = None, max_rounds: int = 20):
+    """Exact assignment from a sparse solve on each row's ``k`` best columns plus ``init``'s,
+    priced against the whole matrix where it lives: rows with a column whose reduced cost is
+    negative under the returned duals get their most negative columns added, and the solve
+    is repeated warm, until none is left (then the duals prove the dense optimum). After
+    ``max_rounds`` (never seen in weight matching) the dense solver finishes, warm."""
+    n = cost.shape[0]
+    dev = cost.device
+    c = cost.detach().to(torch.float64)
+    start = init.to(dev) if init is not None and len(init) == n else torch.arange(n, device=dev)
+    k = min(SPARSE_K if k is None else k, n)
+    warm = init is not None and duals is not None and len(duals) == n
+    out = start.cpu().numpy().astype(np.int64) if warm else np.full(n, -1, dtype=np.int64)
+    v = np.ascontiguousarray(duals, dtype=np.float64).copy() if warm else np.zeros(n)
+    u = np.zeros(n)
+    # candidates: each row's best columns in reduced cost under the last duals (the matrix
+    # changed little since, so these are the columns the optimum and its pricing use)
+    key = c + torch.from_numpy(v).to(dev)[None, :] if warm else c
+    cols = torch.cat([torch.topk(key, k, dim=1, sorted=False).indices, start[:, None]], 1)
+    scale = float(c.abs().max()) if n else 0.0
+    tol = 1e-10 * max(1.0, scale)
+    rows = torch.arange(n, device=dev)
+    for _ in range(max_rounds):
+        vals = np.ascontiguousarray(c.gather(1, cols).cpu().numpy())
+        idx = np.ascontiguousarray(cols.cpu().numpy())
+        rc = _LAP.ws_lap_sparse(n, idx.shape[1], idx.ctypes.data, vals.ctypes.data, out.ctypes.data,
+                                u.ctypes.data, v.ctypes.data, int(warm), -1.0)
+        if rc == -3:  # no perfect matching among the candidates (cannot happen: init's are in)
+            break
+        if rc < 0:
+            raise RuntimeError(f"solve_assignment: the sparse C solver failed (code {rc})")
+        warm = True
+        # pricing, in maximisation form: the duals prove the optimum when no row has a column
+        # with c_ij + v_j above its assigned one's (a negative reduced cost -c_ij - v_j - u_i)
+        vt = torch.from_numpy(v).to(dev)
+        xt = torch.from_numpy(out).to(dev)
+        key = c + vt[None, :]
+        bad = key.max(dim=1).values - key[rows, xt] > tol
+        if not bool(bad.any()):
+            return out, v
+        extra = xt[:, None].expand(n, k).clone()
+        extra[bad] = torch.topk(key[bad], k, dim=1, sorted=False).indices
+        cols = torch.cat([cols, extra], 1)
+    return _lap(np.ascontiguousarray(_to_host(cost)), torch.from_numpy(out) if warm else None,
+                v if warm else None)
+
+
 def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None = None,
                      duals: np.ndarray | None = None, return_duals: bool = False):
     """Maximum-weight perfect matching of a square similarity matrix.
 
     Args:
         cost: similarity matrix ``C``.
-        solver (str, optional): ``"auto"``, ``"lap"``, ``"scipy"`` (exact) or ``"auction"``
-            (approximate, on ``cost``'s device). (default: ``"auto"``)
-        init, duals (optional): warm start for ``"lap"`` and ``"auction"``: the previous
+        solver (str, optional): ``"auto"``, ``"lap"``, ``"sparse"``, ``"scipy"`` (exact) or
+            ``"auction"`` (approximate, on ``cost``'s device). (default: ``"auto"``)
+        init, duals (optional): warm start for ``"lap"``, ``"sparse"`` and ``"auction"``: the previous
             assignment and the column duals it returned (``return_duals=True``). Ignored by
             ``"scipy"``.
 
@@ -90,7 +169,7 @@ def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None 
         The assignment, and the column duals (``(n,)`` float64 array or ``None``) if
         ``return_duals``.
     """
-    which = _resolve(solver)
+    which = _resolve(solver, cost.is_cuda)
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(f"solve_assignment: expected a square matrix, got shape {tuple(cost.shape)}")
     # one reduction instead of an n x n mask: NaN and Inf propagate into the sum
@@ -104,10 +183,11 @@ def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None 
         prices = torch.as_tensor(-np.asarray(duals), dtype=torch.float64, device=cost.device) if warm else None
         perm, prices, eps = auction_assignment(cost.detach(), prices=prices, init=init if warm else None,
                                                finish=False, return_eps=True)
-        c = cost.detach().to("cpu", torch.float64).numpy()
-        out, v = _lap(c, perm, -prices.cpu().numpy(), slack=eps)
+        out, v = _lap(_to_host(cost), perm, -prices.cpu().numpy(), slack=eps)
+    elif which == "sparse":
+        out, v = _sparse(cost, init, duals)
     else:
-        c = cost.detach().to("cpu", torch.float64).numpy()
+        c = _to_host(cost)
         if which == "scipy":
             rows, cols = linear_sum_assignment(c, maximize=True)
             out = np.empty(n, dtype=np.int64)

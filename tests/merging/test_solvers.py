@@ -47,6 +47,55 @@ def test_lap_warm_start_is_exact(n, seed, noise):
     assert _value(c2, q) == pytest.approx(_opt(c2), abs=1e-9)
 
 
+@needs_lap
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), seed=st.integers(0, 10_000), ties=st.booleans(), k=st.sampled_from([1, 2, 8, 32]),
+       noise=st.sampled_from([1e-3, 0.1, 10.0]))
+def test_sparse_is_exact_cold_and_warm(n, seed, ties, k, noise):
+    # few candidate columns per row force pricing rounds: the duals must still prove the
+    # dense optimum, whatever the candidates missed
+    import merging.matching._solve as solve
+
+    old, solve.SPARSE_K = solve.SPARSE_K, k
+    try:
+        _check_sparse(n, seed, ties, noise)
+    finally:
+        solve.SPARSE_K = old
+
+
+def _check_sparse(n, seed, ties, noise):
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, 3, (n, n)).astype(float) if ties else rng.standard_normal((n, n))
+    p, v = solve_assignment(torch.from_numpy(c), solver="sparse", return_duals=True)
+    assert sorted(p.tolist()) == list(range(n))
+    assert _value(c, p) == pytest.approx(_opt(c), abs=1e-9)
+    c2 = c + noise * rng.standard_normal((n, n))
+    q = solve_assignment(torch.from_numpy(c2), solver="sparse", init=p, duals=v)
+    assert sorted(q.tolist()) == list(range(n))
+    assert _value(c2, q) == pytest.approx(_opt(c2), abs=1e-9)
+
+
+@needs_lap
+def test_sparse_and_dense_duals_are_interchangeable():
+    # both C solvers keep the column duals in the same convention, so a descent may switch
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((80, 80))
+    p, v = solve_assignment(torch.from_numpy(c), solver="lap", return_duals=True)
+    c2 = c + 0.05 * rng.standard_normal((80, 80))
+    q, w = solve_assignment(torch.from_numpy(c2), solver="sparse", init=p, duals=v, return_duals=True)
+    assert _value(c2, q) == pytest.approx(_opt(c2), abs=1e-9)
+    r = solve_assignment(torch.from_numpy(c2 + 1e-3), solver="lap", init=q, duals=w)
+    assert _value(c2, r) == pytest.approx(_opt(c2), abs=1e-9)
+
+
+def test_auto_is_sparse_on_cuda_only():
+    from merging.matching._solve import _resolve
+
+    want = "lap" if lap_available() else "scipy"
+    assert _resolve("auto") == want
+    assert _resolve("auto", cuda=True) == ("sparse" if lap_available() else "scipy")
+
+
 def test_solver_errors():
     with pytest.raises(ValueError, match="unknown solver"):
         solve_assignment(torch.eye(3), solver="hungarian")
@@ -70,6 +119,8 @@ def test_weight_matching_same_objective_with_either_solver():
     pl, il = merging.weight_matching(s, a, b, solver="lap", return_info=True)
     ps, is_ = merging.weight_matching(s, a, b, solver="scipy", return_info=True)
     assert il["objective"] == pytest.approx(is_["objective"], rel=1e-12)
+    _, isp = merging.weight_matching(s, a, b, solver="sparse", return_info=True)
+    assert isp["objective"] == pytest.approx(is_["objective"], rel=1e-12)
 
 
 @needs_lap
@@ -149,3 +200,71 @@ def test_every_build_of_the_c_solver_is_exact(build):
                 assert _value(c2, q) == pytest.approx(_opt(c2), abs=1e-9)
     finally:
         force.value = 0
+
+
+@needs_lap
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", ["lap", "sparse", "auction"])
+def test_cuda_matrices_solve_exactly_through_the_pinned_buffer(solver):
+    # CUDA matrices reach the C solver through a reused page-locked buffer: sizes that
+    # grow and shrink must all solve exactly, and the answer comes back on the GPU
+    rng = np.random.default_rng(0)
+    for n in (50, 200, 30, 200):
+        c = rng.standard_normal((n, n))
+        p = solve_assignment(torch.from_numpy(c).cuda(), solver=solver)
+        assert p.is_cuda and sorted(p.tolist()) == list(range(n))
+        assert _value(c, p.cpu()) == pytest.approx(_opt(c), abs=1e-6)
+
+
+def test_weight_matching_reports_its_solver_time():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    import weightspace
+    s = weightspace.trace(model, torch.randn(2, 6))
+    torch.manual_seed(0)
+    a = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    b = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    from merging import weight_matching
+    _, info = weight_matching(s, a, b, return_info=True)
+    assert info["sweeps"] >= 1 and 0.0 < info["solve_seconds"] < 60.0
+
+
+def test_batches_are_runs_of_independent_dirty_groups():
+    from merging.matching.weight import _batches
+
+    # a chain a - b - c - d
+    nb = {"a": {"b"}, "b": {"a", "c"}, "c": {"b", "d"}, "d": {"c"}}
+    dirty = dict.fromkeys(nb, True)
+    assert list(_batches(["a", "c", "b", "d"], dirty, nb)) == [["a", "c"], ["b", "d"]]
+    assert list(_batches(["a", "b", "c", "d"], dirty, nb)) == [["a"], ["b"], ["c"], ["d"]]
+    # a clean group is skipped, but one next to the run waits for it: solving the run may
+    # make it dirty again
+    dirty = {"a": True, "b": False, "c": False, "d": True}
+    seen = []
+    for batch in _batches(["a", "b", "d", "c"], dirty, nb):
+        seen.append(batch)
+        if batch == ["a"]:
+            dirty["b"] = True  # a moved
+    assert seen == [["a"], ["b", "d"]]
+
+
+@needs_lap
+@pytest.mark.parametrize("solver", ["lap", "sparse"])
+def test_solving_independent_groups_in_threads_changes_nothing(solver, monkeypatch):
+    import torch.nn as nn
+
+    import merging
+    import merging.matching.weight as wm
+    from graphs import trace
+
+    torch.manual_seed(2)
+    make = lambda: nn.Sequential(nn.Linear(10, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(),  # noqa: E731
+                                 nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 3))
+    a, b = make().state_dict(), make().state_dict()
+    s = trace(make(), torch.randn(2, 10))
+    one, info1 = merging.weight_matching(s, a, b, solver=solver, return_info=True)
+    calls = []
+    monkeypatch.setattr(wm, "_in_parallel", lambda mats: calls.append(len(mats)) or True)
+    many, info2 = merging.weight_matching(s, a, b, solver=solver, return_info=True)
+    assert calls and max(calls) > 1  # the threads were used
+    assert info1["sweeps"] == info2["sweeps"] and info1["objective"] == info2["objective"]
+    assert all(torch.equal(one[g], many[g]) for g in one)

@@ -153,6 +153,23 @@ def test_merge_model_with_its_own_permutation_gives_back_a(ckpts, tmp_path, caps
     torch.testing.assert_close(_outputs(out_path, x), _outputs(ckpts["a"], x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("low_memory", [False, True], ids=["in-memory", "low-memory"])
+def test_merge_every_exact_solver_gives_the_same_checkpoint(ckpts, tmp_path, capsys, low_memory):
+    from merging.matching._solve import lap_available
+
+    solvers = ["scipy", "lap", "sparse", "auto"] if lap_available() else ["scipy", "auto"]
+    merged = {}
+    for solver in solvers:
+        out_path = tmp_path / f"{solver}.safetensors"
+        argv = ["merge", ckpts["a"], ckpts["b"], "-o", out_path, "--solver", solver, "--quiet"]
+        rc, _, err = _run(argv + (["--low-memory"] if low_memory else []), capsys)
+        assert rc == 0, err
+        merged[solver] = weightspace.load(out_path)
+    for solver in solvers[1:]:
+        for k, v in merged["scipy"].items():
+            torch.testing.assert_close(merged[solver][k], v, rtol=0, atol=0)
+
+
 def test_merge_plain_pt_needs_model_and_falls_back_to_a(ckpts, tmp_path, capsys):
     # B records no model: A's is used
     out_path = tmp_path / "m.safetensors"

@@ -60,9 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="D", default=None,
                    help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR "
                         "or package.module:callable")
-    g.add_argument("--solver", default="auto", choices=["auto", "lap", "scipy"],
-                   help="assignment solver: auto (our warm-started C solver when built, else SciPy), lap, "
-                        "or scipy (the reference); all exact (default: auto)")
+    g.add_argument("--solver", default="auto", choices=["auto", "lap", "sparse", "scipy", "auction"],
+                   help="assignment solver: lap (our warm-started C solver), sparse (the same on each row's "
+                        "best columns, priced against the whole matrix: fastest with --device cuda), scipy "
+                        "(the reference), all exact; auction (GPU bidding for the early sweeps, then lap); "
+                        "auto: sparse on a GPU, lap elsewhere, scipy without the C extension (default: auto)")
     g.add_argument("--repair", action="store_true",
                    help="fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
     g.add_argument("--low-memory", action="store_true",
