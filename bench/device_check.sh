@@ -11,7 +11,7 @@
 # rest; the tables also go to OUT_DIR (default: $OUT, else ./device-check).
 # DEVICE (default cuda), WIDTHS (default 2048,4096), SOLVERS (trained pairs; default auto,lap:
 # auto is the sparse solver on a GPU), RANDOM_SOLVERS (default auto) and AUCTION_WIDTHS (default
-# none) override, for a dry run on a CPU:
+# none) and REPEATS (median of; default 1) override, for a dry run on a CPU:
 #   DEVICE=cpu WIDTHS=128 AUCTION_WIDTHS=128 bash bench/device_check.sh ../shared/data/mnist /tmp/dry
 set -uo pipefail
 device=${DEVICE:-cuda}
@@ -35,9 +35,9 @@ if [ "$device" = cuda ] && python3 -c "import pytest, hypothesis" 2>/dev/null; t
 fi
 step resnet50 90 python3 bench/resnet50_matching.py --device "$device"
 step mlp-trained 150 python3 bench/matching_speed.py --pairs trained --mnist "$mnist" --widths "$widths" \
-    --device "$device" --no-baseline --solvers "${SOLVERS:-auto,lap}"
+    --device "$device" --no-baseline --solvers "${SOLVERS:-auto,lap}" --repeats "${REPEATS:-1}"
 step mlp-random 120 python3 bench/matching_speed.py --widths "$widths" --device "$device" --no-baseline \
-    --solvers "${RANDOM_SOLVERS:-auto}"
+    --solvers "${RANDOM_SOLVERS:-auto}" --repeats "${REPEATS:-1}"
 if [ -n "${AUCTION_WIDTHS:-}" ]; then
     step mlp-random-auction 60 python3 bench/matching_speed.py --widths "$AUCTION_WIDTHS" \
         --device "$device" --no-baseline --solvers auction

@@ -16,6 +16,7 @@ Networks: MLPs 784-W-W-W-W-10. Random pairs: two independent initialisations. Tr
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="our solvers to time, comma-separated: lap, sparse (or sparse:K, K candidate columns "
                          "per row), auction, scipy, auto (default: lap)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="time each solver this many times on the same pair and print the median (default: 1)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the SciPy-per-step baseline")
     args = ap.parse_args(argv)
     pairs = args.pairs.split(",")
@@ -126,12 +129,20 @@ def main(argv: list[str] | None = None) -> None:
                 solver, _, k = spec.partition(":")
                 if k:  # sparse:K, the candidate columns per row
                     _solve.SPARSE_K = int(k)
-                sync(args.device)
-                t = time.perf_counter()
-                p, info = merging.weight_matching(s, a, b, solver=solver, device=args.device, return_info=True)
+                times, solve_times = [], []
+                for _ in range(args.repeats):
+                    sync(args.device)
+                    t = time.perf_counter()
+                    p, info = merging.weight_matching(s, a, b, solver=solver, device=args.device, return_info=True)
+                    sync(args.device)
+                    times.append(time.perf_counter() - t)
+                    solve_times.append(info["solve_seconds"])
                 _solve.SPARSE_K = default_k
-                sync(args.device)
-                dt = time.perf_counter() - t
+                dt = statistics.median(times)
+                info["solve_seconds"] = statistics.median(solve_times)
+                if args.repeats > 1:
+                    print(f"<!-- {width} {kind} {spec}: " + ", ".join(f"{x:.2f}" for x in times) + " s -->",
+                          flush=True)
                 rel = "" if ref_obj is None else f"{(info['objective'] - ref_obj) / abs(ref_obj):+.2e}"
                 speed = "" if ref_t is None else f"{ref_t / dt:.1f}x"
                 print(f"| {width} | {kind} | weightspace ({spec}) | {dt:.2f} | {info['solve_seconds']:.2f} | {info['sweeps']} | "
