@@ -55,10 +55,19 @@ def bench_cnn(args) -> list[str]:
     train_cnn_single(task, 0)  # warm-up
     plain = timed(lambda: [train_cnn_single(task, i) for i in range(n0)]) / n0
     lines = [row(what, "plain loop, one model at a time", n0, f"{plain * n0:.2f}", f"{1 / plain:.2f}", "1.0x")]
-    for m in args.per_shard:
-        _train_shard(task, 0, range(min(m, 4)))  # warm-up
-        t = timed(lambda: _train_shard(task, 0, range(m)))
-        lines.append(row("", f"batched, {m} models per shard", m, f"{t:.2f}", f"{m / t:.2f}", f"{plain * m / t:.1f}x"))
+    from weightspace.zoo import _grouped_conv
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.kernels]
+    if not _grouped_conv._LIB:
+        modes = [False]
+    for enabled in modes:
+        _grouped_conv.ENABLED = enabled
+        how = "our C kernels" if enabled else "torch's grouped convolutions"
+        for m in args.per_shard:
+            _train_shard(task, 0, range(min(m, 4)))  # warm-up
+            t = timed(lambda: _train_shard(task, 0, range(m)))
+            lines.append(row("", f"batched, {m} models per shard, {how}", m, f"{t:.2f}", f"{m / t:.2f}",
+                             f"{plain * m / t:.1f}x"))
+    _grouped_conv.ENABLED = True
     return lines
 
 
@@ -107,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline-models", type=int, default=8, help="models the plain loop trains (default: 8)")
     p.add_argument("--inr-images", default="digits", help="INR images (default: digits)")
     p.add_argument("--inr-steps", type=int, default=200)
+    p.add_argument("--kernels", default="both", choices=["both", "on", "off"],
+                   help="batched CNN training with our C convolution kernels, torch's grouped convolutions, "
+                        "or both side by side (default: both)")
     p.add_argument("--skip-cnn", action="store_true")
     p.add_argument("--skip-inr", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

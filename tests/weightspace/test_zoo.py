@@ -273,13 +273,23 @@ def test_grouped_forward_matches_vmap_and_the_module():
                                torch.stack([s(coords) for s in sirens]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernels", [False, True], ids=["torch-grouped", "our-kernels"])
 @pytest.mark.parametrize("optimizer,family", [("adam", "smallcnnzoo"), ("sgd", "smallcnnzoo"), ("adam", "pooled")])
-def test_batched_training_matches_plain_training(optimizer, family):
+def test_batched_training_matches_plain_training(optimizer, family, kernels, monkeypatch):
     """Models trained together (grouped kernels, stacked optimizer) equal models trained alone
-    with torch.optim and the same hyper-parameters, data order and dropout masks."""
-    from weightspace.zoo import CNN_FAMILIES
+    with torch.optim and the same hyper-parameters, data order and dropout masks.
+
+    With torch's grouped convolutions the two agree to float32 rounding. Our C kernels sum in
+    another order: their forward and gradients agree to rounding (tests/weightspace/
+    test_grouped_conv.py), and Adam amplifies that over a training epoch (one model of these
+    moves its weights by about 3e-3), so the trained weights are compared at that scale."""
+    from weightspace.zoo import CNN_FAMILIES, _grouped_conv
     from weightspace.zoo._cnn import _train_shard, prepare_cnn_task, train_cnn_single
 
+    if kernels and not _grouped_conv._LIB:
+        pytest.skip("the C kernels are not built")
+    monkeypatch.setattr(_grouped_conv, "ENABLED", kernels)
+    tol = dict(rtol=1e-2, atol=5e-3) if kernels else dict(rtol=1e-4, atol=1e-5)
     recipe = {**FAST, **CNN_FAMILIES[family], "optimizer": optimizer, "lr_range": [1e-3, 1e-2],
               "dropout_range": [0.1, 0.4]}
     task, _ = prepare_cnn_task("digits", checkpoints=(0, 1), seed=5, recipe=recipe)
@@ -288,10 +298,11 @@ def test_batched_training_matches_plain_training(optimizer, family):
         states, metrics = train_cnn_single(task, mid)
         for c in range(2):
             for k, v in states[c].items():
-                torch.testing.assert_close(tensors[k][mid * 2 + c], v, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(tensors[k][mid * 2 + c], v, **tol)
             row = rows[mid * 2 + c]
-            assert math.isclose(row["test_acc"], metrics[c]["test_acc"], abs_tol=1e-6)
-            assert math.isclose(row["train_loss"], metrics[c]["train_loss"], rel_tol=1e-4)
+            n_test = len(task.x_test)
+            assert math.isclose(row["test_acc"], metrics[c]["test_acc"], abs_tol=2.5 / n_test if kernels else 1e-6)
+            assert math.isclose(row["train_loss"], metrics[c]["train_loss"], rel_tol=1e-2 if kernels else 1e-4)
     assert rows[0]["dropout"] > 0.1  # the masks were exercised
 
 

@@ -175,6 +175,8 @@ def cnn_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor, *,
         - output: ``(M, B, num_classes)``
     """
     M = params["head.weight"].shape[0]
+    if _use_kernels(template, params, x):
+        return _cnn_forward_kernels(template, params, x, dropout)
     cl = torch.channels_last
     if x.ndim == 4:  # one batch for all: the first layer is one dense convolution of M * C_out channels
         B, C, H, W = x.shape
@@ -199,6 +201,45 @@ def cnn_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor, *,
     else:
         feats = h.reshape(B, M, -1)
     feats = feats.transpose(0, 1)
+    if dropout is not None:
+        feats = feats * dropout
+    return torch.baddbmm(params["head.bias"].unsqueeze(1), feats, params["head.weight"].transpose(1, 2))
+
+
+def _use_kernels(template: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> bool:
+    from ._grouped_conv import kernels_available
+    return (kernels_available() and x.device.type == "cpu" and x.dtype == torch.float32
+            and all(c % 16 == 0 for c in template.channels)
+            and all(params[f"convs.{i}.weight"].dtype == torch.float32 for i in range(len(template.channels))))
+
+
+def _cnn_forward_kernels(template: nn.Module, params: Mapping[str, Tensor], x: Tensor,
+                         dropout: Tensor | None) -> Tensor:
+    """:func:`cnn_forward` with our C kernels (``_grouped_conv``): activations model-major and
+    channels-last, ``(M, B, H, W, C)``, so each model's block is contiguous and no padded
+    copy is made."""
+    from ._grouped_conv import grouped_conv2d
+
+    M = params["head.weight"].shape[0]
+    if x.ndim == 4:  # one batch for all: read by every model without a copy
+        xb = x.permute(0, 2, 3, 1).contiguous()
+        h = xb.unsqueeze(0).expand(M, *xb.shape)
+    else:
+        h = x.permute(0, 1, 3, 4, 2)
+    B = h.shape[1]
+    relu = template.activation == "relu"
+    for i, (pooled, (before, after)) in enumerate(zip(template._pool_after, template.pads)):
+        h = grouped_conv2d(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"], stride=template.stride,
+                           pads=(before, after, before, after))
+        h = torch.relu_(h) if relu else template.act(h)
+        if pooled:  # torch's pooling on a channels-last view of the same memory
+            _, _, hh, ww, c = h.shape
+            v = template.pool(h.view(M * B, hh, ww, c).permute(0, 3, 1, 2))
+            h = v.permute(0, 2, 3, 1).reshape(M, B, v.shape[2], v.shape[3], c)
+    if template.gap is not None:
+        feats = h.mean((2, 3))
+    else:  # the module flattens (C, H, W)
+        feats = h.permute(0, 1, 4, 2, 3).reshape(M, B, -1)
     if dropout is not None:
         feats = feats * dropout
     return torch.baddbmm(params["head.bias"].unsqueeze(1), feats, params["head.weight"].transpose(1, 2))

@@ -17,7 +17,7 @@ from weightspace.data import Dataset, load_dataset
 from weightspace.models import CNN
 from weightspace.models.cnn import conv_padding
 
-from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, cnn_forward, model_generator
+from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, _use_kernels, cnn_forward, model_generator
 from ._build import ZooBuildResult, check_positive_int, check_range, resolve_device, run_build
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
@@ -172,16 +172,19 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
               grouped: bool | None = None) -> tuple[Tensor, Tensor]:
     """Mean loss and accuracy of every model on ``(x, y)``: two ``(M,)`` tensors.
 
-    On a CPU the models are evaluated one after another, each on batches of
-    :data:`EVAL_BATCH` examples: every model sees the same inputs here, and one convolution
-    over 512 examples runs faster than a grouped one over many models (measured 1.4-1.7x per
-    model on small CNNs). On other devices (or with ``grouped=True``) all models run at once,
-    as grouped convolutions.
+    All models run at once, as grouped convolutions, on a GPU and on a CPU where our C
+    kernels apply (2.4x faster than one model after another, digits, 64 models). Otherwise
+    (or with ``grouped=False``) on a CPU the models are evaluated one after another, each on
+    batches of :data:`EVAL_BATCH` examples: every model sees the same inputs here, and one
+    oneDNN convolution over 512 examples runs faster than a grouped one over many models
+    (measured 1.4-1.7x per model on small CNNs).
     """
     m = params["head.weight"].shape[0]
     loss = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
-    if not (x.device.type != "cpu" if grouped is None else grouped):
+    if grouped is None:
+        grouped = x.device.type != "cpu" or _use_kernels(task.template, params, x)
+    if not grouped:
         for j in range(m):
             state = {k: v[j] for k, v in params.items()}
             logits = torch.cat([functional_call(task.template, state, (x[i:i + EVAL_BATCH],))

@@ -1,0 +1,98 @@
+"""Our grouped-convolution kernels (weightspace/zoo/_gconv.c) against torch's convolutions."""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from weightspace.zoo import _grouped_conv
+from weightspace.zoo._grouped_conv import grouped_conv2d
+
+needs_kernels = pytest.mark.skipif(_grouped_conv._LIB is None, reason="C kernels not built (no compiler)")
+
+# (B, M, Ci, Co, H, K, stride, pads (left, right, top, bottom), shared input)
+CASES = [
+    (5, 3, 16, 16, 8, 3, 2, (0, 1, 0, 1), False),   # the Small CNN Zoo's layer: TF "SAME" on an even size
+    (33, 4, 1, 16, 8, 3, 2, (0, 1, 0, 1), False),   # first layer (one input channel), B not a multiple of 8
+    (9, 2, 16, 32, 7, 3, 1, (1, 1, 1, 1), False),   # stride 1, two output blocks, odd size
+    (3, 2, 32, 16, 5, 5, 2, (2, 2, 2, 2), False),   # 5x5 kernel, two input blocks
+    (11, 3, 16, 16, 4, 3, 3, (1, 0, 2, 1), False),  # stride 3, lopsided padding
+    (7, 3, 1, 16, 6, 3, 2, (0, 1, 0, 1), True),     # every model reads the same batch (evaluation)
+    (4, 2, 16, 16, 1, 3, 2, (1, 1, 1, 1), False),   # a 1x1 feature map
+    (6, 2, 16, 16, 8, 3, 2, (0, 0, 0, 0), False),   # no padding: the last row and column are never read
+]
+
+
+def _reference(x, w, b, stride, pads):
+    m, bsz, h, wd, ci = x.shape
+    co = w.shape[1]
+    xg = F.pad(x.permute(1, 0, 4, 2, 3).reshape(bsz, m * ci, h, wd), pads)
+    out = F.conv2d(xg, w.reshape(m * co, ci, *w.shape[3:]), b.reshape(-1), stride=stride, groups=m)
+    return out.view(bsz, m, co, *out.shape[2:]).permute(1, 0, 3, 4, 2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("build", [1, 2, 3], ids=["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-M{c[1]}-{c[2]}to{c[3]}-H{c[4]}-K{c[5]}-S{c[6]}")
+def test_kernels_match_torch_forward_and_backward(build, case):
+    """Every build (where this CPU runs it; otherwise the next one down) gives torch's output
+    and the gradients of input, weights and bias, to float32 rounding."""
+    b, m, ci, co, h, k, stride, pads, shared = case
+    force = ctypes.c_int.in_dll(_grouped_conv._LIB, "ws_gconv_force")
+    gen = torch.Generator().manual_seed(build)
+    if shared:
+        x = torch.randn(b, h, h, ci, generator=gen).expand(m, b, h, h, ci)
+    else:
+        x = torch.randn(m, b, h, h, ci, generator=gen).requires_grad_(ci % 16 == 0)
+    w = (0.2 * torch.randn(m, co, ci, k, k, generator=gen)).requires_grad_()
+    bias = torch.randn(m, co, generator=gen).requires_grad_()
+    try:
+        force.value = build
+        out = grouped_conv2d(x, w, bias, stride=stride, pads=pads)
+        g = torch.randn(out.shape, generator=gen)
+        wrt = [t for t in (x, w, bias) if t.requires_grad]
+        grads = torch.autograd.grad((out * g).sum(), wrt)
+    finally:
+        force.value = 0
+    ref = _reference(x, w, bias, stride, pads)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    for got, want in zip(grads, torch.autograd.grad((ref * g).sum(), wrt)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_unsupported_sizes_fall_back_to_torch(monkeypatch):
+    # 12 output channels (not a multiple of 16), float64, or the kernels switched off: torch's
+    # grouped convolution computes it, same layout in and out
+    gen = torch.Generator().manual_seed(1)
+    for dtype, co, enabled in ((torch.float32, 12, True), (torch.float64, 16, True), (torch.float32, 16, False)):
+        monkeypatch.setattr(_grouped_conv, "ENABLED", enabled)
+        x = torch.randn(2, 3, 6, 6, 16, generator=gen, dtype=dtype)
+        w = torch.randn(2, co, 16, 3, 3, generator=gen, dtype=dtype)
+        b = torch.randn(2, co, generator=gen, dtype=dtype)
+        out = grouped_conv2d(x, w, b, stride=2, pads=(1, 1, 1, 1))
+        assert out.shape == (2, 3, 3, 3, co) and out.dtype == dtype
+        torch.testing.assert_close(out, _reference(x, w, b, 2, (1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("family", ["smallcnnzoo", "pooled"])
+def test_cnn_forward_is_the_same_with_and_without_kernels(family, monkeypatch):
+    from weightspace.models import CNN
+    from weightspace.zoo import CNN_FAMILIES
+    from weightspace.zoo._batched import cnn_forward
+
+    fam = CNN_FAMILIES[family]
+    torch.manual_seed(0)
+    models = [CNN(1, [16, 16, 16], 10, 8, stride=fam["stride"], padding=fam["padding"], pool=fam["pool"])
+              for _ in range(3)]
+    params = {k: torch.stack([m.state_dict()[k] for m in models]).requires_grad_() for k in models[0].state_dict()}
+    x = torch.randn(3, 6, 1, 8, 8)
+    runs = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_grouped_conv, "ENABLED", enabled)
+        out = cnn_forward(models[0], params, x)
+        runs.append((out, *torch.autograd.grad(out.square().sum(), list(params.values()))))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs[0][0], torch.stack([m(xi) for m, xi in zip(models, x)]), rtol=1e-5, atol=1e-5)
