@@ -2,8 +2,9 @@
 
 Parameters of ``M`` models of one architecture are held as one tensor per state-dict key with
 a leading model axis (what :func:`torch.func.stack_module_state` gives). Forward passes run
-all models in one call: convolutions as grouped convolutions (``groups=M``), linear layers as
-batched matrix products; :func:`vmap_forward` is the generic ``torch.func.vmap(functional_call)``
+all models in one call: convolutions as grouped convolutions (on a CPU our C kernels of
+``_grouped_conv``, on model-major activations; elsewhere torch's ``groups=M``), linear layers
+as batched matrix products; :func:`vmap_forward` is the generic ``torch.func.vmap(functional_call)``
 path, used to check the fast ones. The optimizers are written as tensor operations over the
 stacked parameters with per-model learning rates and weight decays broadcast along the model
 axis, following ``torch.optim.Adam`` / ``torch.optim.SGD`` update for update, so one model
