@@ -20,6 +20,7 @@ Prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,18 @@ def bench_cnn(args) -> list[str]:
             lines.append(row("", f"batched, {m} models per shard, {how}", m, f"{t:.2f}", f"{m / t:.2f}",
                              f"{plain * m / t:.1f}x"))
     _grouped_conv.ENABLED = True
+    if args.workers > 1:  # the whole zoo build: worker processes, writing included, start-up included
+        import tempfile
+
+        m = max(args.per_shard)
+        n = args.workers * args.shards_per_worker * m
+        with tempfile.TemporaryDirectory() as tmp:
+            t = timed(lambda: build_cnn_zoo(tmp, args.data, n=n, models_per_shard=m, checkpoints=args.checkpoints,
+                                            image_size=args.image_size, recipe=recipe, progress=False,
+                                            workers=args.workers))
+        lines.append(row("", f"zoo build --workers {args.workers} ({args.workers} processes, "
+                             f"{max(1, (os.cpu_count() or 1) // args.workers)} thread each, {m} models per shard, "
+                             f"start-up and writing included)", n, f"{t:.2f}", f"{n / t:.2f}", f"{plain * n / t:.1f}x"))
     return lines
 
 
@@ -119,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernels", default="both", choices=["both", "on", "off"],
                    help="batched CNN training with our C convolution kernels, torch's grouped convolutions, "
                         "or both side by side (default: both)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also time a whole zoo build with this many worker processes (zoo build --workers; "
+                        "default: 1, not timed)")
+    p.add_argument("--shards-per-worker", type=int, default=2, help="shards each worker builds in that run (default: 2)")
     p.add_argument("--skip-cnn", action="store_true")
     p.add_argument("--skip-inr", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

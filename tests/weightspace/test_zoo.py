@@ -188,6 +188,28 @@ def test_resume_after_a_kill_mid_build(cnn_zoo, tmp_path):
     _same_contents(out, cnn_zoo)
 
 
+def test_workers_build_the_same_zoo_in_processes(cnn_zoo, tmp_path):
+    # two worker processes (shards 0/2 and 1/2, spawned) write what one process writes; the
+    # shards are reported to on_shard here, in the parent
+    out = tmp_path / "z"
+    seen = []
+    r = build_cnn_zoo(out, "digits", **CNN_ARGS, workers=2, on_shard=seen.append)
+    assert r.built == [0, 1] and r.models_built == 6 and r.worker == (0, 1) and sorted(seen) == [0, 1]
+    _same_contents(out, cnn_zoo)
+    _no_duplicates(out)
+    again = build_cnn_zoo(out, "digits", **CNN_ARGS, workers=2)
+    assert again.built == [] and again.skipped == [0, 1]
+
+
+def test_workers_errors(tmp_path):
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        build_cnn_zoo(tmp_path / "z", "digits", **CNN_ARGS, workers=0)
+    with pytest.raises(ValueError, match="workers or shard, not both"):
+        build_cnn_zoo(tmp_path / "z", "digits", **CNN_ARGS, workers=2, shard="1/2")
+    with pytest.raises(ValueError, match="unknown dataset"):  # a worker's error reaches the caller
+        build_cnn_zoo(tmp_path / "z", "nope", **CNN_ARGS, workers=2)
+
+
 @pytest.mark.parametrize("damage", ["delete_shard", "truncate_shard", "lose_metrics", "partial_row", "tmp_file"])
 def test_resume_repairs_every_kind_of_damage(cnn_zoo, tmp_path, damage):
     out = tmp_path / "z"
@@ -662,6 +684,7 @@ def test_cli_build_info_import(tmp_path, capsys):
     (["zoo", "build", "cnn", "--out", "{tmp}/z", "--n", "2"], "--data is needed"),
     (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z"], "--n"),
     (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--shard", "2/2"], "--shard"),
+    (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--workers", "0"], "workers"),
     (["zoo", "build", "cnn", "--data", "nope", "--out", "{tmp}/z", "--n", "2"], "unknown dataset"),
     (["zoo", "build", "cnn", "--data", "digits", "--out", "{tmp}/z", "--n", "2", "--checkpoints", "2,1"],
      "checkpoints"),

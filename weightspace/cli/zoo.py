@@ -11,6 +11,7 @@ HELP = "build a model zoo (CNNs or SIREN INRs, many at once), describe one, or c
 DESCRIPTION = """Model zoos: many small trained models stored together, to train metanetworks on.
 
   weightspace zoo build cnn --data digits --out zoo-cnn --n 256
+  weightspace zoo build cnn --data mnist-idx:DIR --out zoo --n 1000 --workers 2     # one process per core
   weightspace zoo build cnn --data mnist-idx:DIR --out zoo --n 1000 --shard 0/4      # worker 0 of 4
   weightspace zoo build inr --images mnist-idx:DIR --out zoo-inr --fits-per-image 2
   weightspace zoo info zoo-cnn --hist acc.png
@@ -23,8 +24,8 @@ cite), models/shard-XXXXX.safetensors (tensors with a leading models x checkpoin
 and metrics.csv (one row per model and checkpoint). Shards are written atomically and
 their metrics appended after, so a killed build resumes where it stopped: run the same
 command again. --shard i/N builds the shards s with s % N == i, so N workers of any
-launcher (a SLURM array, Ray, a shell loop) build disjoint parts of one zoo; read it in
-Python with weightspace.zoo.ZooDataset."""
+launcher (a SLURM array, Ray, a shell loop) build disjoint parts of one zoo; --workers N
+runs N such workers on this machine. Read a zoo in Python with weightspace.zoo.ZooDataset."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--n", type=int, default=None,
                    help="number of models (cnn: needed; inr: the first N images, default all)")
     b.add_argument("--shard", default="0/1", metavar="i/N", help="build only shards s with s %% N == i (default: 0/1)")
+    b.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes building disjoint shards at once on this machine (the shards i/N), each "
+                        "with cores/N threads; one per core is fastest on a CPU (default: 1)")
     b.add_argument("--models-per-shard", type=int, default=None, metavar="K",
                    help="models per shard file, trained together (default: cnn 64, inr 256)")
     b.add_argument("--recipe", metavar="JSON", default=None,
@@ -131,7 +135,7 @@ def _build(args: argparse.Namespace) -> int:
                                    "optimizer": args.optimizer})}
         r = build_cnn_zoo(args.out, args.data, n=args.n, models_per_shard=args.models_per_shard or 64,
                           checkpoints=args.checkpoints, seed=args.seed, shard=args.shard, device=args.device,
-                          image_size=args.image_size, recipe=recipe, progress=progress)
+                          image_size=args.image_size, recipe=recipe, progress=progress, workers=args.workers)
     else:
         if not args.images:
             raise ValueError("zoo build inr: --images is needed (digits, mnist-idx:DIR or package.module:callable)")
@@ -142,7 +146,7 @@ def _build(args: argparse.Namespace) -> int:
                                 "optimizer": args.optimizer})
         r = build_inr_zoo(args.out, args.images, split=args.split, n=args.n,
                           models_per_shard=args.models_per_shard or 256, seed=args.seed, shard=args.shard,
-                          device=args.device, recipe=recipe, progress=progress)
+                          device=args.device, recipe=recipe, progress=progress, workers=args.workers)
     if args.json:
         print_json({**r.to_dict(), "models_per_second": r.models_per_second})
         return 0

@@ -33,7 +33,8 @@ class ZooBuildResult:
         skipped (list[int]): shards found complete on disk and kept.
         models_built (int): models in ``built``.
         seconds (float): wall time of the call.
-        train_seconds (float): time spent training and evaluating (writing excluded).
+        train_seconds (float): time spent training and evaluating (writing excluded; with
+            several worker processes, the wall time of the workers).
     """
 
     root: Path
@@ -96,6 +97,63 @@ def run_build(out: str | os.PathLike, card: ZooCard, shard: str | tuple[int, int
         bar.close()
         result.seconds = time.perf_counter() - t0
     return result
+
+
+def build_in_workers(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any], workers: int, *,
+                     shard: str | tuple[int, int] | None, n_shards: int | None, progress: bool,
+                     on_shard: Callable[[int], None] | None, desc: str) -> ZooBuildResult:
+    """``build(**kwargs)`` in ``workers`` processes at once, worker ``i`` building ``--shard i/N``.
+
+    Each process gets ``cpu_count // workers`` torch threads. Tiny models use one core badly
+    (torch's kernels are too small to split), so on a CPU one process per core builds about
+    ``workers`` times as fast as one process with all the threads. The workers share the zoo
+    directory as independent ``--shard`` workers do (each shard written atomically,
+    ``metrics.csv`` under a lock), so a killed run resumes like any other. ``on_shard`` is
+    called here, in this process, as the workers report shards on disk.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from queue import Empty
+
+    if shard is not None and parse_shard_spec(shard) != (0, 1):
+        raise ValueError("zoo: give workers or shard, not both (workers=N runs the shards i/N itself)")
+    t0 = time.perf_counter()
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold CUDA or OpenMP state
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=n_shards, desc=desc, unit="shard", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            queue = manager.Queue()
+            futures = [pool.submit(_worker, build, kwargs, f"{i}/{workers}", threads, queue) for i in range(workers)]
+
+            def drain(timeout: float) -> None:
+                try:
+                    while True:
+                        s = queue.get(timeout=timeout)
+                        bar.update(1)
+                        if on_shard is not None:
+                            on_shard(s)
+                except Empty:
+                    pass
+
+            while not all(f.done() for f in futures):
+                drain(0.2)
+            drain(0.0)
+            results = [f.result() for f in futures]  # a worker's error is raised here
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    first = results[0]
+    return ZooBuildResult(first.root, first.card, (0, 1), sorted(s for r in results for s in r.shards),
+                          built=sorted(s for r in results for s in r.built),
+                          skipped=sorted(s for r in results for s in r.skipped),
+                          models_built=sum(r.models_built for r in results), seconds=wall, train_seconds=wall)
+
+
+def _worker(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any], shard: str, threads: int,
+            queue: Any) -> ZooBuildResult:
+    torch.set_num_threads(threads)
+    return build(**kwargs, shard=shard, progress=False, on_shard=queue.put)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

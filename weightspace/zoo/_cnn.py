@@ -18,7 +18,7 @@ from weightspace.models import CNN
 from weightspace.models.cnn import conv_padding
 
 from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, _use_kernels, cnn_forward, model_generator
-from ._build import ZooBuildResult, check_positive_int, check_range, resolve_device, run_build
+from ._build import ZooBuildResult, build_in_workers, check_positive_int, check_range, resolve_device, run_build
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
 
@@ -397,7 +397,7 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
                   checkpoints: Sequence[int] | str = (0, 1, 2, 4, 8), seed: int = 0,
                   shard: str | tuple[int, int] | None = None, device: str | torch.device = "cpu",
                   image_size: int | None = None, recipe: Mapping[str, Any] | None = None, progress: bool = True,
-                  on_shard: Callable[[int], None] | None = None) -> ZooBuildResult:
+                  on_shard: Callable[[int], None] | None = None, workers: int = 1) -> ZooBuildResult:
     """Build (or resume) a zoo of small CNNs, many trained at once.
 
     The architecture is the Small CNN Zoo's (Unterthiner et al., arXiv:2002.11448): three 3x3
@@ -422,6 +422,9 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
         recipe (dict, optional): overrides of :data:`CNN_RECIPE`.
         progress (bool): progress bar on stderr. (default: ``True``)
         on_shard (callable, optional): called with each shard index once it is on disk.
+        workers (int): processes building disjoint shards at once (``shard`` ``i/workers``
+            each), with ``cpu_count // workers`` threads each; on a CPU, one per core is
+            fastest. (default: ``1``)
 
     Returns:
         ZooBuildResult: shards built and skipped, models per second.
@@ -435,6 +438,11 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
     """
     check_positive_int(n, "n")
     check_positive_int(models_per_shard, "models_per_shard")
+    if check_positive_int(workers, "workers") > 1:
+        kwargs = dict(out=out, data=data, n=n, models_per_shard=models_per_shard, checkpoints=checkpoints, seed=seed,
+                      device=device, image_size=image_size, recipe=recipe)
+        return build_in_workers(build_cnn_zoo, kwargs, workers, shard=shard, n_shards=-(-n // models_per_shard),
+                                progress=progress, on_shard=on_shard, desc="zoo build cnn")
     task, described = prepare_cnn_task(data, checkpoints=checkpoints, seed=seed, device=device,
                                        image_size=image_size, recipe=recipe)
     kwargs = _model_kwargs(task.template)

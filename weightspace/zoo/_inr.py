@@ -14,7 +14,7 @@ from weightspace.data import load_dataset
 from weightspace.models import SIREN
 
 from ._batched import OPTIMIZERS, StackedOptimizer, model_generator, siren_forward
-from ._build import ZooBuildResult, check_positive_int, resolve_device, run_build
+from ._build import ZooBuildResult, build_in_workers, check_positive_int, resolve_device, run_build
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, ZooCard
 
@@ -227,7 +227,8 @@ def prepare_inr_task(images: str, *, split: str = "all", n: int | None = None, s
 def build_inr_zoo(out: str | os.PathLike, images: str = "digits", *, split: str = "all", n: int | None = None,
                   models_per_shard: int = 256, seed: int = 0, shard: str | tuple[int, int] | None = None,
                   device: str | torch.device = "cpu", recipe: Mapping[str, Any] | None = None,
-                  progress: bool = True, on_shard: Callable[[int], None] | None = None) -> ZooBuildResult:
+                  progress: bool = True, on_shard: Callable[[int], None] | None = None,
+                  workers: int = 1) -> ZooBuildResult:
     """Build (or resume) a zoo of SIREN INRs, one (or ``fits_per_image``) per image, many at once.
 
     Every model is a ``siren`` (2-32-32-1 by default, ``w0 = 30``) fitted by full-batch Adam
@@ -248,6 +249,8 @@ def build_inr_zoo(out: str | os.PathLike, images: str = "digits", *, split: str 
             ``lr``, ``psnr_stop``, ``fits_per_image``, ...).
         progress (bool): progress bar on stderr. (default: ``True``)
         on_shard (callable, optional): called with each shard index once it is on disk.
+        workers (int): processes building disjoint shards at once, as for
+            :func:`build_cnn_zoo`. (default: ``1``)
 
     Returns:
         ZooBuildResult: shards built and skipped, models per second.
@@ -256,6 +259,11 @@ def build_inr_zoo(out: str | os.PathLike, images: str = "digits", *, split: str 
         ValueError: bad arguments or images, or ``out`` holding a different zoo.
     """
     check_positive_int(models_per_shard, "models_per_shard")
+    if check_positive_int(workers, "workers") > 1:
+        kwargs = dict(out=out, images=images, split=split, n=n, models_per_shard=models_per_shard, seed=seed,
+                      device=device, recipe=recipe)
+        return build_in_workers(build_inr_zoo, kwargs, workers, shard=shard, n_shards=None, progress=progress,
+                                on_shard=on_shard, desc="zoo build inr")
     task, described = prepare_inr_task(images, split=split, n=n, seed=seed, device=device, recipe=recipe)
     t = task.template
     card = ZooCard(
