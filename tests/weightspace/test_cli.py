@@ -170,6 +170,25 @@ def test_merge_every_exact_solver_gives_the_same_checkpoint(ckpts, tmp_path, cap
             torch.testing.assert_close(merged[solver][k], v, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("low_memory", [False, True], ids=["in-memory", "low-memory"])
+def test_merge_on_cuda_writes_the_cpu_merge(tmp_path, capsys, low_memory):
+    # on a GPU, auto is the sparse solver, independent groups solved in threads: the same
+    # permutations as the dense solver on the CPU, so the same checkpoint (to float32 rounding)
+    wide = {"in_features": 64, "hidden": [300, 300, 300], "out_features": 10}
+    a = _save(_mlp(0, wide).state_dict(), tmp_path / "a.safetensors", wide)
+    b = _save(_mlp(1, wide).state_dict(), tmp_path / "b.safetensors", wide)
+    merged = {}
+    for dev in ("cpu", "cuda"):
+        out_path = tmp_path / f"{dev}.safetensors"
+        argv = ["merge", a, b, "-o", out_path, "--device", dev, "--quiet"]
+        rc, _, err = _run(argv + (["--low-memory"] if low_memory else []), capsys)
+        assert rc == 0, err
+        merged[dev] = weightspace.load(out_path)
+    for k, v in merged["cpu"].items():
+        torch.testing.assert_close(merged["cuda"][k], v, rtol=1e-5, atol=1e-6)
+
+
 def test_merge_plain_pt_needs_model_and_falls_back_to_a(ckpts, tmp_path, capsys):
     # B records no model: A's is used
     out_path = tmp_path / "m.safetensors"
