@@ -109,6 +109,8 @@ def _sparse(cost: Tensor, init: Tensor | None, duals, k: int | None = None, max_
     is repeated warm, until none is left (then the duals prove the dense optimum). After
     ``max_rounds`` (never seen in weight matching) the dense solver finishes, warm."""
     n = cost.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
     dev = cost.device
     c = cost.detach().to(torch.float64)
     start = init.to(dev) if init is not None and len(init) == n else torch.arange(n, device=dev)
@@ -121,7 +123,7 @@ def _sparse(cost: Tensor, init: Tensor | None, duals, k: int | None = None, max_
     # changed little since, so these are the columns the optimum and its pricing use)
     key = c + torch.from_numpy(v).to(dev)[None, :] if warm else c
     cols = torch.cat([torch.topk(key, k, dim=1, sorted=False).indices, start[:, None]], 1)
-    scale = float(c.abs().max()) if n else 0.0
+    scale = float(c.abs().max())
     tol = 1e-10 * max(1.0, scale)
     rows = torch.arange(n, device=dev)
     for _ in range(max_rounds):

@@ -88,6 +88,13 @@ def test_sparse_and_dense_duals_are_interchangeable():
     assert _value(c2, r) == pytest.approx(_opt(c2), abs=1e-9)
 
 
+@needs_lap
+@pytest.mark.parametrize("solver", ["lap", "sparse", "scipy"])
+def test_empty_and_one_by_one(solver):
+    assert solve_assignment(torch.zeros(0, 0), solver=solver).tolist() == []
+    assert solve_assignment(torch.ones(1, 1), solver=solver).tolist() == [0]
+
+
 def test_auto_is_sparse_on_cuda_only():
     from merging.matching._solve import _resolve
 

@@ -62,6 +62,14 @@ def test_kernels_match_torch_forward_and_backward(build, case):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
+@needs_kernels
+def test_a_kernel_larger_than_the_input_is_an_error():
+    x, w = torch.randn(2, 3, 2, 2, 16), torch.randn(2, 16, 16, 3, 3)
+    with pytest.raises(ValueError, match="does not fit the padded input 2x2"):
+        grouped_conv2d(x, w, None)
+    assert grouped_conv2d(x, w, None, pads=(1, 0, 1, 0)).shape == (2, 3, 1, 1, 16)
+
+
 def test_unsupported_sizes_fall_back_to_torch(monkeypatch):
     # 12 output channels (not a multiple of 16), float64, or the kernels switched off: torch's
     # grouped convolution computes it, same layout in and out

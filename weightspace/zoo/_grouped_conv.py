@@ -131,6 +131,10 @@ def grouped_conv2d(x: Tensor, w: Tensor, bias: Tensor | None, *, stride: int = 1
           and ci <= 4096 and co <= 4096 and (ci % 16 == 0 or not x.requires_grad)
           and (bias is None or bias.dtype == torch.float32))
     if ok:
+        k, (pl, pr, pt, pb) = w.shape[-1], pads
+        if x.shape[2] + pt + pb < k or x.shape[3] + pl + pr < k:
+            raise ValueError(f"grouped_conv2d: a {k}x{k} kernel does not fit the padded input "
+                             f"{x.shape[2] + pt + pb}x{x.shape[3] + pl + pr}")
         return _GroupedConv.apply(x, w, bias, stride, tuple(pads))
     _, b, h, wd, _ = x.shape
     xg = x.permute(1, 0, 4, 2, 3).reshape(b, m * ci, h, wd)
