@@ -48,6 +48,77 @@
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 
+/* Phases both solvers share (the dense one in _lap_impl.h, the sparse one below). */
+
+/* Every row still unassigned takes its cheapest column `cheapest[i]` if that is free, else
+ * joins free_rows; returns how many did. */
+WS_INLINE int64_t ws_take_cheapest(int64_t n, int64_t *col4row, int64_t *row4col, const int64_t *cheapest,
+                                   int64_t *free_rows)
+{
+    int64_t nfree = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (col4row[i] >= 0) continue;
+        if (row4col[cheapest[i]] == -1) {
+            col4row[i] = cheapest[i];
+            row4col[cheapest[i]] = i;
+        } else {
+            free_rows[nfree++] = i;
+        }
+    }
+    return nfree;
+}
+
+/* One step of the augmenting row reduction for free row i, whose best and second-best
+ * reduced costs are u1 at column j1 and u2 at j2 (j2 = -1: it has one column): it takes j1,
+ * lowering v[j1] to the gap (or j2 on a tie), and evicts j1's owner, who is retried at once
+ * while `retry` (a strict gap, within the step limit) or left for later. Returns the column
+ * taken, or -1 when the row's only column is taken (the row is left for the paths). */
+WS_INLINE int64_t ws_arr_step(int64_t i, double u1, int64_t j1, double u2, int64_t j2, int64_t *row4col,
+                              int64_t *col4row, double *v, int64_t *free_rows, int64_t *kk, int64_t *nfree,
+                              int within_limit)
+{
+    int64_t i0 = row4col[j1];
+    int strict = j2 < 0 || u1 < u2;
+    if (j2 < 0) {
+        if (i0 >= 0) { free_rows[(*nfree)++] = i; return -1; }
+    } else if (strict) {
+        v[j1] -= u2 - u1;
+    } else if (i0 >= 0) {
+        j1 = j2;
+        i0 = row4col[j1];
+    }
+    if (i0 >= 0) {
+        col4row[i0] = -1;
+        if (strict && within_limit) free_rows[--(*kk)] = i0;
+        else free_rows[(*nfree)++] = i0;
+    }
+    row4col[j1] = i;
+    col4row[i] = j1;
+    return j1;
+}
+
+/* After a shortest-path search from free row cur reached the free column sink at distance
+ * min_val: the dual updates (visited row q > 0 was reached through scanned column q - 1, its
+ * own), then the assignment flipped along the path. */
+WS_INLINE void ws_augment(int64_t cur, int64_t sink, double min_val, int64_t nvis, const int64_t *visited,
+                          int64_t nscan, const int64_t *scanned, const double *dist, double *u, double *v,
+                          const int64_t *path, int64_t *row4col, int64_t *col4row)
+{
+    u[cur] += min_val;
+    for (int64_t q = 1; q < nvis; q++)
+        u[visited[q]] += min_val - dist[q - 1];
+    for (int64_t q = 0; q < nscan; q++)
+        v[scanned[q]] -= min_val - dist[q];
+    for (int64_t j = sink;;) {
+        int64_t i = path[j];
+        row4col[j] = i;
+        int64_t tmp = col4row[i];
+        col4row[i] = j;
+        j = tmp;
+        if (i == cur) break;
+    }
+}
+
 #if defined(WS_VECTOR)
 #define LANES 8
 #define IOTA {0, 1, 2, 3, 4, 5, 6, 7}
@@ -221,15 +292,7 @@ int64_t ws_lap_sparse(int64_t n, int64_t width, const int64_t *cols, const doubl
             col4row[i] = -1;
         }
     }
-    for (i = 0; i < n; i++) {
-        if (col4row[i] >= 0) continue;
-        if (row4col[scanned[i]] == -1) {
-            col4row[i] = scanned[i];
-            row4col[scanned[i]] = i;
-        } else {
-            free_rows[nfree++] = i;
-        }
-    }
+    nfree = ws_take_cheapest(n, col4row, row4col, scanned, free_rows);
 
     /* augmenting row reduction, as in ws_lap */
     int passes = warm ? ARR_PASSES_WARM : ARR_PASSES;
@@ -242,23 +305,8 @@ int64_t ws_lap_sparse(int64_t n, int64_t width, const int64_t *cols, const doubl
             double u1, u2;
             sp_top2(cols + i * width, vals + i * width, width, v, sign, &u1, &j1, &u2, &j2);
             if (j1 < 0) { result = -3; goto done; }
-            int64_t i0 = row4col[j1];
-            int strict = j2 < 0 || u1 < u2;
-            if (j2 < 0) {
-                if (i0 >= 0) { free_rows[nfree++] = i; continue; } /* one column, taken: leave it to the paths */
-            } else if (strict) {
-                v[j1] -= u2 - u1;
-            } else if (i0 >= 0) {
-                j1 = j2;
-                i0 = row4col[j1];
-            }
-            if (i0 >= 0) {
-                col4row[i0] = -1;
-                if (strict && steps < limit) free_rows[--kk] = i0;
-                else free_rows[nfree++] = i0;
-            }
-            row4col[j1] = i;
-            col4row[i] = j1;
+            j1 = ws_arr_step(i, u1, j1, u2, j2, row4col, col4row, v, free_rows, &kk, &nfree, steps < limit);
+            if (j1 < 0) continue;
             for (e = 0; e < width; e++)
                 if (cols[i * width + e] == j1) { u[i] = sign * vals[i * width + e] - v[j1]; break; }
             steps++;
@@ -308,21 +356,8 @@ int64_t ws_lap_sparse(int64_t n, int64_t width, const int64_t *cols, const doubl
             scanned[nscan++] = j;
             if (row4col[j] == -1) sink = j; else i = row4col[j];
         }
-        u[cur] += min_val;
-        for (int64_t q = 1; q < nvis; q++)
-            u[visited[q]] += min_val - dist[q - 1];
-        for (int64_t q = 0; q < nscan; q++)
-            v[scanned[q]] -= min_val - dist[q];
         for (int64_t q = 0; q < ntouch; q++) { state[touched[q]] = 0; shortest[touched[q]] = INFINITY; }
-        j = sink;
-        for (;;) {
-            i = path[j];
-            row4col[j] = i;
-            int64_t tmp = col4row[i];
-            col4row[i] = j;
-            j = tmp;
-            if (i == cur) break;
-        }
+        ws_augment(cur, sink, min_val, nvis, visited, nscan, scanned, dist, u, v, path, row4col, col4row);
         result++;
     }
 done:

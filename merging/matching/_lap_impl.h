@@ -201,16 +201,7 @@ TARGET static int64_t NAME(lap)(int64_t n, const double *cost, int64_t *col4row,
             col4row[i] = -1;
         }
     }
-    for (i = 0; i < n; i++) {
-        if (col4row[i] >= 0) continue;
-        int64_t arg = scanned[i];
-        if (row4col[arg] == -1) {
-            col4row[i] = arg;
-            row4col[arg] = i;
-        } else {
-            free_rows[nfree++] = i;
-        }
-    }
+    nfree = ws_take_cheapest(n, col4row, row4col, scanned, free_rows);
 
     /* augmenting row reduction (Jonker & Volgenant 1987): each free row takes its cheapest
      * column and lowers that column's dual to the gap to its second cheapest, evicting the
@@ -227,21 +218,7 @@ TARGET static int64_t NAME(lap)(int64_t n, const double *cost, int64_t *col4row,
             double u1, u2;
             NAME(row_top2)(ci, v, n, sign, &u1, &j1, &u2, &j2);
             if (j1 < 0 || j2 < 0 || !isfinite(u1) || !isfinite(u2)) { result = -1; goto done; }
-            int64_t i0 = row4col[j1];
-            int strict = u1 < u2;
-            if (strict)
-                v[j1] -= u2 - u1;
-            else if (i0 >= 0) {
-                j1 = j2;
-                i0 = row4col[j1];
-            }
-            if (i0 >= 0) {
-                col4row[i0] = -1;
-                if (strict && steps < limit) free_rows[--kk] = i0;
-                else free_rows[nfree++] = i0;
-            }
-            row4col[j1] = i;
-            col4row[i] = j1;
+            j1 = ws_arr_step(i, u1, j1, u2, j2, row4col, col4row, v, free_rows, &kk, &nfree, steps < limit);
             u[i] = sign * ci[j1] - v[j1];
             steps++;
         }
@@ -264,21 +241,7 @@ TARGET static int64_t NAME(lap)(int64_t n, const double *cost, int64_t *col4row,
             scanned[nscan++] = j;
             if (row4col[j] == -1) sink = j; else i = row4col[j];
         }
-        /* dual updates; visited row q > 0 was reached through scanned column q - 1, its own */
-        u[cur] += min_val;
-        for (int64_t q = 1; q < nvis; q++)
-            u[visited[q]] += min_val - dist[q - 1];
-        for (int64_t q = 0; q < nscan; q++)
-            v[scanned[q]] -= min_val - dist[q];
-        j = sink;
-        for (;;) {
-            i = path[j];
-            row4col[j] = i;
-            int64_t tmp = col4row[i];
-            col4row[i] = j;
-            j = tmp;
-            if (i == cur) break;
-        }
+        ws_augment(cur, sink, min_val, nvis, visited, nscan, scanned, dist, u, v, path, row4col, col4row);
         result++;
     }
 done:

@@ -15,7 +15,6 @@ eps ~ 1e-7 of the entries), so weight matching uses it for its early sweeps only
 from __future__ import annotations
 
 import ctypes
-import glob
 import math
 import os
 import threading
@@ -25,16 +24,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .._native import load_library
+
 SOLVERS = ("auto", "lap", "sparse", "scipy", "auction")
 
 
 def _load_lap():
-    here = os.path.dirname(__file__)
-    for path in sorted(glob.glob(os.path.join(here, "_lap*.so")) + glob.glob(os.path.join(here, "_lap*.pyd"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    lib = load_library(os.path.dirname(__file__), "_lap")
+    if lib is not None:
         lib.ws_lap.restype = ctypes.c_int64
         lib.ws_lap.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double]
@@ -42,8 +39,7 @@ def _load_lap():
         lib.ws_lap_sparse.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                       ctypes.c_double]
-        return lib
-    return None
+    return lib
 
 
 _LAP = _load_lap()

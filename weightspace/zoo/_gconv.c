@@ -41,38 +41,20 @@ typedef float v16 __attribute__((vector_size(64)));
 #define WS_X86 1
 #define NAME(x) CAT(x, avx512)
 #define TARGET __attribute__((target("avx512f,fma")))
-static inline __attribute__((always_inline, target("avx512f"))) v16 ld_avx512(const float *p) { v16 v; memcpy(&v, p, 64); return v; }
-static inline __attribute__((always_inline, target("avx512f"))) void st_avx512(float *p, v16 v) { memcpy(p, &v, 64); }
-#define ld ld_avx512
-#define st st_avx512
 #include "_gconv_impl.h"
-#undef ld
-#undef st
 #undef NAME
 #undef TARGET
 
 #define NAME(x) CAT(x, avx2)
 #define TARGET __attribute__((target("avx2,fma")))
-static inline __attribute__((always_inline, target("avx2"))) v16 ld_avx2(const float *p) { v16 v; memcpy(&v, p, 64); return v; }
-static inline __attribute__((always_inline, target("avx2"))) void st_avx2(float *p, v16 v) { memcpy(p, &v, 64); }
-#define ld ld_avx2
-#define st st_avx2
 #include "_gconv_impl.h"
-#undef ld
-#undef st
 #undef NAME
 #undef TARGET
 #endif
 
 #define NAME(x) CAT(x, generic)
 #define TARGET
-static inline v16 ld_generic(const float *p) { v16 v; memcpy(&v, p, 64); return v; }
-static inline void st_generic(float *p, v16 v) { memcpy(p, &v, 64); }
-#define ld ld_generic
-#define st st_generic
 #include "_gconv_impl.h"
-#undef ld
-#undef st
 #undef NAME
 #undef TARGET
 

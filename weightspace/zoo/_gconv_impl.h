@@ -1,10 +1,16 @@
 /* Body of the grouped-convolution kernels, included once per build by _gconv.c with NAME
- * (a suffix for each function), TARGET (the instruction set), ld and st defined.
+ * (a suffix for each function) and TARGET (the instruction set) defined.
  *
  * Layout, model-major and channels-last: x[m, b, h, w, ci] (model stride p->xms, 0 when all
  * models read the same input), out and g[m, b, oh, ow, co], weights per model. A block of NB
  * consecutive positions (b, oh, ow flattened) is computed at once, one Co-vector accumulator
  * each; a tap that falls in the padding reads a row of zeros instead of branching. */
+
+/* a 16-float vector from memory and back, in this build's instructions */
+static inline __attribute__((always_inline)) TARGET v16 NAME(ld)(const float *p) { v16 v; memcpy(&v, p, 64); return v; }
+static inline __attribute__((always_inline)) TARGET void NAME(st)(float *p, v16 v) { memcpy(p, &v, 64); }
+#define ld NAME(ld)
+#define st NAME(st)
 
 /* x[m] (B, H, W, Ci) into xp (B, Hp, Wp, Ci) with the zero padding around it: the kernels
  * below then read every tap without a bounds check */
@@ -166,3 +172,6 @@ TARGET static int NAME(bwd_weight)(const ws_conv *p, const float *x, const float
     free(xpad);
     return 0;
 }
+
+#undef ld
+#undef st

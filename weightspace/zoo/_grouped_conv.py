@@ -10,12 +10,13 @@ to float32 rounding).
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from merging._native import load_library
 
 
 class _Conv(ctypes.Structure):
@@ -23,20 +24,15 @@ class _Conv(ctypes.Structure):
 
 
 def _load():
-    here = os.path.dirname(__file__)
-    for path in sorted(glob.glob(os.path.join(here, "_gconv*.so")) + glob.glob(os.path.join(here, "_gconv*.pyd"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    lib = load_library(os.path.dirname(__file__), "_gconv")
+    if lib is not None:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.ws_gconv_fwd.argtypes = [ctypes.POINTER(_Conv), p, p, p, p, i64, i64]
         lib.ws_gconv_bwd_data.argtypes = [ctypes.POINTER(_Conv), p, p, p, i64, i64]
         lib.ws_gconv_bwd_weight.argtypes = [ctypes.POINTER(_Conv), p, p, p, p, i64, i64]
         for f in (lib.ws_gconv_fwd, lib.ws_gconv_bwd_data, lib.ws_gconv_bwd_weight):
             f.restype = ctypes.c_int
-        return lib
-    return None
+    return lib
 
 
 _LIB = _load()
