@@ -17,8 +17,9 @@ from graphs import Structure, trace
 
 from .checkpoint import check_finite, check_fits, load
 from .models import example_input_for, get_model, model_spec_from_json, model_spec_to_json, parse_input_shape
+from .trust import check_model_name
 
-__all__ = ["LoadedModel", "build_model", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",
+__all__ = ["LoadedModel", "build_model", "recorded_spec", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",
            "PROVENANCE_KEY"]
 
 MODEL_KEY = "weightspace.model"
@@ -58,24 +59,42 @@ def _parse_kwargs(model_kwargs: str | Mapping[str, Any] | None) -> dict[str, Any
     return out
 
 
+def recorded_spec(metadata: Mapping[str, str] | None, model_kwargs: str | Mapping[str, Any] | None = None
+                  ) -> str | None:
+    """The model spec a checkpoint's metadata records (with ``model_kwargs`` laid over its
+    arguments), as normalised JSON, or ``None``; nothing is imported or built."""
+    recorded = (metadata or {}).get(MODEL_KEY)
+    if recorded is None:
+        return None
+    name, kwargs = model_spec_from_json(recorded)
+    kwargs.update(_parse_kwargs(model_kwargs))
+    return model_spec_to_json(name, kwargs)
+
+
 def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
-                metadata: Mapping[str, str] | None = None, path: str | None = None) -> tuple[nn.Module, str]:
+                metadata: Mapping[str, str] | None = None, path: str | None = None,
+                trust_model_code: bool = False) -> tuple[nn.Module, str]:
     """Build the architecture named by ``model`` (or recorded in a checkpoint's metadata).
+
+    A recorded ``package.module:callable`` is code named by a file: it is imported only when
+    ``trust_model_code`` (or inside :func:`weightspace.trusting_model_code`); pass it again as
+    ``model`` to use it without trusting the file.
 
     Returns:
         ``(module, spec_json)``.
 
     Raises:
+        UntrustedCodeError: the checkpoint names code that is not allowed to run.
         ValueError: no model given and none recorded, or an unknown model / bad arguments.
     """
     if model is None:
-        recorded = (metadata or {}).get(MODEL_KEY)
-        if recorded is None:
+        spec = recorded_spec(metadata, model_kwargs)
+        if spec is None:
             where = f" {path}" if path else ""
             raise ValueError(f"checkpoint{where} does not record its model; pass --model "
                              f"(a built-in family such as mlp, or package.module:callable)")
-        name, kwargs = model_spec_from_json(recorded)
-        kwargs.update(_parse_kwargs(model_kwargs))
+        name, kwargs = model_spec_from_json(spec)
+        check_model_name(name, source=path or "the checkpoint", trusted=trust_model_code)
     else:
         name, kwargs = model, _parse_kwargs(model_kwargs)
     module = get_model(name, **kwargs)
@@ -84,7 +103,7 @@ def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] 
 
 def load_model(path: str | Path, model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None,
                *, input_shape: str | tuple[int, ...] | None = None, device: str | torch.device = "cpu",
-               check_nan: bool = True) -> LoadedModel:
+               check_nan: bool = True, trust_model_code: bool = False) -> LoadedModel:
     """Load a checkpoint into its architecture, checking that every tensor fits.
 
     Args:
@@ -94,13 +113,16 @@ def load_model(path: str | Path, model: str | None = None, model_kwargs: str | M
         input_shape: shape of one example without the batch axis; default: recorded or
             declared by the family.
         check_nan: refuse NaN / Inf weights.
+        trust_model_code: allow a ``package.module:callable`` recorded in the file to be
+            imported and called (see :func:`build_model`).
 
     Raises:
         CheckpointError: unreadable file, NaN, or tensors that do not fit the model
             (missing, unexpected, wrong shape), naming the file and the tensor.
     """
     state, info = load(path, device=device, return_info=True)
-    module, spec = build_model(model, model_kwargs, metadata=info.metadata, path=str(path))
+    module, spec = build_model(model, model_kwargs, metadata=info.metadata, path=str(path),
+                               trust_model_code=trust_model_code)
     check_fits(state, module, path=str(path))
     if check_nan:
         check_finite(state, str(path))

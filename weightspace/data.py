@@ -234,6 +234,11 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
+def is_builtin_data_spec(spec: str) -> bool:
+    """Whether ``spec`` names a registered dataset (``digits``, ``mnist-idx:DIR``), not code."""
+    return isinstance(spec, str) and spec.strip().partition(":")[0] in _DATASETS
+
+
 def _choices() -> str:
     return ", ".join(_DATASETS[name].usage for name in list_datasets())
 

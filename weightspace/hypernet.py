@@ -32,6 +32,7 @@ from merging.hypernet import HyperNet, fit_hypernet, sample_state, smooth
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, load_model, trace_model
 from .checkpoint import load, save
 from .models import model_spec_from_json, model_spec_to_json
+from .trust import check_data_spec, check_model_name, takes_trust_flag
 
 __all__ = ["WIDTH_KWARGS", "HypernetFile", "parse_widths", "model_at_ratio", "train_hypernet_file",
            "load_hypernet", "resample", "KIND_KEY", "HYPERNET_KEY"]
@@ -150,6 +151,7 @@ def _metadata(hf: HypernetFile, provenance: dict[str, Any]) -> dict[str, str]:
     return meta
 
 
+@takes_trust_flag
 def load_hypernet(path: str | Path, *, device: str | torch.device = "cpu") -> HypernetFile:
     """Read a hypernetwork file written by :func:`train_hypernet_file`.
 
@@ -167,6 +169,7 @@ def load_hypernet(path: str | Path, *, device: str | torch.device = "cpu") -> Hy
         hn.load_state_dict(state)
     except (KeyError, json.JSONDecodeError, RuntimeError) as e:
         raise ValueError(f"{path}: damaged hypernetwork file ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    check_model_name(model_spec_from_json(meta[MODEL_KEY])[0], source=str(path))
     hn.to(device).eval()
     shape = tuple(int(s) for s in meta[INPUT_SHAPE_KEY].split(",")) if INPUT_SHAPE_KEY in meta else None
     rr = rec.get("ratio_range")
@@ -174,6 +177,7 @@ def load_hypernet(path: str | Path, *, device: str | torch.device = "cpu") -> Hy
                         tuple(rr) if rr is not None else None, rec.get("data"), shape, str(path), rec.get("info", {}))
 
 
+@takes_trust_flag
 def train_hypernet_file(
     out: str | Path, *, model: str | None = None, model_kwargs: str | dict | None = None, data: str = "digits",
     widths: str = "0.25:1.0", source: str | Path | None = None, width_kwarg: str | None = None,
@@ -265,6 +269,7 @@ def _has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
+@takes_trust_flag
 def resample(
     path: str | Path, out: str | Path | None = None, *, width: int | Sequence[int] | None = None,
     ratio: float | Sequence[float] | None = None, samples: int = 1, noise: float | None = None,
@@ -310,6 +315,8 @@ def resample(
         source = data if data is not None else hf.data
         if source is None:
             raise ValueError("resample: the model has BatchNorm; pass --data to recompute its statistics")
+        if data is None:
+            check_data_spec(source, source=str(path))
         if isinstance(source, str):
             from .data import load_data
 

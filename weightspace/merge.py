@@ -28,6 +28,7 @@ from graphs import Structure, identity_permutation, permute
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model, trace_model
 from .checkpoint import check_not_input, open_checkpoint, save
 from .models import model_spec_from_json
+from .trust import takes_trust_flag
 
 __all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between"]
 
@@ -159,6 +160,7 @@ def align(
     return _align(structure, model_a, model_b, method, batches, seed, dev, progress, return_info)
 
 
+@takes_trust_flag
 def merge_checkpoints(
     path_a: PathLike,
     path_b: PathLike,
@@ -303,6 +305,7 @@ def merge_checkpoints(
                        model=a.spec, input_shape=shape, provenance=provenance)
 
 
+@takes_trust_flag
 def barrier_between(
     path_a: PathLike,
     path_b: PathLike,

@@ -25,6 +25,7 @@ from .checkpoint import check_not_input, open_checkpoint, save
 from .merge import (_check_data_fits, _check_same_states, _file_record, _has_batchnorm, _input_shape,
                     _resolve_data, _resolve_device, _structure)
 from .models import model_spec_from_json
+from .trust import takes_trust_flag
 
 __all__ = ["MANY_METHODS", "MergeManyResult", "merge_many_checkpoints"]
 
@@ -105,6 +106,7 @@ def _load_many(paths: Sequence[PathLike], model: str | None, model_kwargs: Any, 
     return models, files
 
 
+@takes_trust_flag
 def merge_many_checkpoints(
     paths: Sequence[PathLike],
     out: PathLike,

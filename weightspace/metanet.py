@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 import math
 import os
 import sys
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from graphs import ParamGraph, Structure, permute, random_permutation
 
 from .distributed import DistContext, distributed_context
+from .trust import UntrustedCodeError, check_data_spec, takes_trust_flag
 
 __all__ = ["ARCHS", "DEFAULT_PROBES", "TASKS", "MetanetResult", "evaluate_metanet", "load_metanet", "train_metanet"]
 
@@ -139,7 +141,7 @@ class _Zoo:
             self.splits[split] = _Split(states, torch.tensor(ys, dtype=dtype))
         if not self.splits["train"].states:
             raise ValueError(f"train_metanet: {self.root} has no models in its train split; build a larger zoo")
-        module = model_from_json(self.card.model_spec)
+        module = model_from_json(self.card.model_spec, source=f"zoo card {self.root / 'zoo.json'}")
         self.structure: Structure = trace_model(module, input_shape=self.card.input_shape)
         if task == "class":
             labels = torch.cat([s.targets for s in self.splits.values()])
@@ -175,7 +177,7 @@ class _Prober:
     def __init__(self, config: Mapping[str, Any], structure: Structure) -> None:
         from .models import model_from_json
 
-        self.module = model_from_json(config["model_spec"])
+        self.module = model_from_json(config["model_spec"], source="the metanetwork's config")
         self.inputs = _probe_inputs(config)
         self.scale = torch.tensor(config["probe_scale"], dtype=torch.float32) if "probe_scale" in config else None
         self.structure = structure
@@ -252,7 +254,7 @@ class _ProbeStatFeatures:
     def __init__(self, config: Mapping[str, Any]) -> None:
         from .models import model_from_json
 
-        self.module = model_from_json(config["model_spec"]).eval()
+        self.module = model_from_json(config["model_spec"], source="the metanetwork's config").eval()
         self.inputs = _probe_inputs(config)
         self.stats = bool(config.get("stats"))
 
@@ -310,6 +312,11 @@ def _data_probes(card, n: int, seed: int) -> Tensor | None:
 
     spec, shape = (card.dataset or {}).get("spec"), card.input_shape
     if not spec or not shape or len(shape) != 3:
+        return None
+    try:
+        check_data_spec(spec, source="the zoo card")
+    except UntrustedCodeError as e:
+        warnings.warn(f"{e}; probing with uniform inputs instead", stacklevel=2)
         return None
     try:
         x = _resize(load_dataset(spec, split="train"), shape[-1])
@@ -520,6 +527,7 @@ def _aug_seed(seed: int, epoch: int, index: int) -> int:
     return (((seed * 1_000_003) ^ (epoch * 7_919)) * 2_654_435_761 + index * 40_503) % (2**31 - 1)
 
 
+@takes_trust_flag
 def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: str = "gnn",
                   epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
                   hidden: int | None = None, augment: bool = True, patience: int | None = None,
@@ -803,6 +811,7 @@ def load_metanet(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), dict(ck["config"])
 
 
+@takes_trust_flag
 def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os.PathLike, *, split: str = "test",
                      batch_size: int = 64, device: str | torch.device = "cpu",
                      checkpoints: str | int | list[int] | None = None) -> dict[str, float]:

@@ -33,6 +33,7 @@ import merging
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from .checkpoint import check_not_input, load, open_checkpoint, save
+from .trust import check_model_name, takes_trust_flag
 
 __all__ = ["Recipe", "RecipeModel", "load_recipe", "run_recipe"]
 
@@ -99,6 +100,7 @@ def _fail(where: str, msg: str) -> ValueError:
     return ValueError(f"load_recipe: {where}: {msg}")
 
 
+@takes_trust_flag
 def load_recipe(path: PathLike) -> Recipe:
     """Read and validate a YAML recipe; nothing is loaded or written yet.
 
@@ -172,6 +174,8 @@ def load_recipe(path: PathLike) -> Recipe:
     out = raw.get("out")
     if out is not None:
         out = Path(out) if Path(out).is_absolute() else root / out
+    if raw.get("model") is not None:
+        check_model_name(raw["model"], source=str(path))
     recipe = Recipe(merge_method=name, models=tuple(models), base_model=base, parameters=dict(params),
                     dtype=dtype, out=out, align=bool(raw.get("align", False)), seed=int(raw.get("seed", 0)),
                     model=raw.get("model"), model_kwargs=raw.get("model_kwargs"),
@@ -205,6 +209,7 @@ def _check_shapes(recipe: Recipe) -> None:
                                 f"{tuple(shapes[k])} in {files[0]}")
 
 
+@takes_trust_flag
 def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None) -> Path:
     """Run a recipe and write the merged checkpoint atomically (``.safetensors``).
 

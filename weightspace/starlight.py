@@ -32,6 +32,7 @@ from .merge import (
     _structure,
 )
 from .merge_many import _load_many
+from .trust import takes_trust_flag
 
 __all__ = ["EpochLoader", "StarlightResult", "starlight_checkpoints", "state_path_for"]
 
@@ -134,6 +135,7 @@ def _dataset(data: str | Any, batch_size: int, seed: int, fn: str) -> tuple[Iter
     return data, None, f"<{type(data).__name__}>"
 
 
+@takes_trust_flag
 def starlight_checkpoints(
     paths: Sequence[PathLike],
     out: PathLike,

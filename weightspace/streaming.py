@@ -29,7 +29,7 @@ from graphs import Structure, group_rows, identity_permutation, permute, trace
 from merging.matching.weight import _descend as _coordinate_descent
 from merging.matching.weight import _start
 
-from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, trace_model
+from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, recorded_spec, trace_model
 from .checkpoint import (
     _ST_DTYPES,
     CheckpointError,
@@ -46,6 +46,7 @@ from .checkpoint import (
     open_checkpoint,
 )
 from .models import example_input_for, parse_input_shape
+from .trust import takes_trust_flag
 
 __all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]
 
@@ -237,6 +238,7 @@ def _distinct_meta_storage(module: nn.Module) -> nn.Module:
     return module
 
 
+@takes_trust_flag
 def trace_without_weights(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
                           metadata: Mapping[str, str] | None = None, path: str | None = None,
                           input_shape: str | tuple[int, ...] | None = None
@@ -325,6 +327,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+@takes_trust_flag
 def streaming_merge(
     path_a: PathLike,
     path_b: PathLike,
@@ -426,8 +429,7 @@ def streaming_merge(
         structure, module, spec = trace_without_weights(model, model_kwargs, metadata=meta_a, path=str(path_a),
                                                         input_shape=shape)
         if model is None and MODEL_KEY in meta_b:
-            with torch.device("meta"):
-                spec_b = build_model(None, model_kwargs, metadata=meta_b, path=str(path_b))[1]
+            spec_b = recorded_spec(meta_b, model_kwargs)
             if spec_b != spec:
                 warnings.warn(f"{fn}: {path_a} records model {spec} but {path_b} records {spec_b}; "
                               f"using A's (pass --model to choose)", stacklevel=2)

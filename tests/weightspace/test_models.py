@@ -350,7 +350,10 @@ def test_model_json_from_tuples_and_callables(user_module: str) -> None:
     text = model_spec_to_json("mlp", {"hidden": (8, 4), "in_features": 6})
     assert text == '{"kwargs":{"hidden":[8,4],"in_features":6},"name":"mlp"}'
     assert model_from_json(text).hidden == (8, 4)
-    assert isinstance(model_from_json(model_spec_to_json(f"{user_module}:make_tiny", {"width": 2})), nn.Sequential)
+    user_spec = model_spec_to_json(f"{user_module}:make_tiny", {"width": 2})
+    with pytest.raises(ValueError, match="--trust-model-code"):  # code named in a file: refused by default
+        model_from_json(user_spec)
+    assert isinstance(model_from_json(user_spec, trusted=True), nn.Sequential)
     assert isinstance(model_from_json('{"name": "siren"}'), SIREN)
 
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Any, Callable
 
 import torch
 
 EXIT_BAD_INPUT = 2
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """A fallback or notice is one line on stderr, not a source location and a code line."""
+    text = " ".join(str(message).split())
+    print(f"weightspace: warning: {text}", file=sys.stderr if file is None else file)
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -20,6 +28,14 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = False) -> Non
                    help='keyword arguments for the family, e.g. \'{"hidden": [512, 512]}\'')
     g.add_argument("--input-shape", metavar="S", default=None,
                    help="shape of one example without the batch axis (784 or 3,32,32) when the model does not declare one")
+    add_trust_arg(g)
+
+
+def add_trust_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="allow a package.module:callable named inside an input file (checkpoint metadata, zoo "
+                        "card, recipe, hypernetwork) to be imported and called; without it only built-in "
+                        "families run, and a file that names code is refused (exit 2)")
 
 
 def add_common_args(p: argparse.ArgumentParser, *, json_flag: bool = True, device: bool = True,
@@ -51,8 +67,13 @@ def print_json(obj: Any) -> None:
 
 def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a subcommand; bad input becomes one line on stderr and exit status 2."""
+    from weightspace.trust import trusting_model_code
+
     try:
-        return int(fn(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            with trusting_model_code(getattr(args, "trust_model_code", False)):
+                return int(fn(args) or 0)
     except KeyboardInterrupt:
         print("weightspace: interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import add_common_args, print_json, resolve_device
+from ._common import add_common_args, add_trust_arg, print_json, resolve_device
 
 NAME = "metanet"
 HELP = "train a metanetwork on a model zoo (predict accuracy or class from weights), or evaluate one"
@@ -83,12 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common_args(t)
+    add_trust_arg(t)
     e = sub.add_parser("eval", help="evaluate a trained metanetwork on a zoo",
                        description="Metrics of a trained metanetwork on a split of a zoo.")
     e.add_argument("model", metavar="MODEL", help="a checkpoint written by `metanet train`")
     e.add_argument("zoo", metavar="ZOO", help="the zoo directory")
     e.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="(default: test)")
     add_common_args(e, seed=False)
+    add_trust_arg(e)
 
 
 def _fmt(metrics: dict) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_common_args, print_json, resolve_device
+from ._common import add_common_args, add_trust_arg, print_json, resolve_device
 
 NAME = "resample"
 HELP = "sample a checkpoint of any width from a hypernetwork (`weightspace hypernet train`)"
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-extrapolation", action="store_true", help="allow widths outside the trained range")
     p.add_argument("--quiet", action="store_true", help="no summary")
     add_common_args(p)
+    add_trust_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from torch import Tensor, nn
 
 from weightspace.models._common import device_and_dtype, random_input
+from weightspace.trust import check_model_name
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -233,9 +234,18 @@ def model_spec_from_json(s: str | Mapping[str, Any]) -> tuple[str, dict[str, Any
     return payload["name"], dict(kwargs)
 
 
-def model_from_json(s: str | Mapping[str, Any]) -> nn.Module:
-    """Build the model that a :func:`model_spec_to_json` string describes (see :func:`get_model`)."""
+def model_from_json(s: str | Mapping[str, Any], *, source: str = "a file", trusted: bool = False) -> nn.Module:
+    """Build the model that a :func:`model_spec_to_json` string read from ``source`` describes.
+
+    The spec is data: a registered family is built; a ``package.module:callable`` is imported
+    only when ``trusted`` or inside :func:`weightspace.trust.trusting_model_code`.
+
+    Raises:
+        UntrustedCodeError: the spec names code that is not allowed to run.
+        ValueError: as :func:`get_model`.
+    """
     name, kwargs = model_spec_from_json(s)
+    check_model_name(name, source=source, trusted=trusted)
     return get_model(name, **kwargs)
 
 

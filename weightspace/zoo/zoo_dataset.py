@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from weightspace.api import MODEL_KEY
 from weightspace.models import model_from_json
+from weightspace.trust import model_code_trusted
 
 from ._metrics import SPLITS, Row, read_metrics, row_split
 from .zoo_card import MODELS_DIR, read_card, shard_name
@@ -49,6 +50,9 @@ class ZooDataset(Dataset):
         checkpoints (str, int or list of int, optional): ``"last"`` (each model's final
             checkpoint), ``"all"``, or the checkpoint(s) to keep. (default: ``"last"``)
         device (str, optional): where tensors are read to. (default: ``"cpu"``)
+        trust_model_code (bool, optional): allow a ``package.module:callable`` model named by
+            the card or a shard to be imported and called (default: ``False``: only registered
+            families; see :mod:`weightspace.trust`).
 
     Shapes:
         - item: ``(weights, target)``; ``target`` a 0-d tensor (``long`` for labels, else float).
@@ -68,8 +72,9 @@ class ZooDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, view: str = "state",
                  target: str | None = None, checkpoints: str | int | Sequence[int] = "last",
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", trust_model_code: bool = False) -> None:
         self.root = Path(root)
+        self.trust_model_code = trust_model_code or model_code_trusted()
         self.split = split
         self.view = view
         self.checkpoints = checkpoints
@@ -121,7 +126,7 @@ class ZooDataset(Dataset):
 
     def _template(self, spec: str) -> tuple[nn.Module, list[str]]:
         if spec not in self._templates:
-            module = model_from_json(spec)
+            module = model_from_json(spec, source=f"zoo {self.root}", trusted=self.trust_model_code)
             self._templates[spec] = (module, list(module.state_dict()))
         return self._templates[spec]
 

@@ -1,0 +1,112 @@
+"""Files are data, never code: which callables named inside a file may be imported and called.
+
+A checkpoint's metadata, a zoo card, a recipe, a hypernetwork or metanetwork file can name a
+model (``{"name": "mlp", ...}``) or a dataset (``"digits"``). Names from our registries are
+data: they select code that ships with weightspace. A ``package.module:callable`` written in a
+file is code, and it runs only when the user names it again (``--model``, ``--data``) or allows
+code named in files (``--trust-model-code``; in Python ``trust_model_code=True`` or the
+:func:`trusting_model_code` context).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+__all__ = ["UntrustedCodeError", "trusting_model_code", "model_code_trusted", "takes_trust_flag",
+           "check_model_name", "check_data_spec", "TRUST_FLAG"]
+
+TRUST_FLAG = "--trust-model-code"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TRUSTED: ContextVar[bool] = ContextVar("weightspace_trust_model_code", default=False)
+
+
+class UntrustedCodeError(ValueError):
+    """A file names code (``package.module:callable``) that the user has not allowed to run."""
+
+
+@contextmanager
+def trusting_model_code(allow: bool = True) -> Iterator[None]:
+    """Within the block, callables named in files may be imported and called (when ``allow``).
+
+    Nesting never takes trust away: ``trusting_model_code(False)`` inside a trusting block
+    keeps trusting.
+    """
+    token = _TRUSTED.set(_TRUSTED.get() or bool(allow))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def model_code_trusted() -> bool:
+    """Whether code named in files may run here (see :func:`trusting_model_code`)."""
+    return _TRUSTED.get()
+
+
+def takes_trust_flag(fn: F) -> F:
+    """Give an entry point the keyword-only argument ``trust_model_code=False``: when true, the
+    call runs inside :func:`trusting_model_code`."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, trust_model_code: bool = False, **kwargs: Any) -> Any:
+        with trusting_model_code(trust_model_code):
+            return fn(*args, **kwargs)
+
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    flag = inspect.Parameter("trust_model_code", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+    wrapper.__signature__ = sig.replace(parameters=params[:at] + [flag] + params[at:])  # type: ignore[attr-defined]
+    doc = fn.__doc__ or ""
+    wrapper.__doc__ = doc + ("\n" if doc else "") + (
+        "\n    ``trust_model_code=True`` allows ``package.module:callable`` names read from input files "
+        "to be imported and called (see :mod:`weightspace.trust`).\n")
+    return wrapper  # type: ignore[return-value]
+
+
+def _refuse(kind: str, name: str, source: str, again: str) -> UntrustedCodeError:
+    return UntrustedCodeError(
+        f"{source} names the {kind} code {name!r}, which weightspace does not import from a file; "
+        f"to run it, pass {again} {name} yourself, or {TRUST_FLAG} (trust_model_code=True in Python)")
+
+
+def check_model_name(name: str, *, source: str, trusted: bool = False) -> None:
+    """Refuse a model name read from ``source`` that would import code.
+
+    Registered family names are data and pass. A name with ``:`` (``package.module:callable``)
+    passes only when ``trusted`` or inside :func:`trusting_model_code`. Other names pass here
+    and fail later as unknown families (no code runs for them).
+
+    Raises:
+        UntrustedCodeError: the name is code and code from files is not allowed.
+    """
+    from .models import list_models
+
+    if not isinstance(name, str) or name in list_models() or ":" not in name:
+        return
+    if trusted or model_code_trusted():
+        return
+    raise _refuse("model", name, source, "--model")
+
+
+def check_data_spec(spec: str, *, source: str, trusted: bool = False) -> None:
+    """Refuse a dataset spec read from ``source`` that would import code.
+
+    Built-in datasets (``digits``, ``mnist-idx:DIR``, ...) pass; ``package.module:callable``
+    passes only when trusted, as for :func:`check_model_name`.
+
+    Raises:
+        UntrustedCodeError: the spec is code and code from files is not allowed.
+    """
+    from .data import is_builtin_data_spec
+
+    if not isinstance(spec, str) or is_builtin_data_spec(spec) or ":" not in spec:
+        return
+    if trusted or model_code_trusted():
+        return
+    raise _refuse("data", spec, source, "--data")
