@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from merging._eval import (
     StateDict,
@@ -31,6 +33,7 @@ def reset_batchnorm(
     *,
     num_batches: int | None = None,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Recompute BatchNorm running statistics of ``state`` from ``data``.
 
@@ -47,6 +50,7 @@ def reset_batchnorm(
         data (Iterable): batches ``(x, y)``; ``y`` is ignored.
         num_batches (int, optional): use only the first ``num_batches`` batches (default all).
         device (torch.device or str, optional): where to run; default the device of ``state``.
+        progress (bool, optional): a progress bar over the batches on stderr. (default: ``False``)
 
     Shapes:
         ``running_mean``, ``running_var``: (C,) per BatchNorm layer; ``num_batches_tracked``
@@ -76,10 +80,12 @@ def reset_batchnorm(
         full[count_key] = torch.zeros_like(full[count_key])
         keys += [mean_key, var_key, count_key]
     seen = 0
-    with batchnorm_train_mode(model), torch.no_grad():
+    with batchnorm_train_mode(model), torch.no_grad(), \
+            _bar("BatchNorm reset", "batch", num_batches, progress) as bar:
         for x, _ in iter_batches(data, dev, num_batches=num_batches, fn="reset_batchnorm"):
             call(model, full, x)
             seen += 1
+            bar.update(1)
     if seen == 0:
         raise ValueError("reset_batchnorm: data yielded no batches; pass a non-empty DataLoader or list of (x, y)")
     for key in keys:
@@ -98,6 +104,7 @@ def repair(
     num_batches: int | None = None,
     device: torch.device | str | None = None,
     eps: float = 1e-10,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     r"""REPAIR: rescale the merged network's channels to the interpolated statistics.
 
@@ -141,6 +148,8 @@ def repair(
             ``state_merged``.
         eps (float, optional): variance below which a channel is treated as dead.
             (default: ``1e-10``)
+        progress (bool, optional): a progress bar on stderr over the passes through ``data``
+            (A, B, then one per repaired layer). (default: ``False``)
 
     Shapes:
         statistics: (C,) per layer, ``C`` = output features (Linear, last axis of the output)
@@ -157,11 +166,13 @@ def repair(
         TypeError: ``data`` is a one-shot iterator.
     """
     if batchnorm_layers(model):
-        return reset_batchnorm(model, state_merged, data, num_batches=num_batches, device=device)
+        return reset_batchnorm(model, state_merged, data, num_batches=num_batches, device=device, progress=progress)
     check_reiterable(data, "repair")
     dev = resolve_device(state_merged, device)
-    plan = _repair_plan(model, state_a, state_b, data, device=dev, num_batches=num_batches)
-    return _apply_repair(model, plan, state_merged, data, alpha=alpha, device=dev, num_batches=num_batches, eps=eps)
+    with _bar("REPAIR", "pass", None, progress) as bar:
+        plan = _repair_plan(model, state_a, state_b, data, device=dev, num_batches=num_batches, bar=bar)
+        return _apply_repair(model, plan, state_merged, data, alpha=alpha, device=dev, num_batches=num_batches,
+                             eps=eps, bar=bar)
 
 
 # --------------------------------------------------------------------------- internals
@@ -309,6 +320,7 @@ def _repair_plan(
     *,
     device: torch.device,
     num_batches: int | None,
+    bar: Any = None,
 ) -> _RepairPlan:
     """Find the layers to repair and measure the endpoints' statistics (once per pair A, B)."""
     full_a = prepare_state(model, state_a, device, fn="repair")
@@ -328,8 +340,13 @@ def _repair_plan(
             )
     if not layers:
         return _RepairPlan(layers=[], stats_a={}, stats_b={})
+    if bar is not None:
+        bar.total = 2 + len(layers)
+        bar.refresh()
     stats_a = _measure(model, full_a, data, layers, device=device, num_batches=num_batches)
+    _tick(bar)
     stats_b = _measure(model, full_b, data, layers, device=device, num_batches=num_batches)
+    _tick(bar)
     return _RepairPlan(layers=layers, stats_a=stats_a, stats_b=stats_b)
 
 
@@ -343,6 +360,7 @@ def _apply_repair(
     device: torch.device,
     num_batches: int | None,
     eps: float,
+    bar: Any = None,
 ) -> dict[str, Tensor]:
     """Correct ``state_merged`` layer by layer towards the interpolated endpoint statistics."""
     full = prepare_state(model, state_merged, device, fn="repair")
@@ -362,4 +380,15 @@ def _apply_repair(
         full[w_key], full[b_key] = new_w, new_b
         out[w_key] = new_w.to(state_merged[w_key].device)
         out[b_key] = new_b.to(state_merged[b_key].device)
+        _tick(bar)
     return out
+
+
+def _bar(desc: str, unit: str, total: int | None, enabled: bool) -> Any:
+    """A progress bar on stderr (a no-op one when disabled)."""
+    return tqdm(desc=desc, unit=unit, total=total, file=sys.stderr, disable=not enabled, leave=False)
+
+
+def _tick(bar: Any) -> None:
+    if bar is not None:
+        bar.update(1)

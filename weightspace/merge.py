@@ -37,6 +37,10 @@ METHODS = ("weight", "activation", "ste", "none")
 _NEEDS_DATA = ("activation", "ste")
 _LABELS = {"weight": "weight matching", "activation": "activation matching", "ste": "STE matching"}
 _BATCH = 256
+#: REPAIR / BatchNorm-reset statistics from this many training examples by default: a few
+#: thousand estimate per-channel moments well (the REPAIR paper's setting), and each repaired
+#: layer is one more pass over them
+REPAIR_SAMPLES = 4096
 PathLike = str | os.PathLike
 
 
@@ -173,6 +177,7 @@ def merge_checkpoints(
     alpha: float = 0.5,
     data: str | Iterable[Any] | None = None,
     repair: bool = False,
+    repair_samples: int | None = REPAIR_SAMPLES,
     device: str | torch.device = "cpu",
     seed: int = 0,
     solver: str = "auto",
@@ -212,6 +217,8 @@ def merge_checkpoints(
         data (str or Iterable, optional): a ``--data`` spec (its train split is used) or
             re-iterable ``(x, y)`` batches; needed by ``"activation"``, ``"ste"`` and ``repair``.
         repair (bool, optional): fix the activation statistics after interpolating. (default: ``False``)
+        repair_samples (int, optional): training examples the statistics are measured on
+            (whole batches, at least one); ``None`` for all of ``data``. (default: 4096)
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the alignment. (default: ``0``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
@@ -276,7 +283,8 @@ def merge_checkpoints(
     correction = "none"
     if repair:
         correction = "reset_bn" if _has_batchnorm(a) else "repair"
-        merged = merging.repair(a.module, a.state, pb, merged, batches, alpha=alpha, device=dev)
+        merged = merging.repair(a.module, a.state, pb, merged, batches, alpha=alpha, device=dev, progress=progress,
+                                num_batches=_repair_batches(batches, repair_samples, fn))
     for k, v in merged.items():
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values"
@@ -317,6 +325,7 @@ def barrier_between(
     align: str = "none",
     steps: int = 25,
     repair: bool = False,
+    repair_samples: int | None = REPAIR_SAMPLES,
     plot: PathLike | None = None,
     split: str = "test",
     device: str | torch.device = "cpu",
@@ -338,6 +347,8 @@ def barrier_between(
         steps (int, optional): points on the path, endpoints included, ``>= 2``. (default: ``25``)
         repair (bool, optional): fix activation statistics at interior points (REPAIR, or the
             BatchNorm reset for BatchNorm networks). (default: ``False``)
+        repair_samples (int, optional): training examples the statistics are measured on at
+            each point; ``None`` for all. (default: 4096)
         plot (str or PathLike, optional): write both curves to this ``.png``. (default: ``None``)
         split (str, optional): the split of a data spec to evaluate: ``"test"``, ``"train"``
             or ``"all"``. (default: ``"test"``)
@@ -381,7 +392,8 @@ def barrier_between(
     fit_batches = _resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches
     _check_data_fits(a, eval_batches, label, dev, fn)
 
-    correction = {"repair_data": fit_batches} if repair else {}
+    correction = {"repair_data": fit_batches, "num_batches": _repair_batches(fit_batches, repair_samples, fn)} \
+        if repair else {}
     results = {"naive": merging.barrier(a.module, a.state, b.state, eval_batches, steps=steps, device=dev,
                                         progress=progress, **correction)}
     if method != "none":
@@ -428,6 +440,17 @@ def _check_alpha(alpha: float, fn: str) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"{fn}: alpha must be in [0, 1] (0 gives A, 1 gives aligned B), got {alpha!r}")
     return value
+
+
+def _repair_batches(batches: Iterable[Any], samples: int | None, fn: str) -> int | None:
+    """Whole batches covering ``samples`` examples (at least one), or ``None`` for all."""
+    if samples is None:
+        return None
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"{fn}: repair_samples must be a positive integer or None, got {samples!r}")
+    first = next(iter(batches), None)
+    size = len(first[0]) if first is not None else 1
+    return max(1, math.ceil(samples / max(1, size)))
 
 
 def _is_counter(key: str) -> bool:

@@ -737,12 +737,15 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         best, best_state, best_epoch, bad = math.inf, None, 0, 0
         history: list[dict[str, float]] = []
         path = Path(out) if out is not None else None
-        bar = tqdm(range(1, epochs + 1), desc=f"metanet {arch}", unit="epoch", file=sys.stderr,
+        steps_per_epoch = math.ceil(sampler.num_samples / local_bs)
+        # the bar counts optimiser steps (an epoch of a graph arch can take minutes), with the epoch beside it
+        bar = tqdm(total=epochs * steps_per_epoch, desc=f"metanet {arch}", unit="step", file=sys.stderr,
                    disable=not progress or not ctx.is_main, dynamic_ncols=True)
-        for epoch in bar:
+        for epoch in range(1, epochs + 1):
             ddp.train()
             sampler.set_epoch(epoch)
             order = list(sampler)
+            bar.set_description(f"metanet {arch} epoch {epoch}/{epochs}")
             total, count = 0.0, 0
             for i in range(0, len(order), local_bs):
                 idx = order[i:i + local_bs]
@@ -758,6 +761,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                 opt.step()
                 total += float(step_loss.detach()) * len(idx)
                 count += len(idx)
+                bar.update(1)
             if sched is not None:
                 sched.step()
             total, count = ctx.all_reduce_sum([total, float(count)], dev)
@@ -777,6 +781,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
             else:
                 bad += 1
                 if bad >= patience:
+                    bar.total = bar.n  # stopped early: the bar ends full
                     break
         bar.close()
         model.load_state_dict(best_state)

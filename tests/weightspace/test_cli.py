@@ -205,7 +205,7 @@ def test_merge_plain_pt_needs_model_and_falls_back_to_a(ckpts, tmp_path, capsys)
 def test_barrier_json_aligned_below_naive(ckpts, tmp_path, capsys):
     plot = tmp_path / "b.png"
     rc, out, err = _run(["barrier", ckpts["a"], ckpts["b"], "--data", "digits", "--align", "weight",
-                         "--steps", "9", "--plot", plot, "--json"], capsys)
+                         "--points", "9", "--plot", plot, "--json"], capsys)
     assert rc == 0, err
     d = json.loads(out)
     naive, aligned = d["results"]["naive"], d["results"]["weight matching"]
@@ -219,21 +219,21 @@ def test_barrier_json_aligned_below_naive(ckpts, tmp_path, capsys):
 
 
 def test_barrier_table(ckpts, capsys):
-    rc, out, err = _run(["barrier", ckpts["a"], ckpts["b"], "--data", "digits", "--steps", "5", "--quiet"], capsys)
+    rc, out, err = _run(["barrier", ckpts["a"], ckpts["b"], "--data", "digits", "--points", "5", "--quiet"], capsys)
     assert rc == 0, err
     assert "naive" in out and "mean" in out and "linear" in out and "weight matching" not in out
 
 
 def test_demo_tiny(tmp_path, capsys):
     out_dir = tmp_path / "demo"
-    rc, out, err = _run(["demo", "--out", out_dir, "--epochs", "2", "--width", "16", "--steps", "5",
+    rc, out, err = _run(["demo", "-o", out_dir, "--epochs", "2", "--width", "16", "--points", "5",
                          "--quiet", "--device", "cpu"], capsys)
     assert rc == 0, err
     assert (out_dir / "barrier.png").read_bytes().startswith(PNG)
     for name in ("model_a", "model_b", "merged"):
         weightspace.load_model(out_dir / f"{name}.safetensors")
     assert "naive" in out and "weight matching" in out
-    rc, out, err = _run(["demo", "--out", out_dir, "--epochs", "1", "--width", "8", "--steps", "3", "--json"],
+    rc, out, err = _run(["demo", "-o", out_dir, "--epochs", "1", "--width", "8", "--points", "3", "--json"],
                         capsys)
     assert rc == 0, err
     d = json.loads(out)

@@ -81,7 +81,6 @@ def test_graph_entries_and_weight_dim(tmp_path, capsys):
     (["-o", "{tmp}/g.pt"], "give a checkpoint or --model"),
     (["--model", "nosuchfamily", "-o", "{tmp}/g.pt"], "unknown model"),
     (["--model", "mlp", "--model-kwargs", "{bad", "-o", "{tmp}/g.pt"], "--model-kwargs"),
-    (["--model", "mlp", "-o", "{tmp}/nodir/g.pt"], "does not exist"),
     (["--model", "cnn", "--weight-dim", "2", "-o", "{tmp}/g.pt"], "weight_dim"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, args, message):
@@ -90,6 +89,12 @@ def test_bad_input_exits_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "g.pt").exists() and not (tmp_path / "g.txt").exists()
+
+
+def test_a_missing_output_directory_is_created(tmp_path):
+    out = tmp_path / "new" / "dir" / "g.pt"
+    assert main(["graph", "--model", "mlp", "--model-kwargs", '{"hidden": [4]}', "-o", str(out), "--quiet"]) == 0
+    assert Data.from_dict(torch.load(out)).num_nodes > 0
 
 
 def test_never_overwrites_the_input(ckpt, tmp_path, capsys):

@@ -161,3 +161,34 @@ def test_run_demo_small(tmp_path):
         run_demo(tmp_path / "f")
     with pytest.raises(ValueError, match="width must be an integer >= 1"):
         run_demo(tmp_path / "d", width=0)
+
+
+class _CountingBatches:
+    """Re-iterable batches that count how many were read."""
+
+    def __init__(self, batches):
+        self.batches, self.read = batches, 0
+
+    def __iter__(self):
+        for b in self.batches:
+            self.read += 1
+            yield b
+
+
+@pytest.mark.parametrize("samples, per_pass", [(100, 2), (None, 6)])
+def test_repair_reads_only_repair_samples(pair, tmp_path, capsys, samples, per_pass):
+    x, y = next(iter(load_data("digits", split="train", batch_size=64)))
+    data = _CountingBatches([(x, y)] * 6)
+    merge_checkpoints(*pair, tmp_path / "r.safetensors", data=data, repair=True, method="none",
+                      repair_samples=samples, progress=True)
+    layers = len(MLP["hidden"])
+    # A, B and one pass per repaired hidden layer, each over ceil(samples / 64) batches (all 6 with None),
+    # plus at most three single batches: the data check, the batch size and the forward-order dry run
+    assert data.read <= (2 + layers) * per_pass + 3 and data.read >= (2 + layers) * per_pass
+    assert "REPAIR" in capsys.readouterr().err  # the progress bar
+
+
+def test_repair_samples_must_be_positive(pair, tmp_path):
+    with pytest.raises(ValueError, match="repair_samples"):
+        merge_checkpoints(*pair, tmp_path / "r.safetensors", data="digits", repair=True, method="none",
+                          repair_samples=0, progress=False)

@@ -226,3 +226,9 @@ def test_probestat_bad_config(cnn_zoo, tmp_path):
     (bad / "zoo.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="probestat.*no input shape"):
         train_metanet(bad, arch="probestat", epochs=1, progress=False)
+
+
+def test_progress_bar_counts_steps(cnn_zoo, capsys):
+    train_metanet(cnn_zoo, arch="mlp", epochs=2, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "step" in err and "epoch 2/2" in err

@@ -71,7 +71,7 @@ def test_cli_refuses_code_named_in_a_checkpoint(files, tmp_path, capsys, command
         "merge": ["merge", str(bad), str(good), "-o", str(out), "--device", "cpu"],
         "merge-low-memory": ["merge", str(bad), str(good), "-o", str(out), "--low-memory", "--device", "cpu"],
         "merge-b-only": ["merge", str(good), str(bad), "-o", str(out), "--device", "cpu"],
-        "barrier-as-b": ["barrier", str(good), str(bad), "--data", "digits", "--steps", "3", "--device", "cpu"],
+        "barrier-as-b": ["barrier", str(good), str(bad), "--data", "digits", "--points", "3", "--device", "cpu"],
         "merge-many": ["merge-many", str(bad), str(good), str(good_b), "-o", str(out), "--device", "cpu"],
         "starlight": ["starlight", str(bad), str(good), "-o", str(out), "--data", "digits", "--epochs", "1",
                       "--device", "cpu"],

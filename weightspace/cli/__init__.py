@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from . import barrier, demo, graph, hypernet, inspect, merge, merge_many, metanet, resample, starlight, zoo
-from ._common import run_command
+from ._common import check_required_output, run_command
 
 __all__ = ["main", "build_parser"]
 
@@ -33,8 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in == ["--version"]:  # answered before the subcommands (and torch) are imported
+        from weightspace import __version__
+
+        print(f"weightspace {__version__}")
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_required_output(args)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

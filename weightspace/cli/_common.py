@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from typing import Any, Callable
-
-import torch
 
 EXIT_BAD_INPUT = 2
 
@@ -38,8 +37,16 @@ def add_trust_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
                         "families run, and a file that names code is refused (exit 2)")
 
 
+#: torch threads unless --threads says otherwise: one. Our workloads are many small operations
+#: and a C solver; on a 2-core machine one thread ran the demo as fast as two (4.4 / 4.3 s) and
+#: a weight-matching merge of two 784-2048x3 MLPs faster (8.6 / 16.0 s: torch's idle threads
+#: spin beside the solver), and under load torch's default of one thread per core was 5-8x slower.
+DEFAULT_THREADS = 1
+
+
 def add_common_args(p: argparse.ArgumentParser, *, json_flag: bool = True, device: bool = True,
-                    seed: bool = True) -> None:
+                    seed: bool = True, quiet: bool = True, threads: bool = True) -> None:
+    """The flags every command shares, with one meaning each."""
     if json_flag:
         p.add_argument("--json", action="store_true", help="print a machine-readable JSON result on stdout")
     if device:
@@ -47,9 +54,60 @@ def add_common_args(p: argparse.ArgumentParser, *, json_flag: bool = True, devic
                        help="where to compute (default: auto = cuda if available)")
     if seed:
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if quiet:
+        p.add_argument("--quiet", action="store_true",
+                       help="no progress bars and no summary of what was written; a report, errors and "
+                            "warnings still print")
+    if threads:
+        p.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS, metavar="N",
+                       help=f"CPU threads for torch (default: {DEFAULT_THREADS}; more helps only large matrix work "
+                            "on a quiet machine with many cores)")
 
 
-def resolve_device(name: str) -> torch.device:
+def add_repair_args(g: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
+    g.add_argument("--repair", action="store_true", help=help)
+    g.add_argument("--repair-samples", type=int, default=4096, metavar="N",
+                   help="training examples REPAIR / the BatchNorm reset measures (whole batches; 0 = all of "
+                        "--data; default: 4096, as in the REPAIR paper)")
+
+
+def repair_samples(args: argparse.Namespace) -> int | None:
+    n = args.repair_samples
+    if n < 0:
+        raise ValueError(f"--repair-samples must be 0 (all) or a positive count, got {n}")
+    return None if n == 0 else n
+
+
+def add_output_arg(p: argparse.ArgumentParser, *, metavar: str, help: str, required: bool = True,
+                   default: str | None = None) -> None:
+    """``-o/--output``, the one spelling of what a command writes (``--out`` is still read)."""
+    p.add_argument("-o", "--output", default=default, metavar=metavar, help=help)
+    p.add_argument("--out", dest="output", help=argparse.SUPPRESS)
+    if required and default is None:  # checked after parsing, so that --out counts too
+        p.set_defaults(_needs_output=p)
+
+
+def check_required_output(args: argparse.Namespace) -> None:
+    """``-o/--output`` is required where :func:`add_output_arg` said so (argparse's own check
+    would not count the ``--out`` spelling)."""
+    parser = getattr(args, "_needs_output", None)
+    if parser is not None and getattr(args, "output", None) is None:
+        parser.error("the following arguments are required: -o/--output")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -65,10 +123,37 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): ")
+_OUR_PACKAGES = ("weightspace", "merging", "graphs")
+
+
+def _is_our_function(name: str) -> bool:
+    """Whether ``name`` is a function or class of one of our loaded modules (``open_checkpoint``)."""
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is not None and mod_name.split(".")[0] in _OUR_PACKAGES and callable(getattr(mod, name, None)):
+            return True
+    return False
+
+
+def _user_facing(msg: str) -> str:
+    """The message without the library's function-name prefixes (``open_checkpoint: ``): a
+    command's error starts with what the user gave, not with our internals. Prefixes that are
+    not our functions (a parameter such as ``t_dist``) stay."""
+    while True:
+        m = _PREFIX.match(msg)
+        if not m or len(msg) == m.end() or not _is_our_function(m.group(1)):
+            return msg
+        msg = msg[m.end():]
+
+
 def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a subcommand; bad input becomes one line on stderr and exit status 2."""
     from weightspace.trust import trusting_model_code
 
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
@@ -79,6 +164,6 @@ def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.N
         return 130
     except (ValueError, TypeError, KeyError, OSError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        msg = " ".join(msg.split()) or type(e).__name__
+        msg = _user_facing(" ".join(msg.split())) or type(e).__name__
         print(f"weightspace {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT

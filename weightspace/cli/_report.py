@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from merging import BarrierResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from merging import BarrierResult
 
 
 def _num(v: float, fmt: str = ".3f") -> str:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_common_args, add_model_args, print_json
+from ._common import add_common_args, add_model_args, add_repair_args, print_json, repair_samples
 from ._report import CORRECTIONS, barrier_table, endpoints_line, improvement_line
 
 NAME = "barrier"
 HELP = "loss and accuracy along the straight line from A to B, naive and after aligning B"
-DESCRIPTION = """Evaluate (1 - t) * A + t * B at --steps points in [0, 1] and report the barrier.
+DESCRIPTION = """Evaluate (1 - t) * A + t * B at --points points in [0, 1] and report the barrier.
 
   weightspace barrier a.safetensors b.safetensors --data digits
   weightspace barrier a.safetensors b.safetensors --data digits --align weight --plot barrier.png
@@ -35,11 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split of --data to evaluate (default: test)")
     g.add_argument("--align", default="none", metavar="{none,weight,activation,ste}",
                    help="also align B to A with this method and compare (default: none)")
-    g.add_argument("--steps", type=int, default=25, help="points on the path, endpoints included (default: 25)")
-    g.add_argument("--repair", action="store_true",
-                   help="fix activation statistics at interior points (REPAIR / BatchNorm reset)")
+    g.add_argument("--points", type=int, default=25, help="points on the path, endpoints included (default: 25)")
+    add_repair_args(g, "fix activation statistics at interior points (REPAIR / BatchNorm reset)")
     g.add_argument("--plot", metavar="FILE.png", default=None, help="write loss and accuracy curves to this PNG")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common_args(p)
 
 
@@ -48,16 +46,16 @@ def run(args: argparse.Namespace) -> int:
 
     results = barrier_between(
         args.a, args.b, model=args.model, model_kwargs=args.model_kwargs, input_shape=args.input_shape,
-        data=args.data, align=args.align, steps=args.steps, repair=args.repair, plot=args.plot,
+        data=args.data, align=args.align, steps=args.points, repair=args.repair, repair_samples=repair_samples(args), plot=args.plot,
         split=args.split, device=args.device, seed=args.seed, progress=not (args.quiet or args.json),
     )
     if args.json:
         print_json({"a": args.a, "b": args.b, "data": args.data, "split": args.split, "align": args.align,
-                    "steps": args.steps, "repair": args.repair, "plot": args.plot,
+                    "points": args.points, "repair": args.repair, "plot": args.plot,
                     "results": {k: v.to_dict() for k, v in results.items()}})
         return 0
     naive = results["naive"]
-    print(f"{args.a} -> {args.b} on {args.data} ({args.split} split), {args.steps} points"
+    print(f"{args.a} -> {args.b} on {args.data} ({args.split} split), {args.points} points"
           f"{CORRECTIONS[naive.correction]}")
     print(endpoints_line(naive))
     print()

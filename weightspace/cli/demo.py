@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_common_args, print_json
+from ._common import add_common_args, add_output_arg, print_json
 from ._report import barrier_table, endpoints_line, improvement_line
 
 NAME = "demo"
@@ -16,10 +16,10 @@ DESCRIPTION = """The whole job in one command, in seconds on a CPU and with no d
   2. interpolate them naively, and after aligning B's hidden units to A's with weight
      matching (Git Re-Basin, arXiv 2209.04836);
   3. print the loss and accuracy barriers of both paths and the merged (t = 0.5) model;
-  4. write both checkpoints, the weight-matched merge and barrier.png into --out.
+  4. write both checkpoints, the weight-matched merge and barrier.png into -o DIR.
 
   weightspace demo
-  weightspace demo --out /tmp/demo --width 256 --epochs 30 --seed 3
+  weightspace demo -o /tmp/demo --width 256 --epochs 30 --seed 3
   weightspace demo --json --quiet
 
 Then try the other commands on what it wrote:
@@ -31,19 +31,18 @@ Then try the other commands on what it wrote:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="weightspace-demo", metavar="DIR",
+    add_output_arg(p, metavar="DIR", default="weightspace-demo",
                    help="directory to write into, created if missing (default: ./weightspace-demo)")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of each model (default: 20)")
     p.add_argument("--width", type=int, default=128, help="width of the three hidden layers (default: 128)")
-    p.add_argument("--steps", type=int, default=25, help="points on the interpolation path (default: 25)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--points", type=int, default=25, help="points on the interpolation path (default: 25)")
     add_common_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from weightspace.demo import run_demo
 
-    r = run_demo(args.out, epochs=args.epochs, width=args.width, seed=args.seed, steps=args.steps,
+    r = run_demo(args.output, epochs=args.epochs, width=args.width, seed=args.seed, steps=args.points,
                  device=args.device, progress=not (args.quiet or args.json))
     if args.json:
         print_json(r.to_dict())

@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ._common import add_common_args, add_model_args, print_json
+from ._common import add_common_args, add_model_args, add_output_arg, print_json
 
 NAME = "graph"
 HELP = "build a checkpoint's parameter graph (neurons = nodes, weights = edges) and write it"
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?",
                    help="checkpoint file (.safetensors, .pt, .bin, sharded index); optional with --model")
     add_model_args(p)
-    p.add_argument("-o", "--out", required=True, metavar="OUT",
+    add_output_arg(p, metavar="OUT",
                    help="output file: OUT.pt (a PyG Data as a dict: Data.from_dict(torch.load(OUT))) or OUT.graphml")
     p.add_argument("--conv", choices=("kernel", "entries"), default="kernel",
                    help="convolution edges: one per channel pair carrying the kernel (default), "
@@ -48,8 +48,6 @@ def _check_out(out: str, checkpoint: str | None) -> Path:
         raise ValueError(f"-o {out}: unknown format {path.suffix or '(no suffix)'!r}; use .pt or .graphml")
     if path.is_dir():
         raise ValueError(f"-o {out}: is a directory; give a file name ending in .pt or .graphml")
-    if not path.parent.exists():
-        raise ValueError(f"-o {out}: directory {str(path.parent)!r} does not exist")
     if checkpoint is not None and path.exists() and Path(checkpoint).exists() and \
             os.path.samefile(path, checkpoint):
         raise ValueError(f"-o {out}: is the input checkpoint; choose another output file")
@@ -57,6 +55,7 @@ def _check_out(out: str, checkpoint: str | None) -> Path:
 
 
 def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # a missing output directory is created, as by every command
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(str(tmp))
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--weight-dim must be a positive integer, got {args.weight_dim}")
     if args.checkpoint is None and args.model is None:
         raise ValueError("give a checkpoint or --model (see --help)")
-    out = _check_out(args.out, args.checkpoint)
+    out = _check_out(args.output, args.checkpoint)
     if args.checkpoint is None:
         torch.manual_seed(args.seed)
         module, spec = build_model(args.model, args.model_kwargs)
@@ -100,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     summary.update({"source": source, "model": spec, "out": str(out)})
     if args.json:
         print_json(summary)
+        return 0
+    if args.quiet:
         return 0
     print(f"{source}: {type(module).__name__} -> {out}")
     print(f"  {summary['nodes']:,} nodes, {summary['edges']:,} edges, weight width "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_common_args, add_model_args, print_json, resolve_device
+from ._common import add_common_args, add_output_arg, add_model_args, print_json, resolve_device
 
 NAME = "hypernet"
 HELP = "train a weight-manifold hypernetwork (Neural Metamorphosis) that generates the family at any width"
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     t = sub.add_parser("train", help="train a hypernetwork and write it (.safetensors)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("-o", "--output", required=True, metavar="HYPERNET", help="the hypernetwork file to write")
+    add_output_arg(t, metavar="HYPERNET", help="the hypernetwork file to write")
     t.add_argument("--from", dest="source", metavar="CKPT", default=None,
                    help="a trained full-width checkpoint to smooth and reconstruct (default: train one on --data)")
     add_model_args(t)
@@ -57,7 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--depth", type=int, default=2, help="residual blocks of the hypernetwork (default: 2)")
     t.add_argument("--epochs", type=int, default=10, help="epochs of the full-width network without --from (default: 10)")
     t.add_argument("--lr", type=float, default=0.05, help="learning rate of the full-width network (default: 0.05)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
     add_common_args(t)
 
 

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--list-models", action="store_true", help="list the built-in model families and exit")
     p.add_argument("--tensors", action="store_true", help="also list every tensor with its axes")
-    add_common_args(p, device=False, seed=False)
+    add_common_args(p, device=False, seed=False, quiet=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import add_common_args, add_model_args, print_json
+from ._common import add_common_args, add_model_args, add_output_arg, add_repair_args, print_json, repair_samples
 
 NAME = "merge"
 HELP = "align checkpoint B to A (Git Re-Basin) and write (1 - alpha) * A + alpha * aligned B"
@@ -44,7 +44,7 @@ Activation/STE matching and --repair need the model in memory and are not availa
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="A", nargs="?", help="checkpoint A: the reference whose hidden-unit order is kept")
     p.add_argument("b", metavar="B", nargs="?", help="checkpoint B: aligned to A, then interpolated")
-    p.add_argument("-o", "--output", metavar="OUT",
+    add_output_arg(p, required=False, metavar="OUT",
                    help="the merged checkpoint to write: .safetensors, or a directory / *.safetensors.index.json "
                         "for sharded output")
     p.add_argument("--config", metavar="RECIPE", default=None,
@@ -65,15 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "best columns, priced against the whole matrix: fastest with --device cuda), scipy "
                         "(the reference), all exact; auction (GPU bidding for the early sweeps, then lap); "
                         "auto: sparse on a GPU, lap elsewhere, scipy without the C extension (default: auto)")
-    g.add_argument("--repair", action="store_true",
-                   help="fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
+    add_repair_args(g, "fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
     g.add_argument("--low-memory", action="store_true",
                    help="merge tensor by tensor (weight matching or none): peak memory a few tensors, not "
                         "the model; automatic when A and B are both sharded or the output is sharded")
     g.add_argument("--max-shard-size", metavar="SIZE", default=None,
                    help="write OUT as sharded safetensors (Hugging Face layout: a directory or "
                         "*.safetensors.index.json), at most SIZE per shard, e.g. 2GB or 500MiB")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no summary (errors still print)")
     add_common_args(p)
 
 
@@ -88,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     r = merge_checkpoints(
         args.a, args.b, args.output, model=args.model, model_kwargs=args.model_kwargs,
         input_shape=args.input_shape, method=args.method, alpha=args.alpha, data=args.data,
-        repair=args.repair, device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
+        repair=args.repair, repair_samples=repair_samples(args), device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
         low_memory=args.low_memory, max_shard_size=args.max_shard_size,
     )
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_common_args, add_model_args, print_json
+from ._common import add_common_args, add_output_arg, add_model_args, print_json
 
 NAME = "merge-many"
 HELP = "align N checkpoints to each other (MergeMany) and write their average"
@@ -31,7 +31,7 @@ The first checkpoint gives the basis of hidden units and the recorded model. The
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="two or more checkpoints of one architecture")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the merged checkpoint to write (.safetensors)")
+    add_output_arg(p, metavar="OUT", help="the merged checkpoint to write (.safetensors)")
     add_model_args(p)
     g = p.add_argument_group("merge")
     g.add_argument("--method", default="mergemany", metavar="{mergemany,c2m3,average}",
@@ -40,7 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="D", default=None,
                    help="data for --repair (train split): digits, mnist-idx:DIR or package.module:callable")
     g.add_argument("--repair", action="store_true", help="fix the merged network's activation statistics from --data")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no summary (errors still print)")
     add_common_args(p)
 
 

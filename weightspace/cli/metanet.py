@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import add_common_args, add_trust_arg, print_json, resolve_device
+from ._common import add_common_args, add_output_arg, add_trust_arg, print_json, resolve_device
 
 NAME = "metanet"
 HELP = "train a metanetwork on a model zoo (predict accuracy or class from weights), or evaluate one"
@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the metanetwork (default: gnn). gnn and transformer learn from parameter graphs and train "
                         "for minutes to hours on a CPU; probestat reads the networks' outputs at probe inputs plus "
                         "weight statistics, trains in seconds, and predicts accuracy best (README, Benchmarks)")
-    t.add_argument("-o", "--out", required=True, metavar="OUT.pt", help="where to write the best metanetwork")
+    add_output_arg(t, metavar="OUT.pt", help="where to write the best metanetwork")
     t.add_argument("--epochs", type=int, default=None, help="most epochs (default: 50; probestat: 300)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-4; probestat: 1e-3)")
     t.add_argument("--batch-size", type=int, default=None,
@@ -81,7 +81,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--checkpoints", default="all", metavar="all|last|E[,E...]",
                    help="which stored epochs of each zoo model to learn from (default: all)")
     t.add_argument("--no-augment", action="store_true", help="no random permutations of the input networks")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common_args(t)
     add_trust_arg(t)
     e = sub.add_parser("eval", help="evaluate a trained metanetwork on a zoo",
@@ -89,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("model", metavar="MODEL", help="a checkpoint written by `metanet train`")
     e.add_argument("zoo", metavar="ZOO", help="the zoo directory")
     e.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="(default: test)")
-    add_common_args(e, seed=False)
+    add_common_args(e, seed=False, quiet=False)
     add_trust_arg(e)
 
 
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                           probe_source=args.probe_source, loss=args.loss, schedule=args.schedule,
                           select=args.select,
                           stats={"auto": "auto", "on": True, "off": False}[args.stats],
-                          checkpoints=_checkpoints(args.checkpoints), device=device, out=args.out, progress=not args.quiet and not args.json)
+                          checkpoints=_checkpoints(args.checkpoints), device=device, out=args.output, progress=not args.quiet and not args.json)
         if int(os.environ.get("RANK", "0")) != 0:
             return 0   # under torchrun, rank 0 reports
         if args.json:

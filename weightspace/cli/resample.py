@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_common_args, add_trust_arg, print_json, resolve_device
+from ._common import add_common_args, add_output_arg, add_trust_arg, print_json, resolve_device
 
 NAME = "resample"
 HELP = "sample a checkpoint of any width from a hypernetwork (`weightspace hypernet train`)"
@@ -33,14 +33,13 @@ def _numbers(text: str, kind: type, flag: str):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("hypernet", metavar="HYPERNET", help="a hypernetwork file")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the checkpoint to write (.safetensors)")
+    add_output_arg(p, metavar="OUT", help="the checkpoint to write (.safetensors)")
     p.add_argument("--width", default=None, metavar="W", help="units of the widest hidden layer (or one per layer)")
     p.add_argument("--ratio", default=None, metavar="R", help="fraction of full width (or one per layer)")
     p.add_argument("--samples", type=int, default=1, help="average this many noisy draws (default: 1)")
     p.add_argument("--noise", type=float, default=None, help="coordinate noise for --samples > 1 (default: 0.1)")
     p.add_argument("--data", default=None, metavar="D", help="data for BatchNorm statistics (default: the training data)")
     p.add_argument("--allow-extrapolation", action="store_true", help="allow widths outside the trained range")
-    p.add_argument("--quiet", action="store_true", help="no summary")
     add_common_args(p)
     add_trust_arg(p)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_common_args, add_model_args, print_json
+from ._common import add_common_args, add_output_arg, add_model_args, print_json
 
 NAME = "starlight"
 HELP = "train a star model from N checkpoints (Starlight): low loss on the segment to each of them"
@@ -28,12 +28,13 @@ data), the star's test loss and accuracy are printed beside the sources' mean.
 
 BatchNorm networks: interpolated networks train with the statistics of each batch, and the
 star's running statistics are recomputed from the data after every epoch; evaluate points
-between the star and a source with `weightspace barrier --reset-bn`-style statistics resets."""
+between the star and a source with `weightspace barrier --repair` (BatchNorm statistics reset
+at every point)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="two or more source checkpoints of one architecture")
-    p.add_argument("-o", "--output", required=True, metavar="STAR", help="the star checkpoint to write (.safetensors)")
+    add_output_arg(p, metavar="STAR", help="the star checkpoint to write (.safetensors)")
     p.add_argument("--data", required=True, metavar="D",
                    help="training data (train split): digits, mnist-idx:DIR or package.module:callable")
     add_model_args(p)
@@ -53,7 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the training state in --state")
     g.add_argument("--state", metavar="FILE", default=None,
                    help="the training-state file (default: STAR with .starlight.pt instead of .safetensors)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no summary (errors still print)")
     add_common_args(p)
 
 

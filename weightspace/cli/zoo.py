@@ -4,20 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_common_args, print_json
+from ._common import add_common_args, add_output_arg, print_json
 
 NAME = "zoo"
 HELP = "build a model zoo (CNNs or SIREN INRs, many at once), describe one, or convert a public zoo"
 DESCRIPTION = """Model zoos: many small trained models stored together, to train metanetworks on.
 
-  weightspace zoo build cnn --data digits --out zoo-cnn --n 256
-  weightspace zoo build cnn --data mnist-idx:DIR --out zoo --n 1000 --workers 2     # one process per core
-  weightspace zoo build cnn --data mnist-idx:DIR --out zoo --n 1000 --shard 0/4      # worker 0 of 4
-  weightspace zoo build inr --images mnist-idx:DIR --out zoo-inr --fits-per-image 2
+  weightspace zoo build cnn --data digits -o zoo-cnn --n 256
+  weightspace zoo build cnn --data mnist-idx:DIR -o zoo --n 1000 --workers 2     # one process per core
+  weightspace zoo build cnn --data mnist-idx:DIR -o zoo --n 1000 --shard 0/4      # worker 0 of 4
+  weightspace zoo build inr --images mnist-idx:DIR -o zoo-inr --fits-per-image 2
   weightspace zoo info zoo-cnn --hist acc.png
-  weightspace zoo import smallcnnzoo SRC --out zoo-scz     # weights.npy, layout.csv, metrics.csv
-  weightspace zoo import dws SRC --out zoo-dws             # mnist_png_*/<label>/*.pth + splits JSON
-  weightspace zoo import nfn SRC --out zoo-nfn --split-points 45000,50000
+  weightspace zoo import smallcnnzoo SRC -o zoo-scz     # weights.npy, layout.csv, metrics.csv
+  weightspace zoo import dws SRC -o zoo-dws             # mnist_png_*/<label>/*.pth + splits JSON
+  weightspace zoo import nfn SRC -o zoo-nfn --split-points 45000,50000
 
 A zoo is a directory: zoo.json (the card: task, model, dataset, recipe, symmetry, how to
 cite), models/shard-XXXXX.safetensors (tensors with a leading models x checkpoints axis)
@@ -33,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
 
     b = sub.add_parser("build", help="train a zoo: cnn (small CNNs) or inr (SIREN image fits)", formatter_class=fmt,
-                       description="Train a zoo, many models at once; resumes an interrupted build in --out.")
+                       description="Train a zoo, many models at once; resumes an interrupted build in -o DIR.")
     b.add_argument("kind", choices=("cnn", "inr"), help="cnn: small CNNs on --data; inr: SIRENs fitted to --images")
-    b.add_argument("--out", required=True, metavar="DIR", help="the zoo directory (created; resumed if it holds this zoo)")
+    add_output_arg(b, metavar="DIR", help="the zoo directory (created; resumed if it holds this zoo)")
     b.add_argument("--n", type=int, default=None,
                    help="number of models (cnn: needed; inr: the first N images, default all)")
     b.add_argument("--shard", default="0/1", metavar="i/N", help="build only shards s with s %% N == i (default: 0/1)")
@@ -67,7 +67,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden", default=None, metavar="H,H", help="hidden widths (default: 32,32)")
     g = b.add_argument_group("both")
     g.add_argument("--optimizer", default=None, metavar="{adam,sgd}", help="optimizer (default: adam)")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common_args(b)
 
     i = sub.add_parser("info", help="print a zoo's card, counts and accuracy (or PSNR) distribution",
@@ -75,13 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("dir", metavar="DIR", help="the zoo directory")
     i.add_argument("--hist", metavar="FILE.png", default=None, help="also write a histogram of the metric")
     i.add_argument("--metric", default=None, help="column to summarise (default: test_acc, or psnr for INRs)")
-    add_common_args(i, device=False, seed=False)
+    add_common_args(i, device=False, seed=False, quiet=False)
 
     m = sub.add_parser("import", help="convert a public zoo layout (smallcnnzoo, dws, nfn) into a zoo",
                        formatter_class=fmt, description="Convert a public zoo into this format, keeping its splits.")
     m.add_argument("layout", choices=("smallcnnzoo", "dws", "nfn"), help="the source layout")
     m.add_argument("src", metavar="SRC", help="the source directory")
-    m.add_argument("--out", required=True, metavar="DIR", help="the zoo directory to write")
+    add_output_arg(m, metavar="DIR", help="the zoo directory to write")
     m.add_argument("--splits", metavar="FILE.json", default=None, help="dws: the splits JSON (default: *split*.json in SRC)")
     m.add_argument("--prefix", default=None, help="nfn: the directory prefix to import (default: the only one)")
     m.add_argument("--split-points", default=None, metavar="VAL,TEST", help="nfn: index split points to keep")
@@ -91,7 +90,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="smallcnnzoo: import the models with this config.activation (needed when it varies)")
     m.add_argument("--w0", type=float, default=30.0, help="dws, nfn: SIREN w0 to record (default: 30)")
     m.add_argument("--models-per-shard", type=int, default=256, metavar="K", help="models per shard (default: 256)")
-    m.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common_args(m, device=False, seed=False)
 
 
@@ -133,7 +131,7 @@ def _build(args: argparse.Namespace) -> int:
         recipe = {**(CNN_FAMILIES[args.family] if args.family else {}),  # --recipe and the flags override it
                   **_recipe(args, {"channels": _ints(args.channels, "--channels"), "batch_size": args.batch_size,
                                    "optimizer": args.optimizer})}
-        r = build_cnn_zoo(args.out, args.data, n=args.n, models_per_shard=args.models_per_shard or 64,
+        r = build_cnn_zoo(args.output, args.data, n=args.n, models_per_shard=args.models_per_shard or 64,
                           checkpoints=args.checkpoints, seed=args.seed, shard=args.shard, device=args.device,
                           image_size=args.image_size, recipe=recipe, progress=progress, workers=args.workers)
     else:
@@ -144,19 +142,23 @@ def _build(args: argparse.Namespace) -> int:
         recipe = _recipe(args, {"hidden": _ints(args.hidden, "--hidden"), "steps": args.steps, "lr": args.lr,
                                 "psnr_stop": args.psnr_stop, "w0": args.w0, "fits_per_image": args.fits_per_image,
                                 "optimizer": args.optimizer})
-        r = build_inr_zoo(args.out, args.images, split=args.split, n=args.n,
+        r = build_inr_zoo(args.output, args.images, split=args.split, n=args.n,
                           models_per_shard=args.models_per_shard or 256, seed=args.seed, shard=args.shard,
                           device=args.device, recipe=recipe, progress=progress, workers=args.workers)
     if args.json:
         print_json({**r.to_dict(), "models_per_second": r.models_per_second})
         return 0
+    if args.quiet:
+        return 0
     i, n = r.worker
     done = len(r.built) + len(r.skipped)
-    print(f"zoo {r.root}: worker {i}/{n} built {len(r.built)} shards ({r.models_built} models, "
-          f"{r.models_per_second:.2f} models/s), kept {len(r.skipped)} already complete; "
-          f"{done} of this worker's {len(r.shards)} shards done [{r.seconds:.1f} s]")
-    if not args.quiet:
-        print(f"next: weightspace zoo info {r.root}")
+    part = f" (shard {i}/{n})" if n > 1 else ""
+    pace = f", {r.models_per_second:.2f} models/s" if r.models_built else ""
+    kept = f"; kept {len(r.skipped)} already complete" if r.skipped else ""
+    whose = "of this worker's" if n > 1 else "of"
+    print(f"zoo {r.root}{part}: built {len(r.built)} shards ({r.models_built} models{pace}){kept}; "
+          f"{done} {whose} {len(r.shards)} shards done [{r.seconds:.1f} s]")
+    print(f"next: weightspace zoo info {r.root}")
     return 0
 
 
@@ -180,13 +182,13 @@ def _import(args: argparse.Namespace) -> int:
 
     progress = not (args.quiet or args.json)
     if args.layout == "smallcnnzoo":
-        r = import_smallcnnzoo(args.src, args.out, image_size=args.image_size, stride=args.stride,
+        r = import_smallcnnzoo(args.src, args.output, image_size=args.image_size, stride=args.stride,
                                activation=args.activation, models_per_shard=args.models_per_shard, progress=progress)
     elif args.layout == "dws":
-        r = import_dws(args.src, args.out, splits=args.splits, w0=args.w0, models_per_shard=args.models_per_shard,
+        r = import_dws(args.src, args.output, splits=args.splits, w0=args.w0, models_per_shard=args.models_per_shard,
                        progress=progress)
     else:
-        r = import_nfn(args.src, args.out, prefix=args.prefix, split_points=args.split_points, w0=args.w0,
+        r = import_nfn(args.src, args.output, prefix=args.prefix, split_points=args.split_points, w0=args.w0,
                        models_per_shard=args.models_per_shard, progress=progress)
     if args.json:
         print_json(r.to_dict())

@@ -128,7 +128,11 @@ def import_callable(spec: str, *, caller: str) -> Callable[..., Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"{caller}: cannot import module {module_name!r} from {spec!r}: {exc}") from None
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+            hint = ("; is its directory on PYTHONPATH (e.g. PYTHONPATH=. when the file is in the current "
+                    "directory) or the package installed?")
+        raise ValueError(f"{caller}: cannot import module {module_name!r} from {spec!r}: {exc}{hint}") from None
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)
