@@ -231,10 +231,25 @@ def barrier(
     return BarrierResult(ts=tuple(ts), losses=tuple(losses), accuracies=tuple(accuracies), correction=correction)
 
 
+def _barrier_table(ax: Any, results: Mapping[str, BarrierResult]) -> None:
+    """The barriers of every curve as a table on ``ax`` (mean definitions; accuracy in points)."""
+    def num(v: float, fmt: str) -> str:
+        return format(v, fmt) if math.isfinite(v) else "n/a"
+
+    ax.axis("off")
+    cells = [[label, num(r.loss_barrier, ".3f"), num(100.0 * r.accuracy_barrier, ".1f"),
+              num(r.midpoint_loss, ".3f"), num(100.0 * r.midpoint_accuracy, ".1f")] for label, r in results.items()]
+    table = ax.table(cellText=cells, colLabels=["path", "loss barrier", "accuracy drop (pts)", "midpoint loss",
+                                                "midpoint accuracy (%)"], loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+
+
 def plot_barrier(
     results: Mapping[str, BarrierResult], path: str | os.PathLike[str], *, title: str | None = None
 ) -> Path:
-    """Plot loss and accuracy against ``t``, one curve per label, into one PNG.
+    """Plot loss and accuracy against ``t``, one curve per label, and below them the table of
+    barriers (loss barrier, accuracy drop, midpoint accuracy per label), into one PNG.
 
     The file is written atomically: rendered to a temporary file in the same directory, then
     moved over ``path`` with :func:`os.replace`. Uses matplotlib's Agg canvas directly, so
@@ -266,9 +281,12 @@ def plot_barrier(
     if not directory.is_dir():
         raise ValueError(f"plot_barrier: directory '{directory}' of {str(path)!r} does not exist; create it first")
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    rows = len(results)
+    fig = Figure(figsize=(10, 4.4 + 0.3 * (rows + 1)), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    grid = fig.add_gridspec(2, 2, height_ratios=[4.0, 0.4 + 0.3 * (rows + 1)])
+    ax_loss, ax_acc = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    _barrier_table(fig.add_subplot(grid[1, :]), results)
     for label, res in results.items():
         ax_loss.plot(res.ts, res.losses, marker=".", label=label)
         ax_acc.plot(res.ts, [100.0 * v for v in res.accuracies], marker=".", label=label)

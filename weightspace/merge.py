@@ -6,6 +6,7 @@ atomically as ``.safetensors`` with its model, input shape and provenance in the
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,10 +31,11 @@ from .checkpoint import check_not_input, open_checkpoint, save
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
 
-__all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between"]
+__all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between", "resolve_method"]
 
-#: Alignment methods, in the order the CLI lists them.
-METHODS = ("weight", "activation", "ste", "none")
+#: Alignment methods, in the order the CLI lists them; ``auto`` resolves to one of the others
+#: (see :func:`resolve_method`).
+METHODS = ("auto", "weight", "activation", "ste", "none")
 _NEEDS_DATA = ("activation", "ste")
 _LABELS = {"weight": "weight matching", "activation": "activation matching", "ste": "STE matching"}
 _BATCH = 256
@@ -54,6 +56,7 @@ class MergeResult:
         alpha (float): weight of B: ``(1 - alpha) * A + alpha * P(B)``.
         repair (str): correction applied after interpolation: ``"none"``, ``"repair"`` or
             ``"reset_bn"`` (REPAIR of a BatchNorm network is the BatchNorm reset).
+        reason (str): why this method (and correction) ran, in one line (``auto`` explains itself).
         perms (dict[str, Tensor]): the permutation applied to B, group -> LongTensor.
         sweeps (int, optional): weight-matching sweeps over the groups (``None`` for other methods).
         align_seconds (float): time spent aligning.
@@ -74,6 +77,7 @@ class MergeResult:
     model: str
     input_shape: tuple[int, ...] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
 
     @property
     def units_moved(self) -> int:
@@ -85,6 +89,7 @@ class MergeResult:
         return {
             "output": str(self.path),
             "method": self.method,
+            "reason": self.reason,
             "alpha": self.alpha,
             "repair": self.repair,
             "sweeps": self.sweeps,
@@ -105,7 +110,7 @@ def align(
     model_a: LoadedModel,
     model_b: LoadedModel,
     *,
-    method: str = "weight",
+    method: str = "auto",
     data: str | Iterable[Any] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -122,12 +127,13 @@ def align(
     - ``"weight"``: weight matching (no data needed);
     - ``"activation"``: activation matching on the inputs of ``data``;
     - ``"ste"``: straight-through estimator, minimising the midpoint loss on ``data``;
-    - ``"none"``: the identity (naive merging).
+    - ``"none"``: the identity (naive merging);
+    - ``"auto"``: activation matching with ``data``, weight matching without (see :func:`resolve_method`).
 
     Args:
         model_a (LoadedModel): the reference, e.g. from :func:`weightspace.load_model`.
         model_b (LoadedModel): the model to align; same architecture.
-        method (str, optional): one of :data:`METHODS`. (default: ``"weight"``)
+        method (str, optional): one of :data:`METHODS`. (default: ``"auto"``)
         data (str or Iterable, optional): a ``--data`` spec (its train split is used) or
             re-iterable ``(x, y)`` batches; needed by ``"activation"`` and ``"ste"``.
         seed (int, optional): seeds the order of weight matching's sweeps and STE.
@@ -150,6 +156,7 @@ def align(
         >>> perms = align(a, b, method="weight")  # doctest: +SKIP
     """
     method = _check_method(method, "align")
+    method, _, reason = resolve_method(method, has_data=data is not None)
     dev = _resolve_device(device)
     _check_same_states(model_a.state, model_b.state, model_a.path or "A", model_b.path or "B", "align")
     if method in _NEEDS_DATA and data is None:
@@ -161,7 +168,10 @@ def align(
         _check_data_fits(model_a, batches, label, dev, "align")
     if structure is None:
         structure = _structure(model_a, batches)
-    return _align(structure, model_a, model_b, method, batches, seed, dev, progress, return_info)
+    out = _align(structure, model_a, model_b, method, batches, seed, dev, progress, return_info)
+    if return_info:
+        out[1]["reason"] = reason
+    return out
 
 
 @takes_trust_flag
@@ -173,7 +183,7 @@ def merge_checkpoints(
     model: str | None = None,
     model_kwargs: str | Mapping[str, Any] | None = None,
     input_shape: str | tuple[int, ...] | None = None,
-    method: str = "weight",
+    method: str = "auto",
     alpha: float = 0.5,
     data: str | Iterable[Any] | None = None,
     repair: bool = False,
@@ -212,7 +222,9 @@ def merge_checkpoints(
         model_kwargs (str or Mapping, optional): keyword arguments of the family (JSON or dict).
         input_shape (str or tuple, optional): shape of one example without the batch axis, when
             neither the model nor the checkpoint declares it.
-        method (str, optional): one of :data:`METHODS`. (default: ``"weight"``)
+        method (str, optional): one of :data:`METHODS`; ``"auto"`` is activation matching (plus
+            the BatchNorm reset for BatchNorm networks) with ``data``, weight matching without;
+            see :func:`resolve_method`. (default: ``"auto"``)
         alpha (float, optional): weight of B, in ``[0, 1]``. (default: ``0.5``)
         data (str or Iterable, optional): a ``--data`` spec (its train split is used) or
             re-iterable ``(x, y)`` batches; needed by ``"activation"``, ``"ste"`` and ``repair``.
@@ -249,7 +261,7 @@ def merge_checkpoints(
     out = Path(out)
     sharded_out = out.name.endswith(".index.json") or out.is_dir() or (not out.suffix and not out.exists())
     if low_memory or max_shard_size is not None or sharded_out or (
-            method in ("weight", "none") and not repair and data is None and _is_sharded(path_a)
+            method in ("auto", "weight", "none") and not repair and data is None and _is_sharded(path_a)
             and _is_sharded(path_b)):
         if repair or data is not None:
             raise ValueError(f"{fn}: the low-memory (sharded) merge does not take --data or --repair: they "
@@ -257,9 +269,11 @@ def merge_checkpoints(
                              f"without --low-memory / --max-shard-size")
         from .streaming import streaming_merge
 
-        return streaming_merge(path_a, path_b, out, model=model, model_kwargs=model_kwargs,
-                               input_shape=input_shape, method=method, alpha=alpha, device=device, seed=seed,
-                               solver=solver, max_shard_size=max_shard_size, progress=progress)
+        method, _, reason = resolve_method(method, has_data=False)
+        result = streaming_merge(path_a, path_b, out, model=model, model_kwargs=model_kwargs,
+                                 input_shape=input_shape, method=method, alpha=alpha, device=device, seed=seed,
+                                 solver=solver, max_shard_size=max_shard_size, progress=progress)
+        return dataclasses.replace(result, reason=reason)
     if out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
     if out.is_dir():
@@ -270,6 +284,8 @@ def merge_checkpoints(
         raise ValueError(f"{fn}: {why} needs data (--data D, e.g. --data digits)")
     dev = _resolve_device(device)
     a, b, files = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    method, repair, reason = resolve_method(method, has_data=data is not None, has_norm=_has_batchnorm(a),
+                                            repair=repair)
     batches, data_label = (None, None)
     if data is not None:
         batches, data_label = _resolve_data(data, "train")
@@ -296,6 +312,7 @@ def merge_checkpoints(
         "tool": "weightspace merge",
         "inputs": [_file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
         "method": method,
+        "method_reason": reason,
         "alpha": alpha,
         "repair": correction,
         "seed": seed,
@@ -308,7 +325,7 @@ def merge_checkpoints(
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
-    return MergeResult(path=path, method=method, alpha=alpha, repair=correction, perms=perms,
+    return MergeResult(path=path, method=method, reason=reason, alpha=alpha, repair=correction, perms=perms,
                        sweeps=info["sweeps"], align_seconds=info["seconds"], seconds=time.perf_counter() - t0,
                        model=a.spec, input_shape=shape, provenance=provenance)
 
@@ -343,7 +360,9 @@ def barrier_between(
         model, model_kwargs, input_shape: as for :func:`merge_checkpoints`.
         data (str or Iterable): a ``--data`` spec or re-iterable ``(x, y)`` batches. A spec's
             ``split`` is evaluated; alignment and REPAIR statistics use its train split.
-        align (str, optional): one of :data:`METHODS`. (default: ``"none"``)
+        align (str, optional): one of :data:`METHODS` (``"auto"``: activation matching, as
+            data is given), or ``"all"``: weight, activation and STE matching, every curve in one
+            result and one plot. (default: ``"none"``)
         steps (int, optional): points on the path, endpoints included, ``>= 2``. (default: ``25``)
         repair (bool, optional): fix activation statistics at interior points (REPAIR, or the
             BatchNorm reset for BatchNorm networks). (default: ``False``)
@@ -372,7 +391,13 @@ def barrier_between(
         True
     """
     fn = "barrier_between"
-    method = _check_method(align, fn)
+    if align == "all":
+        methods = [m for m in METHODS if m not in ("auto", "none")]
+    elif align not in METHODS:
+        raise ValueError(f"{fn}: unknown method {align!r}; choose one of: {', '.join(METHODS)}, all")
+    else:
+        method, _, _ = resolve_method(_check_method(align, fn), has_data=True)
+        methods = [] if method == "none" else [method]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"{fn}: steps must be an integer >= 2, got {steps!r}")
     if data is None:
@@ -383,9 +408,6 @@ def barrier_between(
         plot = Path(plot)
         if plot.suffix.lower() != ".png":
             raise ValueError(f"{fn}: the plot {plot} must end in .png")
-        directory = plot.parent if str(plot.parent) else Path(".")
-        if not directory.is_dir():
-            raise ValueError(f"{fn}: the directory {directory} of the plot {plot} does not exist; create it first")
     dev = _resolve_device(device)
     a, b, _ = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
     eval_batches, label = _resolve_data(data, split)
@@ -396,13 +418,14 @@ def barrier_between(
         if repair else {}
     results = {"naive": merging.barrier(a.module, a.state, b.state, eval_batches, steps=steps, device=dev,
                                         progress=progress, **correction)}
-    if method != "none":
-        structure = _structure(a, eval_batches)
+    structure = _structure(a, eval_batches) if methods else None
+    for method in methods:
         perms = _align(structure, a, b, method, fit_batches, seed, dev, progress, False)
         pb = permute(structure, b.state, perms)
         results[_LABELS[method]] = merging.barrier(a.module, a.state, pb, eval_batches, steps=steps, device=dev,
                                                    progress=progress, **correction)
     if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
         where = f"{label} ({split} split)" if isinstance(data, str) else label
         title = f"{Path(path_a).name} to {Path(path_b).name} on {where}"
         merging.plot_barrier(results, plot, title=title)
@@ -424,6 +447,31 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} asked for, but CUDA is not available on this machine")
     return dev
+
+
+def resolve_method(method: str, *, has_data: bool, has_norm: bool = False, repair: bool = False
+                   ) -> tuple[str, bool, str]:
+    """What ``method`` means here: ``(method, repair, reason)``.
+
+    ``"auto"`` is activation matching when data is given (it measures what the network
+    computes; on narrow and normalised networks weight matching leaves most of the barrier,
+    see the REPAIR paper, https://arxiv.org/abs/2211.08403), with REPAIR (for a BatchNorm
+    network: resetting the BatchNorm statistics) when it has BatchNorm layers or ``repair`` is asked;
+    without data it is weight matching. Explicit methods keep their meaning.
+
+    Returns:
+        The method that runs, whether to repair, and a one-line reason for the summary.
+    """
+    if method != "auto":
+        return method, repair, f"--method {method}"
+    if not has_data:
+        return "weight", repair, "auto: no --data given, so weight matching (pass --data for activation matching)"
+    why = "auto: --data given, so activation matching"
+    if repair:
+        return "activation", True, why + ", then REPAIR as asked"
+    if has_norm:
+        return "activation", True, why + ", then a BatchNorm statistics reset (the network has BatchNorm layers)"
+    return "activation", False, why
 
 
 def _check_method(method: str, fn: str) -> str:

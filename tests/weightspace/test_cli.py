@@ -294,8 +294,6 @@ BAD = {
     "missing file": (["merge", "{a}", "{missing}", "-o", "{out}"], ["no such file", "missing.safetensors"]),
     "unknown align": (["barrier", "{a}", "{b}", "--data", "digits", "--align", "magic", "--plot", "{png}"],
                       ["unknown method 'magic'"]),
-    "plot dir missing": (["barrier", "{a}", "{b}", "--data", "digits", "--plot", "{nodir_png}"],
-                         ["does not exist", "nodir"]),
 }
 
 

@@ -45,18 +45,20 @@ def pair(tmp_path_factory):
 def test_align_every_method_returns_a_permutation(pair):
     a, b = (weightspace.load_model(p) for p in pair)
     data = load_data("digits", batch_size=256)
-    for method in METHODS:
+    for method in [m for m in METHODS if m != "auto"]:
         perms, info = align(a, b, method=method, data=data if method != "weight" else None, return_info=True)
         assert set(perms) == {"layers.0", "layers.1"}
         for g, p in perms.items():
             assert torch.equal(p.sort().values, torch.arange(24)), (method, g)
         assert info["method"] == method and (info["sweeps"] is not None) == (method == "weight")
     assert all(torch.equal(p, torch.arange(24)) for p in align(a, b, method="none").values())
+    assert align(a, b, data=data, return_info=True)[1]["method"] == "activation"  # auto, with data
+    assert align(a, b, return_info=True)[1]["method"] == "weight"  # auto, without
 
 
 def test_align_errors(pair, tmp_path):
     a, b = (weightspace.load_model(p) for p in pair)
-    with pytest.raises(ValueError, match="unknown method 'x'; choose one of: weight, activation, ste, none"):
+    with pytest.raises(ValueError, match="unknown method 'x'; choose one of: auto, weight, activation, ste, none"):
         align(a, b, method="x")
     with pytest.raises(ValueError, match="'activation' needs data"):
         align(a, b, method="activation")
@@ -85,8 +87,9 @@ def test_alpha_endpoints(pair, tmp_path):
 def test_repair_of_batchnorm_network_resets_statistics(tmp_path):
     a = _save(tmp_path, "ra", "resnet20", RESNET, 0)
     b = _save(tmp_path, "rb", "resnet20", RESNET, 1)
-    plain = merge_checkpoints(a, b, tmp_path / "plain.safetensors", progress=False)
-    fixed = merge_checkpoints(a, b, tmp_path / "fixed.safetensors", data="digits", repair=True, progress=False)
+    plain = merge_checkpoints(a, b, tmp_path / "plain.safetensors", method="weight", progress=False)
+    fixed = merge_checkpoints(a, b, tmp_path / "fixed.safetensors", method="weight", data="digits", repair=True,
+                              progress=False)
     assert plain.repair == "none" and fixed.repair == "reset_bn"
     assert fixed.input_shape == (1, 8, 8) and len(fixed.provenance["inputs"][0]["sha256"]) == 64
     s0, s1 = weightspace.load(plain.path), weightspace.load(fixed.path)
@@ -192,3 +195,60 @@ def test_repair_samples_must_be_positive(pair, tmp_path):
     with pytest.raises(ValueError, match="repair_samples"):
         merge_checkpoints(*pair, tmp_path / "r.safetensors", data="digits", repair=True, method="none",
                           repair_samples=0, progress=False)
+
+
+def test_auto_is_activation_with_data_and_weight_without(pair, tmp_path, capsys):
+    from weightspace.cli import main
+
+    with_data = merge_checkpoints(*pair, tmp_path / "d.safetensors", data="digits", progress=False)
+    without = merge_checkpoints(*pair, tmp_path / "w.safetensors", progress=False)
+    assert with_data.method == "activation" and with_data.repair == "none"  # an MLP: no BatchNorm, no reset
+    assert without.method == "weight"
+    assert with_data.reason.startswith("auto: --data given") and without.reason.startswith("auto: no --data")
+    assert with_data.provenance["method_reason"] == with_data.reason
+    assert main(["merge", str(pair[0]), str(pair[1]), "-o", str(tmp_path / "c.safetensors"), "--data", "digits",
+                 "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "activation" and out["reason"].startswith("auto")
+    assert main(["merge", str(pair[0]), str(pair[1]), "-o", str(tmp_path / "e.safetensors")]) == 0
+    assert "method: auto: no --data given, so weight matching" in capsys.readouterr().out
+    explicit = merge_checkpoints(*pair, tmp_path / "x.safetensors", method="weight", data="digits", progress=False)
+    assert explicit.method == "weight" and explicit.reason == "--method weight"
+
+
+@pytest.fixture(scope="module")
+def trained_bn_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bn")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = weightspace.get_model("resnet20", **RESNET)
+        train_classifier(model, "digits", epochs=3, lr=0.05, seed=seed, progress=False)
+        meta = {MODEL_KEY: model_spec_to_json("resnet20", RESNET)}
+        paths.append(weightspace.save(model.state_dict(), d / f"bn{seed}.safetensors", metadata=meta))
+    return paths
+
+
+def test_auto_beats_weight_matching_on_a_batchnorm_pair(trained_bn_pair, tmp_path):
+    """On a narrow BatchNorm network the default with data (activation matching and the BatchNorm
+    reset) leaves a lower midpoint loss than weight matching alone."""
+    auto = merge_checkpoints(*trained_bn_pair, tmp_path / "auto.safetensors", data="digits", progress=False)
+    weight = merge_checkpoints(*trained_bn_pair, tmp_path / "weight.safetensors", method="weight", progress=False)
+    assert auto.method == "activation" and auto.repair == "reset_bn" and "BatchNorm" in auto.reason
+    test = load_data("digits", split="test", batch_size=512)
+
+    def loss(path):
+        lm = weightspace.load_model(path)
+        with torch.no_grad():
+            return sum(float(torch.nn.functional.cross_entropy(lm.module(x), y, reduction="sum")) for x, y in test)
+
+    assert loss(auto.path) < loss(weight.path)
+
+
+def test_barrier_all_methods_in_one_plot(pair, tmp_path):
+    png = tmp_path / "new" / "all.png"  # a missing directory is created
+    res = barrier_between(*pair, data="digits", align="all", steps=3, plot=png, progress=False)
+    assert list(res) == ["naive", "weight matching", "activation matching", "STE matching"]
+    assert png.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="all"):
+        barrier_between(*pair, data="digits", align="magic", steps=3, progress=False)

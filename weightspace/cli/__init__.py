@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from . import barrier, demo, graph, hypernet, inspect, merge, merge_many, metanet, resample, starlight, zoo
 from ._common import check_required_output, run_command
 
 __all__ = ["main", "build_parser"]
 
 # subcommand modules, each with NAME, HELP, add_arguments(parser) and run(args), in --help order
-_COMMANDS = [demo, inspect, merge, barrier, merge_many, starlight, graph, zoo, metanet, hypernet, resample]
+_COMMANDS = ["demo", "inspect", "merge", "barrier", "merge_many", "starlight", "graph", "zoo", "metanet", "hypernet",
+             "resample"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"weightspace {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _COMMANDS:
+    for name in _COMMANDS:
+        mod = importlib.import_module(f"{__name__}.{name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)

@@ -6,21 +6,24 @@ import argparse
 from ._common import add_common_args, add_model_args, add_repair_args, print_json, repair_samples
 from ._report import CORRECTIONS, barrier_table, endpoints_line, improvement_line
 
+from weightspace.merge import METHODS
+
 NAME = "barrier"
 HELP = "loss and accuracy along the straight line from A to B, naive and after aligning B"
 DESCRIPTION = """Evaluate (1 - t) * A + t * B at --points points in [0, 1] and report the barrier.
 
   weightspace barrier a.safetensors b.safetensors --data digits
-  weightspace barrier a.safetensors b.safetensors --data digits --align weight --plot barrier.png
-  weightspace barrier a.pt b.pt --model resnet20 --data mypkg.data:cifar10 --align weight --repair --json
+  weightspace barrier a.safetensors b.safetensors --data digits --method all --plot barrier.png
+  weightspace barrier a.pt b.pt --model resnet20 --data mypkg.data:cifar10 --method weight --repair --json
 
 Both barrier definitions in common use are printed, for loss and for accuracy:
   mean     max_t L(t) - (L(0) + L(1)) / 2                (Frankle et al.; Git Re-Basin)
   linear   max_t [L(t) - ((1 - t) L(0) + t L(1))]        (Entezari et al.)
 Accuracy barriers are drops, in percentage points of accuracy.
 
-With --align METHOD (weight, activation, ste) B is also aligned to A first and both
-curves are shown, naive and aligned; --plot draws them together. The --split of --data
+With --method METHOD (auto, weight, activation, ste) B is also aligned to A first and both
+curves are shown, naive and aligned; --method all shows every method; --plot draws the
+curves together with the table of barriers. The --split of --data
 is evaluated (default test); alignment and --repair use its train split."""
 
 
@@ -33,8 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="data to evaluate on (needed): digits, mnist-idx:DIR or package.module:callable")
     g.add_argument("--split", default="test", metavar="{test,train,all}",
                    help="split of --data to evaluate (default: test)")
-    g.add_argument("--align", default="none", metavar="{none,weight,activation,ste}",
-                   help="also align B to A with this method and compare (default: none)")
+    choices = [m for m in METHODS if m != "none"] + ["all", "none"]
+    g.add_argument("--method", dest="align", default="none", metavar="{" + ",".join(choices) + "}",
+                   help="also align B to A with this method and compare the curves; all: weight, activation and "
+                        "STE matching in one table and one plot (default: none)")
+    g.add_argument("--align", dest="align", help=argparse.SUPPRESS)  # the earlier spelling
     g.add_argument("--points", type=int, default=25, help="points on the path, endpoints included (default: 25)")
     add_repair_args(g, "fix activation statistics at interior points (REPAIR / BatchNorm reset)")
     g.add_argument("--plot", metavar="FILE.png", default=None, help="write loss and accuracy curves to this PNG")
@@ -61,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(barrier_table(results))
     print()
-    if len(results) > 1:
-        label, aligned = list(results.items())[1]
+    if len(results) > 1:  # the best aligned path, by loss barrier
+        label, aligned = min(list(results.items())[1:], key=lambda kv: kv[1].loss_barrier)
         print(improvement_line(naive, aligned, label))
     if args.plot:
         print(f"wrote {args.plot}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ._common import add_common_args, add_model_args, add_output_arg, add_repair_args, print_json, repair_samples
 
+from weightspace.merge import METHODS
+
 NAME = "merge"
 HELP = "align checkpoint B to A (Git Re-Basin) and write (1 - alpha) * A + alpha * aligned B"
 DESCRIPTION = """Align the hidden units of checkpoint B to those of A, then interpolate.
@@ -19,7 +21,10 @@ DESCRIPTION = """Align the hidden units of checkpoint B to those of A, then inte
   weightspace merge a/ b/ -o merged/ --max-shard-size 2GB          # sharded, tensor by tensor
 
 Methods (Ainsworth et al., Git Re-Basin, arXiv 2209.04836):
-  weight       weight matching: needs no data (default)
+  auto         the default: activation matching when --data is given (plus the BatchNorm
+               statistics reset for BatchNorm networks), weight matching without; the
+               summary says which ran and why
+  weight       weight matching: needs no data
   activation   activation matching: correlates hidden units on the inputs of --data
   ste          straight-through estimator: learns the permutation that minimises the
                midpoint loss on --data (slowest, often best)
@@ -53,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "replaces A, B")
     add_model_args(p)
     g = p.add_argument_group("merge")
-    g.add_argument("--method", default="weight", metavar="{weight,activation,ste,none}",
-                   help="how to align B to A (default: weight)")
+    g.add_argument("--method", default="auto", metavar="{" + ",".join(METHODS) + "}",
+                   help="how to align B to A (default: auto = activation with --data, weight without)")
     g.add_argument("--alpha", type=float, default=0.5, metavar="T",
                    help="weight of B in [0, 1]: (1 - T) * A + T * aligned B (default: 0.5)")
     g.add_argument("--data", metavar="D", default=None,
@@ -95,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         return 0
     units = sum(len(p) for p in r.perms.values())
+    if r.reason.startswith("auto"):
+        print(f"method: {r.reason}")
     if r.method == "none":
         print("no alignment (--method none): naive interpolation")
     else:
