@@ -286,13 +286,29 @@ class Structure:
             n += k
         return n
 
+    @property
+    def permuted_fraction(self) -> float:
+        """The fraction of parameter entries (buffers excluded) in tensors that a group acts on
+        (``0.0`` when nothing can be permuted; ``1.0`` for a network without parameters)."""
+        total = moved = 0
+        for name, shape in self.shapes.items():
+            if self.is_buffer(name):
+                continue
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+            if any(a is not None for a in self.axes.get(name, ())):
+                moved += n
+        return moved / total if total else 1.0
+
     def tensors_of(self, group: str) -> list[tuple[str, int]]:
         """``(tensor name, axis)`` pairs that ``group`` acts on."""
         return list(self.groups[group].members)
 
     def __repr__(self) -> str:
         return (f"Structure(groups={len(self.groups)}, tensors={len(self.axes)}, "
-                f"unpermuted={len(self.unpermuted)})")
+                f"unpermuted={len(self.unpermuted)}, permuted={self.permuted_fraction:.0%})")
 
     def to_dict(self) -> dict:
         """A JSON-ready description (groups, axes, unpermuted, layers)."""

@@ -284,3 +284,20 @@ def train_teacher_mlp(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 
         loss.backward()
         opt.step()
     return model
+
+
+class BranchyMLP(nn.Module):
+    """An MLP whose forward branches on the data at the root: torch.fx cannot trace it, so
+    nothing can be proved safe to permute."""
+
+    input_shape = (16,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        if h.sum() > 0:  # data-dependent control flow
+            h = h * 1.0
+        return self.fc2(h)

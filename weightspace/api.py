@@ -6,6 +6,7 @@ input shape (``weightspace.input_shape``) in its metadata, so both may be left o
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +20,7 @@ from .checkpoint import check_finite, check_fits, load
 from .models import example_input_for, get_model, model_spec_from_json, model_spec_to_json, parse_input_shape
 from .trust import check_model_name
 
-__all__ = ["LoadedModel", "build_model", "recorded_spec", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",
+__all__ = ["LoadedModel", "build_model", "check_aligned", "recorded_spec", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",
            "PROVENANCE_KEY"]
 
 MODEL_KEY = "weightspace.model"
@@ -134,6 +135,55 @@ def load_model(path: str | Path, model: str | None = None, model_kwargs: str | M
     module.load_state_dict(state, strict=False)
     module.to(device).eval()
     return LoadedModel(module, dict(state), spec, shape, str(path), dict(info.metadata))
+
+
+#: below this fraction of permutable parameters a merge is mostly plain averaging: say so
+ALIGNED_WARN_BELOW = 0.5
+
+
+def check_aligned(structure: Structure, *, source: str, require: float | None = None) -> float:
+    """Tell the user, in one line, when alignment can move little of the network.
+
+    When no group was found, or the groups act on fewer than half of the parameters, a warning
+    names what was left unpermuted and why, and that those tensors are merged by plain
+    averaging. With ``require`` (a fraction in ``[0, 1]``; ``--require-aligned``) a smaller
+    permuted fraction is an error instead.
+
+    Returns:
+        The permuted fraction of the parameters.
+
+    Raises:
+        ValueError: the fraction is below ``require``.
+    """
+    frac = structure.permuted_fraction
+    if require is not None and not 0.0 <= require <= 1.0:
+        raise ValueError(f"--require-aligned must be a fraction in [0, 1], got {require!r}")
+    limit = ALIGNED_WARN_BELOW if require is None else require
+    if frac >= limit and structure.groups:
+        return frac
+    why = _main_reason(structure)
+    msg = (f"{source}: alignment can permute {frac:.0%} of the parameters ({len(structure.groups)} groups"
+           + (f"; left unpermuted: {why}" if why else "") + ")")
+    if require is not None:
+        raise ValueError(f"{msg}, below --require-aligned {require:g}")
+    warnings.warn(f"{msg}; the other tensors are merged by plain averaging", stacklevel=2)
+    return frac
+
+
+def _main_reason(structure: Structure) -> str:
+    """The reason that leaves the most entries unpermuted, other than being a model input or output."""
+    weight: dict[str, int] = {}
+    for u in structure.unpermuted:
+        if u.reason in ("model input", "model output"):
+            continue
+        n = 1
+        for d in structure.shapes.get(u.tensor, ()):
+            n *= d
+        weight[u.reason] = weight.get(u.reason, 0) + n
+    if not weight:
+        return ""
+    reason = max(weight, key=weight.get)
+    return " ".join(reason.split())[:200]
 
 
 def trace_model(module: nn.Module, *, input_shape: str | tuple[int, ...] | None = None,

@@ -26,7 +26,7 @@ from torch import Tensor
 import merging
 from graphs import Structure, identity_permutation, permute
 
-from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model, trace_model
+from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned, load_model, trace_model
 from .checkpoint import check_not_input, open_checkpoint, save
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
@@ -194,6 +194,7 @@ def merge_checkpoints(
     progress: bool = True,
     low_memory: bool = False,
     max_shard_size: int | str | None = None,
+    require_aligned: float | None = None,
 ) -> MergeResult:
     r"""Align B to A and write the interpolated checkpoint.
 
@@ -241,6 +242,8 @@ def merge_checkpoints(
             ``*.safetensors.index.json``, or ``max_shard_size`` is given. (default: ``False``)
         max_shard_size (int or str, optional): write a sharded output (Hugging Face layout),
             at most this many bytes per shard (``"2GB"``). (default: ``None``)
+        require_aligned (float, optional): refuse to merge when alignment can permute less than
+            this fraction of the parameters (otherwise a warning below one half). (default: ``None``)
 
     Returns:
         MergeResult: the output path, the permutation, timings and the recorded provenance.
@@ -272,7 +275,8 @@ def merge_checkpoints(
         method, _, reason = resolve_method(method, has_data=False)
         result = streaming_merge(path_a, path_b, out, model=model, model_kwargs=model_kwargs,
                                  input_shape=input_shape, method=method, alpha=alpha, device=device, seed=seed,
-                                 solver=solver, max_shard_size=max_shard_size, progress=progress)
+                                 solver=solver, max_shard_size=max_shard_size, progress=progress,
+                                 require_aligned=require_aligned)
         return dataclasses.replace(result, reason=reason)
     if out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
@@ -291,6 +295,8 @@ def merge_checkpoints(
         batches, data_label = _resolve_data(data, "train")
         _check_data_fits(a, batches, data_label, dev, fn)
     structure = _structure(a, batches)
+    if method != "none":
+        check_aligned(structure, source=str(path_a), require=require_aligned)
     shape = _input_shape(a, batches)
 
     perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True, solver)
@@ -419,6 +425,8 @@ def barrier_between(
     results = {"naive": merging.barrier(a.module, a.state, b.state, eval_batches, steps=steps, device=dev,
                                         progress=progress, **correction)}
     structure = _structure(a, eval_batches) if methods else None
+    if structure is not None:
+        check_aligned(structure, source=str(path_a))
     for method in methods:
         perms = _align(structure, a, b, method, fit_batches, seed, dev, progress, False)
         pb = permute(structure, b.state, perms)

@@ -29,7 +29,7 @@ from graphs import Structure, group_rows, identity_permutation, permute, trace
 from merging.matching.weight import _descend as _coordinate_descent
 from merging.matching.weight import _start
 
-from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, recorded_spec, trace_model
+from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, check_aligned, recorded_spec, trace_model
 from .checkpoint import (
     _ST_DTYPES,
     CheckpointError,
@@ -343,6 +343,7 @@ def streaming_merge(
     solver: str = "auto",
     max_shard_size: int | str | None = None,
     progress: bool = True,
+    require_aligned: float | None = None,
 ):
     r"""Align B to A and write the interpolated checkpoint, one tensor at a time.
 
@@ -428,6 +429,8 @@ def streaming_merge(
             meta_a = ca.metadata
         structure, module, spec = trace_without_weights(model, model_kwargs, metadata=meta_a, path=str(path_a),
                                                         input_shape=shape)
+        if method != "none":
+            check_aligned(structure, source=str(path_a), require=require_aligned)
         if model is None and MODEL_KEY in meta_b:
             spec_b = recorded_spec(meta_b, model_kwargs)
             if spec_b != spec:

@@ -64,6 +64,12 @@ def add_common_args(p: argparse.ArgumentParser, *, json_flag: bool = True, devic
                             "on a quiet machine with many cores)")
 
 
+def add_require_aligned_arg(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    g.add_argument("--require-aligned", nargs="?", type=float, const=0.5, default=None, metavar="FRACTION",
+                   help="exit with status 2 instead of merging when alignment can permute less than FRACTION of "
+                        "the parameters (default FRACTION: 0.5; without the flag a warning says so)")
+
+
 def add_repair_args(g: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
     g.add_argument("--repair", action="store_true", help=help)
     g.add_argument("--repair-samples", type=int, default=4096, metavar="N",

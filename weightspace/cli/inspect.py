@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from weightspace.api import build_model, load_model, trace_model
+    from weightspace.api import build_model, check_aligned, load_model, trace_model
     from weightspace.models import list_models
 
     if args.list_models:
@@ -46,12 +46,15 @@ def run(args: argparse.Namespace) -> int:
         module, spec, shape = lm.module, lm.spec, lm.input_shape
         source = args.checkpoint
     s = trace_model(module, input_shape=shape)
+    check_aligned(s, source=source)
     if args.json:
         d = s.to_dict()
-        d.update({"source": source, "model": spec, "num_parameters": s.num_parameters})
+        d.update({"source": source, "model": spec, "num_parameters": s.num_parameters,
+                  "permuted_fraction": s.permuted_fraction})
         print_json(d)
         return 0
-    print(f"{source}: {type(module).__name__}, {s.num_parameters:,} parameters in {len(s.shapes)} tensors")
+    print(f"{source}: {type(module).__name__}, {s.num_parameters:,} parameters in {len(s.shapes)} tensors, "
+          f"{s.permuted_fraction:.0%} of the parameters permutable")
     print(f"\n{len(s.groups)} permutation groups:")
     width = max((len(g) for g in s.groups), default=10)
     for g in s.groups.values():

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import add_common_args, add_model_args, add_output_arg, add_repair_args, print_json, repair_samples
+from ._common import add_common_args, add_model_args, add_output_arg, add_repair_args, add_require_aligned_arg, print_json, repair_samples
 
 from weightspace.merge import METHODS
 
@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "best columns, priced against the whole matrix: fastest with --device cuda), scipy "
                         "(the reference), all exact; auction (GPU bidding for the early sweeps, then lap); "
                         "auto: sparse on a GPU, lap elsewhere, scipy without the C extension (default: auto)")
+    add_require_aligned_arg(g)
     add_repair_args(g, "fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
     g.add_argument("--low-memory", action="store_true",
                    help="merge tensor by tensor (weight matching or none): peak memory a few tensors, not "
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         args.a, args.b, args.output, model=args.model, model_kwargs=args.model_kwargs,
         input_shape=args.input_shape, method=args.method, alpha=args.alpha, data=args.data,
         repair=args.repair, repair_samples=repair_samples(args), device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
-        low_memory=args.low_memory, max_shard_size=args.max_shard_size,
+        low_memory=args.low_memory, max_shard_size=args.max_shard_size, require_aligned=args.require_aligned,
     )
     if args.json:
         print_json(r.to_dict())
