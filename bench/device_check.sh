@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Issue 4's GPU measurements in one prepared run, for a session that is lent a GPU machine
-# (about 15 minutes of device time, start-up included, so everything runs in one call).
+# The GPU matching measurements of docs/benchmarks.md in one prepared run (about 15 minutes of
+# device time, start-up included, so everything runs in one call).
 #
 #   bash bench/device_check.sh MNIST_DIR [OUT_DIR]
 #
-# MNIST_DIR: the MNIST IDX files (../shared does not travel to the device machine: copy them
-# into an ignored folder such as .devdata/mnist and carry it). Builds the C solver in place,
+# MNIST_DIR: the MNIST IDX files (on a remote machine, copy them into an ignored folder such as
+# .devdata/mnist next to the code). Builds the C solver in place,
 # then prints: the CUDA tests (where pytest is installed), a ResNet-50 matched on the GPU, trained and
 # random MLP pairs of widths 2048 and 4096 with the default solver (and the dense one, trained). Each step has its own time limit, so one slow step cannot eat the
 # rest; the tables also go to OUT_DIR (default: $OUT, else ./device-check).
 # DEVICE (default cuda), WIDTHS (default 2048,4096), SOLVERS (trained pairs; default auto,lap:
 # auto is the sparse solver on a GPU), RANDOM_SOLVERS (default auto) and AUCTION_WIDTHS (default
 # none) and REPEATS (median of; default 1) override, for a dry run on a CPU:
-#   DEVICE=cpu WIDTHS=128 AUCTION_WIDTHS=128 bash bench/device_check.sh ../shared/data/mnist /tmp/dry
+#   DEVICE=cpu WIDTHS=128 AUCTION_WIDTHS=128 bash bench/device_check.sh MNIST_DIR /tmp/dry
 set -uo pipefail
 device=${DEVICE:-cuda}
 widths=${WIDTHS:-2048,4096}

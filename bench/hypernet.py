@@ -1,7 +1,8 @@
 """Weight-manifold hypernetwork (NeuMeta) against training from scratch and magnitude pruning.
 
-    python bench/hypernet.py --data mnist-idx:../shared/data/mnist            # MLP and CNN, CPU
-    python bench/hypernet.py --data mnist-idx:../shared/data/mnist --device cuda
+    python bench/hypernet.py                                   # the bundled 8x8 digits, no download
+    python bench/hypernet.py --data mnist-idx:DIR              # MLP and CNN on MNIST, CPU
+    python bench/hypernet.py --data mnist-idx:DIR --device cuda
 
 For each model: train the full-width network (--epochs of SGD), smooth it, fit a residual
 hypernetwork (--base: the source merged to the asked width plus a learned correction) on
@@ -84,7 +85,7 @@ def run(kind: str, args, train, test, shape) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="mnist-idx:../shared/data/mnist")
+    p.add_argument("--data", default="digits", help="digits (default) or mnist-idx:DIR (the MNIST IDX files)")
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.05)

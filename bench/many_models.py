@@ -1,14 +1,15 @@
-"""Many models on MNIST: MergeMany vs C2M3 vs naive averaging, and a Starlight star model
+"""Many models: MergeMany vs C2M3 vs naive averaging, and a Starlight star model
 (barriers to held-out models, prediction over the star domain vs an ensemble).
 
-    python bench/many_models.py --mnist ../shared/data/mnist                # MLPs and a small CNN
-    python bench/many_models.py --mnist DIR --skip-cnn --sources 6 --device cuda
+    python bench/many_models.py                                  # the bundled 8x8 digits, no download
+    python bench/many_models.py --data mnist-idx:DIR             # MLPs and a small CNN on MNIST
+    python bench/many_models.py --data mnist-idx:DIR --skip-cnn --sources 6 --device cuda
 
-MNIST: the 10,000 test images of the IDX files, 8,000 to train and 2,000 to test. Networks are
-narrow on purpose (784-32-32-10 MLPs, a CNN with 4 and 8 channels) so that barriers survive
-weight matching. For each family: ``--sources`` models build the star and the merges,
-``--held-out`` other models (never used to build anything) measure the star's barriers.
-Prints markdown tables (the README quotes them).
+MNIST (``mnist-idx:DIR``): the 10,000 test images of the IDX files, 8,000 to train and 2,000
+to test. Networks are narrow on purpose (784-32-32-10 MLPs on MNIST, a CNN with 4 and 8
+channels) so that barriers survive weight matching. For each family: ``--sources`` models
+build the star and the merges, ``--held-out`` other models (never used to build anything)
+measure the star's barriers. Prints markdown tables (docs/benchmarks.md quotes them).
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def fmt(x: float, d: int = 3) -> str:
 
 def family(name: str, model: nn.Module, train_ds, test, args, device, *, epochs: int, lr: float,
            star_lr: float, star_epochs: int) -> dict:
-    print(f"\n### {name}: {args.sources} source models + {args.held_out} held-out, MNIST 8k/2k "
+    print(f"\n### {name}: {args.sources} source models + {args.held_out} held-out, {train_ds.name} "
           f"({epochs} epochs each)\n", flush=True)
     t = time.time()
     n_all = args.sources + args.held_out
@@ -182,7 +183,8 @@ def family(name: str, model: nn.Module, train_ds, test, args, device, *, epochs:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mnist", default="../shared/data/mnist", help="directory with the IDX files")
+    ap.add_argument("--data", default="digits", help="digits (default) or mnist-idx:DIR (the MNIST IDX files)")
+    ap.add_argument("--mnist", metavar="DIR", default=None, help="the same as --data mnist-idx:DIR")
     ap.add_argument("--sources", type=int, default=8, help="models that build the star and the merges")
     ap.add_argument("--held-out", type=int, default=4, help="models used only to measure the star's barriers")
     ap.add_argument("--pair-sources", type=int, default=4,
@@ -206,19 +208,24 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     t0 = time.time()
-    train_ds = load_dataset(f"mnist-idx:{args.mnist}", split="train")
-    test_ds = load_dataset(f"mnist-idx:{args.mnist}", split="test")
+    spec = f"mnist-idx:{args.mnist}" if args.mnist else args.data
+    train_ds = load_dataset(spec, split="train")
+    test_ds = load_dataset(spec, split="test")
+    channels, size = train_ds.input_shape[0], train_ds.input_shape[-1]
+    features = channels * size * train_ds.input_shape[-2]
     test = EpochShuffle(test_ds, 1000, 0, device)
     test = [(x, y) for x, y in test]  # a fixed list: evaluated many times
-    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"data: {spec}, device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     if not args.skip_mlp:
         w = args.width
-        family(f"MLP 784-{w}-{w}-10", get_model("mlp", in_features=784, hidden=[w, w], out_features=10).to(device),
+        mlp = get_model("mlp", in_features=features, hidden=[w, w], out_features=10).to(device)
+        family(f"MLP {features}-{w}-{w}-10", mlp,
                train_ds, test, args, device, epochs=args.epochs, lr=0.05, star_lr=args.star_lr,
                star_epochs=args.star_epochs)
     if not args.skip_cnn:
-        cnn = get_model("cnn", in_channels=1, channels=[4, 8], num_classes=10, image_size=28, flatten=True).to(device)
-        family("CNN conv4-conv8 (3x3, max pool) - linear 392-10", cnn, train_ds, test, args, device,
+        cnn = get_model("cnn", in_channels=channels, channels=[4, 8], num_classes=10, image_size=size,
+                        flatten=True).to(device)
+        family(f"CNN conv4-conv8 (3x3, max pool) - linear {8 * (size // 4) ** 2}-10", cnn, train_ds, test, args, device,
                epochs=args.cnn_epochs, lr=0.05, star_lr=args.star_lr, star_epochs=args.cnn_star_epochs)
     print(f"\ntotal {time.time() - t0:.0f} s")
 

@@ -1,17 +1,17 @@
 """Weight matching speed against the straightforward implementation, same pairs, same run.
 
-The baseline is what issue 4 measured before this project existed: coordinate descent over
+The baseline is the straightforward implementation: coordinate descent over
 the groups (random order per sweep, stop after a sweep without improvement), each step
 recomputing the group's similarity matrix in torch and solving it with SciPy's
 ``linear_sum_assignment``. Ours is ``merging.weight_matching`` with each ``--solvers`` entry.
 
     python bench/matching_speed.py                                  # random pairs, widths 512 and 2048, CPU
     python bench/matching_speed.py --widths 2048,4096 --device cuda --no-baseline
-    python bench/matching_speed.py --pairs trained --mnist ../shared/data/mnist --widths 2048
+    python bench/matching_speed.py --pairs trained --mnist DIR --widths 2048
 
 Networks: MLPs 784-W-W-W-W-10. Random pairs: two independent initialisations. Trained pairs:
 8 epochs of SGD (lr 0.05, momentum 0.9, batch 128) on the first 8,000 MNIST images, seeds
-0 and 1. Prints a markdown table (the README quotes it).
+0 and 1. Prints a markdown table (docs/benchmarks.md quotes it).
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Metanetworks on model zoos: INR classification, accuracy prediction, training throughput,
 against the ``nfn`` package's NP model and our invariant baselines in the same run.
 
-    # the README's table: one H100, 10,000 MNIST INRs, about 6 min with zoo building
-    python bench/metanet.py --mnist ../shared/data/mnist --n-images 10000 --epochs 12 --batch-size 128 \\
-        --probes 32 --cnn-data mnist-idx:../shared/data/mnist --cnn-models 256 --cnn-epochs 100 \\
+    # the table in docs/benchmarks.md: one H100, 10,000 MNIST INRs, about 6 min with zoo building
+    python bench/metanet.py --mnist DIR --n-images 10000 --epochs 12 --batch-size 128 \\
+        --probes 32 --cnn-data mnist-idx:DIR --cnn-models 256 --cnn-epochs 100 \\
         --cnn-batch-size 32 --models-per-shard 1024 --device cuda --quiet --out /tmp/bench-metanet
     # sized down for a 2-core CPU (INR part and throughput only)
-    python bench/metanet.py --mnist ../shared/data/mnist --n-images 1000 --epochs 5 --hidden gnn=32 \\
+    python bench/metanet.py --mnist DIR --n-images 1000 --epochs 5 --hidden gnn=32 \\
         --methods gnn,np,nfn-np,statnn,mlp --probes 16 --skip-cnn --throughput-steps 5
     # accuracy prediction on this 2-core CPU: a 768-CNN MNIST zoo at 8x8 (25 min on 2 x 1 thread,
     # built once with `weightspace zoo build cnn --n 768 --image-size 8 --data mnist-idx:...`),

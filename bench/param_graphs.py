@@ -7,7 +7,7 @@
 Times are medians over ``--repeats`` runs after one warm-up. "peak RSS +" is how far the
 process's peak resident memory rose above its resident memory while building (a fresh subprocess
 per row; the peak is reset through /proc/self/clear_refs); "graph" is the memory held by the
-graph's own tensors (values and topology). Prints markdown tables (the README quotes them).
+graph's own tensors (values and topology). Prints markdown tables (docs/benchmarks.md quotes them).
 """
 from __future__ import annotations
 

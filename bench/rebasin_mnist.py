@@ -1,12 +1,13 @@
-"""Git Re-Basin on MNIST: barriers (naive vs weight / activation / STE matching), ResNet-20
-with BatchNorm, and speed side by side with the PyPI package ``rebasin`` (0.0.47).
+"""Git Re-Basin: barriers (naive vs weight / activation / STE matching), ResNet-20 with
+BatchNorm, and speed side by side with the PyPI package ``rebasin`` (0.0.47).
 
-    python bench/rebasin_mnist.py --mnist ../shared/data/mnist            # everything
-    python bench/rebasin_mnist.py --mnist DIR --skip-resnet --widths 512  # quick
-    python bench/rebasin_mnist.py --mnist DIR --skip-mlp --skip-resnet --cache /tmp/rb  # speed, reuse nets
+    python bench/rebasin_mnist.py                                        # the bundled 8x8 digits
+    python bench/rebasin_mnist.py --data mnist-idx:DIR                   # everything, on MNIST
+    python bench/rebasin_mnist.py --data mnist-idx:DIR --skip-resnet --widths 512  # quick
+    python bench/rebasin_mnist.py --data mnist-idx:DIR --skip-mlp --skip-resnet --cache /tmp/rb  # speed, reuse nets
 
-MNIST: the 10,000 test images of the IDX files, 8,000 to train and 2,000 to test.
-Prints markdown tables (the README quotes them).
+MNIST (``mnist-idx:DIR``): the 10,000 test images of the IDX files, 8,000 to train and 2,000 to test.
+Prints markdown tables (docs/benchmarks.md quotes them).
 """
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ def _train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_siz
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def features(ds) -> int:
+    """Inputs of an MLP on ``ds``: one example, flattened (784 for MNIST, 64 for digits)."""
+    return int(np.prod(ds.input_shape))
+
+
 def row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -74,14 +80,15 @@ def fmt(x: float, d: int = 3) -> str:
 
 
 def mlp_barriers(train_ds, test, args) -> None:
-    model = get_model("mlp", in_features=784, hidden=[512, 512, 512], out_features=10)
+    model = get_model("mlp", in_features=features(train_ds), hidden=[512, 512, 512], out_features=10)
     t = time.time()
     a = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=0)
     b = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=1)
     t_train = time.time() - t
     s = weightspace.trace(model, model.example_input())
     data_small = train_ds.loader(500)
-    print(f"\n### MLP 784-512-512-512-10, MNIST 8k/2k, two seeds ({args.epochs} epochs each, {t_train:.0f} s)\n")
+    print(f"\n### MLP {features(train_ds)}-512-512-512-10, {train_ds.name}, {len(train_ds)} training images, two seeds "
+          f"({args.epochs} epochs each, {t_train:.0f} s)\n")
     print(row("method", "endpoint test loss A / B", "midpoint test loss", "loss barrier (mean)",
               "loss barrier (linear)", "acc. barrier (mean)", "align time (s)"))
     print(row(*["---"] * 7))
@@ -103,12 +110,13 @@ def mlp_barriers(train_ds, test, args) -> None:
 
 
 def resnet_barriers(train_ds, test, args) -> None:
-    model = get_model("resnet20", width=args.resnet_width, in_channels=1, image_size=28, num_classes=10)
+    model = get_model("resnet20", width=args.resnet_width, in_channels=train_ds.input_shape[0],
+                      image_size=train_ds.input_shape[-1], num_classes=10)
     s = weightspace.trace(model, model.example_input())
     reset = train_ds.loader(500)
     x = next(iter(test))[0][:64]
-    print(f"\n### ResNet-20 (width x{args.resnet_width}, BatchNorm), MNIST 8k/2k, {args.resnet_pairs} pairs of seeds "
-          f"({args.resnet_epochs} epochs each)\n")
+    print(f"\n### ResNet-20 (width x{args.resnet_width}, BatchNorm), {train_ds.name}, "
+          f"{args.resnet_pairs} pairs of seeds ({args.resnet_epochs} epochs each)\n")
     print(row("pair", "method", "endpoint test acc. A / B", "midpoint test acc.", "acc. barrier (mean)",
               "acc. barrier (linear)", "loss barrier (mean)"))
     print(row(*["---"] * 7))
@@ -193,7 +201,8 @@ def speed(train_ds, test, args) -> None:
     except ImportError:
         PermutationCoordinateDescent = None
     r = args.speed_repeats
-    print("\n### Weight matching speed on trained MLPs 784-W-W-W-10 (this machine, CPU), same pairs\n")
+    print(f"\n### Weight matching speed on trained MLPs {features(train_ds)}-W-W-W-10 (this machine, CPU), "
+          "same pairs\n")
     print(f"(median of {r} runs with seeds 0..{r - 1} for each side: both visit the groups in a random order "
           "and stop at a different sweep per seed; weightspace's time includes tracing; its two solvers reach "
           "the same objective)\n")
@@ -201,7 +210,7 @@ def speed(train_ds, test, args) -> None:
               "speed-up vs rebasin", "loss barrier weightspace", "loss barrier rebasin"))
     print(row(*["---"] * 8))
     for w in args.widths:
-        model = get_model("mlp", in_features=784, hidden=[w, w, w], out_features=10)
+        model = get_model("mlp", in_features=features(train_ds), hidden=[w, w, w], out_features=10)
         a = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=0)
         b = train(model, train_ds, epochs=args.epochs, lr=0.05, seed=1)
         t_ws, sweeps, bar_ws, t_rb, bar_rb = [], [], [], [], []
@@ -241,7 +250,8 @@ def speed(train_ds, test, args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mnist", default="../shared/data/mnist", help="directory with the IDX files")
+    ap.add_argument("--data", default="digits", help="digits (default) or mnist-idx:DIR (the MNIST IDX files)")
+    ap.add_argument("--mnist", metavar="DIR", default=None, help="the same as --data mnist-idx:DIR")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--steps", type=int, default=25, help="points on the interpolation path")
     ap.add_argument("--ste-epochs", type=int, default=3)
@@ -261,9 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     CACHE = Path(args.cache) if args.cache else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    train_ds = load_dataset(f"mnist-idx:{args.mnist}", split="train")
-    test = load_dataset(f"mnist-idx:{args.mnist}", split="test").loader(1000)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    spec = f"mnist-idx:{args.mnist}" if args.mnist else args.data
+    train_ds = load_dataset(spec, split="train")
+    test = load_dataset(spec, split="test").loader(1000)
+    print(f"{spec}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"train {len(train_ds)} / test {sum(len(y) for _, y in test)} images")
     if not args.skip_mlp:
         mlp_barriers(train_ds, test, args)

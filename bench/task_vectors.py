@@ -2,7 +2,7 @@
 
     python bench/task_vectors.py                                  # sklearn's 8x8 digits, subsets 0-4,5-9
     python bench/task_vectors.py --subsets 0-3,4-6,7-9 --seed 1
-    python bench/task_vectors.py --mnist ../shared/data/mnist     # MNIST IDX files instead
+    python bench/task_vectors.py --mnist DIR                   # MNIST IDX files instead
 
 Protocol (Ilharco et al., "Editing Models with Task Arithmetic"; Yadav et al., TIES-Merging):
 a small MLP base is pre-trained briefly on a small part of the training data (all classes),

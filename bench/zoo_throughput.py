@@ -5,8 +5,8 @@ evaluations; and, with ``--full``, a 1,000-model CNN zoo on MNIST with its accur
 
     python bench/zoo_throughput.py --threads 1                         # CNNs and INRs on digits
     python bench/zoo_throughput.py --threads 1 --skip-inr --checkpoints 0,1,2,4,8 --family pooled
-    python bench/zoo_throughput.py --threads 1 --skip-inr --data mnist-idx:../shared/data/mnist --per-shard 64
-    python bench/zoo_throughput.py --full --mnist ../shared/data/mnist --out /tmp/zoo-mnist  # ~1 h
+    python bench/zoo_throughput.py --threads 1 --skip-inr --data mnist-idx:DIR --per-shard 64
+    python bench/zoo_throughput.py --full --mnist DIR --out /tmp/zoo-mnist  # ~1 h
 
 The CNNs are the zoo's default family (``--family smallcnnzoo``: the Small CNN Zoo's three
 stride-2 convolutions of 16 channels, global average pooling) or ``--family pooled`` (stride-1

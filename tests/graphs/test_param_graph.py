@@ -31,15 +31,6 @@ from nets import mlp, randomize
 EDGE_KINDS, NODE_VALUES, ROLES = ParamGraph.EDGE_KINDS, ParamGraph.NODE_VALUES, ParamGraph.ROLES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest and does not stall on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CASES = {**nets.CASES, **nets.EXTRA_CASES}
 
 FAMILIES = {

@@ -11,14 +11,6 @@ from merging.hypernet import (HyperNet, fit_hypernet, magnitude_prune, path_leng
 from weightspace.models import CNN, MLP
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mlp(h=12, in_features=6, seed=0):
     torch.manual_seed(seed)
     return MLP(in_features, (h, h), 3)

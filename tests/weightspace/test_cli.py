@@ -28,15 +28,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 KWARGS = {"in_features": 64, "hidden": [48, 48, 48], "out_features": 10}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest and does not stall on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _save(state, path, kwargs=KWARGS, input_shape="1,8,8"):
     meta = {MODEL_KEY: model_spec_to_json("mlp", kwargs)}
     if input_shape:

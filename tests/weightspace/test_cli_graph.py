@@ -17,14 +17,6 @@ from weightspace.models import model_spec_to_json
 KWARGS = {"in_features": 16, "hidden": [12, 12], "out_features": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def ckpt(tmp_path):
     torch.manual_seed(0)

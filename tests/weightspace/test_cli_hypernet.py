@@ -8,14 +8,6 @@ from weightspace.api import load_model
 from weightspace.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def hypernet_file(tmp_path_factory):
     n = torch.get_num_threads()

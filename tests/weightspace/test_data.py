@@ -19,7 +19,8 @@ from weightspace.data import (
 )
 from weightspace.models import MLP
 
-MNIST_DIR = Path("/work/shared/data/mnist")
+# the MNIST test set (t10k IDX files) where CI keeps it: ../shared/data/mnist beside the repository
+MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 def write_idx(path: Path, array: np.ndarray, *, cut: int = 0) -> Path:
@@ -152,7 +153,7 @@ def test_dataset_container() -> None:
 # --------------------------------------------------------------------------- IDX
 
 
-@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST test set not present")
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"the MNIST IDX files are not in {MNIST_DIR}")
 def test_mnist_idx_shared_t10k() -> None:
     spec = f"mnist-idx:{MNIST_DIR}"
     train = load_dataset(spec)

@@ -36,6 +36,7 @@ def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
                           check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gnn"])
 def test_two_gloo_processes_match_one_process(zoo, tmp_path, monkeypatch, arch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

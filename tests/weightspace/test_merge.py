@@ -19,14 +19,6 @@ MLP = {"in_features": 64, "hidden": [24, 24], "out_features": 10}
 RESNET = {"width": 0.25, "in_channels": 1, "image_size": 8}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _save(tmp_path, name, family, kwargs, seed, input_shape=None):
     torch.manual_seed(seed)
     model = weightspace.get_model(family, **kwargs)

@@ -16,14 +16,6 @@ from weightspace.recipe import load_recipe, run_recipe
 MLP = {"in_features": 64, "hidden": [16, 16], "out_features": 10}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _meta():
     return {MODEL_KEY: model_spec_to_json("mlp", MLP), INPUT_SHAPE_KEY: "1,8,8"}
 

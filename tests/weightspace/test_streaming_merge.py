@@ -22,14 +22,6 @@ MLP = ("mlp", {"in_features": 64, "hidden": [32, 24, 32], "out_features": 10})
 RESNET = ("resnet20", {"width": 0.25, "in_channels": 1, "image_size": 8})  # BatchNorm, residual streams
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _state(family, kwargs, seed):
     torch.manual_seed(seed)
     model = weightspace.get_model(family, **kwargs)
@@ -255,6 +247,7 @@ print((kb("VmHWM:") - base) * 1024, r.sweeps, r.units_moved)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to reset the peak RSS")
 def test_peak_memory_is_bounded_by_tensors_not_model(tmp_path):
     """Two 34 MB checkpoints (20 tensors of 1.7 MB) merge with a peak RSS growth of a few tensors.

@@ -41,15 +41,6 @@ CNN_ARGS = dict(n=6, models_per_shard=4, checkpoints=(0, 1), seed=3, recipe=FAST
 INR_ARGS = dict(n=6, models_per_shard=4, recipe={"steps": 60, "fits_per_image": 2, "psnr_stop": 30.0}, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and makes rebuilt shards bit-identical."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cnn_zoo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zoo") / "cnn"
@@ -188,6 +179,7 @@ def test_resume_after_a_kill_mid_build(cnn_zoo, tmp_path):
     _same_contents(out, cnn_zoo)
 
 
+@pytest.mark.slow
 def test_workers_build_the_same_zoo_in_processes(cnn_zoo, tmp_path):
     # two worker processes (shards 0/2 and 1/2, spawned) write what one process writes; the
     # shards are reported to on_shard here, in the parent
@@ -201,6 +193,7 @@ def test_workers_build_the_same_zoo_in_processes(cnn_zoo, tmp_path):
     assert again.built == [] and again.skipped == [0, 1]
 
 
+@pytest.mark.slow
 def test_workers_errors(tmp_path):
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         build_cnn_zoo(tmp_path / "z", "digits", **CNN_ARGS, workers=0)

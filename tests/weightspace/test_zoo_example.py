@@ -4,18 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import pytest
-import torch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "build_a_zoo.py"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _load():
