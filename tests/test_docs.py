@@ -30,9 +30,9 @@ RUN_MARK = "<!-- run: tiny -->"
 
 # appended to a documented command when a page is run: small, fast, no progress bars, one process
 TINY: dict[tuple[str, ...], list[str]] = {
-    ("demo",): ["--epochs", "2", "--width", "16", "--steps", "3", "--quiet"],
+    ("demo",): ["--epochs", "2", "--width", "16", "--points", "3", "--quiet"],
     ("merge",): ["--quiet"],
-    ("barrier",): ["--steps", "3", "--quiet"],
+    ("barrier",): ["--points", "3", "--quiet"],
     ("merge-many",): ["--quiet"],
     ("starlight",): ["--epochs", "1", "--quiet"],
     ("zoo", "build", "cnn"): ["--n", "20", "--models-per-shard", "20", "--checkpoints", "0,1", "--workers", "1",
