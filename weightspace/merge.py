@@ -26,6 +26,7 @@ import merging
 from graphs import Structure, identity_permutation, permute
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model, trace_model
+from ._dtypes import parse_dtype, plan_dtypes
 from .checkpoint import check_not_input, open_checkpoint, save
 from .models import model_spec_from_json
 
@@ -56,6 +57,10 @@ class MergeResult:
         model (str): the model spec (JSON) recorded in the output.
         input_shape (tuple[int, ...], optional): the input shape recorded in the output.
         provenance (dict): what is recorded under ``weightspace.provenance``.
+        notes (tuple[str, ...]): one-line notes on fallbacks (inputs of different dtypes, and
+            what was done), which the CLI prints on stderr.
+        copied (tuple[str, ...]): the non-float tensors (counters, index buffers), copied from A
+            and left out of matching and interpolation.
     """
 
     path: Path
@@ -69,6 +74,8 @@ class MergeResult:
     model: str
     input_shape: tuple[int, ...] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    copied: tuple[str, ...] = ()
 
     @property
     def units_moved(self) -> int:
@@ -90,6 +97,8 @@ class MergeResult:
             "model": json.loads(self.model),
             "input_shape": list(self.input_shape) if self.input_shape else None,
             "provenance": self.provenance,
+            "notes": list(self.notes),
+            "copied_from_a": list(self.copied),
         }
 
 
@@ -177,6 +186,7 @@ def merge_checkpoints(
     progress: bool = True,
     low_memory: bool = False,
     max_shard_size: int | str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> MergeResult:
     r"""Align B to A and write the interpolated checkpoint.
 
@@ -220,6 +230,11 @@ def merge_checkpoints(
             ``*.safetensors.index.json``, or ``max_shard_size`` is given. (default: ``False``)
         max_shard_size (int or str, optional): write a sharded output (Hugging Face layout),
             at most this many bytes per shard (``"2GB"``). (default: ``None``)
+        dtype (str or torch.dtype, optional): the dtype of the merged float tensors:
+            ``"float32"``, ``"float64"``, ``"bfloat16"`` or ``"float16"``. A and B may differ in
+            dtype: they are aligned and interpolated in the promoted dtype (at least float32), and
+            a note (``MergeResult.notes``) says so. Non-float tensors are copied from A.
+            (default: ``None``: A's dtype, tensor by tensor)
 
     Returns:
         MergeResult: the output path, the permutation, timings and the recorded provenance.
@@ -237,6 +252,7 @@ def merge_checkpoints(
     t0 = time.perf_counter()
     method = _check_method(method, fn)
     alpha = _check_alpha(alpha, fn)
+    parse_dtype(dtype, fn)
     out = Path(out)
     sharded_out = out.name.endswith(".index.json") or out.is_dir() or (not out.suffix and not out.exists())
     if low_memory or max_shard_size is not None or sharded_out or (
@@ -250,7 +266,7 @@ def merge_checkpoints(
 
         return streaming_merge(path_a, path_b, out, model=model, model_kwargs=model_kwargs,
                                input_shape=input_shape, method=method, alpha=alpha, device=device, seed=seed,
-                               solver=solver, max_shard_size=max_shard_size, progress=progress)
+                               solver=solver, max_shard_size=max_shard_size, progress=progress, dtype=dtype)
     if out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
     if out.is_dir():
@@ -261,6 +277,7 @@ def merge_checkpoints(
         raise ValueError(f"{fn}: {why} needs data (--data D, e.g. --data digits)")
     dev = _resolve_device(device)
     a, b, files = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    plan = plan_dtypes([a.state, b.state], [path_a, path_b], fn, dtype)
     batches, data_label = (None, None)
     if data is not None:
         batches, data_label = _resolve_data(data, "train")
@@ -270,11 +287,14 @@ def merge_checkpoints(
 
     perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True, solver)
     pb = permute(structure, b.state, perms)
-    merged = merging.interpolate(a.state, pb, alpha)
+    merged = merging.interpolate(plan.widen(a.state, pb), pb, alpha)  # in the common dtype
     correction = "none"
     if repair:
         correction = "reset_bn" if _has_batchnorm(a) else "repair"
-        merged = merging.repair(a.module, a.state, pb, merged, batches, alpha=alpha, device=dev)
+        run = _run_dtype(a)
+        merged = merging.repair(a.module, _as(a.state, run), _as(pb, run), _as(merged, run), batches,
+                                alpha=alpha, device=dev)
+    merged = plan.finish(merged, a.state)
     for k, v in merged.items():
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values"
@@ -291,6 +311,7 @@ def merge_checkpoints(
         "seed": seed,
         "data": data_label if (method in _NEEDS_DATA or repair) else None,
         "sweeps": info["sweeps"],
+        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
         "weightspace_version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -300,7 +321,8 @@ def merge_checkpoints(
     path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
     return MergeResult(path=path, method=method, alpha=alpha, repair=correction, perms=perms,
                        sweeps=info["sweeps"], align_seconds=info["seconds"], seconds=time.perf_counter() - t0,
-                       model=a.spec, input_shape=shape, provenance=provenance)
+                       model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
+                       copied=tuple(plan.copied))
 
 
 def barrier_between(
@@ -379,13 +401,14 @@ def barrier_between(
     _check_data_fits(a, eval_batches, label, dev, fn)
 
     correction = {"repair_data": fit_batches} if repair else {}
-    results = {"naive": merging.barrier(a.module, a.state, b.state, eval_batches, steps=steps, device=dev,
+    run = _run_dtype(a)  # the model runs in its own dtype, whatever the checkpoints' dtypes
+    results = {"naive": merging.barrier(a.module, _as(a.state, run), _as(b.state, run), eval_batches, steps=steps, device=dev,
                                         progress=progress, **correction)}
     if method != "none":
         structure = _structure(a, eval_batches)
         perms = _align(structure, a, b, method, fit_batches, seed, dev, progress, False)
         pb = permute(structure, b.state, perms)
-        results[_LABELS[method]] = merging.barrier(a.module, a.state, pb, eval_batches, steps=steps, device=dev,
+        results[_LABELS[method]] = merging.barrier(a.module, _as(a.state, run), _as(pb, run), eval_batches, steps=steps, device=dev,
                                                    progress=progress, **correction)
     if plot is not None:
         where = f"{label} ({split} split)" if isinstance(data, str) else label
@@ -570,10 +593,13 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
         perms, wm = merging.weight_matching(structure, sa, sb, seed=seed, device=device, progress=progress,
                                             solver=solver, return_info=True)
         sweeps = wm["sweeps"]
-    elif method == "activation":
+    elif method in _NEEDS_DATA:  # these run the model: in its own dtype
+        run = _run_dtype(a)
+        sa, sb = _as(sa, run), _as(sb, run)
+    if method == "activation":
         perms = merging.activation_matching(structure, a.module, sa, sb, batches, device=device, progress=progress,
                                             solver=solver)
-    else:
+    elif method == "ste":
         perms = merging.ste_matching(structure, a.module, sa, sb, batches, seed=seed, device=device,
                                      progress=progress, solver=solver)
     perms = {g: p.cpu() for g, p in perms.items()}
@@ -582,6 +608,16 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
     info = {"method": method, "sweeps": sweeps, "seconds": time.perf_counter() - t0,
             "groups": {g: grp.size for g, grp in structure.groups.items()}}
     return perms, info
+
+
+def _run_dtype(lm: LoadedModel) -> torch.dtype:
+    """The float dtype ``lm.module`` computes in (its first float parameter's; float32 without one)."""
+    return next((p.dtype for p in lm.module.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _as(state: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """``state`` with its float tensors in ``dtype``, for running the model on it."""
+    return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in state.items()}
 
 
 def _is_sharded(path: PathLike) -> bool:

@@ -49,6 +49,13 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def copied_line(copied) -> str:
+    """The summary line on non-float tensors a merge copied from the first checkpoint."""
+    names = ", ".join(copied[:5]) + (f" (+{len(copied) - 5} more)" if len(copied) > 5 else "")
+    return (f"{len(copied)} non-float tensor{'s' if len(copied) > 1 else ''} (counters, index buffers) copied "
+            f"from A, not matched or interpolated: {names}")
+
+
 def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a subcommand; bad input becomes one line on stderr and exit status 2."""
     try:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from ._common import add_common_args, add_model_args, print_json
+from ._common import add_common_args, add_model_args, copied_line, print_json
 
 NAME = "merge"
 HELP = "align checkpoint B to A (Git Re-Basin) and write (1 - alpha) * A + alpha * aligned B"
@@ -73,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-shard-size", metavar="SIZE", default=None,
                    help="write OUT as sharded safetensors (Hugging Face layout: a directory or "
                         "*.safetensors.index.json), at most SIZE per shard, e.g. 2GB or 500MiB")
+    g.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
+                   help="dtype of the merged float tensors (default: the first checkpoint's). Inputs of "
+                        "different dtypes are aligned and merged in their promoted dtype (at least float32), "
+                        "and a note on stderr says so; non-float tensors (counters, index buffers) are copied "
+                        "from the first checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no summary (errors still print)")
     add_common_args(p)
 
@@ -90,12 +96,17 @@ def run(args: argparse.Namespace) -> int:
         input_shape=args.input_shape, method=args.method, alpha=args.alpha, data=args.data,
         repair=args.repair, device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
         low_memory=args.low_memory, max_shard_size=args.max_shard_size,
+        dtype=args.dtype,
     )
+    for note in r.notes:
+        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
     if args.json:
         print_json(r.to_dict())
         return 0
     if args.quiet:
         return 0
+    if r.copied:
+        print(copied_line(r.copied))
     units = sum(len(p) for p in r.perms.values())
     if r.method == "none":
         print("no alignment (--method none): naive interpolation")
@@ -116,6 +127,9 @@ def _run_config(args: argparse.Namespace) -> int:
 
     if args.a is not None or args.b is not None:
         raise ValueError(f"--config {args.config}: the recipe names the models; do not also give A and B")
+    if args.dtype is not None:
+        raise ValueError(f"--config {args.config}: give the output dtype in the recipe (dtype: {args.dtype}), "
+                         f"not with --dtype")
     recipe = load_recipe(args.config)
     path = run_recipe(recipe, args.output)
     if args.json:
