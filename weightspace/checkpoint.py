@@ -3,7 +3,9 @@ and sharded Hugging Face checkpoints (``*.index.json``), eagerly or one tensor a
 
 Pickled files are always read with ``torch.load(..., weights_only=True)``, so a pickle that
 carries code is refused, never run. Writes are atomic: each file goes to a temporary file in
-the target directory, is fsynced, then renamed over the target with :func:`os.replace`.
+the target directory (``.<name>.weightspace-tmp-<pid>-<random>@<host>``), is fsynced, then
+renamed over the target with :func:`os.replace`; temporaries left by killed processes are
+removed by the next write of the same target (see :mod:`merging._atomic`).
 Every error is a single-line :class:`CheckpointError` naming the function and the file.
 """
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,6 +26,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from merging._atomic import clean_stale, commit, write_temp
 
 __all__ = ["CheckpointError", "CheckpointInfo", "Checkpoint", "load", "open_checkpoint", "save",
            "load_into", "check_fits", "check_finite", "check_not_input"]
@@ -43,8 +46,6 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
               "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
               "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool, "C64": torch.complex64}
-_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -484,30 +485,19 @@ def _prepare(state: Mapping[str, Tensor], untie: bool) -> dict[str, Tensor]:
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> str:
-    """Write a temporary file next to ``path`` with ``write`` and fsync it; return its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
+    """Write a temporary file next to ``path`` with ``write`` and fsync it; return its name
+    (:func:`merging._atomic.write_temp`: the package's one atomic writer)."""
+    return str(write_temp(path, write))
 
 
 def _commit(pairs: list[tuple[str, Path]]) -> None:
-    for tmp, path in pairs:
-        os.replace(tmp, path)
-    for d in {p.parent for _, p in pairs}:
-        try:
-            fd = os.open(d, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        except OSError:
-            pass
+    commit(pairs)
+
+
+def _shard_names(target: Path) -> re.Pattern[str]:
+    """The names a sharded save to index ``target`` writes: its shards (any count) and the index."""
+    stem = re.escape(target.name[: -len(".safetensors.index.json")])
+    return re.compile(rf"{stem}-\d{{5}}-of-\d{{5}}\.safetensors|{re.escape(target.name)}")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -605,6 +595,8 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
     tensors = _prepare(state, untie=kind != "torch")
     made_dir = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "sharded":  # temporaries a killed save left, for shards of any earlier split too
+        clean_stale(target, _shard_names(target))
     done: list[tuple[str, Path]] = []
     try:
         if kind == "safetensors":

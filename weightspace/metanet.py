@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from graphs import ParamGraph, Structure, permute, random_permutation
+from merging._atomic import atomic_write
 
 from .distributed import DistContext, distributed_context
 
@@ -470,9 +471,7 @@ def _device(device: str | torch.device) -> torch.device:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # ============================================================================ public API

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
 from merging.matching.weight import _descend as _coordinate_descent
+from merging._atomic import clean_stale
 from merging.matching.weight import _start, _work_dtype
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, trace_model
@@ -40,6 +41,7 @@ from .checkpoint import (
     _layout,
     _parse_size,
     _resolve,
+    _shard_names,
     check_finite,
     check_fits,
     check_not_input,
@@ -530,6 +532,8 @@ def _write(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce, tar
     _check_overlap("streaming_merge", [target, *paths], inputs)
     made_dir = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "sharded":  # temporaries a killed merge left, for shards of any earlier split too
+        clean_stale(target, _shard_names(target))
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -57,13 +57,9 @@ def _check_out(out: str, checkpoint: str | None) -> Path:
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from merging._atomic import atomic_write
+
+    atomic_write(path, write)
 
 
 def run(args: argparse.Namespace) -> int:

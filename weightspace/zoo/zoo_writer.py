@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 ROWS_KEY = "weightspace.zoo.rows"
 #: shard metadata: the shard's index
 SHARD_KEY = "weightspace.zoo.shard"
-_TMP = re.compile(r"^\.(shard-(\d{5})\.safetensors)\..*\.tmp$")
+_TMP = re.compile(r"^\.(shard-(\d{5})\.safetensors)\.(?:.*\.tmp|weightspace-tmp-.*)$")  # old and current temporaries
 
 
 class ZooWriter:
