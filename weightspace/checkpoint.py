@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from merging._atomic import clean_stale, commit, write_temp
 
 __all__ = ["CheckpointError", "CheckpointInfo", "Checkpoint", "load", "open_checkpoint", "save",
-           "load_into", "check_fits", "check_finite", "check_not_input"]
+           "load_into", "check_fits", "check_finite", "check_not_input", "check_output"]
 
 PathLike = str | os.PathLike
 logger = logging.getLogger(__name__)
@@ -661,6 +661,72 @@ def check_not_input(out: PathLike, inputs: Iterable[PathLike]) -> None:
     if kind == "sharded" and target.parent.is_dir():
         written += list(target.parent.glob("*-of-*.safetensors"))
     _check_overlap("check_not_input", written, inputs)
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies under it (paths resolved, symlinks followed)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def _read_files(r: Path) -> list[Path]:
+    """The files a command reads when given ``r``: a zoo's card, metrics and shards, a
+    checkpoint's files and index, or ``r`` itself."""
+    if r.is_dir() and (r / "zoo.json").is_file():
+        return [r / "zoo.json", r / "metrics.csv", *sorted((r / "models").glob("*.safetensors"))]
+    try:
+        entry, index, files = _resolve(r, "check_output")
+        return [entry, *(_read_index(index, "check_output")[0] if index else files)]
+    except CheckpointError:
+        return [r]
+
+
+def check_output(out: PathLike, reads: Iterable[PathLike | None], *, fn: str = "check_output",
+                 directory: bool = False) -> None:
+    """Raise if writing ``out`` would write over (or into) something the command reads.
+
+    Every command that writes calls this before any work: no command ever writes over a file
+    it reads.
+
+    Args:
+        out (str or PathLike): the file (or, with ``directory``, the directory) to write.
+        reads (iterable of paths): what the command reads: files, checkpoints (their shards and
+            index count), zoo directories (their ``zoo.json``, ``metrics.csv`` and shards count),
+            other directories. ``None`` entries are skipped.
+        fn (str, optional): the name in the message. (default: ``"check_output"``)
+        directory (bool, optional): ``out`` is a directory the command fills: it may be neither
+            one of ``reads`` nor hold one. (default: ``False``)
+
+    Raises:
+        CheckpointError: one line naming the output and the input it would overwrite.
+
+    Example:
+        >>> check_output("metanet.pt", ["zoo/"])
+    """
+    out = Path(out)
+    reads = [Path(r) for r in reads if r is not None]
+    if directory:
+        for r in reads:
+            if _inside(r, out):
+                raise CheckpointError(f"{fn}: refusing to write into {out}: it {'is' if _same(r, out) else 'holds'} "
+                                      f"{r}, which this command reads; choose another directory")
+        return
+    try:
+        kind, target = _layout(out, None)
+        written = [target]
+        if kind == "sharded" and target.parent.is_dir():
+            written += list(target.parent.glob("*-of-*.safetensors"))
+    except CheckpointError:
+        written = [out]
+    for r in reads:
+        if r.is_dir() and _same(out, r):
+            raise CheckpointError(f"{fn}: refusing to write {out}: it is the directory {r}, which this command "
+                                  f"reads; choose another output path")
+        for f in _read_files(r):
+            for w in written:
+                if _same(w, f):
+                    raise CheckpointError(f"{fn}: refusing to overwrite {f}, which this command reads, with the "
+                                          f"output {w}; choose another output path")
 
 
 def check_finite(state: Mapping[str, Tensor], path: PathLike | None = None) -> None:

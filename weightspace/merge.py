@@ -27,7 +27,7 @@ from graphs import Structure, identity_permutation, permute
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model, trace_model
 from ._dtypes import parse_dtype, plan_dtypes
-from .checkpoint import check_not_input, open_checkpoint, save
+from .checkpoint import check_not_input, check_output, open_checkpoint, save
 from .models import model_spec_from_json
 
 __all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between"]
@@ -391,6 +391,7 @@ def barrier_between(
         plot = Path(plot)
         if plot.suffix.lower() != ".png":
             raise ValueError(f"{fn}: the plot {plot} must end in .png")
+        check_output(plot, [path_a, path_b], fn=fn)
         directory = plot.parent if str(plot.parent) else Path(".")
         if not directory.is_dir():
             raise ValueError(f"{fn}: the directory {directory} of the plot {plot} does not exist; create it first")

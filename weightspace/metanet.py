@@ -634,6 +634,10 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
 
     if arch not in ARCHS:
         raise ValueError(f"train_metanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if out is not None:
+        from .checkpoint import check_output
+
+        check_output(out, [zoo_dir], fn="train_metanet")  # never over the zoo's card, metrics or shards
     dflt = {**_TRAIN_DEFAULTS, **_ARCH_TRAIN_DEFAULTS.get(arch, {})}
     epochs = dflt["epochs"] if epochs is None else epochs
     lr = dflt["lr"] if lr is None else lr

@@ -53,6 +53,10 @@ def _check_out(out: str, checkpoint: str | None) -> Path:
     if checkpoint is not None and path.exists() and Path(checkpoint).exists() and \
             os.path.samefile(path, checkpoint):
         raise ValueError(f"-o {out}: is the input checkpoint; choose another output file")
+    if checkpoint is not None:  # a shard or the index of a sharded checkpoint too
+        from weightspace.checkpoint import check_output
+
+        check_output(path, [checkpoint], fn=f"-o {out}")
     return path
 
 
