@@ -40,10 +40,12 @@ def _name(d: torch.dtype) -> str:
 class DtypePlan:
     """What :func:`plan_dtypes` found: the non-float tensors, the output dtype, the notes to print."""
 
-    def __init__(self, copied: list[str], out: torch.dtype | None, notes: list[str]) -> None:
+    def __init__(self, copied: list[str], out: torch.dtype | None, notes: list[str],
+                 mixed: tuple[str, torch.dtype] | None = None) -> None:
         self.copied = copied  #: names of non-float tensors, copied from A
         self.out = out  #: the dtype asked for, else None (each tensor keeps A's dtype)
         self.notes = notes  #: one-line notes on dtypes (for stderr)
+        self.mixed = mixed  #: when the inputs' float dtypes differ: (their listing, the promoted dtype)
 
     def work_dtype(self, *dtypes: torch.dtype) -> torch.dtype:
         """The dtype a float tensor stored in ``dtypes`` is merged in: their promotion with the
@@ -104,6 +106,7 @@ def plan_dtypes(states: Sequence[Mapping[str, Any]], paths: Sequence[Any], fn: s
             if d.is_floating_point:
                 floats[i].add(d)
     notes: list[str] = []
+    mixed = None
     every = set().union(*floats)
     a_dtypes = sorted(_name(d) for d in floats[0])
     if len(every) > 1:
@@ -115,6 +118,7 @@ def plan_dtypes(states: Sequence[Mapping[str, Any]], paths: Sequence[Any], fn: s
         target = f"{_name(out)} (--dtype)" if out is not None else f"{'/'.join(a_dtypes)} (A's dtype; --dtype to choose)"
         notes.append(f"inputs differ in dtype ({listing}): weights matched and interpolated in {_name(work)}, "
                      f"written as {target}")
+        mixed = (listing, work)
     elif out is not None and every and every != {out}:
         notes.append(f"inputs are {'/'.join(a_dtypes)}: written as {_name(out)} (--dtype)")
-    return DtypePlan(copied, out, notes)
+    return DtypePlan(copied, out, notes, mixed)

@@ -397,6 +397,7 @@ def barrier_between(
             raise ValueError(f"{fn}: the directory {directory} of the plot {plot} does not exist; create it first")
     dev = _resolve_device(device)
     a, b, _ = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    plan_dtypes([a.state, b.state], [path_a, path_b], fn)  # a tensor float in one and not in the other
     eval_batches, label = _resolve_data(data, split)
     fit_batches = _resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches
     _check_data_fits(a, eval_batches, label, dev, fn)

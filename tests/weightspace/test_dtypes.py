@@ -153,3 +153,23 @@ def test_float_against_int_is_bad_input(files, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and "'layers.1.weight' is float32 in" in err and "i.safetensors" in err
         assert "int32" in err and "Traceback" not in err
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "low").exists()
+
+
+def test_barrier_notes_mixed_dtypes_and_refuses_float_against_int(files, tmp_path, capsys):
+    argv = ["barrier", str(files["a32"]), str(files["b64"]), "--data", "digits", "--align", "weight", "--steps", "3",
+            "--quiet"]
+    assert main(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "float32" in notes[0] and "float64" in notes[0]
+    i = _save(tmp_path / "i.safetensors", 1, change=_int_weight)
+    assert main(["barrier", str(files["a32"]), str(i), "--data", "digits", "--steps", "3", "--quiet"]) == 2
+    assert "'layers.1.weight' is float32" in capsys.readouterr().err
+
+
+def test_starlight_of_half_precision_sources(files, tmp_path, capsys):
+    from weightspace.starlight import starlight_checkpoints
+
+    r = starlight_checkpoints([files["abf"], files["bf16"]], tmp_path / "star.safetensors", data="digits", epochs=1,
+                              progress=False)
+    assert {v.dtype for v in weightspace.load(r.path).values()} == {torch.bfloat16}
+    assert len(r.notes) == 1 and "trained in float32" in r.notes[0]
