@@ -173,3 +173,26 @@ def test_starlight_of_half_precision_sources(files, tmp_path, capsys):
                               progress=False)
     assert {v.dtype for v in weightspace.load(r.path).values()} == {torch.bfloat16}
     assert len(r.notes) == 1 and "trained in float32" in r.notes[0]
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "slerp"])
+def test_recipe_of_mixed_dtypes_merges_in_the_promoted_dtype(files, tmp_path, capsys, method):
+    recipe = tmp_path / "r.yaml"
+    models = [files["b64"]] if method == "slerp" else [files["b64"], files["bf16"]]
+    params = "{t: 0.3}" if method == "slerp" else "{}"
+    per_model = "{weight: 0.5, density: 0.5}" if method == "ties" else "{weight: 0.5}"
+    body = f"merge_method: {method}\nbase_model: {files['a32']}\nparameters: {params}\nmodels:\n" + "".join(
+        f"  - model: {m}\n" + (f"    parameters: {per_model}\n" if method != "slerp" else "") for m in models)
+    recipe.write_text(body)
+    assert main(["merge", "--config", str(recipe), "-o", str(tmp_path / "m.safetensors")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "merged in float64" in notes[0]
+    out = weightspace.load(tmp_path / "m.safetensors")
+    assert {v.dtype for v in out.values()} == {torch.float32}
+    # the float64 merge of the float64-widened inputs, rounded once to A's float32
+    wide = [{k: v.double() for k, v in weightspace.load(m).items()} for m in models]
+    base = {k: v.double() for k, v in weightspace.load(files["a32"]).items()}
+    kw = {"t": 0.3} if method == "slerp" else {"weights": [0.5, 0.5], **({"density": [0.5, 0.5]} if method == "ties" else {})}
+    expected = merging.merge_states(method, wide, base=base, **kw)
+    for k, v in out.items():
+        assert torch.equal(v, expected[k].float()), k

@@ -131,7 +131,10 @@ def _run_config(args: argparse.Namespace) -> int:
         raise ValueError(f"--config {args.config}: give the output dtype in the recipe (dtype: {args.dtype}), "
                          f"not with --dtype")
     recipe = load_recipe(args.config)
+    note = _recipe_dtype_note(recipe)
     path = run_recipe(recipe, args.output)
+    if note:
+        print(f"weightspace merge: note: {note}", file=sys.stderr)
     if args.json:
         print_json({"output": str(path), "method": recipe.merge_method, "models": len(recipe.models),
                     "base_model": str(recipe.base_model) if recipe.base_model else None})
@@ -139,3 +142,23 @@ def _run_config(args: argparse.Namespace) -> int:
         print(f"{recipe.merge_method}: merged {len(recipe.models)} models"
               + (f" onto {Path(recipe.base_model).name}" if recipe.base_model else "") + f"; wrote {path}")
     return 0
+
+
+def _recipe_dtype_note(recipe) -> str | None:
+    """A line when the recipe's checkpoints differ in dtype (read from their headers); a tensor
+    floating point in one and not in another is an error here, before any work."""
+    import contextlib
+
+    from weightspace._dtypes import plan_dtypes
+    from weightspace.checkpoint import open_checkpoint
+
+    files = ([recipe.base_model] if recipe.base_model is not None else []) + [m.path for m in recipe.models]
+    with contextlib.ExitStack() as stack:
+        ckpts = [stack.enter_context(open_checkpoint(f)) for f in files]
+        mixed = plan_dtypes(ckpts, files, "merge --config", dtype_of=[c.dtype for c in ckpts]).mixed
+    if mixed is None:
+        return None
+    first = "the base model's" if recipe.base_model is not None else "the first model's"
+    written = f"{recipe.dtype} (the recipe's dtype)" if recipe.dtype else f"{first} dtype (dtype: in the recipe to choose)"
+    return (f"inputs differ in dtype ({mixed[0]}): merged in {str(mixed[1]).removeprefix('torch.')}, "
+            f"written as {written}")
