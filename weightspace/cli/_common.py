@@ -49,11 +49,11 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def copied_line(copied) -> str:
+def copied_line(copied, source: str = "A") -> str:
     """The summary line on non-float tensors a merge copied from the first checkpoint."""
     names = ", ".join(copied[:5]) + (f" (+{len(copied) - 5} more)" if len(copied) > 5 else "")
     return (f"{len(copied)} non-float tensor{'s' if len(copied) > 1 else ''} (counters, index buffers) copied "
-            f"from A, not matched or interpolated: {names}")
+            f"from {source}, not matched or averaged: {names}")
 
 
 def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:

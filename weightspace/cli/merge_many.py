@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         return 0
     if r.copied:
-        print(copied_line(r.copied))
+        print(copied_line(r.copied, "the first checkpoint"))
     if r.method == "average":
         print(f"no alignment (--method average): mean of {len(r.perms)} checkpoints")
     elif r.method == "c2m3":
