@@ -148,7 +148,13 @@ def test_checkpoints_load_and_reproduce_their_metrics(cnn_zoo):
         model.load_state_dict(state)
         with torch.no_grad():
             logits = model.eval()(test.x)
-        assert math.isclose(float((logits.argmax(1) == test.y).float().mean()), float(acc), abs_tol=1e-6)
+        # the build evaluated in other batch shapes (another summation order): a prediction may
+        # differ only where the top two logits are within rounding of each other: sqrt(K) * U32 of
+        # the logits' scale, under 6e-5 for K < 1e6 terms per logit; 1e-4 is allowed
+        top2 = logits.topk(2, dim=1).values
+        near_ties = int(((top2[:, 0] - top2[:, 1]) <= 1e-4 * float(logits.abs().max())).sum())
+        correct = int((logits.argmax(1) == test.y).sum())
+        assert abs(correct - round(float(acc) * len(test.y))) <= near_ties
         assert math.isclose(float(F.cross_entropy(logits, test.y)), ds.rows[i]["test_loss"], rel_tol=1e-4)
 
 
