@@ -6,7 +6,6 @@ import bisect
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from merging._atomic import atomic_write
 from merging._eval import LossFn, batchnorm_layers, check_reiterable, evaluate, prepare_state, resolve_device
 from merging.interpolate import interpolate, path_ts
 from merging.repair import _apply_repair, _repair_plan, reset_batchnorm
@@ -299,18 +299,7 @@ def plot_barrier(
     if title:
         fig.suptitle(title)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     return path
 
 

@@ -17,13 +17,18 @@ StateDict = dict[str, Tensor]
 
 
 def mean_state(states: Sequence[Mapping[str, Tensor]]) -> StateDict:
-    """Entry-wise mean of N state dicts; non-floating tensors (counters) come from the first."""
+    """Entry-wise mean of N state dicts; non-floating tensors (counters) come from the first.
+
+    Each mean is computed in the promoted dtype of the N tensors (at least float32) and has the
+    dtype of the first state's tensor."""
     if not states:
         raise ValueError("mean_state: needs at least one state dict")
     out: StateDict = {}
     for k, v in states[0].items():
         if v.is_floating_point() or v.is_complex():
-            work = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+            work = torch.float32
+            for s in states:
+                work = torch.promote_types(work, s[k].dtype)
             out[k] = (sum(s[k].to(device=v.device, dtype=work) for s in states) / len(states)).to(v.dtype)
         else:
             out[k] = v.clone()

@@ -6,7 +6,6 @@ import hashlib
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from graphs import Structure, identity_permutation, permute
+from merging._atomic import atomic_write
 from merging._eval import (
     LossFn,
     batchnorm_layers,
@@ -128,17 +128,7 @@ def _fingerprint(states: Sequence[Mapping[str, Tensor]]) -> str:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class Starlight:

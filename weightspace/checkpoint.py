@@ -3,7 +3,9 @@ and sharded Hugging Face checkpoints (``*.index.json``), eagerly or one tensor a
 
 Pickled files are always read with ``torch.load(..., weights_only=True)``, so a pickle that
 carries code is refused, never run. Writes are atomic: each file goes to a temporary file in
-the target directory, is fsynced, then renamed over the target with :func:`os.replace`.
+the target directory (``.<name>.weightspace-tmp-<pid>-<random>@<host>``), is fsynced, then
+renamed over the target with :func:`os.replace`; temporaries left by killed processes are
+removed by the next write of the same target (see :mod:`merging._atomic`).
 Every error is a single-line :class:`CheckpointError` naming the function and the file.
 """
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,8 +27,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from merging._atomic import clean_stale, commit, write_temp
+
 __all__ = ["CheckpointError", "CheckpointInfo", "Checkpoint", "load", "open_checkpoint", "save",
-           "load_into", "check_fits", "check_finite", "check_not_input"]
+           "load_into", "check_fits", "check_finite", "check_not_input", "check_output"]
 
 PathLike = str | os.PathLike
 logger = logging.getLogger(__name__)
@@ -43,8 +46,6 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
               "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
               "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool, "C64": torch.complex64}
-_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -484,30 +485,19 @@ def _prepare(state: Mapping[str, Tensor], untie: bool) -> dict[str, Tensor]:
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> str:
-    """Write a temporary file next to ``path`` with ``write`` and fsync it; return its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
+    """Write a temporary file next to ``path`` with ``write`` and fsync it; return its name
+    (:func:`merging._atomic.write_temp`: the package's one atomic writer)."""
+    return str(write_temp(path, write))
 
 
 def _commit(pairs: list[tuple[str, Path]]) -> None:
-    for tmp, path in pairs:
-        os.replace(tmp, path)
-    for d in {p.parent for _, p in pairs}:
-        try:
-            fd = os.open(d, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        except OSError:
-            pass
+    commit(pairs)
+
+
+def _shard_names(target: Path) -> re.Pattern[str]:
+    """The names a sharded save to index ``target`` writes: its shards (any count) and the index."""
+    stem = re.escape(target.name[: -len(".safetensors.index.json")])
+    return re.compile(rf"{stem}-\d{{5}}-of-\d{{5}}\.safetensors|{re.escape(target.name)}")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -605,6 +595,8 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
     tensors = _prepare(state, untie=kind != "torch")
     made_dir = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "sharded":  # temporaries a killed save left, for shards of any earlier split too
+        clean_stale(target, _shard_names(target))
     done: list[tuple[str, Path]] = []
     try:
         if kind == "safetensors":
@@ -669,6 +661,72 @@ def check_not_input(out: PathLike, inputs: Iterable[PathLike]) -> None:
     if kind == "sharded" and target.parent.is_dir():
         written += list(target.parent.glob("*-of-*.safetensors"))
     _check_overlap("check_not_input", written, inputs)
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies under it (paths resolved, symlinks followed)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def _read_files(r: Path) -> list[Path]:
+    """The files a command reads when given ``r``: a zoo's card, metrics and shards, a
+    checkpoint's files and index, or ``r`` itself."""
+    if r.is_dir() and (r / "zoo.json").is_file():
+        return [r / "zoo.json", r / "metrics.csv", *sorted((r / "models").glob("*.safetensors"))]
+    try:
+        entry, index, files = _resolve(r, "check_output")
+        return [entry, *(_read_index(index, "check_output")[0] if index else files)]
+    except CheckpointError:
+        return [r]
+
+
+def check_output(out: PathLike, reads: Iterable[PathLike | None], *, fn: str = "check_output",
+                 directory: bool = False) -> None:
+    """Raise if writing ``out`` would write over (or into) something the command reads.
+
+    Every command that writes calls this before any work: no command ever writes over a file
+    it reads.
+
+    Args:
+        out (str or PathLike): the file (or, with ``directory``, the directory) to write.
+        reads (iterable of paths): what the command reads: files, checkpoints (their shards and
+            index count), zoo directories (their ``zoo.json``, ``metrics.csv`` and shards count),
+            other directories. ``None`` entries are skipped.
+        fn (str, optional): the name in the message. (default: ``"check_output"``)
+        directory (bool, optional): ``out`` is a directory the command fills: it may be neither
+            one of ``reads`` nor hold one. (default: ``False``)
+
+    Raises:
+        CheckpointError: one line naming the output and the input it would overwrite.
+
+    Example:
+        >>> check_output("metanet.pt", ["zoo/"])
+    """
+    out = Path(out)
+    reads = [Path(r) for r in reads if r is not None]
+    if directory:
+        for r in reads:
+            if _inside(r, out):
+                raise CheckpointError(f"{fn}: refusing to write into {out}: it {'is' if _same(r, out) else 'holds'} "
+                                      f"{r}, which this command reads; choose another directory")
+        return
+    try:
+        kind, target = _layout(out, None)
+        written = [target]
+        if kind == "sharded" and target.parent.is_dir():
+            written += list(target.parent.glob("*-of-*.safetensors"))
+    except CheckpointError:
+        written = [out]
+    for r in reads:
+        if r.is_dir() and _same(out, r):
+            raise CheckpointError(f"{fn}: refusing to write {out}: it is the directory {r}, which this command "
+                                  f"reads; choose another output path")
+        for f in _read_files(r):
+            for w in written:
+                if _same(w, f):
+                    raise CheckpointError(f"{fn}: refusing to overwrite {f}, which this command reads, with the "
+                                          f"output {w}; choose another output path")
 
 
 def check_finite(state: Mapping[str, Tensor], path: PathLike | None = None) -> None:

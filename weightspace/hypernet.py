@@ -30,7 +30,7 @@ import merging
 from merging.hypernet import HyperNet, fit_hypernet, sample_state, smooth
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, load_model, trace_model
-from .checkpoint import load, save
+from .checkpoint import check_output, load, save
 from .models import model_spec_from_json, model_spec_to_json
 from .trust import check_data_spec, check_model_name, takes_trust_flag
 
@@ -200,6 +200,7 @@ def train_hypernet_file(
         timings and the final losses.
     """
     t0 = time.perf_counter()
+    check_output(out, [source], fn="train_hypernet")  # before any training
     dev = torch.device(device)
     from .data import load_data
 
@@ -289,6 +290,8 @@ def resample(
         ValueError: not a hypernetwork file, both or neither of width/ratio, or a width outside the
             trained range (unless ``allow_extrapolation``).
     """
+    if out is not None:
+        check_output(out, [path], fn="resample")  # before any work
     hf = load_hypernet(path, device=device)
     full = hf.full_widths
     if (width is None) == (ratio is None):

@@ -26,8 +26,9 @@ from torch import Tensor
 import merging
 from graphs import Structure, identity_permutation, permute
 
+from ._dtypes import parse_dtype, plan_dtypes
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned, load_model, trace_model
-from .checkpoint import check_not_input, open_checkpoint, save
+from .checkpoint import check_not_input, check_output, open_checkpoint, save
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
 
@@ -64,6 +65,10 @@ class MergeResult:
         model (str): the model spec (JSON) recorded in the output.
         input_shape (tuple[int, ...], optional): the input shape recorded in the output.
         provenance (dict): what is recorded under ``weightspace.provenance``.
+        notes (tuple[str, ...]): one-line notes on fallbacks (inputs of different dtypes, and
+            what was done), which the CLI prints on stderr.
+        copied (tuple[str, ...]): the non-float tensors (counters, index buffers), copied from A
+            and left out of matching and interpolation.
     """
 
     path: Path
@@ -78,6 +83,8 @@ class MergeResult:
     input_shape: tuple[int, ...] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    notes: tuple[str, ...] = ()
+    copied: tuple[str, ...] = ()
 
     @property
     def units_moved(self) -> int:
@@ -100,6 +107,8 @@ class MergeResult:
             "model": json.loads(self.model),
             "input_shape": list(self.input_shape) if self.input_shape else None,
             "provenance": self.provenance,
+            "notes": list(self.notes),
+            "copied_from_a": list(self.copied),
         }
 
 
@@ -195,6 +204,7 @@ def merge_checkpoints(
     low_memory: bool = False,
     max_shard_size: int | str | None = None,
     require_aligned: float | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> MergeResult:
     r"""Align B to A and write the interpolated checkpoint.
 
@@ -244,6 +254,11 @@ def merge_checkpoints(
             at most this many bytes per shard (``"2GB"``). (default: ``None``)
         require_aligned (float, optional): refuse to merge when alignment can permute less than
             this fraction of the parameters (otherwise a warning below one half). (default: ``None``)
+        dtype (str or torch.dtype, optional): the dtype of the merged float tensors:
+            ``"float32"``, ``"float64"``, ``"bfloat16"`` or ``"float16"``. A and B may differ in
+            dtype: they are aligned and interpolated in the promoted dtype (at least float32), and
+            a note (``MergeResult.notes``) says so. Non-float tensors are copied from A.
+            (default: ``None``: A's dtype, tensor by tensor)
 
     Returns:
         MergeResult: the output path, the permutation, timings and the recorded provenance.
@@ -261,6 +276,7 @@ def merge_checkpoints(
     t0 = time.perf_counter()
     method = _check_method(method, fn)
     alpha = _check_alpha(alpha, fn)
+    parse_dtype(dtype, fn)
     out = Path(out)
     sharded_out = out.name.endswith(".index.json") or out.is_dir() or (not out.suffix and not out.exists())
     if low_memory or max_shard_size is not None or sharded_out or (
@@ -276,7 +292,7 @@ def merge_checkpoints(
         result = streaming_merge(path_a, path_b, out, model=model, model_kwargs=model_kwargs,
                                  input_shape=input_shape, method=method, alpha=alpha, device=device, seed=seed,
                                  solver=solver, max_shard_size=max_shard_size, progress=progress,
-                                 require_aligned=require_aligned)
+                                 require_aligned=require_aligned, dtype=dtype)
         return dataclasses.replace(result, reason=reason)
     if out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
@@ -290,6 +306,7 @@ def merge_checkpoints(
     a, b, files = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
     method, repair, reason = resolve_method(method, has_data=data is not None, has_norm=_has_batchnorm(a),
                                             repair=repair)
+    plan = plan_dtypes([a.state, b.state], [path_a, path_b], fn, dtype)
     batches, data_label = (None, None)
     if data is not None:
         batches, data_label = _resolve_data(data, "train")
@@ -301,12 +318,15 @@ def merge_checkpoints(
 
     perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True, solver)
     pb = permute(structure, b.state, perms)
-    merged = merging.interpolate(a.state, pb, alpha)
+    merged = merging.interpolate(plan.widen(a.state, pb), pb, alpha)  # in the common dtype
     correction = "none"
     if repair:
         correction = "reset_bn" if _has_batchnorm(a) else "repair"
-        merged = merging.repair(a.module, a.state, pb, merged, batches, alpha=alpha, device=dev, progress=progress,
+        run = _run_dtype(a)
+        merged = merging.repair(a.module, _as(a.state, run), _as(pb, run), _as(merged, run), batches,
+                                alpha=alpha, device=dev, progress=progress,
                                 num_batches=_repair_batches(batches, repair_samples, fn))
+    merged = plan.finish(merged, a.state)
     for k, v in merged.items():
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values"
@@ -324,6 +344,7 @@ def merge_checkpoints(
         "seed": seed,
         "data": data_label if (method in _NEEDS_DATA or repair) else None,
         "sweeps": info["sweeps"],
+        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
         "weightspace_version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -333,7 +354,8 @@ def merge_checkpoints(
     path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
     return MergeResult(path=path, method=method, reason=reason, alpha=alpha, repair=correction, perms=perms,
                        sweeps=info["sweeps"], align_seconds=info["seconds"], seconds=time.perf_counter() - t0,
-                       model=a.spec, input_shape=shape, provenance=provenance)
+                       model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
+                       copied=tuple(plan.copied))
 
 
 @takes_trust_flag
@@ -414,15 +436,18 @@ def barrier_between(
         plot = Path(plot)
         if plot.suffix.lower() != ".png":
             raise ValueError(f"{fn}: the plot {plot} must end in .png")
+        check_output(plot, [path_a, path_b], fn=fn)
     dev = _resolve_device(device)
     a, b, _ = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    plan_dtypes([a.state, b.state], [path_a, path_b], fn)  # a tensor float in one and not in the other
     eval_batches, label = _resolve_data(data, split)
     fit_batches = _resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches
     _check_data_fits(a, eval_batches, label, dev, fn)
 
     correction = {"repair_data": fit_batches, "num_batches": _repair_batches(fit_batches, repair_samples, fn)} \
         if repair else {}
-    results = {"naive": merging.barrier(a.module, a.state, b.state, eval_batches, steps=steps, device=dev,
+    run = _run_dtype(a)  # the model runs in its own dtype, whatever the checkpoints' dtypes
+    results = {"naive": merging.barrier(a.module, _as(a.state, run), _as(b.state, run), eval_batches, steps=steps, device=dev,
                                         progress=progress, **correction)}
     structure = _structure(a, eval_batches) if methods else None
     if structure is not None:
@@ -430,7 +455,7 @@ def barrier_between(
     for method in methods:
         perms = _align(structure, a, b, method, fit_batches, seed, dev, progress, False)
         pb = permute(structure, b.state, perms)
-        results[_LABELS[method]] = merging.barrier(a.module, a.state, pb, eval_batches, steps=steps, device=dev,
+        results[_LABELS[method]] = merging.barrier(a.module, _as(a.state, run), _as(pb, run), eval_batches, steps=steps, device=dev,
                                                    progress=progress, **correction)
     if plot is not None:
         plot.parent.mkdir(parents=True, exist_ok=True)
@@ -652,10 +677,13 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
         perms, wm = merging.weight_matching(structure, sa, sb, seed=seed, device=device, progress=progress,
                                             solver=solver, return_info=True)
         sweeps = wm["sweeps"]
-    elif method == "activation":
+    elif method in _NEEDS_DATA:  # these run the model: in its own dtype
+        run = _run_dtype(a)
+        sa, sb = _as(sa, run), _as(sb, run)
+    if method == "activation":
         perms = merging.activation_matching(structure, a.module, sa, sb, batches, device=device, progress=progress,
                                             solver=solver)
-    else:
+    elif method == "ste":
         perms = merging.ste_matching(structure, a.module, sa, sb, batches, seed=seed, device=device,
                                      progress=progress, solver=solver)
     perms = {g: p.cpu() for g, p in perms.items()}
@@ -664,6 +692,16 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
     info = {"method": method, "sweeps": sweeps, "seconds": time.perf_counter() - t0,
             "groups": {g: grp.size for g, grp in structure.groups.items()}}
     return perms, info
+
+
+def _run_dtype(lm: LoadedModel) -> torch.dtype:
+    """The float dtype ``lm.module`` computes in (its first float parameter's; float32 without one)."""
+    return next((p.dtype for p in lm.module.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _as(state: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """``state`` with its float tensors in ``dtype``, for running the model on it."""
+    return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in state.items()}
 
 
 def _is_sharded(path: PathLike) -> bool:

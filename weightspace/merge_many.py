@@ -21,9 +21,10 @@ import merging
 from graphs import identity_permutation, permute
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model
+from ._dtypes import parse_dtype, plan_dtypes
 from .checkpoint import check_not_input, open_checkpoint, save
-from .merge import (_check_data_fits, _check_same_states, _file_record, _has_batchnorm, _input_shape,
-                    _resolve_data, _resolve_device, _structure)
+from .merge import (_as, _check_data_fits, _check_same_states, _file_record, _has_batchnorm, _input_shape,
+                    _resolve_data, _resolve_device, _run_dtype, _structure)
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
 
@@ -50,6 +51,8 @@ class MergeManyResult:
         model (str): the model spec recorded in the output.
         input_shape (tuple[int, ...], optional): the input shape recorded in the output.
         provenance (dict): what is recorded under ``weightspace.provenance``.
+        notes (tuple[str, ...]): one-line notes on fallbacks (inputs of different dtypes).
+        copied (tuple[str, ...]): non-float tensors, copied from the first checkpoint.
     """
 
     path: Path
@@ -62,6 +65,8 @@ class MergeManyResult:
     model: str
     input_shape: tuple[int, ...] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    copied: tuple[str, ...] = ()
 
     @property
     def units_moved(self) -> int:
@@ -74,7 +79,7 @@ class MergeManyResult:
             "models": len(self.perms), "units_moved": self.units_moved,
             "align_seconds": round(self.align_seconds, 4), "seconds": round(self.seconds, 4),
             "model": json.loads(self.model), "input_shape": list(self.input_shape) if self.input_shape else None,
-            "provenance": self.provenance,
+            "provenance": self.provenance, "notes": list(self.notes), "copied_from_a": list(self.copied),
         }
 
 
@@ -121,6 +126,7 @@ def merge_many_checkpoints(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
+    dtype: str | torch.dtype | None = None,
 ) -> MergeManyResult:
     r"""Align N checkpoints to each other and write their average.
 
@@ -147,6 +153,11 @@ def merge_many_checkpoints(
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the alignment. (default: ``0``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
+        dtype (str or torch.dtype, optional): the dtype of the merged float tensors
+            (``"float32"``, ``"float64"``, ``"bfloat16"``, ``"float16"``); inputs of different
+            dtypes are aligned and averaged in their promoted dtype (a note in
+            ``MergeManyResult.notes`` says so); non-float tensors are copied from the first.
+            (default: ``None``: the first checkpoint's dtype)
 
     Returns:
         MergeManyResult: the output path, permutations, timings and provenance.
@@ -165,6 +176,7 @@ def merge_many_checkpoints(
     paths = list(paths)
     if len(paths) < 2:
         raise ValueError(f"{fn}: needs at least two checkpoints, got {len(paths)}")
+    parse_dtype(dtype, fn)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
@@ -177,6 +189,7 @@ def merge_many_checkpoints(
         raise ValueError(f"{fn}: max_iter must be a positive integer, got {max_iter!r}")
     dev = _resolve_device(device)
     models, files = _load_many(paths, model, model_kwargs, input_shape, dev, fn)
+    plan = plan_dtypes([m.state for m in models], paths, fn, dtype)
     a = models[0]
     batches, data_label = (None, None)
     if data is not None:
@@ -187,6 +200,9 @@ def merge_many_checkpoints(
 
     t_align = time.perf_counter()
     states = [{k: v.to(dev) for k, v in m.state.items()} for m in models]
+    # the first model's float tensors in the common dtype: the means come out in it
+    states[0] = {k: v.to(plan.work_dtype(*(s[k].dtype for s in states))) if v.is_floating_point() else v
+                 for k, v in states[0].items()}
     passes = None
     if method == "mergemany":
         merged, perms, info = merging.merge_many(structure, states, seed=seed, max_iter=max_iter,
@@ -204,7 +220,10 @@ def merge_many_checkpoints(
     if repair:
         correction = "reset_bn" if _has_batchnorm(a) else "repair"
         aligned = [permute(structure, s, p) for s, p in zip(states, perms)]
-        merged = merging.repair_many(a.module, aligned, merged, batches, device=dev)
+        run = _run_dtype(a)  # the model runs in its own dtype
+        merged = merging.repair_many(a.module, [_as(s, run) for s in aligned], _as(merged, run), batches,
+                                     device=dev)
+    merged = plan.finish(merged, a.state)
     for k, v in merged.items():
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values; nothing was written to {out}")
@@ -216,6 +235,7 @@ def merge_many_checkpoints(
         "inputs": [_file_record(p, fs) for p, fs in zip(paths, files)],
         "method": method, "repair": correction, "seed": seed, "max_iter": max_iter,
         "data": data_label if repair else None, "passes": passes,
+        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
         "weightspace_version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -226,4 +246,5 @@ def merge_many_checkpoints(
     return MergeManyResult(path=path, method=method, repair=correction, perms=[{g: p.cpu() for g, p in ps.items()}
                                                                             for ps in perms],
                            passes=passes, align_seconds=align_seconds, seconds=time.perf_counter() - t0,
-                           model=a.spec, input_shape=shape, provenance=provenance)
+                           model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
+                           copied=tuple(plan.copied))

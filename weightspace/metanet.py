@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from graphs import ParamGraph, Structure, permute, random_permutation
+from merging._atomic import atomic_write
 
 from .distributed import DistContext, distributed_context
 from .trust import UntrustedCodeError, check_data_spec, takes_trust_flag
@@ -477,9 +478,7 @@ def _device(device: str | torch.device) -> torch.device:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # ============================================================================ public API
@@ -643,6 +642,10 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
 
     if arch not in ARCHS:
         raise ValueError(f"train_metanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if out is not None:
+        from .checkpoint import check_output
+
+        check_output(out, [zoo_dir], fn="train_metanet")  # never over the zoo's card, metrics or shards
     dflt = {**_TRAIN_DEFAULTS, **_ARCH_TRAIN_DEFAULTS.get(arch, {})}
     epochs = dflt["epochs"] if epochs is None else epochs
     lr = dflt["lr"] if lr is None else lr

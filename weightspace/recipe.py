@@ -240,8 +240,7 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None) -> Path:
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
     check_not_input(out, _inputs(recipe))
     params = recipe.method_parameters()
-    if "seed" in merging.get_method(recipe.merge_method).parameter_names:
-        params.setdefault("seed", recipe.seed)
+    seed = params.pop("seed", recipe.seed)  # merge_states passes it on to the methods that draw (dare_*)
     base, base_info = (load(recipe.base_model, return_info=True) if recipe.base_model is not None else (None, None))
     states = []
     infos = []
@@ -258,7 +257,7 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None) -> Path:
                         input_shape=recipe.input_shape)
         structure = trace_model(lm.module, input_shape=lm.input_shape)
     merged = merging.merge_states(recipe.merge_method, states, base=base, structure=structure,
-                                  align=recipe.align, seed=recipe.seed, **params)
+                                  align=recipe.align, seed=seed, **params)
     if recipe.dtype is not None:
         merged = {k: v.to(_DTYPES[recipe.dtype]) if v.is_floating_point() else v for k, v in merged.items()}
     for k, v in merged.items():

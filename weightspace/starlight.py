@@ -24,11 +24,14 @@ from merging.starlight import parse_t_dist
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from .checkpoint import check_not_input, save
+from ._dtypes import plan_dtypes
 from .merge import (
+    _as,
     _check_data_fits,
     _file_record,
     _input_shape,
     _resolve_device,
+    _run_dtype,
     _structure,
 )
 from .merge_many import _load_many
@@ -93,6 +96,7 @@ class StarlightResult:
         evaluation (dict, optional): test loss and accuracy of the star and of the sources (mean),
             when the data has a test split.
         provenance (dict): what is recorded under ``weightspace.provenance``.
+        notes (tuple[str, ...]): one-line notes on dtypes (sources trained in the model's dtype).
     """
 
     path: Path
@@ -105,12 +109,13 @@ class StarlightResult:
     input_shape: tuple[int, ...] | None = None
     evaluation: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.path), "state": str(self.state_path), "epochs": self.epochs,
                 "resumed_from": self.resumed_from, "history": self.history, "seconds": round(self.seconds, 4),
                 "model": json.loads(self.model), "input_shape": list(self.input_shape) if self.input_shape else None,
-                "evaluation": self.evaluation, "provenance": self.provenance}
+                "evaluation": self.evaluation, "provenance": self.provenance, "notes": list(self.notes)}
 
 
 def state_path_for(out: PathLike) -> Path:
@@ -222,7 +227,13 @@ def starlight_checkpoints(
     _check_data_fits(a, batches, data_label, dev, fn)
     structure = _structure(a, batches)
     shape = _input_shape(a, batches)
-    sources = [{k: v.to(dev) for k, v in m.state.items()} for m in models]
+    plan = plan_dtypes([m.state for m in models], paths, fn)
+    run = _run_dtype(a)  # the star is trained in the model's dtype, and written in the first source's
+    dtypes = {v.dtype for m in models for v in m.state.values() if v.is_floating_point()}
+    notes = [f"sources are {'/'.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}: trained in "
+             f"{str(run).removeprefix('torch.')} (the model's dtype), written as the first source's dtype"
+             ] if dtypes - {run} else []
+    sources = [_as({k: v.to(dev) for k, v in m.state.items()}, run) for m in models]
 
     sl = merging.Starlight(a.module, structure, epochs=epochs, lr=lr, momentum=momentum, schedule=schedule,
                            t_dist=tdist, realign=realign, init=init, seed=seed, device=dev,
@@ -262,7 +273,8 @@ def starlight_checkpoints(
     metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
-    path = save({k: v.detach().cpu() for k, v in star.items()}, out, metadata=metadata, inputs=paths)
+    star = plan.finish({k: v.detach().cpu() for k, v in star.items()}, a.state)
+    path = save(star, out, metadata=metadata, inputs=paths)
     return StarlightResult(path=path, state_path=state_path, epochs=sl.n_epochs_, resumed_from=start,
                            history=list(sl.history_), seconds=time.perf_counter() - t0, model=a.spec,
-                           input_shape=shape, evaluation=evaluation, provenance=provenance)
+                           input_shape=shape, evaluation=evaluation, provenance=provenance, notes=tuple(notes))

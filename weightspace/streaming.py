@@ -27,7 +27,8 @@ from torch import Tensor, nn
 import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
 from merging.matching.weight import _descend as _coordinate_descent
-from merging.matching.weight import _start
+from merging._atomic import clean_stale
+from merging.matching.weight import _start, _work_dtype
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, check_aligned, recorded_spec, trace_model
 from .checkpoint import (
@@ -40,11 +41,13 @@ from .checkpoint import (
     _layout,
     _parse_size,
     _resolve,
+    _shard_names,
     check_finite,
     check_fits,
     check_not_input,
     open_checkpoint,
 )
+from ._dtypes import parse_dtype, plan_dtypes
 from .models import example_input_for, parse_input_shape
 from .trust import takes_trust_flag
 
@@ -86,6 +89,9 @@ def _similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Ma
             continue
         done.add(name)
         a, b = _load(state_a, name, device), _load(state_b, name, device)
+        if a.dtype != b.dtype:  # float32 against float64: compare in the promoted dtype
+            work = _work_dtype(a.dtype, b.dtype)
+            a, b = a.to(work), b.to(work)
         rows_b = [m.contiguous() for _, m in group_rows(structure, {name: b}, group, perms)]
         del b
         for (_, ra), rb in zip(group_rows(structure, {name: a}, group), rows_b):
@@ -186,7 +192,7 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
     fn = "streaming_weight_matching"
     _check_states(structure, state_a, state_b, fn)
     keys = {k for k in state_a if k in structure.axes and k in state_b and _dtype(state_a, k).is_floating_point
-            and (include_buffers or not structure.is_buffer(k))}
+            and _dtype(state_b, k).is_floating_point and (include_buffers or not structure.is_buffer(k))}
     perms, sweeps = _descend(structure, state_a, state_b, keys, max_iter, seed, init, solver, torch.device(device),
                              progress, groups, fn)
     if return_info:
@@ -344,6 +350,7 @@ def streaming_merge(
     max_shard_size: int | str | None = None,
     progress: bool = True,
     require_aligned: float | None = None,
+    dtype: str | torch.dtype | None = None,
 ):
     r"""Align B to A and write the interpolated checkpoint, one tensor at a time.
 
@@ -380,6 +387,8 @@ def streaming_merge(
         max_shard_size (int or str, optional): bytes per output shard (``"2GB"``, ``"500MiB"``);
             needs a sharded output. (default: ``None``: one shard)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
+        dtype (str or torch.dtype, optional): the dtype of the merged float tensors, as for
+            :func:`weightspace.merge_checkpoints`. (default: ``None``: A's dtype)
 
     Returns:
         MergeResult: as :func:`weightspace.merge_checkpoints` returns (``path`` is the index for
@@ -409,6 +418,7 @@ def streaming_merge(
                          f"method {method!r} runs the model on data and needs it in memory (drop "
                          f"--low-memory / --max-shard-size, or use --method weight)")
     alpha = _check_alpha(alpha, fn)
+    parse_dtype(dtype, fn)
     out = Path(out)
     kind, target = _layout(out, max_shard_size)
     if kind == "torch":
@@ -440,6 +450,7 @@ def streaming_merge(
         check_fits(cb, module, path=str(path_b))
         check_finite(ca, str(path_a))
         check_finite(cb, str(path_b))
+        plan = plan_dtypes([ca, cb], [path_a, path_b], fn, dtype, dtype_of=[ca.dtype, cb.dtype])
         if shape is None and getattr(module, "input_shape", None) is not None:
             shape = module.input_shape
         shape = tuple(int(s) for s in parse_input_shape(shape)) if shape is not None else None
@@ -450,7 +461,7 @@ def streaming_merge(
         if method == "weight":
             _check_states(structure, ca, cb, fn)
             keys = {k for k in ca if k in structure.axes and k in cb and ca.dtype(k).is_floating_point
-                    and not structure.is_buffer(k)}
+                    and cb.dtype(k).is_floating_point and not structure.is_buffer(k)}
             perms, sweeps = _descend(structure, ca, cb, keys, 100, seed, None, solver, dev, progress, None, fn)
         else:
             perms = identity_permutation(structure)
@@ -468,6 +479,7 @@ def streaming_merge(
             "data": None,
             "sweeps": sweeps,
             "streaming": True,
+            **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
             "weightspace_version": __version__,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -484,7 +496,8 @@ def streaming_merge(
             if not (a.is_floating_point() or a.is_complex()):
                 return a
             pb = permute(structure, {k: cb[k]}, perms)[k]
-            t = merging.interpolate({k: a}, {k: pb}, alpha)[k]
+            t = merging.interpolate(plan.widen({k: a}, {k: pb}), {k: pb}, alpha)[k]
+            t = plan.finish({k: t}, {k: a})[k]
             del a, pb
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values; nothing was "
@@ -493,14 +506,14 @@ def streaming_merge(
 
         entries = []
         for k in keys:
-            dtype = ca.dtype(k) if k in ca else cb.dtype(k)
+            dtype = plan.out_dtype(ca.dtype(k)) if k in ca else cb.dtype(k)
             if dtype not in _ST_CODES:
                 raise ValueError(f"{fn}: {k!r} has dtype {dtype}, which the streaming writer cannot store")
             entries.append((k, dtype, ca.shape(k) if k in ca else cb.shape(k)))
         path = _write(entries, merged, target, kind, limit, metadata, [path_a, path_b], progress)
     return MergeResult(path=path, method=method, alpha=alpha, repair="none", perms=perms, sweeps=sweeps,
                        align_seconds=align_seconds, seconds=time.perf_counter() - t0, model=spec,
-                       input_shape=shape, provenance=provenance)
+                       input_shape=shape, provenance=provenance, notes=tuple(plan.notes), copied=tuple(plan.copied))
 
 
 def _write(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce, target: Path, kind: str,
@@ -524,6 +537,8 @@ def _write(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce, tar
     _check_overlap("streaming_merge", [target, *paths], inputs)
     made_dir = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "sharded":  # temporaries a killed merge left, for shards of any earlier split too
+        clean_stale(target, _shard_names(target))
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -17,13 +17,41 @@ from ._solve import solve_assignment
 __all__ = ["matching_objective", "similarity", "weight_matching"]
 
 
-def _floating(state: Mapping[str, Tensor], structure: Structure, device,
-              include_buffers: bool = False) -> dict[str, Tensor]:
+def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype two (or more) floating tensors are compared in: their promotion, at least float32."""
+    work = torch.float32
+    for d in dtypes:
+        work = torch.promote_types(work, d)
+    return work
+
+
+def _float_keys(structure: Structure, states: Sequence[Mapping[str, Tensor]], include_buffers: bool = False
+                ) -> dict[str, torch.dtype]:
+    """The tensors weight matching uses, each with the dtype it is computed in.
+
+    A tensor counts when the structure knows it and it is floating point in every state; integer
+    and boolean tensors (counters, index buffers) are left out, as are buffers unless asked for.
+    States of different float dtypes (float32 against float64, bfloat16 against float16) are
+    compared in their promoted dtype, at least float32.
+    """
+    first = states[0]
     out = {}
-    for k, v in state.items():
-        if k in structure.axes and v.is_floating_point() and (include_buffers or not structure.is_buffer(k)):
-            out[k] = v.detach().to(device=device, dtype=torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype)
+    for k, v in first.items():
+        if k not in structure.axes or (structure.is_buffer(k) and not include_buffers):
+            continue
+        ts = [s[k] for s in states if k in s]
+        if len(ts) == len(states) and all(t.is_floating_point() for t in ts):
+            out[k] = _work_dtype(*(t.dtype for t in ts))
     return out
+
+
+def _floating(state: Mapping[str, Tensor], structure: Structure, device,
+              include_buffers: bool = False, keys: Mapping[str, torch.dtype] | None = None) -> dict[str, Tensor]:
+    """``state``'s tensors named by ``keys`` (default: its own floating ones), on ``device`` in
+    the dtype ``keys`` gives (default: low precision widened to float32)."""
+    if keys is None:
+        keys = _float_keys(structure, [state], include_buffers)
+    return {k: state[k].detach().to(device=device, dtype=dt) for k, dt in keys.items()}
 
 
 def similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
@@ -52,7 +80,9 @@ def _accumulate(n: int, rows_a, rows_b, device) -> Tensor:
     c = torch.zeros(n, n, device=device, dtype=torch.float64)
     if rows_a:
         # one matmul over all occurrences: (n, R) @ (R, n)
-        c += (torch.cat(rows_a, 1) @ torch.cat(rows_b, 1).T).to(c.dtype)
+        ra, rb = torch.cat(rows_a, 1), torch.cat(rows_b, 1)
+        work = _work_dtype(ra.dtype, rb.dtype)
+        c += (ra.to(work) @ rb.to(work).T).to(c.dtype)
     return c
 
 
@@ -226,7 +256,8 @@ def matching_objective(structure: Structure, state_a: Mapping[str, Tensor],
     """``sum_k <A_k, P(B)_k>`` over every permuted floating parameter (larger is better)."""
     from graphs import permute
     names = [k for k, v in state_a.items()
-             if k in state_b and v.is_floating_point() and not structure.is_buffer(k)
+             if k in state_b and v.is_floating_point() and state_b[k].is_floating_point()
+             and not structure.is_buffer(k)
              and any(a is not None for a in structure.axes.get(k, ()))]
     pb = permute(structure, {k: state_b[k] for k in names}, perms)
     total = 0.0
@@ -294,8 +325,9 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         return best if return_info else best[0]
     if device is None:
         device = next((v.device for v in state_a.values()), torch.device("cpu"))
-    a = _floating(state_a, structure, device, include_buffers)
-    b = _floating(state_b, structure, device, include_buffers)
+    keys = _float_keys(structure, [state_a, state_b], include_buffers)
+    a = _floating(state_a, structure, device, keys=keys)
+    b = _floating(state_b, structure, device, keys=keys)
     perms, groups = _start(structure, init, groups, device, "weight_matching")
     # "auto" is resolved per matrix by solve_assignment: "sparse" for CUDA ones, else "lap"
     step_solver = solver

@@ -52,6 +52,10 @@ def per_model(value: float | Sequence[float] | None, n: int, name: str, fn: str,
     return [float(v) for v in values]
 
 
-def work_dtype(t: Tensor) -> torch.dtype:
-    """Mix low-precision tensors in float32."""
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+def work_dtype(t: Tensor, *others: Tensor) -> torch.dtype:
+    """The dtype ``t`` is mixed with ``others`` in: their promoted dtype, at least float32 (so
+    low-precision tensors are mixed in float32, and float32 with float64 in float64)."""
+    work = torch.float32
+    for x in (t, *others):
+        work = torch.promote_types(work, x.dtype)
+    return work

@@ -36,7 +36,8 @@ def merge_states(
         base (StateDict, optional): the base model (needed by the task-vector methods).
         structure (Structure, optional): from :func:`graphs.trace`; needed by ``align``.
         align (bool, optional): align every model to the base first. (default: ``False``)
-        seed (int, optional): seeds weight matching. (default: ``0``)
+        seed (int, optional): seeds weight matching, and the random drops of the methods that draw
+            (``dare_*``) unless ``parameters`` give their own. (default: ``0``)
         **parameters: the method's hyper-parameters (see ``get_method(method).parameters``).
 
     Shapes:
@@ -53,6 +54,8 @@ def merge_states(
         >>> merged = merge_states("ties", [ft1, ft2], base=pre, density=0.2)  # doctest: +SKIP
     """
     m = get_method(method)
+    if "seed" in m.parameter_names:  # the methods that draw (dare_*) are seeded by ``seed`` too
+        parameters.setdefault("seed", seed)
     m.check_parameters(parameters)
     states = [dict(s) for s in states]
     ref = check_states("merge_states", states, base)

@@ -72,7 +72,7 @@ def task_vector_merge(
         if not is_float(b):
             out[key] = b.clone()
             continue
-        dt = work_dtype(b)
+        dt = work_dtype(b, *(s[key] for s in states))
         bw = b.to(dt)
         tvs = []
         for s, d in zip(states, ds):

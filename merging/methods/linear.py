@@ -48,7 +48,7 @@ def linear(states: list[StateDict], base: StateDict | None, *,
         if not is_float(r):
             out[key] = r.clone()
             continue
-        dt = work_dtype(r)
+        dt = work_dtype(r, *(s[key] for s in states))
         acc = sum(w * s[key].to(device=r.device, dtype=dt) for w, s in zip(ws, states))
         if normalize:
             acc = acc / total

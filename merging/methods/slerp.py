@@ -76,6 +76,7 @@ def slerp(states: list[StateDict], base: StateDict | None, *, t: float = 0.5,
         if not is_float(a):
             out[key] = a.clone()
             continue
-        b = ends[1][key].to(device=a.device, dtype=work_dtype(a))
-        out[key] = slerp_tensor(a.to(work_dtype(a)), b, t, dot_threshold).to(a.dtype)
+        dt = work_dtype(a, ends[1][key])
+        b = ends[1][key].to(device=a.device, dtype=dt)
+        out[key] = slerp_tensor(a.to(dt), b, t, dot_threshold).to(a.dtype)
     return out

@@ -56,7 +56,7 @@ def make_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def no_temp_files(d) -> bool:
-    return not [p for p in os.listdir(d) if p.endswith(".tmp")]
+    return not [p for p in os.listdir(d) if p.endswith(".tmp") or ".weightspace-tmp-" in p]
 
 
 def one_line_naming(err: pytest.ExceptionInfo, *names: str) -> None:

@@ -129,6 +129,33 @@ out: merged.safetensors
     assert torch.equal(weightspace.load(out)["layers.0.weight"], merged["layers.0.weight"])
 
 
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_recipe_dare_is_seeded_by_the_recipe(task_models, tmp_path, capsys, method):
+    _, _, paths = task_models
+    # as read from the files: the random drops follow the order of the keys
+    base, fts = weightspace.load(paths[0]), [weightspace.load(p) for p in paths[1:]]
+    text = f"""
+merge_method: {method}
+base_model: base.safetensors
+seed: 7
+models:
+  - model: ft0.safetensors
+    parameters: {{weight: 1.0, density: 0.5}}
+  - model: ft1.safetensors
+    parameters: {{weight: 1.0, density: 0.5}}
+"""
+    recipe = _write(tmp_path, text)
+    assert main(["merge", "--config", str(recipe), "-o", str(tmp_path / "m.safetensors")]) == 0, \
+        capsys.readouterr().err
+    import merging
+    expected = merging.merge_states(method, fts, base=base, weights=[1.0, 1.0], density=[0.5, 0.5], seed=7)
+    merged = weightspace.load(tmp_path / "m.safetensors")
+    for k in expected:
+        torch.testing.assert_close(merged[k], expected[k], rtol=0, atol=0)
+    other = merging.merge_states(method, fts, base=base, weights=[1.0, 1.0], density=[0.5, 0.5], seed=8)
+    assert not torch.equal(other["layers.0.weight"], merged["layers.0.weight"])  # the seed was used
+
+
 @pytest.mark.parametrize("body, message", [
     ("merge_method: nope\nmodels: [ft0.safetensors]\n", "unknown merge_method 'nope'; choose one of: dare_linear"),
     ("merge_method: linear\nmodels: [missing.safetensors]\n", "missing.safetensors: no such file"),

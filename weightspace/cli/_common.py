@@ -152,6 +152,13 @@ def _user_facing(msg: str) -> str:
         msg = msg[m.end():]
 
 
+def copied_line(copied, source: str = "A") -> str:
+    """The summary line on non-float tensors a merge copied from the first checkpoint."""
+    names = ", ".join(copied[:5]) + (f" (+{len(copied) - 5} more)" if len(copied) > 5 else "")
+    return (f"{len(copied)} non-float tensor{'s' if len(copied) > 1 else ''} (counters, index buffers) copied "
+            f"from {source}, not matched or averaged: {names}")
+
+
 def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a subcommand; bad input becomes one line on stderr and exit status 2."""
     from weightspace.trust import trusting_model_code

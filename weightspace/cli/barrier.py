@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._common import add_common_args, add_model_args, add_repair_args, print_json, repair_samples
 from ._report import CORRECTIONS, barrier_table, endpoints_line, improvement_line
@@ -48,8 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from weightspace._dtypes import plan_dtypes
+    from weightspace.checkpoint import open_checkpoint
     from weightspace.merge import barrier_between
 
+    with open_checkpoint(args.a) as ca, open_checkpoint(args.b) as cb:  # headers only
+        mixed = plan_dtypes([ca, cb], [args.a, args.b], "barrier", dtype_of=[ca.dtype, cb.dtype]).mixed
+    if mixed is not None:
+        print(f"weightspace barrier: note: inputs differ in dtype ({mixed[0]}): weights matched in "
+              f"{str(mixed[1]).removeprefix('torch.')}, the path evaluated in the model's dtype", file=sys.stderr)
     results = barrier_between(
         args.a, args.b, model=args.model, model_kwargs=args.model_kwargs, input_shape=args.input_shape,
         data=args.data, align=args.align, steps=args.points, repair=args.repair, repair_samples=repair_samples(args), plot=args.plot,

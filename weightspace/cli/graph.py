@@ -51,18 +51,18 @@ def _check_out(out: str, checkpoint: str | None) -> Path:
     if checkpoint is not None and path.exists() and Path(checkpoint).exists() and \
             os.path.samefile(path, checkpoint):
         raise ValueError(f"-o {out}: is the input checkpoint; choose another output file")
+    if checkpoint is not None:  # a shard or the index of a sharded checkpoint too
+        from weightspace.checkpoint import check_output
+
+        check_output(path, [checkpoint], fn=f"-o {out}")
     return path
 
 
 def _write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # a missing output directory is created, as by every command
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from merging._atomic import atomic_write
+
+    atomic_write(path, write)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from ._common import add_common_args, add_model_args, add_output_arg, add_repair_args, add_require_aligned_arg, print_json, repair_samples
+from ._common import (add_common_args, add_model_args, add_output_arg, add_repair_args, add_require_aligned_arg,
+                      copied_line, print_json, repair_samples)
 
 from weightspace.merge import METHODS
 
@@ -78,6 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-shard-size", metavar="SIZE", default=None,
                    help="write OUT as sharded safetensors (Hugging Face layout: a directory or "
                         "*.safetensors.index.json), at most SIZE per shard, e.g. 2GB or 500MiB")
+    g.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
+                   help="dtype of the merged float tensors (default: the first checkpoint's). Inputs of "
+                        "different dtypes are aligned and merged in their promoted dtype (at least float32), "
+                        "and a note on stderr says so; non-float tensors (counters, index buffers) are copied "
+                        "from the first checkpoint")
     add_common_args(p)
 
 
@@ -94,12 +101,17 @@ def run(args: argparse.Namespace) -> int:
         input_shape=args.input_shape, method=args.method, alpha=args.alpha, data=args.data,
         repair=args.repair, repair_samples=repair_samples(args), device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
         low_memory=args.low_memory, max_shard_size=args.max_shard_size, require_aligned=args.require_aligned,
+        dtype=args.dtype,
     )
+    for note in r.notes:
+        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
     if args.json:
         print_json(r.to_dict())
         return 0
     if args.quiet:
         return 0
+    if r.copied:
+        print(copied_line(r.copied))
     units = sum(len(p) for p in r.perms.values())
     if r.reason.startswith("auto"):
         print(f"method: {r.reason}")
@@ -122,8 +134,14 @@ def _run_config(args: argparse.Namespace) -> int:
 
     if args.a is not None or args.b is not None:
         raise ValueError(f"--config {args.config}: the recipe names the models; do not also give A and B")
+    if args.dtype is not None:
+        raise ValueError(f"--config {args.config}: give the output dtype in the recipe (dtype: {args.dtype}), "
+                         f"not with --dtype")
     recipe = load_recipe(args.config)
+    note = _recipe_dtype_note(recipe)
     path = run_recipe(recipe, args.output)
+    if note:
+        print(f"weightspace merge: note: {note}", file=sys.stderr)
     if args.json:
         print_json({"output": str(path), "method": recipe.merge_method, "models": len(recipe.models),
                     "base_model": str(recipe.base_model) if recipe.base_model else None})
@@ -131,3 +149,23 @@ def _run_config(args: argparse.Namespace) -> int:
         print(f"{recipe.merge_method}: merged {len(recipe.models)} models"
               + (f" onto {Path(recipe.base_model).name}" if recipe.base_model else "") + f"; wrote {path}")
     return 0
+
+
+def _recipe_dtype_note(recipe) -> str | None:
+    """A line when the recipe's checkpoints differ in dtype (read from their headers); a tensor
+    floating point in one and not in another is an error here, before any work."""
+    import contextlib
+
+    from weightspace._dtypes import plan_dtypes
+    from weightspace.checkpoint import open_checkpoint
+
+    files = ([recipe.base_model] if recipe.base_model is not None else []) + [m.path for m in recipe.models]
+    with contextlib.ExitStack() as stack:
+        ckpts = [stack.enter_context(open_checkpoint(f)) for f in files]
+        mixed = plan_dtypes(ckpts, files, "merge --config", dtype_of=[c.dtype for c in ckpts]).mixed
+    if mixed is None:
+        return None
+    first = "the base model's" if recipe.base_model is not None else "the first model's"
+    written = f"{recipe.dtype} (the recipe's dtype)" if recipe.dtype else f"{first} dtype (dtype: in the recipe to choose)"
+    return (f"inputs differ in dtype ({mixed[0]}): merged in {str(mixed[1]).removeprefix('torch.')}, "
+            f"written as {written}")

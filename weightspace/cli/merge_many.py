@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from ._common import add_common_args, add_output_arg, add_model_args, print_json
+from ._common import add_common_args, add_model_args, add_output_arg, copied_line, print_json
 
 NAME = "merge-many"
 HELP = "align N checkpoints to each other (MergeMany) and write their average"
@@ -40,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="D", default=None,
                    help="data for --repair (train split): digits, mnist-idx:DIR or package.module:callable")
     g.add_argument("--repair", action="store_true", help="fix the merged network's activation statistics from --data")
+    g.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
+                   help="dtype of the merged float tensors (default: the first checkpoint's). Inputs of "
+                        "different dtypes are aligned and merged in their promoted dtype (at least float32), "
+                        "and a note on stderr says so; non-float tensors (counters, index buffers) are copied "
+                        "from the first checkpoint")
     add_common_args(p)
 
 
@@ -51,12 +57,17 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoints, args.output, model=args.model, model_kwargs=args.model_kwargs,
         input_shape=args.input_shape, method=args.method, data=args.data, repair=args.repair,
         max_iter=args.max_iter, device=args.device, seed=args.seed, progress=not quiet,
+        dtype=args.dtype,
     )
+    for note in r.notes:
+        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
     if args.json:
         print_json(r.to_dict())
         return 0
     if args.quiet:
         return 0
+    if r.copied:
+        print(copied_line(r.copied, "the first checkpoint"))
     if r.method == "average":
         print(f"no alignment (--method average): mean of {len(r.perms)} checkpoints")
     elif r.method == "c2m3":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 
 from ._common import add_common_args, add_output_arg, add_model_args, print_json
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         init=args.init, resume=args.resume, state=args.state, device=args.device, seed=args.seed,
         progress=not quiet,
     )
+    for note in r.notes:
+        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
     if args.json:
         print_json(r.to_dict())
         return 0

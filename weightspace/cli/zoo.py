@@ -167,6 +167,9 @@ def _info(args: argparse.Namespace) -> int:
 
     s = zoo_summary(args.dir, metric=args.metric)
     if args.hist:
+        from weightspace.checkpoint import check_output
+
+        check_output(args.hist, [args.dir], fn="zoo info --hist")
         plot_histogram(s, args.hist)
     if args.json:
         print_json({k: v for k, v in s.items() if k != "values"} | {"hist": args.hist})

@@ -19,6 +19,7 @@ from torch import Tensor
 from weightspace.checkpoint import load
 from weightspace.models import CNN
 
+from ..checkpoint import check_output
 from ._build import ZooBuildResult, check_positive_int, run_build
 from ._metrics import Row, parse_value
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard
@@ -129,6 +130,7 @@ def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_
             several activations and no ``activation`` to choose.
     """
     src = Path(src)
+    check_output(out, [src], fn="zoo import", directory=True)
     check_positive_int(models_per_shard, "models_per_shard")
     check_positive_int(image_size, "image_size")
     check_positive_int(stride, "stride")
@@ -361,6 +363,7 @@ def import_dws(src: str | os.PathLike, out: str | os.PathLike, *, splits: str | 
             are not SIRENs of one shape.
     """
     src = Path(src)
+    check_output(out, [src], fn="zoo import", directory=True)
     check_positive_int(models_per_shard, "models_per_shard")
     if not src.is_dir():
         raise ValueError(f"zoo import dws: {src} is not a directory")
@@ -448,6 +451,7 @@ def import_nfn(src: str | os.PathLike, out: str | os.PathLike, *, prefix: str | 
             dicts that are not SIRENs of one shape.
     """
     src = Path(src)
+    check_output(out, [src], fn="zoo import", directory=True)
     check_positive_int(models_per_shard, "models_per_shard")
     if not src.is_dir():
         raise ValueError(f"zoo import nfn: {src} is not a directory")

@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from merging._atomic import atomic_write
+
 from ._metrics import SPLITS, read_metrics, row_split
 from .zoo_card import MODELS_DIR, read_card, shard_name
 
@@ -171,10 +173,5 @@ def plot_histogram(s: dict[str, Any], path: str | os.PathLike) -> Path:
     card = s["card"]
     ax.set_title(f"{card['model']['name']} zoo on {card['dataset'].get('spec', '')}: {len(vals)} models", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     return path

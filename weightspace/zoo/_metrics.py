@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from merging._atomic import atomic_write
+
 from .zoo_card import BASE_COLUMNS, METRICS_FILE, MODELS_DIR, ZooCard, shard_name
 
 try:  # POSIX advisory locks: workers of one zoo append to one metrics.csv
@@ -211,14 +213,8 @@ def locked(root: Path) -> Iterator[None]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fsynced temporary file and :func:`os.replace`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """Write ``text`` to ``path`` atomically (:func:`merging._atomic.atomic_write`)."""
+    atomic_write(path, lambda f: Path(f).write_text(text, encoding="utf-8", newline=""))
 
 
 def append_text(path: Path, text: str) -> None:
@@ -232,14 +228,3 @@ def append_text(path: Path, text: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass

@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from merging._atomic import TAG
 from weightspace.api import MODEL_KEY
 from weightspace.checkpoint import save
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 ROWS_KEY = "weightspace.zoo.rows"
 #: shard metadata: the shard's index
 SHARD_KEY = "weightspace.zoo.shard"
-_TMP = re.compile(r"^\.(shard-(\d{5})\.safetensors)\..*\.tmp$")
+_TMP = re.compile(r"^\.(shard-(\d{5})\.safetensors)\.(?:.*\.tmp|weightspace-tmp-.*)$")  # old and current temporaries
 
 
 class ZooWriter:
@@ -86,8 +87,10 @@ class ZooWriter:
         shards = sorted(set(int(s) for s in shards))
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"zoo: --out {self.root} exists and is not a directory")
+        self._check_not_foreign()  # before anything is written there
         self.models_dir.mkdir(parents=True, exist_ok=True)
         with locked(self.root):
+            self._check_not_foreign()  # again under the lock: another worker may be writing the card
             self._check_or_write_card()
             for f in self.models_dir.iterdir():
                 m = _TMP.match(f.name)
@@ -106,6 +109,20 @@ class ZooWriter:
                     done[s] = rows
             self._repair_metrics(done)
         return set(done)
+
+    def _check_not_foreign(self) -> None:
+        """Refuse a non-empty directory that is not a zoo (no card): a zoo is built only into a new
+        or empty directory, or one holding this zoo (which it resumes)."""
+        if not self.root.is_dir() or (self.root / CARD_FILE).is_file():
+            return
+        ours = {".lock"}  # what a build leaves before its card: the lock, an empty models/, temporaries
+        foreign = sorted(e.name for e in self.root.iterdir()
+                         if e.name not in ours and TAG not in e.name
+                         and not (e.name == MODELS_DIR and e.is_dir() and not any(e.iterdir())))
+        if foreign:
+            listing = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+            raise ValueError(f"zoo: --out {self.root} is a non-empty directory that is not a zoo (no {CARD_FILE}; "
+                             f"it holds {listing}); choose a new or empty directory")
 
     def _check_or_write_card(self) -> None:
         path = self.root / CARD_FILE
