@@ -31,7 +31,7 @@ from .merge_many import MergeManyResult, merge_many_checkpoints
 from .models import get_model, list_models
 from .recipe import Recipe, load_recipe, run_recipe
 from .training import train_classifier
-from .trust import UntrustedCodeError, trusting_model_code
+from .trust import UntrustedCodeError, trusting_model_code, trusting_remote_code
 
 __version__ = "0.1.0"
 
@@ -43,5 +43,5 @@ __all__ = [
     "build_model", "check_finite", "check_fits", "compose_permutations", "get_model",
     "identity_permutation", "inverse_permutation", "list_models", "load", "load_into",
     "load_model", "open_checkpoint", "permute", "random_permutation", "save", "trace",
-    "trace_model", "UntrustedCodeError", "trusting_model_code",
+    "trace_model", "UntrustedCodeError", "trusting_model_code", "trusting_remote_code",
 ]

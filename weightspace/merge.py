@@ -240,7 +240,9 @@ def merge_checkpoints(
     method = _check_method(method, fn)
     alpha = _check_alpha(alpha, fn)
     out = Path(out)
+    hf_out = _hf_inputs([path_a, path_b], model)
     sharded_out = out.name.endswith(".index.json") or out.is_dir() or (not out.suffix and not out.exists())
+    sharded_out = sharded_out and not hf_out  # a Hugging Face directory holds one file unless max_shard_size
     if low_memory or max_shard_size is not None or sharded_out or (
             method in ("weight", "none") and not repair and data is None and _is_sharded(path_a)
             and _is_sharded(path_b)):
@@ -253,11 +255,16 @@ def merge_checkpoints(
         return streaming_merge(path_a, path_b, out, model=model, model_kwargs=model_kwargs,
                                input_shape=input_shape, method=method, alpha=alpha, device=device, seed=seed,
                                solver=solver, max_shard_size=max_shard_size, progress=progress)
-    if out.suffix != ".safetensors":
+    if hf_out:
+        from .hf import check_output_dir
+
+        check_output_dir(out, [path_a, path_b], fn)
+    elif out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
-    if out.is_dir():
+    elif out.is_dir():
         raise ValueError(f"{fn}: the output {out} is a directory; give a file name ending in .safetensors")
-    check_not_input(out, [path_a, path_b])
+    else:
+        check_not_input(out, [path_a, path_b])
     if data is None and (method in _NEEDS_DATA or repair):
         why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
         raise ValueError(f"{fn}: {why} needs data (--data D, e.g. --data digits)")
@@ -299,7 +306,10 @@ def merge_checkpoints(
     metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
-    path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
+    if hf_out:
+        path = _save_hf(merged, out, path_a, provenance, [path_a, path_b])
+    else:
+        path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
     return MergeResult(path=path, method=method, alpha=alpha, repair=correction, perms=perms,
                        sweeps=info["sweeps"], align_seconds=info["seconds"], seconds=time.perf_counter() - t0,
                        model=a.spec, input_shape=shape, provenance=provenance)
@@ -585,6 +595,29 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
     info = {"method": method, "sweeps": sweeps, "seconds": time.perf_counter() - t0,
             "groups": {g: grp.size for g, grp in structure.groups.items()}}
     return perms, info
+
+
+def _hf_inputs(paths: list[PathLike], model: str | None) -> bool:
+    """Refuse a Hugging Face input whose config asks for remote code (``auto_map``) unless trusted;
+    return whether the output is a Hugging Face directory (the first input is one, and no
+    ``--model`` overrides its config)."""
+    from .hf import check_remote_code, is_hf_dir
+
+    for p in paths:
+        if is_hf_dir(p):
+            check_remote_code(p)
+    return model is None and is_hf_dir(paths[0])
+
+
+def _save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, provenance: Mapping[str, Any],
+             inputs: list[PathLike], max_shard_size: int | str | None = None) -> Path:
+    """Write merged weights as a Hugging Face directory (``config.json`` and tokenizer from A)."""
+    from .hf import output_metadata, write_hf_dir
+
+    meta = output_metadata(PROVENANCE_KEY, provenance)
+    target = (lambda d: d) if max_shard_size is not None else (lambda d: d / "model.safetensors")
+    return write_hf_dir(out, source, lambda d: save(state, target(d), metadata=meta, max_shard_size=max_shard_size),
+                        inputs)
 
 
 def _is_sharded(path: PathLike) -> bool:
