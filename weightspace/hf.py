@@ -486,3 +486,61 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _module_names(module: nn.Module) -> dict[str, str] | None:
+    """File name -> module name of each weight, when transformers only renames them between the
+    two (``None`` when it also reshapes, splits or fuses them)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    sd = module.state_dict()
+    by_id = {id(v): k for k, v in sd.items()}
+    out = revert_weight_conversion(module, dict(sd))
+    if len(out) != len(sd) or not all(id(v) in by_id for v in out.values()):
+        return None
+    return {k: by_id[id(v)] for k, v in out.items()}
+
+
+def _logits(module: nn.Module, inputs: Any, output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def for_evaluation(module: nn.Module, state: Mapping[str, Tensor], path: PathLike | None = None,
+                   fn: str = "barrier_between") -> dict[str, Tensor]:
+    """Prepare a transformers model and one of its state dicts to be run on ``(x, y)`` batches.
+
+    The module's forward then returns its logits (a tensor, as the evaluation and data checks
+    expect, not a ``ModelOutput``); the state dict is returned under the module's own names, with
+    its tied tensors under each of their names (``functional_call`` binds every key). From then
+    on the module's weights are named as in the returned state (``check_fits``, the tracer).
+
+    Raises:
+        CheckpointError: transformers converts (not only renames) this model's weights on loading.
+    """
+    layout = checkpoint_layout(module)
+    out = dict(state)
+    if layout is not None:
+        names = _module_names(module)
+        if names is None:
+            raise CheckpointError(f"{fn}: transformers converts the weights of {type(module).__name__} from "
+                                  f"{path or 'its files'} on loading (not only renames them); running it on "
+                                  f"data is not supported yet")
+        out = {names.get(k, k): v for k, v in out.items()}
+    for k, others in tied_keys(module).items():
+        if k not in out:
+            src = next((o for o in others if o in out), None)
+            if src is not None:
+                out[k] = out[src]
+    module.__dict__["_weightspace_layout"] = None
+    if not module.__dict__.get("_weightspace_logits_hook"):
+        module.register_forward_hook(_logits)
+        module.__dict__["_weightspace_logits_hook"] = True
+    return out

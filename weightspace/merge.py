@@ -268,6 +268,10 @@ def merge_checkpoints(
     if data is None and (method in _NEEDS_DATA or repair):
         why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
         raise ValueError(f"{fn}: {why} needs data (--data D, e.g. --data digits)")
+    if hf_out and (method in _NEEDS_DATA or repair):
+        why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
+        raise ValueError(f"{fn}: {why} runs the model on --data, which is not supported for Hugging Face "
+                         f"directories yet (the tracer finds no groups in them); use --method weight or none")
     dev = _resolve_device(device)
     a, b, files = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
     batches, data_label = (None, None)
@@ -387,6 +391,7 @@ def barrier_between(
             raise ValueError(f"{fn}: the directory {directory} of the plot {plot} does not exist; create it first")
     dev = _resolve_device(device)
     a, b, _ = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    _hf_for_data(a, b, fn)
     eval_batches, label = _resolve_data(data, split)
     fit_batches = _resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches
     _check_data_fits(a, eval_batches, label, dev, fn)
@@ -607,6 +612,16 @@ def _hf_inputs(paths: list[PathLike], model: str | None) -> bool:
         if is_hf_dir(p):
             check_remote_code(p)
     return model is None and is_hf_dir(paths[0])
+
+
+def _hf_for_data(a: LoadedModel, b: LoadedModel, fn: str) -> None:
+    """Transformers models run on ``(x, y)`` batches: their forward returns logits and their states
+    use the modules' names (see :func:`weightspace.hf.for_evaluation`)."""
+    from .hf import for_evaluation, is_hf_module
+
+    for lm in (a, b):
+        if is_hf_module(lm.module):
+            lm.state = for_evaluation(lm.module, lm.state, lm.path, fn)
 
 
 def _save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, provenance: Mapping[str, Any],

@@ -411,3 +411,48 @@ def test_no_transformers_import_at_module_level():
     env = dict(os.environ, PYTHONPATH=str(Path(weightspace.__file__).resolve().parent.parent))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def _digits_vit(path: Path, seed: int) -> Path:
+    """A ViT classifier that takes the 8x8 digits (one channel, ten classes)."""
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    intermediate_size=64, image_size=8, patch_size=4, num_channels=1,
+                                    num_labels=10)
+    torch.manual_seed(seed)
+    transformers.ViTForImageClassification(config).save_pretrained(path)
+    return path
+
+
+def test_barrier_vision_model(tmp_path, capsys):
+    """barrier on Hugging Face directories where the data fits: the endpoints are the models that
+    from_pretrained loads (weights renamed by transformers 5 included)."""
+    from weightspace.data import load_data
+
+    a, b = _digits_vit(tmp_path / "a", 0), _digits_vit(tmp_path / "b", 1)
+    res = weightspace.barrier_between(a, b, data="digits", align="weight", steps=3, progress=False)
+    assert set(res) == {"naive", "weight matching"}
+    for path, i in ((a, 0), (b, -1)):
+        model = transformers.ViTForImageClassification.from_pretrained(path).eval()
+        correct = total = 0
+        losses = []
+        with torch.no_grad():
+            for x, y in load_data("digits", split="test", batch_size=256):
+                logits = model(x).logits
+                correct += int((logits.argmax(1) == y).sum())
+                total += len(y)
+                losses.append(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        assert res["naive"].accuracies[i] == pytest.approx(correct / total)
+        assert res["naive"].losses[i] == pytest.approx(float(sum(losses)) / total, rel=1e-5)
+    assert main(["barrier", str(a), str(b), "--data", "digits", "--steps", "3", "--quiet", "--device", "cpu"]) == 0
+    assert "loss barrier" in capsys.readouterr().out
+
+
+def test_barrier_text_model_and_data_methods_refused(dirs, tmp_path, capsys):
+    a, b = dirs["gpt2", "a"], dirs["gpt2", "b"]
+    assert main(["barrier", str(a), str(b), "--data", "digits", "--steps", "3", "--quiet"]) == 2
+    assert "does not fit" in _one_line_error(capsys)
+    out = tmp_path / "out"
+    for extra in (["--method", "activation"], ["--method", "none", "--repair"]):
+        assert main(["merge", str(a), str(b), "-o", str(out), "--data", "digits", *extra]) == 2
+        assert "not supported for Hugging Face directories" in _one_line_error(capsys)
+    assert not out.exists()
