@@ -456,3 +456,58 @@ def test_barrier_text_model_and_data_methods_refused(dirs, tmp_path, capsys):
         assert main(["merge", str(a), str(b), "-o", str(out), "--data", "digits", *extra]) == 2
         assert "not supported for Hugging Face directories" in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_tracer_gets_keyword_inputs(dirs, monkeypatch):
+    """The pipeline hands the tracer a dict of keyword inputs; a tracer that rejects it costs a
+    one-line warning and a structure without groups, not a crash."""
+    import graphs
+
+    seen = []
+    real = graphs.trace
+
+    def spy(module, example, **kwargs):
+        seen.append(example)
+        return real(module, example, **kwargs)
+
+    monkeypatch.setattr(graphs, "trace", spy)
+    lm = weightspace.load_model(dirs["llama", "a"])
+    with pytest.warns(UserWarning, match="traced to no groups"):
+        s = lm.structure()
+    assert isinstance(seen[-1], dict) and set(seen[-1]) == {"input_ids", "attention_mask"}
+    assert seen[-1]["input_ids"].shape == (2, 8) and int(seen[-1]["input_ids"].max()) < 128
+    assert set(s.axes) == set(lm.state) and not s.groups
+
+    def rejects_dicts(module, example, **kwargs):
+        if isinstance(example, dict):
+            raise TypeError("trace: example_input must be a tensor or a tuple")
+        return real(module, example, **kwargs)
+
+    monkeypatch.setattr(graphs, "trace", rejects_dicts)
+    with pytest.warns(UserWarning, match=r"traced to no groups: the tracer rejected its keyword inputs .*"
+                                         r"the merge is plain averaging for those tensors"):
+        s = lm.structure()
+    assert not s.groups and set(s.axes) == set(lm.state)
+
+
+def test_low_memory_builds_on_meta(dirs):
+    from weightspace.streaming import trace_without_weights
+
+    with pytest.warns(UserWarning, match="traced to no groups"):
+        structure, module, spec = trace_without_weights(path=str(dirs["gpt2", "a"]))
+    assert isinstance(module, transformers.GPT2LMHeadModel)
+    assert all(p.is_meta for p in module.parameters())
+    assert "lm_head.weight" not in structure.axes and "transformer.wte.weight" in structure.axes
+    assert json.loads(spec)["name"] == "GPT2LMHeadModel"
+
+
+def test_trust_remote_code_api(dirs, tmp_path):
+    evil = _with_auto_map(dirs["gpt2", "a"], tmp_path / "remote")
+    out = tmp_path / "out"
+    with pytest.raises(weightspace.CheckpointError, match="transformers cannot read this config"):
+        weightspace.merge_checkpoints(evil, dirs["gpt2", "b"], out, trust_remote_code=True, progress=False)
+    with pytest.raises(UntrustedCodeError):
+        weightspace.load_model(evil)
+    with weightspace.trusting_remote_code(), pytest.raises(weightspace.CheckpointError, match="configuration_evil"):
+        weightspace.load_model(evil)
+    assert not out.exists()
