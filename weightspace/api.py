@@ -77,7 +77,8 @@ def recorded_spec(metadata: Mapping[str, str] | None, model_kwargs: str | Mappin
 
 def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
                 metadata: Mapping[str, str] | None = None, path: str | None = None,
-                trust_model_code: bool = False, trust_remote_code: bool = False) -> tuple[nn.Module, str]:
+                trust_model_code: bool = False, trust_remote_code: bool = False, _meta_hf: bool = False
+                ) -> tuple[nn.Module, str]:
     """Build the architecture named by ``model`` (or recorded in a checkpoint's metadata).
 
     A recorded ``package.module:callable`` is code named by a file: it is imported only when
@@ -99,7 +100,7 @@ def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] 
 
     if model is None and is_hf_dir(path):
         with trusting_remote_code(trust_remote_code):
-            return build_hf_model(path)
+            return build_hf_model(path, meta=_meta_hf)
     if model is None:
         spec = recorded_spec(metadata, model_kwargs)
         if spec is None and path is not None and looks_like_hf_weights(path):
@@ -115,7 +116,7 @@ def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] 
         name, kwargs = model, _parse_kwargs(model_kwargs)
     if set(kwargs) == {HF_SPEC_KEY}:  # the model of a Hugging Face directory (A's, for B)
         with trusting_remote_code(trust_remote_code):
-            return build_hf_model(kwargs[HF_SPEC_KEY])
+            return build_hf_model(kwargs[HF_SPEC_KEY], meta=_meta_hf)
     module = get_model(name, **kwargs)
     return module, model_spec_to_json(name, kwargs)
 
@@ -151,7 +152,8 @@ def load_model(path: str | Path, model: str | None = None, model_kwargs: str | M
             check_remote_code(path)
     state, info = load(path, device=device, return_info=True)
     module, spec = build_model(model, model_kwargs, metadata=info.metadata, path=str(path),
-                               trust_model_code=trust_model_code, trust_remote_code=trust_remote_code)
+                               trust_model_code=trust_model_code, trust_remote_code=trust_remote_code,
+                               _meta_hf=True)  # a transformers model: checked on meta, loaded by transformers
     check_fits(state, module, path=str(path))
     if check_nan:
         check_finite(state, str(path))

@@ -272,15 +272,14 @@ def checkpoint_layout(module: nn.Module) -> dict[str, Tensor] | None:
 
 
 def load_weights(module: nn.Module, state: Mapping[str, Tensor], path: PathLike) -> nn.Module:
-    """``module`` with the weights of the Hugging Face directory ``path`` (whose tensors are ``state``).
+    """The model ``module`` describes (possibly on the meta device), with the weights of the
+    Hugging Face directory ``path``, whose tensors ``state`` holds (checked to fit beforehand).
 
-    Files and modules of the same layout: ``load_state_dict`` (tied weights follow their tensor).
-    A model whose files transformers converts on loading (see :func:`checkpoint_layout`) is
-    loaded by transformers itself, ``from_pretrained`` of the directory, with this config.
+    transformers loads them itself, ``from_pretrained`` of the directory with ``module``'s
+    class and config (local files only): no random initialisation first, tied weights tied,
+    and the weights it renames or converts between files and modules (see
+    :func:`checkpoint_layout`) converted as for any user of the model.
     """
-    if checkpoint_layout(module) is None:
-        module.load_state_dict(dict(state), strict=False)
-        return module
     tf = _transformers(path)
     try:
         with _quiet(tf):
