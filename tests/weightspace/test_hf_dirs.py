@@ -511,3 +511,26 @@ def test_trust_remote_code_api(dirs, tmp_path):
     with weightspace.trusting_remote_code(), pytest.raises(weightspace.CheckpointError, match="configuration_evil"):
         weightspace.load_model(evil)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_failed_write_leaves_output_untouched(dirs, tmp_path, capsys, monkeypatch, low_memory):
+    """A write that fails half way (here: copying the tokenizer files, as on a full disk) stops the
+    merge with one line; an earlier output directory is left as it was, and no temporary stays."""
+    import weightspace.hf
+
+    def disk_full(source, dest):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(weightspace.hf, "_copy_side_files", disk_full)
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"earlier")
+    argv = ["merge", str(dirs["gpt2", "a"]), str(dirs["gpt2", "b"]), "-o", str(out), "--method", "none", "--quiet"]
+    assert main(argv + (["--low-memory"] if low_memory else [])) == 2
+    line = _one_line_error(capsys)
+    assert f"writing {out} failed, nothing was replaced" in line and "No space left" in line
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
