@@ -297,26 +297,36 @@ def example_input(module: nn.Module, batch_size: int = 2, *, seq_len: int = 8, s
     """An example batch of keyword inputs for a transformers model.
 
     Text models: ``{"input_ids": (batch_size, seq_len) within the vocabulary, "attention_mask":
-    ones}``; vision models (``main_input_name == "pixel_values"``: ViT, CLIP's vision tower):
-    ``{"pixel_values": (batch_size, channels, image_size, image_size)}``.
+    ones}``, plus ``decoder_input_ids`` for encoder-decoder models (T5, BART); vision models
+    (``main_input_name == "pixel_values"``: ViT, CLIP's vision tower): ``{"pixel_values":
+    (batch_size, channels, image_size, image_size)}``; models with both a text and a vision
+    config (CLIP): both.
     """
     config = module.config
     param = next(iter(module.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     g = torch.Generator().manual_seed(seed)
-    if getattr(module, "main_input_name", "input_ids") == "pixel_values":
-        vision = getattr(config, "vision_config", None) or config
-        size = getattr(vision, "image_size", 224)
+    main = getattr(module, "main_input_name", "input_ids")
+    vision = getattr(config, "vision_config", None)
+    text = getattr(config, "text_config", None)
+    out: dict[str, Tensor] = {}
+    if main == "pixel_values" or (vision is not None and text is not None):
+        vc = vision or config
+        size = getattr(vc, "image_size", 224)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        channels = getattr(vision, "num_channels", 3)
-        x = torch.randn(batch_size, channels, h, w, generator=g).to(device=device, dtype=dtype)
-        return {"pixel_values": x}
-    vocab = getattr(config, "vocab_size", None)
-    if vocab is None and getattr(config, "text_config", None) is not None:
-        vocab = getattr(config.text_config, "vocab_size", None)
-    ids = torch.randint(0, int(vocab or 2), (batch_size, seq_len), generator=g).to(device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        channels = getattr(vc, "num_channels", 3)
+        out["pixel_values"] = torch.randn(batch_size, channels, h, w, generator=g).to(device=device, dtype=dtype)
+    if main != "pixel_values":
+        vocab = getattr(config, "vocab_size", None)
+        if vocab is None and text is not None:
+            vocab = getattr(text, "vocab_size", None)
+        ids = torch.randint(0, int(vocab or 2), (batch_size, seq_len), generator=g).to(device)
+        out["input_ids"] = ids
+        out["attention_mask"] = torch.ones_like(ids)
+        if getattr(config, "is_encoder_decoder", False):
+            out["decoder_input_ids"] = ids.clone()
+    return out
 
 
 def _drop_tied(structure: Any, module: nn.Module) -> Any:

@@ -534,3 +534,48 @@ def test_failed_write_leaves_output_untouched(dirs, tmp_path, capsys, monkeypatc
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert (out / "model.safetensors").read_bytes() == b"earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+def _tiny_models():
+    T = transformers
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=100,
+                max_position_embeddings=16)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                  patch_size=8)
+    return {
+        "clip": lambda: T.CLIPModel(T.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)),
+        "clip-vision": lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**vision)),
+        "t5": lambda: T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=4, d_kv=8,
+                                                              vocab_size=100)),
+        "bert": lambda: T.BertForMaskedLM(T.BertConfig(**dict(text, max_position_embeddings=64))),
+    }
+
+
+@pytest.mark.parametrize("name, keys", [("clip", {"pixel_values", "input_ids", "attention_mask"}),
+                                        ("clip-vision", {"pixel_values"}),
+                                        ("t5", {"input_ids", "attention_mask", "decoder_input_ids"}),
+                                        ("bert", {"input_ids", "attention_mask"})])
+def test_example_inputs_run(name, keys):
+    from weightspace.hf import example_input
+
+    model = _tiny_models()[name]().eval()
+    x = example_input(model)
+    assert set(x) == keys
+    with torch.no_grad():
+        model(**x)
+
+
+def test_merge_bert(tmp_path):
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        _tiny_models()["bert"]().save_pretrained(tmp_path / f"bert{seed}")
+        paths.append(tmp_path / f"bert{seed}")
+    out = tmp_path / "merged"
+    assert main(["merge", str(paths[0]), str(paths[1]), "-o", str(out), "--method", "none", "--quiet",
+                 "--device", "cpu"]) == 0
+    expected = _expected(*paths)
+    model = transformers.AutoModelForMaskedLM.from_pretrained(out)
+    sd = model.state_dict()
+    for k, v in expected.items():
+        assert torch.equal(sd[k], v), k
