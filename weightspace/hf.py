@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, _brief, _same, tied_keys
 from .trust import REMOTE_CODE_FLAG, UntrustedCodeError, remote_code_trusted
 
-__all__ = ["is_hf_dir", "is_hf_module", "hf_config_path", "load_hf_config", "build_hf_model", "hf_spec",
-           "example_input", "trace_hf", "check_output_dir", "write_hf_dir", "output_metadata", "HF_SPEC_KEY",
-           "COPIED_FILES"]
+__all__ = ["is_hf_dir", "is_hf_module", "hf_config_path", "check_remote_code", "load_hf_config", "build_hf_model",
+           "hf_spec", "checkpoint_layout", "load_weights", "example_input", "trace_hf", "check_output_dir",
+           "write_hf_dir", "output_metadata", "for_evaluation", "HF_SPEC_KEY", "COPIED_FILES", "INSTALL_HINT"]
 
 PathLike = str | os.PathLike
 logger = logging.getLogger(__name__)
