@@ -177,7 +177,11 @@ def _architecture(config: Any, path: Path) -> tuple[Callable[[Any], nn.Module], 
     auto_map = getattr(config, "auto_map", None) or {}
     if archs:
         name = str(archs[0])
-        cls = getattr(tf, name, None) if name.isidentifier() else None
+        try:
+            cls = getattr(tf, name, None) if name.isidentifier() else None
+        except Exception as e:  # a lazy import that fails (a missing optional dependency)
+            raise CheckpointError(f"{hf_config_path(path)} names the architecture {name!r}, which transformers "
+                                  f"cannot import here ({_brief(e)})") from None
         ours = isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel) \
             and (cls.__module__ or "").split(".")[0] == "transformers"
         if ours:
