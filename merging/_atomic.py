@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -77,7 +78,10 @@ def clean_stale(path: str | os.PathLike, names: re.Pattern[str] | None = None) -
             continue
         if not _alive(int(m["pid"])):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(e.path)
+                if e.is_dir(follow_symlinks=False):  # a directory being written (a Hugging Face model)
+                    shutil.rmtree(e.path)
+                else:
+                    os.unlink(e.path)
                 removed.append(Path(e.path))
     return removed
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -20,7 +22,7 @@ def test_every_example_is_tested():
                                                      "parameter_graphs", "merge_many_models",
                                                      "build_a_zoo", "train_a_metanetwork",
                                                      "merge_sharded_checkpoints", "star_model",
-                                                     "resample_widths"}
+                                                     "resample_widths", "merge_hf_models"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -74,6 +76,17 @@ def test_merge_sharded_checkpoints(tmp_path, capsys):
     assert len(result["shards"]) > 2 and result["merged"].provenance["streaming"]
     assert (tmp_path / "merged" / "model.safetensors.index.json").is_file()
     assert set(result["accuracy"]) == {"A", "B", "merged"}
+
+
+@pytest.mark.parametrize("arch, low_memory", [("llama", False), ("gpt2", True)])
+def test_merge_hf_models(tmp_path, capsys, monkeypatch, arch, low_memory):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["--out", str(tmp_path), "--arch", arch, "--size", "16", "--quiet"] + (["--low-memory"] if low_memory else [])
+    result = _load("merge_hf_models").main(argv)
+    out = capsys.readouterr().out
+    assert "loaded by from_pretrained" in out and result["max_diff"] < 1e-6
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(result["files"])
 
 
 def test_star_model(tmp_path, capsys):

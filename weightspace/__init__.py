@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["get_model", "list_models"], "weightspace.models"),
     **dict.fromkeys(["Recipe", "load_recipe", "run_recipe"], "weightspace.recipe"),
     **dict.fromkeys(["train_classifier"], "weightspace.training"),
-    **dict.fromkeys(["UntrustedCodeError", "trusting_model_code"], "weightspace.trust"),
+    **dict.fromkeys(["UntrustedCodeError", "trusting_model_code", "trusting_remote_code"], "weightspace.trust"),
 }
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "build_model", "check_finite", "check_fits", "compose_permutations", "get_model",
     "identity_permutation", "inverse_permutation", "list_models", "load", "load_into",
     "load_model", "open_checkpoint", "permute", "random_permutation", "save", "trace",
-    "trace_model", "UntrustedCodeError", "trusting_model_code",
+    "trace_model", "UntrustedCodeError", "trusting_model_code", "trusting_remote_code",
 ]
 
 
@@ -67,4 +67,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names as plain imports
     from .models import get_model, list_models
     from .recipe import Recipe, load_recipe, run_recipe
     from .training import train_classifier
-    from .trust import UntrustedCodeError, trusting_model_code
+    from .trust import UntrustedCodeError, trusting_model_code, trusting_remote_code

@@ -18,7 +18,7 @@ from graphs import Structure, trace
 
 from .checkpoint import check_finite, check_fits, load
 from .models import example_input_for, get_model, model_spec_from_json, model_spec_to_json, parse_input_shape
-from .trust import check_model_name
+from .trust import check_model_name, trusting_remote_code
 
 __all__ = ["LoadedModel", "build_model", "check_aligned", "recorded_spec", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",
            "PROVENANCE_KEY"]
@@ -39,7 +39,11 @@ class LoadedModel:
     path: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
-    def example_input(self, batch_size: int = 2) -> Tensor:
+    def example_input(self, batch_size: int = 2) -> Any:
+        if self.input_shape is None and _is_hf(self.module):
+            from .hf import example_input
+
+            return example_input(self.module, batch_size)  # a dict of keyword inputs
         return example_input_for(self.module, self.input_shape, batch_size=batch_size)
 
     def structure(self) -> Structure:
@@ -74,12 +78,17 @@ def recorded_spec(metadata: Mapping[str, str] | None, model_kwargs: str | Mappin
 
 def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
                 metadata: Mapping[str, str] | None = None, path: str | None = None,
-                trust_model_code: bool = False) -> tuple[nn.Module, str]:
+                trust_model_code: bool = False, trust_remote_code: bool = False, _meta_hf: bool = False
+                ) -> tuple[nn.Module, str]:
     """Build the architecture named by ``model`` (or recorded in a checkpoint's metadata).
 
     A recorded ``package.module:callable`` is code named by a file: it is imported only when
     ``trust_model_code`` (or inside :func:`weightspace.trusting_model_code`); pass it again as
     ``model`` to use it without trusting the file.
+
+    With no ``model``, a Hugging Face directory (``path`` holds ``config.json``) builds the
+    transformers class its config names (see :mod:`weightspace.hf`); a config with ``auto_map``
+    needs ``trust_remote_code``.
 
     Returns:
         ``(module, spec_json)``.
@@ -88,8 +97,16 @@ def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] 
         UntrustedCodeError: the checkpoint names code that is not allowed to run.
         ValueError: no model given and none recorded, or an unknown model / bad arguments.
     """
+    from .hf import HF_SPEC_KEY, build_hf_model, is_hf_dir, looks_like_hf_weights
+
+    if model is None and is_hf_dir(path):
+        with trusting_remote_code(trust_remote_code):
+            return build_hf_model(path, meta=_meta_hf)
     if model is None:
         spec = recorded_spec(metadata, model_kwargs)
+        if spec is None and path is not None and looks_like_hf_weights(path):
+            raise ValueError(f"{Path(path) / 'config.json'} is missing: {path} holds Hugging Face weights but no "
+                             f"config to build the model from; add its config.json, or pass --model")
         if spec is None:
             where = f" {path}" if path else ""
             raise ValueError(f"checkpoint{where} does not record its model; pass --model "
@@ -98,13 +115,17 @@ def build_model(model: str | None = None, model_kwargs: str | Mapping[str, Any] 
         check_model_name(name, source=path or "the checkpoint", trusted=trust_model_code)
     else:
         name, kwargs = model, _parse_kwargs(model_kwargs)
+    if set(kwargs) == {HF_SPEC_KEY}:  # the model of a Hugging Face directory (A's, for B)
+        with trusting_remote_code(trust_remote_code):
+            return build_hf_model(kwargs[HF_SPEC_KEY], meta=_meta_hf)
     module = get_model(name, **kwargs)
     return module, model_spec_to_json(name, kwargs)
 
 
 def load_model(path: str | Path, model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None,
                *, input_shape: str | tuple[int, ...] | None = None, device: str | torch.device = "cpu",
-               check_nan: bool = True, trust_model_code: bool = False) -> LoadedModel:
+               check_nan: bool = True, trust_model_code: bool = False, trust_remote_code: bool = False
+               ) -> LoadedModel:
     """Load a checkpoint into its architecture, checking that every tensor fits.
 
     Args:
@@ -116,14 +137,24 @@ def load_model(path: str | Path, model: str | None = None, model_kwargs: str | M
         check_nan: refuse NaN / Inf weights.
         trust_model_code: allow a ``package.module:callable`` recorded in the file to be
             imported and called (see :func:`build_model`).
+        trust_remote_code: allow a Hugging Face directory whose config has ``auto_map``.
+
+    A Hugging Face directory (``config.json`` and weights) loads into the transformers model its
+    config names; a tied ``lm_head.weight`` may be missing from its weights.
 
     Raises:
         CheckpointError: unreadable file, NaN, or tensors that do not fit the model
             (missing, unexpected, wrong shape), naming the file and the tensor.
     """
+    from .hf import check_remote_code, is_hf_dir
+
+    if is_hf_dir(path):  # B of a merge is built from A's config, but its own may not ask for remote code
+        with trusting_remote_code(trust_remote_code):
+            check_remote_code(path)
     state, info = load(path, device=device, return_info=True)
     module, spec = build_model(model, model_kwargs, metadata=info.metadata, path=str(path),
-                               trust_model_code=trust_model_code)
+                               trust_model_code=trust_model_code, trust_remote_code=trust_remote_code,
+                               _meta_hf=True)  # a transformers model: checked on meta, loaded by transformers
     check_fits(state, module, path=str(path))
     if check_nan:
         check_finite(state, str(path))
@@ -132,7 +163,12 @@ def load_model(path: str | Path, model: str | None = None, model_kwargs: str | M
         shape = parse_input_shape(input_shape)
     elif INPUT_SHAPE_KEY in info.metadata:
         shape = parse_input_shape(info.metadata[INPUT_SHAPE_KEY])
-    module.load_state_dict(state, strict=False)
+    if _is_hf(module):
+        from .hf import load_weights
+
+        module = load_weights(module, state, path)
+    else:
+        module.load_state_dict(state, strict=False)
     module.to(device).eval()
     return LoadedModel(module, dict(state), spec, shape, str(path), dict(info.metadata))
 
@@ -188,8 +224,22 @@ def _main_reason(structure: Structure) -> str:
 
 def trace_model(module: nn.Module, *, input_shape: str | tuple[int, ...] | None = None,
                 example_input: Any = None) -> Structure:
-    """:func:`graphs.trace` with the example input taken from the model or ``input_shape``."""
+    """:func:`graphs.trace` with the example input taken from the model or ``input_shape``.
+
+    A transformers model declares no input shape: it gets a dict of keyword inputs
+    (:func:`weightspace.hf.example_input`), and a trace that fails or finds no groups says so in
+    one warning (:func:`weightspace.hf.trace_hf`)."""
+    if _is_hf(module) and input_shape is None:
+        from .hf import trace_hf
+
+        return trace_hf(module, example_input)
     if example_input is None:
         shape = parse_input_shape(input_shape) if input_shape is not None else None
         example_input = example_input_for(module, shape, batch_size=2)
     return trace(module, example_input)
+
+
+def _is_hf(module: nn.Module) -> bool:
+    from .hf import is_hf_module
+
+    return is_hf_module(module)

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -765,7 +766,10 @@ def check_fits(state: Mapping[str, Tensor], model: nn.Module | Mapping[str, Tens
         model (nn.Module or Mapping[str, Tensor]): the model, or the state dict it expects.
         path (str or PathLike, optional): the file ``state`` came from, for messages. (default: ``None``)
         strict (bool, optional): missing and unexpected keys are errors; shape mismatches always
-            are. Missing ``num_batches_tracked`` buffers are never errors. (default: ``True``)
+            are. Missing ``num_batches_tracked`` buffers are never errors, nor are keys of a
+            model's tied weights whose shared tensor the state holds under another name (a Hugging
+            Face model with ``tie_word_embeddings`` saves ``lm_head.weight`` once, as the
+            embedding). (default: ``True``)
 
     Returns:
         tuple[list[str], list[str]]: ``(missing, unexpected)`` keys, sorted.
@@ -785,7 +789,13 @@ def check_fits(state: Mapping[str, Tensor], model: nn.Module | Mapping[str, Tens
 def _fits(state: Mapping[str, Tensor], model: nn.Module | Mapping[str, Tensor], path: PathLike | None,
           strict: bool, fn: str) -> tuple[list[str], list[str]]:
     expected = model.state_dict() if isinstance(model, nn.Module) else model
+    if isinstance(model, nn.Module) and "transformers" in sys.modules:  # a model whose files differ from its modules
+        from .hf import checkpoint_layout
+
+        expected = checkpoint_layout(model) or expected
     missing = sorted(k for k in expected if k not in state and not _is_counter(k))
+    if missing and isinstance(model, nn.Module):
+        missing = _untied(missing, model, state)
     unexpected = sorted(k for k in state if k not in expected)
     shape_of = state.shape if isinstance(state, Checkpoint) else (lambda k: tuple(state[k].shape))
     bad = [(k, shape_of(k), tuple(expected[k].shape)) for k in expected
@@ -805,6 +815,23 @@ def _fits(state: Mapping[str, Tensor], model: nn.Module | Mapping[str, Tensor], 
     if parts:
         raise CheckpointError(f"{fn}: " + "; ".join(parts))
     return missing, unexpected
+
+
+def tied_keys(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The state-dict keys of ``model`` that name one shared tensor (tied weights, such as a
+    language model's output projection and its input embedding): key -> the other keys of it."""
+    names: dict[int, list[str]] = {}
+    for k, t in model.state_dict(keep_vars=True).items():
+        if t is not None:
+            names.setdefault(id(t), []).append(k)
+    return {k: tuple(x for x in ks if x != k) for ks in names.values() if len(ks) > 1 for k in ks}
+
+
+def _untied(missing: list[str], model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """``missing`` less the keys tied to a tensor that ``state`` holds: loading that tensor
+    fills them too, and checkpoints of tied models (Hugging Face ``tie_word_embeddings``) omit them."""
+    tied = tied_keys(model)
+    return [k for k in missing if not any(x in state for x in tied.get(k, ()))]
 
 
 def load_into(model: nn.Module, path_or_state: PathLike | Mapping[str, Tensor], *, strict: bool = True,

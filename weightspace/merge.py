@@ -278,7 +278,9 @@ def merge_checkpoints(
     alpha = _check_alpha(alpha, fn)
     parse_dtype(dtype, fn)
     out = Path(out)
+    hf_out = _hf_inputs([path_a, path_b], model)
     sharded_out = out.name.endswith(".index.json") or out.is_dir() or (not out.suffix and not out.exists())
+    sharded_out = sharded_out and not hf_out  # a Hugging Face directory holds one file unless max_shard_size
     if low_memory or max_shard_size is not None or sharded_out or (
             method in ("auto", "weight", "none") and not repair and data is None and _is_sharded(path_a)
             and _is_sharded(path_b)):
@@ -294,14 +296,23 @@ def merge_checkpoints(
                                  solver=solver, max_shard_size=max_shard_size, progress=progress,
                                  require_aligned=require_aligned, dtype=dtype)
         return dataclasses.replace(result, reason=reason)
-    if out.suffix != ".safetensors":
+    if hf_out:
+        from .hf import check_output_dir
+
+        check_output_dir(out, [path_a, path_b], fn)
+    elif out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
-    if out.is_dir():
+    elif out.is_dir():
         raise ValueError(f"{fn}: the output {out} is a directory; give a file name ending in .safetensors")
-    check_not_input(out, [path_a, path_b])
+    else:
+        check_not_input(out, [path_a, path_b])
     if data is None and (method in _NEEDS_DATA or repair):
         why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
         raise ValueError(f"{fn}: {why} needs data (--data D, e.g. --data digits)")
+    if hf_out and (method in _NEEDS_DATA or repair):
+        why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
+        raise ValueError(f"{fn}: {why} runs the model on --data, which is not supported for Hugging Face "
+                         f"directories yet (the tracer finds no groups in them); use --method weight or none")
     dev = _resolve_device(device)
     a, b, files = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
     method, repair, reason = resolve_method(method, has_data=data is not None, has_norm=_has_batchnorm(a),
@@ -351,7 +362,10 @@ def merge_checkpoints(
     metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
-    path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
+    if hf_out:
+        path = _save_hf(merged, out, path_a, provenance, [path_a, path_b])
+    else:
+        path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
     return MergeResult(path=path, method=method, reason=reason, alpha=alpha, repair=correction, perms=perms,
                        sweeps=info["sweeps"], align_seconds=info["seconds"], seconds=time.perf_counter() - t0,
                        model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
@@ -440,6 +454,7 @@ def barrier_between(
     dev = _resolve_device(device)
     a, b, _ = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
     plan_dtypes([a.state, b.state], [path_a, path_b], fn)  # a tensor float in one and not in the other
+    _hf_for_data(a, b, fn)
     eval_batches, label = _resolve_data(data, split)
     fit_batches = _resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches
     _check_data_fits(a, eval_batches, label, dev, fn)
@@ -702,6 +717,39 @@ def _run_dtype(lm: LoadedModel) -> torch.dtype:
 def _as(state: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
     """``state`` with its float tensors in ``dtype``, for running the model on it."""
     return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in state.items()}
+
+
+def _hf_inputs(paths: list[PathLike], model: str | None) -> bool:
+    """Refuse a Hugging Face input whose config asks for remote code (``auto_map``) unless trusted;
+    return whether the output is a Hugging Face directory (the first input is one, and no
+    ``--model`` overrides its config)."""
+    from .hf import check_remote_code, is_hf_dir
+
+    for p in paths:
+        if is_hf_dir(p):
+            check_remote_code(p)
+    return model is None and is_hf_dir(paths[0])
+
+
+def _hf_for_data(a: LoadedModel, b: LoadedModel, fn: str) -> None:
+    """Transformers models run on ``(x, y)`` batches: their forward returns logits and their states
+    use the modules' names (see :func:`weightspace.hf.for_evaluation`)."""
+    from .hf import for_evaluation, is_hf_module
+
+    for lm in (a, b):
+        if is_hf_module(lm.module):
+            lm.state = for_evaluation(lm.module, lm.state, lm.path, fn)
+
+
+def _save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, provenance: Mapping[str, Any],
+             inputs: list[PathLike], max_shard_size: int | str | None = None) -> Path:
+    """Write merged weights as a Hugging Face directory (``config.json`` and tokenizer from A)."""
+    from .hf import output_metadata, write_hf_dir
+
+    meta = output_metadata(PROVENANCE_KEY, provenance)
+    target = (lambda d: d) if max_shard_size is not None else (lambda d: d / "model.safetensors")
+    return write_hf_dir(out, source, lambda d: save(state, target(d), metadata=meta, max_shard_size=max_shard_size),
+                        inputs)
 
 
 def _is_sharded(path: PathLike) -> bool:

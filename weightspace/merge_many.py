@@ -23,8 +23,8 @@ from graphs import identity_permutation, permute
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model
 from ._dtypes import parse_dtype, plan_dtypes
 from .checkpoint import check_not_input, open_checkpoint, save
-from .merge import (_as, _check_data_fits, _check_same_states, _file_record, _has_batchnorm, _input_shape,
-                    _resolve_data, _resolve_device, _run_dtype, _structure)
+from .merge import (_as, _check_data_fits, _check_same_states, _file_record, _has_batchnorm, _hf_inputs,
+                    _input_shape, _resolve_data, _resolve_device, _run_dtype, _save_hf, _structure)
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
 
@@ -178,11 +178,17 @@ def merge_many_checkpoints(
         raise ValueError(f"{fn}: needs at least two checkpoints, got {len(paths)}")
     parse_dtype(dtype, fn)
     out = Path(out)
-    if out.suffix != ".safetensors":
+    hf_out = _hf_inputs(paths, model)
+    if hf_out:  # Hugging Face directories in, one out
+        from .hf import check_output_dir
+
+        check_output_dir(out, paths, fn)
+    elif out.suffix != ".safetensors":
         raise ValueError(f"{fn}: the output {out} must end in .safetensors")
-    if out.is_dir():
+    elif out.is_dir():
         raise ValueError(f"{fn}: the output {out} is a directory; give a file name ending in .safetensors")
-    check_not_input(out, paths)
+    else:
+        check_not_input(out, paths)
     if repair and data is None:
         raise ValueError(f"{fn}: --repair needs data (--data D, e.g. --data digits)")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -242,7 +248,10 @@ def merge_many_checkpoints(
     metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
-    path = save({k: v.cpu() for k, v in merged.items()}, out, metadata=metadata, inputs=paths)
+    if hf_out:
+        path = _save_hf({k: v.cpu() for k, v in merged.items()}, out, paths[0], provenance, paths)
+    else:
+        path = save({k: v.cpu() for k, v in merged.items()}, out, metadata=metadata, inputs=paths)
     return MergeManyResult(path=path, method=method, repair=correction, perms=[{g: p.cpu() for g, p in ps.items()}
                                                                             for ps in perms],
                            passes=passes, align_seconds=align_seconds, seconds=time.perf_counter() - t0,

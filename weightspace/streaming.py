@@ -49,6 +49,7 @@ from .checkpoint import (
 )
 from ._dtypes import parse_dtype, plan_dtypes
 from .models import example_input_for, parse_input_shape
+from .hf import is_hf_module
 from .trust import takes_trust_flag
 
 __all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]
@@ -276,6 +277,10 @@ def trace_without_weights(model: str | None = None, model_kwargs: str | Mapping[
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     try:
         _distinct_meta_storage(module)
+        if shape is None and is_hf_module(module):  # a transformers model: keyword inputs, traced by trace_hf
+            from .hf import example_input, trace_hf
+
+            return trace_hf(module, _to_meta(example_input(module)), check=False), module, spec
         example = example_input_for(module, shape, batch_size=2)
         example = example.to("meta") if isinstance(example, Tensor) else \
             tuple(x.to("meta") if isinstance(x, Tensor) else x for x in example)
@@ -287,6 +292,10 @@ def trace_without_weights(model: str | None = None, model_kwargs: str | Mapping[
                       f"building it for real, which takes memory of the model's size", stacklevel=2)
         module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
         return trace_model(module, input_shape=shape), module, spec
+
+
+def _to_meta(example: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.to("meta") if isinstance(v, Tensor) else v for k, v in example.items()}
 
 
 # --------------------------------------------------------------------------- writing
@@ -407,6 +416,7 @@ def streaming_merge(
         _check_method,
         _check_same_states,
         _file_record,
+        _hf_inputs,
         _resolve_device,
     )
 
@@ -420,12 +430,21 @@ def streaming_merge(
     alpha = _check_alpha(alpha, fn)
     parse_dtype(dtype, fn)
     out = Path(out)
-    kind, target = _layout(out, max_shard_size)
+    hf_out = _hf_inputs([path_a, path_b], model)
+    if hf_out:  # a Hugging Face directory: model.safetensors, or shards with max_shard_size
+        from .hf import check_output_dir
+
+        check_output_dir(out, [path_a, path_b], fn)
+        kind, target = _layout(out / "model.safetensors.index.json", max_shard_size) if max_shard_size is not None \
+            else ("safetensors", out / "model.safetensors")
+    else:
+        kind, target = _layout(out, max_shard_size)
     if kind == "torch":
         raise ValueError(f"{fn}: the low-memory merge writes safetensors; the output {out} must end in "
                          f".safetensors or .safetensors.index.json, or be a directory")
     limit = _parse_size(max_shard_size, out) if max_shard_size is not None else None
-    check_not_input(out, [path_a, path_b])
+    if not hf_out:
+        check_not_input(out, [path_a, path_b])
     dev = _resolve_device(device)
     with open_checkpoint(path_a, mmap=False) as ca, open_checkpoint(path_b, mmap=False) as cb:
         _check_same_states(ca, cb, path_a, path_b, fn, ca.shape, cb.shape)
@@ -510,7 +529,14 @@ def streaming_merge(
             if dtype not in _ST_CODES:
                 raise ValueError(f"{fn}: {k!r} has dtype {dtype}, which the streaming writer cannot store")
             entries.append((k, dtype, ca.shape(k) if k in ca else cb.shape(k)))
-        path = _write(entries, merged, target, kind, limit, metadata, [path_a, path_b], progress)
+        if hf_out:
+            from .hf import output_metadata, write_hf_dir
+
+            meta = output_metadata(PROVENANCE_KEY, provenance)
+            path = write_hf_dir(out, path_a, lambda d: _write(entries, merged, d / target.name, kind, limit, meta,
+                                                              [path_a, path_b], progress), [path_a, path_b], fn)
+        else:
+            path = _write(entries, merged, target, kind, limit, metadata, [path_a, path_b], progress)
     return MergeResult(path=path, method=method, alpha=alpha, repair="none", perms=perms, sweeps=sweeps,
                        align_seconds=align_seconds, seconds=time.perf_counter() - t0, model=spec,
                        input_shape=shape, provenance=provenance, notes=tuple(plan.notes), copied=tuple(plan.copied))

@@ -28,6 +28,14 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = False) -> Non
     g.add_argument("--input-shape", metavar="S", default=None,
                    help="shape of one example without the batch axis (784 or 3,32,32) when the model does not declare one")
     add_trust_arg(g)
+    add_remote_code_arg(g)
+
+
+def add_remote_code_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a Hugging Face directory whose config.json has auto_map to load its model code "
+                        "(transformers' trust_remote_code); without it such a directory is refused (exit 2) and "
+                        "models come only from transformers' own classes")
 
 
 def add_trust_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -161,7 +169,7 @@ def copied_line(copied, source: str = "A") -> str:
 
 def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a subcommand; bad input becomes one line on stderr and exit status 2."""
-    from weightspace.trust import trusting_model_code
+    from weightspace.trust import trusting_model_code, trusting_remote_code
 
     if getattr(args, "threads", None):
         import torch
@@ -170,7 +178,8 @@ def run_command(fn: Callable[[argparse.Namespace], int | None], args: argparse.N
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            with trusting_model_code(getattr(args, "trust_model_code", False)):
+            with trusting_model_code(getattr(args, "trust_model_code", False)), \
+                    trusting_remote_code(getattr(args, "trust_remote_code", False)):
                 return int(fn(args) or 0)
     except KeyboardInterrupt:
         print("weightspace: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ DESCRIPTION = """Trace a network and print its permutation symmetry.
 
   weightspace inspect --model resnet20                     # a built-in family, no checkpoint
   weightspace inspect ckpt.safetensors                     # model recorded in the checkpoint
+  weightspace inspect llama/                               # a Hugging Face directory (config.json)
   weightspace inspect ckpt.pt --model mypkg.nets:make_net --input-shape 3,32,32
 
 Groups are sets of hidden units / channels that can be permuted together without
@@ -20,7 +21,8 @@ else is left alone is listed with the reason."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="checkpoint file (.safetensors, .pt, .bin, sharded index); optional with --model")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file (.safetensors, .pt, .bin, sharded index) or Hugging Face "
+                        "directory; optional with --model")
     add_model_args(p)
     p.add_argument("--list-models", action="store_true", help="list the built-in model families and exit")
     p.add_argument("--tensors", action="store_true", help="also list every tensor with its axes")

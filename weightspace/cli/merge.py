@@ -21,6 +21,7 @@ DESCRIPTION = """Align the hidden units of checkpoint B to those of A, then inte
   weightspace merge a.safetensors b.safetensors -o m.safetensors --method none --alpha 0.3   # plain averaging
   weightspace merge --config recipe.yaml -o merged.safetensors     # task-vector merge of N models
   weightspace merge a/ b/ -o merged/ --max-shard-size 2GB          # sharded, tensor by tensor
+  weightspace merge llama-a/ llama-b/ -o merged/ --method none     # Hugging Face directories
 
 Methods (Ainsworth et al., Git Re-Basin, arXiv 2209.04836):
   auto         the default: activation matching when --data is given (plus the BatchNorm
@@ -45,7 +46,13 @@ Hugging Face checkpoints, or with a sharded output) tensors are read one at a ti
 matching accumulates its similarity matrices tensor by tensor, and the merged checkpoint is
 written shard by shard (model-0000k-of-0000N.safetensors + model.safetensors.index.json):
 peak memory is a few tensors plus one similarity matrix. The result is the in-memory merge's.
-Activation/STE matching and --repair need the model in memory and are not available there."""
+Activation/STE matching and --repair need the model in memory and are not available there.
+
+Hugging Face directories (config.json + model.safetensors, shards or pytorch_model.bin) build
+their model from the config (pip install 'weightspace[hf]'; no --model). The output is again
+such a directory, which from_pretrained loads: A's config.json, generation and tokenizer
+files, the merged weights as safetensors (sharded with --max-shard-size). A config with
+auto_map (remote code) needs --trust-remote-code. See docs/huggingface.md."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
