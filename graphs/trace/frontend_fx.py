@@ -24,9 +24,16 @@ class FxTracer(fx.Tracer):
         qualname = self.path_of_module(m)
         if self.is_leaf_module(m, qualname) or qualname == "":
             return super().call_module(m, forward, args, kwargs)
+        # fx pushes each module on its module stack and pops it only on success: keep the
+        # state to restore, so a failure costs this module alone, not its ancestors too
+        stack, calls = self.module_stack.copy(), dict(self.num_calls)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception as e:  # data-dependent control flow, unsupported Python, ...
+            self.module_stack.clear()
+            self.module_stack.update(stack)
+            self.num_calls.clear()
+            self.num_calls.update(calls)
             first_line = str(e).splitlines()[0][:120] if str(e) else ""
             self.opaque[qualname] = f"{type(m).__name__} could not be traced ({type(e).__name__}: {first_line})"
-            return self.create_proxy("call_module", qualname, args, kwargs)
+            return super().call_module(m, forward, args, kwargs)  # now an opaque leaf

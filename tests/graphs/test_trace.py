@@ -192,3 +192,38 @@ def test_functional_layers_and_sources():
     o = [l for l in enc.layers if l.name == "att.o"][0]
     assert o.sources == ("att.v",) or set(o.sources) <= {"att.q", "att.k", "att.v"}
     assert "norm1" not in o.sources
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x):
+        if x.sum() > 0:          # data-dependent control flow, two levels down
+            return self.lin(x)
+        return -self.lin(x)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.healthy = nn.Linear(6, 6)
+        self.br = Branchy()
+        self.out = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.out(self.br(torch.relu(self.healthy(x))).relu())
+
+
+def test_untraceable_grandchild_costs_only_itself():
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), Block(), nn.ReLU(), nn.Linear(6, 2))
+    s = assert_invariant(model, torch.randn(4, 3))
+    assert s.axes["2.br.lin.weight"] == (None, None) and s.axes["2.br.lin.bias"] == (None,)
+    # the healthy sibling and the parent's other layers are still permuted
+    assert s.axes["2.healthy.weight"][1].group == s.axes["0.weight"][0].group
+    assert s.axes["2.out.weight"][0].group == s.axes["4.weight"][1].group
+    reasons = {u.reason for u in s.unpermuted if u.tensor.startswith("2.")}
+    assert reasons and all(r.startswith("Branchy could not be traced") for r in reasons if "model" not in r)
+    assert any("control flow" in r for r in reasons)
+    assert not any("Unexpected key" in u.reason or "Block" in u.reason for u in s.unpermuted)
