@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from .._factors import Factor, find, union
 from ..structure import Axis, Cat, Layer, Prod, Structure, Unit, Unpermuted
+from .rules_tensor import INDEX_BUFFER
 from .run import Run
 
 __all__ = ["build", "untraceable"]
@@ -129,10 +130,17 @@ def build(module: nn.Module, run: Run) -> Structure:
         labels = run.params.get(k) or run.params.get(alias.get(k, ""))
         if labels is None:
             axes[k] = (None,) * v.dim()
+            src = k if k in run.derived else alias.get(k) if alias.get(k) in run.derived else None
+            if src is None:
+                reason = "not used in the traced forward pass"
+            elif v.is_floating_point() or v.is_complex():
+                reason = f"used through a constant computed from it when traced ('{run.derived[src]}')"
+            else:
+                reason = INDEX_BUFFER
             if v.dim() and v.numel() > 1:
                 for i, s in enumerate(v.shape):
                     if s > 1:
-                        unp.append(Unpermuted(k, i, s, "not used in the traced forward pass"))
+                        unp.append(Unpermuted(k, i, s, reason))
             continue
         ax = []
         for i, f in enumerate(labels):

@@ -251,7 +251,7 @@ def getitem(run, c: Call):
     if not isinstance(idx, tuple):
         idx = (idx,)
     if any(isinstance(i, (Tensor, list)) for i in idx):
-        raise ValueError("advanced indexing")
+        return _gather(run, c, idx)
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
     res = []
     d = 0
@@ -281,6 +281,29 @@ def getitem(run, c: Call):
             raise ValueError(f"index {i!r}")
     res.extend(lx[d:])
     return res
+
+
+INDEX_BUFFER = "integer index buffer (used as index data, not permuted)"
+
+
+def _gather(run, c: Call, idx: tuple):
+    """``x[:, ..., :, index]`` with one integer index tensor (a relative-position bias
+    table indexed by a buffer): the indexed dimension and the index are fixed, the
+    other dimensions pass through."""
+    pos = [p for p, i in enumerate(idx) if isinstance(i, (Tensor, list))]
+    p = pos[0]
+    t = idx[p]
+    if len(pos) != 1 or not isinstance(t, Tensor) or t.dtype == torch.bool or t.is_floating_point() \
+            or t.is_complex() or any(i != slice(None) for i in idx[:p] + idx[p + 1:]):
+        raise ValueError("advanced indexing")
+    x, lx, where = c.x, c.lx, c.where
+    node = c.node.args[1][p] if isinstance(c.node.args[1], tuple) else c.node.args[1]
+    lt = c.largs[1][p] if isinstance(c.node.args[1], tuple) else c.largs[1]
+    is_state = getattr(node, "op", None) == "get_attr" and node.target in run.state_tensors
+    for f in lt or []:
+        fix(f, INDEX_BUFFER if is_state else f"index data at {where}")
+    fix(lx[p], f"gathered by an index at {where}")
+    return list(lx[:p]) + [Factor(s, fixed=True, reason=where) for s in t.shape] + list(lx[p + 1:x.dim()])
 
 
 def _slice(lab: Factor, size: int, start: int, stop: int, step: int, where: str) -> Factor:

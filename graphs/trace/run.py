@@ -47,6 +47,11 @@ class Run(fx.Interpreter):
         self.state_tensors = dict(root.state_dict(keep_vars=True))
         self.frontier: dict[fx.Node, frozenset] = {}
         self.outputs: tuple[str, ...] = ()
+        # state tensors used only through a constant the front end computed from them
+        # (fx evaluates ``self.index_buffer.view(-1)`` at trace time): name -> constant
+        self.derived: dict[str, str] = {}
+        self._storages = {t.untyped_storage().data_ptr(): k for k, t in self.state_tensors.items()
+                          if t is not None and t.numel() and t.untyped_storage().data_ptr()}
 
     # ---------------------------------------------------------------- helpers for rules
     def ordered(self, names) -> tuple[str, ...]:
@@ -175,7 +180,12 @@ class Run(fx.Interpreter):
         if n.op == "get_attr":
             if isinstance(out, Tensor):
                 p = self.param(n.target)
-                return p if p is not None else fresh(out, f"constant '{n.target}'")
+                if p is not None:
+                    return p
+                src = self._storages.get(out.untyped_storage().data_ptr()) if out.numel() else None
+                if src is not None:
+                    self.derived.setdefault(src, n.target)
+                return fresh(out, f"constant '{n.target}'")
             return None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         c = Call(n, None, args, kwargs, self.lab(n.args), self.lab(n.kwargs), out, self.describe(n))

@@ -227,3 +227,40 @@ def test_untraceable_grandchild_costs_only_itself():
     assert reasons and all(r.startswith("Branchy could not be traced") for r in reasons if "model" not in r)
     assert any("control flow" in r for r in reasons)
     assert not any("Unexpected key" in u.reason or "Block" in u.reason for u in s.unpermuted)
+
+
+class RelativePositionAttention(nn.Module):
+    """Swin-style: a per-head bias table indexed by an integer buffer."""
+
+    def __init__(self, n=4, h=2, d=8, direct=False):
+        super().__init__()
+        self.h, self.direct = h, direct
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.relative_position_bias_table = nn.Parameter(torch.randn(2 * n - 1, h))
+        index = torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1
+        self.register_buffer("relative_position_index", index)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.direct:   # the buffer itself is the index: (N, N, h)
+            bias = self.relative_position_bias_table[self.relative_position_index]
+        else:             # a view of it, which fx computes once when tracing
+            bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+        att = q @ k.transpose(-2, -1) + bias.permute(2, 0, 1).unsqueeze(0)
+        return self.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_integer_index_buffer_is_used_not_permuted(direct):
+    model = nn.Sequential(nn.Linear(5, 8), RelativePositionAttention(direct=direct), nn.Linear(8, 3))
+    s = assert_invariant(model, torch.randn(2, 4, 5))
+    reasons = {u.axis: u.reason for u in s.unpermuted if u.tensor == "1.relative_position_index"}
+    assert reasons == {0: "integer index buffer (used as index data, not permuted)",
+                       1: "integer index buffer (used as index data, not permuted)"}
+    assert s.axes["1.relative_position_index"] == (None, None)
+    # the gathered table's rows are fixed; its head axis permutes with the heads
+    table = s.axes["1.relative_position_bias_table"]
+    assert table[0] is None and table[1] is not None
+    assert table[1].group in {g for a in s.axes["1.qkv.weight"][:1] for g in graphs.axis_groups(a)}
