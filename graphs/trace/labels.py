@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .._factors import Factor
 
-__all__ = ["dims", "fresh", "tree_labels", "tree_tensors"]
+__all__ = ["dims", "first_line", "fresh", "split_input", "tree_labels", "tree_tensors"]
 
 
 def tree_tensors(x: Any) -> Iterator[Tensor]:
@@ -52,3 +52,19 @@ def dims(d: Any, nd: int) -> list[int]:
     if isinstance(d, int):
         d = [d]
     return [x % nd if nd else 0 for x in d]
+
+
+def split_input(example_input: Any) -> tuple[tuple, dict]:
+    """An example input (a tensor, a tuple or list of positional inputs, or a dict of
+    keyword inputs) as ``(args, kwargs)``."""
+    if isinstance(example_input, dict):
+        return (), dict(example_input)
+    if isinstance(example_input, (tuple, list)):
+        return tuple(example_input), {}
+    return (example_input,), {}
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """``"TypeName: first line of the message"`` (at most ``limit`` characters of it)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:limit]}"

@@ -67,6 +67,7 @@ class Call:
     out: Any
     where: str
     module: nn.Module | None = None
+    nargs: tuple = ()   # the node's own arguments (nodes), in the order of ``args``
 
     @property
     def x(self) -> Any:

@@ -7,6 +7,7 @@ import inspect
 
 import torch.fx as fx
 import torch.nn as nn
+from torch import Tensor
 
 from .._factors import Factor, fix, new_cat, new_prod, union
 from .registry import Call, module_rule, op_rule
@@ -33,16 +34,38 @@ def matmul(run, c: Call):
     return batch + [la[-2], lb[-1]]
 
 
+@op_rule("addmm")
+def addmm(run, c: Call):
+    """``bias + a @ b`` (``aten.addmm``; transformers' GPT-2 ``Conv1D``)."""
+    bias, a, b = c.args[:3]
+    lbias, la, lb = c.largs[:3]
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError("addmm of non-matrices")
+    union(la[-1], lb[0], c.where)
+    pairs = [(c.out, [la[0], lb[1]])]
+    if isinstance(bias, Tensor) and lbias is not None:
+        pairs.append((bias, lbias))
+    return run.broadcast(c.out, pairs, c.where)
+
+
 @op_rule("sdpa")
 def sdpa(run, c: Call):
+    """``softmax(q k^T + mask) v`` over the last two dimensions (tokens, features); the
+    leading (batch, head) dimensions of q, k, v and the mask broadcast together."""
     q, k, v = c.args[:3]
     lq, lk, lv = c.largs[:3]
     out, where = c.out, c.where
     union(lq[-1], lk[-1], where)
     for l in (lq, lk, lv):
         fix(l[-2], f"token order in attention ({where})")
-    batch = run.broadcast(out[..., 0, 0] if out.dim() >= 2 else out,
-                          [(t[..., 0, 0], l[:-2]) for t, l in ((q, lq), (k, lk), (v, lv))], where)
+    pairs = [(t[..., 0, 0], l[:-2]) for t, l in ((q, lq), (k, lk), (v, lv))]
+    mask, lmask = c.arg(3, "attn_mask"), c.larg(3, "attn_mask")
+    if isinstance(mask, Tensor) and lmask is not None:
+        for f in lmask[-2:]:
+            fix(f, f"attention mask of {where}")
+        if mask.dim() > 2:
+            pairs.append((mask[..., 0, 0], lmask[:-2]))
+    batch = run.broadcast(out[..., 0, 0] if out.dim() >= 2 else out, pairs, where)
     return batch + [lq[-2], lv[-1]]
 
 

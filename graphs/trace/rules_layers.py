@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._factors import Factor, find, fix, new_prod, refine, split, union
+from .labels import fresh
+from .names import target_name
 from .registry import Call, module_rule, op_rule
 
 POOLS = (
@@ -86,7 +88,7 @@ def group_norm(x: Tensor, lx, g: int, w, b, where: str) -> list[Factor]:
 def _spatial_dims(c: Call) -> int:
     t = c.node.target
     for k in (1, 2, 3):
-        if getattr(t, "__name__", "").endswith(f"{k}d"):
+        if target_name(t).endswith(f"{k}d"):
             return k
     if t is F.pad:
         pad = c.node.args[1] if len(c.node.args) > 1 else c.node.kwargs["pad"]
@@ -110,7 +112,7 @@ def linear_function(run, c: Call):
     w = c.larg(1, "weight")
     b = c.larg(2, "bias")
     res = linear(c.lx, w, b, c.where)
-    run.functional_layer(c.node, "linear", ("weight", "bias"), w[1], w[0])
+    run.functional_layer(c, "linear", ("weight", "bias"), w[1], w[0])
     return res
 
 
@@ -134,7 +136,18 @@ def conv_function(run, c: Call):
     b = c.larg(2, "bias")
     groups = c.arg(6, "groups", 1)
     res = conv(c.x, c.lx, w, b, groups, c.out, c.where, transposed=False)
-    run.functional_layer(c.node, "conv", ("weight", "bias"), c.lx[1], res[1], groups=groups)
+    run.functional_layer(c, "conv", ("weight", "bias"), c.lx[1], res[1], groups=groups)
+    return res
+
+
+@op_rule("conv_transpose")
+def conv_transpose_function(run, c: Call):
+    """``F.conv_transpose*d(x, weight, bias, stride, padding, output_padding, groups, ...)``."""
+    w = c.larg(1, "weight")
+    b = c.larg(2, "bias")
+    groups = c.arg(6, "groups", 1)
+    res = conv(c.x, c.lx, w, b, groups, c.out, c.where, transposed=True)
+    run.functional_layer(c, "conv_transpose", ("weight", "bias"), c.lx[1], res[1], groups=groups)
     return res
 
 
@@ -162,6 +175,17 @@ def batch_norm_function(run, c: Call):
         if p is not None:
             union(lx[1], p[0], c.where)
     return list(lx)
+
+
+@op_rule("batch_norm_no_training")
+def aten_batch_norm_no_training(run, c: Call):
+    """``aten._native_batch_norm_legit_no_training(x, w, b, mean, var, ...)``: the
+    output, then statistics the graph does not use."""
+    lx = c.lx
+    for p in c.largs[1:5]:
+        if p is not None:
+            union(lx[1], p[0], c.where)
+    return (list(lx),) + tuple(fresh(o, c.where) for o in c.out[1:])
 
 
 def _layer_norm(lx, k: int, w, b, where: str) -> list[Factor]:
@@ -236,6 +260,9 @@ def _spatial(lx, x: Tensor, out: Tensor, nsp: int, where: str) -> list[Factor]:
 
 @op_rule("pool", "spatial")
 def spatial_function(run, c: Call):
+    if isinstance(c.out, tuple):  # ATen's max pools: (values, indices)
+        r0 = _spatial(c.lx, c.x, c.out[0], _spatial_dims(c), c.where)
+        return (r0, list(r0))
     return _spatial(c.lx, c.x, c.out, _spatial_dims(c), c.where)
 
 

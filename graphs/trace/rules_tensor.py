@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .._factors import Factor, atoms, find, fix, new_cat, new_prod, refine, split, union
 from .labels import dims, fresh, tree_labels
-from .names import ELEMENTWISE_METHODS
+from .names import ELEMENTWISE_METHODS, target_name
 from .registry import Call, Elementwise, module_rule, op_rule
 
 ACTIVATIONS = (
@@ -26,7 +26,7 @@ def elementwise(run, c: Call):
     if not isinstance(c.out, Tensor):
         return None
     if len(c.args) == 1:
-        run.note_activation(c.node, getattr(c.node.target, "__name__", str(c.node.target)))
+        run.note_activation(c.node, target_name(c.node.target))
     return run.broadcast(c.out, list(tree_labels((c.args, c.kwargs), (c.largs, c.lkwargs))), c.where)
 
 
@@ -286,24 +286,66 @@ def getitem(run, c: Call):
 INDEX_BUFFER = "integer index buffer (used as index data, not permuted)"
 
 
-def _gather(run, c: Call, idx: tuple):
+def _gather(run, c: Call, idx: tuple, nodes: tuple | None = None, labs: tuple | None = None):
     """``x[:, ..., :, index]`` with one integer index tensor (a relative-position bias
     table indexed by a buffer): the indexed dimension and the index are fixed, the
-    other dimensions pass through."""
+    other dimensions pass through. ``nodes`` and ``labs``: the index entries' nodes and
+    labels (default: from ``x[idx]``'s own arguments)."""
     pos = [p for p, i in enumerate(idx) if isinstance(i, (Tensor, list))]
     p = pos[0]
     t = idx[p]
     if len(pos) != 1 or not isinstance(t, Tensor) or t.dtype == torch.bool or t.is_floating_point() \
             or t.is_complex() or any(i != slice(None) for i in idx[:p] + idx[p + 1:]):
         raise ValueError("advanced indexing")
+    if nodes is None:
+        tup = isinstance(c.node.args[1], tuple)
+        nodes = c.node.args[1] if tup else (c.node.args[1],)
+        labs = c.largs[1] if tup else (c.largs[1],)
     x, lx, where = c.x, c.lx, c.where
-    node = c.node.args[1][p] if isinstance(c.node.args[1], tuple) else c.node.args[1]
-    lt = c.largs[1][p] if isinstance(c.node.args[1], tuple) else c.largs[1]
-    is_state = getattr(node, "op", None) == "get_attr" and node.target in run.state_tensors
-    for f in lt or []:
+    is_state = run.state_name(nodes[p]) is not None
+    for f in labs[p] or []:
         fix(f, INDEX_BUFFER if is_state else f"index data at {where}")
     fix(lx[p], f"gathered by an index at {where}")
     return list(lx[:p]) + [Factor(s, fixed=True, reason=where) for s in t.shape] + list(lx[p + 1:x.dim()])
+
+
+@op_rule("index")
+def aten_index(run, c: Call):
+    """``aten.index(x, [None, ..., index])``: ``x[:, ..., index]``."""
+    idx = tuple(slice(None) if i is None else i for i in c.args[1])
+    return _gather(run, c, idx, tuple(c.nargs[1]), tuple(c.largs[1]))
+
+
+@op_rule("index_select")
+def index_select(run, c: Call):
+    d = c.arg(1, "dim") % c.x.dim()
+    idx = (slice(None),) * d + (c.arg(2, "index"),)
+    return _gather(run, c, idx, (None,) * d + (c.nargs[2],), (None,) * d + (c.larg(2, "index"),))
+
+
+@op_rule("slice")
+def aten_slice(run, c: Call):
+    """``aten.slice(x, dim, start, end, step)``: ``x[:, ..., start:end:step]``."""
+    x, lx = c.x, c.lx
+    d = c.arg(1, "dim", 0) % x.dim()
+    size = x.shape[d]
+    start, stop, step = slice(c.arg(2, "start"), c.arg(3, "end"), c.arg(4, "step", 1)).indices(size)
+    lab = lx[d] if (start, stop, step) == (0, size, 1) else _slice(lx[d], size, start, stop, step, c.where)
+    return list(lx[:d]) + [lab] + list(lx[d + 1:])
+
+
+@op_rule("select")
+def aten_select(run, c: Call):
+    """``aten.select(x, dim, i)``: ``x[:, ..., i]``."""
+    d = c.arg(1, "dim") % c.x.dim()
+    idx = (slice(None),) * d + (c.arg(2, "index"),)
+    return getitem(run, Call(c.node, "getitem", (c.x, idx), {}, (c.lx, None), {}, c.out, c.where, nargs=c.nargs))
+
+
+@op_rule("assert")
+def no_output(run, c: Call):
+    """Checks that export inserts (``aten._assert_tensor_metadata``): nothing to label."""
+    return None
 
 
 def _slice(lab: Factor, size: int, start: int, stop: int, step: int, where: str) -> Factor:

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._factors import Factor, fix, union
 from ..structure import Layer
 from .labels import fresh, tree_labels, tree_tensors
-from .names import function_name
+from .names import arg_order, function_name, target_name
 from .registry import Call, get_module_rule, get_op_rule
 
 __all__ = ["Run"]
@@ -36,10 +36,14 @@ class Run(fx.Interpreter):
         outputs: the frontier of the output node, ordered.
     """
 
-    def __init__(self, gm: fx.GraphModule, root: nn.Module, opaque: dict[str, str]) -> None:
+    def __init__(self, gm: fx.GraphModule, root: nn.Module, opaque: dict[str, str] | None = None,
+                 placeholder_state: dict[str, str] | None = None) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.root = root
-        self.opaque = opaque
+        self.opaque = opaque or {}
+        # a torch.export graph takes parameters, buffers and constants as inputs:
+        # placeholder name -> state-dict (or constant) name
+        self.placeholder_state = placeholder_state or {}
         self.labels: dict[fx.Node, Any] = {}
         self.params: dict[str, list[Factor]] = {}
         self.layers: list[Layer] = []
@@ -118,15 +122,28 @@ class Run(fx.Interpreter):
         self.layer_of[n] = lay
         return lay
 
-    def functional_layer(self, n: fx.Node, kind: str, roles: tuple[str, ...], inputs, output, **attrs) -> None:
-        """Record ``F.linear`` / ``F.conv*`` on parameters (get_attr nodes) as a layer."""
-        sig_args = list(n.args[1:1 + len(roles)])
+    def state_name(self, a: Any) -> str | None:
+        """The state-dict name of a node that reads a module tensor (an attribute with fx,
+        a lifted input with torch.export), else ``None``."""
+        if not isinstance(a, fx.Node):
+            return None
+        if a.op == "get_attr":
+            return a.target
+        if a.op == "placeholder":
+            return self.placeholder_state.get(a.name)
+        return None
+
+    def functional_layer(self, c: Call, kind: str, roles: tuple[str, ...], inputs, output, **attrs) -> None:
+        """Record ``F.linear`` / ``F.conv*`` on module tensors as a layer (named after the
+        weight's owner)."""
+        sig_args = list(c.nargs[1:1 + len(roles)])
         tensors = {}
-        for role, a in zip(roles, sig_args + [n.kwargs.get(r) for r in roles[len(sig_args):]]):
-            if isinstance(a, fx.Node) and a.op == "get_attr":
-                tensors[role] = a.target
+        for role, a in zip(roles, sig_args + [c.node.kwargs.get(r) for r in roles[len(sig_args):]]):
+            name = self.state_name(a)
+            if name is not None:
+                tensors[role] = name
         if "weight" in tensors:
-            self.layer(n, tensors["weight"].rsplit(".", 1)[0] if "." in tensors["weight"] else tensors["weight"],
+            self.layer(c.node, tensors["weight"].rsplit(".", 1)[0] if "." in tensors["weight"] else tensors["weight"],
                        kind, tensors, inputs, output, functional=True, **attrs)
 
     def note_activation(self, n: fx.Node, name: str) -> None:
@@ -146,7 +163,7 @@ class Run(fx.Interpreter):
             if n in self.layer_of:
                 self.frontier[n] = frozenset([self.layer_of[n].name])
             elif n.op == "placeholder":
-                self.frontier[n] = frozenset(["input"])
+                self.frontier[n] = frozenset() if n.name in self.placeholder_state else frozenset(["input"])
             elif n.op == "call_module" and n.target in self.opaque:
                 self.frontier[n] = frozenset([f"opaque:{n.target}"])
             elif n.op != "output" and not any(True for _ in tree_tensors(out)):
@@ -167,26 +184,19 @@ class Run(fx.Interpreter):
             return f"{type(self.root.get_submodule(n.target)).__name__} '{n.target}'"
         if n.op == "call_method":
             return f"Tensor.{n.target} ({n.name})"
-        t = getattr(n.target, "__name__", str(n.target))
-        return f"{t} ({n.name})"
+        return f"{target_name(n.target)} ({n.name})"
 
     def propagate(self, n: fx.Node, out: Any) -> Any:
         if n.op == "placeholder":
+            if n.name in self.placeholder_state:
+                return self._state(self.placeholder_state[n.name], out, self._axis_names(self.placeholder_state[n.name], out))
             return fresh(out, "model input")
         if n.op == "output":
             args, _ = self.fetch_args_kwargs_from_env(n)
             self.fix_all(args, self.lab(n.args), "model output")
             return None
         if n.op == "get_attr":
-            if isinstance(out, Tensor):
-                p = self.param(n.target)
-                if p is not None:
-                    return p
-                src = self._storages.get(out.untyped_storage().data_ptr()) if out.numel() else None
-                if src is not None:
-                    self.derived.setdefault(src, n.target)
-                return fresh(out, f"constant '{n.target}'")
-            return None
+            return self._state(n.target, out) if isinstance(out, Tensor) else None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         c = Call(n, None, args, kwargs, self.lab(n.args), self.lab(n.kwargs), out, self.describe(n))
         if n.op == "call_module":
@@ -195,14 +205,45 @@ class Run(fx.Interpreter):
                 return self._opaque(c)
             rule = get_module_rule(c.module)
             return rule(self, c) if rule is not None else self.unsupported(c, f"unsupported layer {c.where}")
+        c.nargs = tuple(n.args)
         if n.op == "call_method":
             c.name = n.target
         else:
             c.name = function_name(n.target)
             if c.name is None and not any(True for _ in tree_tensors((args, kwargs))):
                 return fresh(out, f"tensor created by {c.where}")
+            order = arg_order(n.target)
+            if order is not None and len(args) >= len(order):
+                pick = lambda xs: tuple(xs[i] for i in order) + tuple(xs[len(order):])  # noqa: E731
+                c.args, c.largs, c.nargs = pick(args), pick(c.largs), pick(c.nargs)
         rule = get_op_rule(c.name)
         return rule(self, c) if rule is not None else self.unsupported(c, f"unsupported operation {c.where}")
+
+    @staticmethod
+    def _axis_names(name: str, t: Tensor) -> list[str | None] | None:
+        """Names for a lifted tensor's axes: the owner's name for a weight's first axis and
+        a bias (as modules name theirs), so groups are named after their layers."""
+        owner, _, leaf = name.rpartition(".")
+        if not owner or not isinstance(t, Tensor):
+            return None
+        if leaf == "weight" and t.dim() >= 2:
+            return [owner, f"{owner}:in"] + [None] * (t.dim() - 2)
+        if leaf == "bias" and t.dim() == 1:
+            return [owner]
+        return None
+
+    def _state(self, name: str, out: Tensor, axis_names: list[str | None] | None = None) -> list[Factor]:
+        """Labels of a module tensor read by the graph; a constant (one the front end
+        computed from a state tensor when tracing, e.g. a view of an index buffer, or a
+        non-persistent buffer) gets fixed labels, and the state tensor it shares storage
+        with is noted as used."""
+        p = self.param(name, axis_names)
+        if p is not None:
+            return p
+        src = self._storages.get(out.untyped_storage().data_ptr()) if out.numel() else None
+        if src is not None:
+            self.derived.setdefault(src, name)
+        return fresh(out, f"constant '{name}'")
 
     def _opaque(self, c: Call) -> Any:
         """A submodule the front end could not trace: its inputs, outputs and tensors are fixed."""

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..structure import Structure, Unit, Unpermuted, permute, random_permutation
-from .labels import tree_tensors
+from .labels import split_input, tree_tensors
 
 __all__ = ["check_structure", "verify"]
 
@@ -36,19 +36,24 @@ class _Checker:
     """The float64 copy of a module and its inputs, made once for several checks."""
 
     def __init__(self, module: nn.Module, example_input: Any) -> None:
-        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        args, kwargs = split_input(example_input)
+        double = lambda t: t.double() if isinstance(t, Tensor) and t.is_floating_point() else t  # noqa: E731
         self.module = copy.deepcopy(module).double().eval()
-        self.inputs = tuple(t.double() if isinstance(t, Tensor) and t.is_floating_point() else t for t in inputs)
+        self.args = tuple(double(t) for t in args)
+        self.kwargs = {k: double(t) for k, t in kwargs.items()}
         self.state = dict(self.module.state_dict())
         self._reference = None
+
+    def _outputs(self, state: dict[str, Tensor]) -> list[Tensor]:
+        return _flat_outputs(torch.func.functional_call(self.module, state, self.args, self.kwargs,
+                                                        tie_weights=False))
 
     def __call__(self, structure: Structure, perms: dict[str, Tensor]) -> float:
         permuted = permute(structure, self.state, perms)
         with torch.no_grad():
             if self._reference is None:
-                self._reference = _flat_outputs(torch.func.functional_call(self.module, self.state, self.inputs,
-                                                                           tie_weights=False))
-            b = _flat_outputs(torch.func.functional_call(self.module, permuted, self.inputs, tie_weights=False))
+                self._reference = self._outputs(self.state)
+            b = self._outputs(permuted)
         err = 0.0
         for x, y in zip(self._reference, b):
             scale = 1.0 + float(x.abs().max()) if x.numel() else 1.0
@@ -56,7 +61,7 @@ class _Checker:
         return err
 
 
-def verify(module: nn.Module, structure: Structure, inputs, atol: float) -> Structure:
+def verify(module: nn.Module, structure: Structure, inputs: Any, atol: float) -> Structure:
     """``structure`` if two random permutations keep the output within ``atol``; else
     the structure without the groups that change it (with a warning)."""
     if not structure.groups:
@@ -99,4 +104,5 @@ def _drop_groups(structure: Structure, bad: set[str], reason: str) -> Structure:
     out = Structure._finish(axes, structure.shapes, unp, structure.layers)
     out.outputs = structure.outputs
     out.buffers = structure.buffers
+    out.front_end = structure.front_end
     return out
