@@ -66,7 +66,7 @@ FUNC_NAMES: dict[Any, str] = {
     F.adaptive_max_pool2d: "pool", getattr: "getattr", torch.zeros_like: "like",
     torch.ones_like: "like", torch.full_like: "like", torch.empty_like: "like",
     torch.randn_like: "fresh", torch.rand_like: "fresh", F.interpolate: "spatial",
-    F.pad: "spatial", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose",
+    F.pad: "pad", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose",
     F.conv_transpose3d: "conv_transpose",
 }
 
@@ -109,7 +109,8 @@ ATEN_NAMES: dict[str, str] = {
     "max_pool2d_with_indices": "pool", "max_pool3d_with_indices": "pool",
     "adaptive_max_pool1d": "pool", "adaptive_max_pool2d": "pool", "adaptive_max_pool3d": "pool",
     "conv_transpose1d": "conv_transpose", "conv_transpose2d": "conv_transpose",
-    "conv_transpose3d": "conv_transpose", "instance_norm": "batch_norm",
+    "conv_transpose3d": "conv_transpose", "instance_norm": "batch_norm", "pad": "pad",
+    "constant_pad_nd": "pad",
 }
 
 #: ATen operator -> the positions of its arguments in the functional form's order

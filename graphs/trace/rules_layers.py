@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._factors import Factor, find, fix, new_prod, refine, split, union
@@ -90,9 +89,6 @@ def _spatial_dims(c: Call) -> int:
     for k in (1, 2, 3):
         if target_name(t).endswith(f"{k}d"):
             return k
-    if t is F.pad:
-        pad = c.node.args[1] if len(c.node.args) > 1 else c.node.kwargs["pad"]
-        return len(pad) // 2
     return max(c.x.dim() - 2, 0)
 
 
@@ -256,6 +252,21 @@ def _spatial(lx, x: Tensor, out: Tensor, nsp: int, where: str) -> list[Factor]:
     for f in lx[x.dim() - nsp:]:
         fix(f, f"spatial dimension at {where}")
     return list(lx[:x.dim() - nsp]) + [Factor(s, fixed=True, reason=where) for s in out.shape[out.dim() - nsp:]]
+
+
+@op_rule("pad")
+def pad(run, c: Call):
+    """``F.pad(x, pad, ...)`` (``aten.pad``, ``aten.constant_pad_nd``): the padded
+    dimensions (the last ``len(pad) // 2``, those with a non-zero amount) are fixed; the
+    others, channels among them, pass through."""
+    x, lx, amounts = c.x, c.lx, list(c.arg(1, "pad"))
+    res = list(lx)
+    for i in range(len(amounts) // 2):
+        d = x.dim() - 1 - i
+        if amounts[2 * i] or amounts[2 * i + 1]:
+            fix(lx[d], f"padded dimension at {c.where}")
+            res[d] = Factor(c.out.shape[d], fixed=True, reason=c.where)
+    return res
 
 
 @op_rule("pool", "spatial")

@@ -4,6 +4,7 @@ splitting, indexing."""
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
@@ -302,11 +303,27 @@ def _gather(run, c: Call, idx: tuple, nodes: tuple | None = None, labs: tuple | 
         nodes = c.node.args[1] if tup else (c.node.args[1],)
         labs = c.largs[1] if tup else (c.largs[1],)
     x, lx, where = c.x, c.lx, c.where
-    is_state = run.state_name(nodes[p]) is not None
+    from_state = _state_source(run, nodes[p]) is not None
     for f in labs[p] or []:
-        fix(f, INDEX_BUFFER if is_state else f"index data at {where}")
+        fix(f, INDEX_BUFFER if from_state else f"index data at {where}")
     fix(lx[p], f"gathered by an index at {where}")
     return list(lx[:p]) + [Factor(s, fixed=True, reason=where) for s in t.shape] + list(lx[p + 1:x.dim()])
+
+
+def _state_source(run, node, depth: int = 8) -> str | None:
+    """The module tensor a value is computed from alone (through single-input
+    operations: ``index_buffer.view(-1)``), or ``None``."""
+    for _ in range(depth):
+        if not isinstance(node, fx.Node):
+            return None
+        name = run.state_name(node)
+        if name is not None:
+            return name
+        inputs = node.all_input_nodes
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    return None
 
 
 @op_rule("index")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,9 +15,9 @@ from nets import (CASES, Tied, Encoder, Functional, SplitAttention, TinyResNet,
                   mlp, randomize)
 
 
-def assert_invariant(model: nn.Module, x, seed: int = 0, atol: float = 1e-5) -> Structure:
+def assert_invariant(model: nn.Module, x, seed: int = 0, atol: float = 1e-5, **trace_kwargs) -> Structure:
     model = randomize(model, seed)
-    s = trace(model, x)
+    s = trace(model, x, **trace_kwargs)
     state = model.state_dict()
     perms = random_permutation(s, seed)
     permuted = permute(s, state, perms)
@@ -252,10 +253,12 @@ class RelativePositionAttention(nn.Module):
         return self.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
 
 
+@pytest.mark.parametrize("front_end", ["fx", "export"])
 @pytest.mark.parametrize("direct", [False, True])
-def test_integer_index_buffer_is_used_not_permuted(direct):
+def test_integer_index_buffer_is_used_not_permuted(direct, front_end):
     model = nn.Sequential(nn.Linear(5, 8), RelativePositionAttention(direct=direct), nn.Linear(8, 3))
-    s = assert_invariant(model, torch.randn(2, 4, 5))
+    s = assert_invariant(model, torch.randn(2, 4, 5), front_end=front_end)
+    assert s.front_end == front_end
     reasons = {u.axis: u.reason for u in s.unpermuted if u.tensor == "1.relative_position_index"}
     assert reasons == {0: "integer index buffer (used as index data, not permuted)",
                        1: "integer index buffer (used as index data, not permuted)"}
@@ -264,3 +267,21 @@ def test_integer_index_buffer_is_used_not_permuted(direct):
     table = s.axes["1.relative_position_bias_table"]
     assert table[0] is None and table[1] is not None
     assert table[1].group in {g for a in s.axes["1.qkv.weight"][:1] for g in graphs.axis_groups(a)}
+
+
+class ChannelsLastPad(nn.Module):
+    """Swin pads (B, H, W, C) feature maps with ``(0, 0, 0, pad_w, 0, pad_h)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = F.pad(self.a(x).relu(), (0, 0, 0, 1, 0, 2))
+        return self.b(h.mean((1, 2)))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_padding_fixes_only_the_padded_dimensions(front_end):
+    s = assert_invariant(ChannelsLastPad(), torch.randn(2, 4, 5, 3), front_end=front_end)
+    assert s.groups["a"].size == 6 and s.axes["b.weight"][1].group == "a"

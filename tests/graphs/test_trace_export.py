@@ -154,3 +154,26 @@ def test_gpt2_traces_through_export():
         qkv = s.axes[f"h.{i}.attn.c_attn.weight"][1]            # [q | k | v], each heads x head dim
         assert [p.size for p in qkv.parts] == [32, 32, 32]
     assert_preserved(model, inp, s)
+
+
+def test_llama_and_swin_trace_through_export():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    llama = transformers.LlamaModel(transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=100, max_position_embeddings=32)).eval()
+    inp = {"input_ids": torch.randint(0, 100, (2, 6)), "use_cache": False}
+    s = trace(llama, inp)
+    assert s.front_end == "export"
+    g = s.axes["layers.0.mlp.gate_proj.weight"][0].group      # SwiGLU: gate and up rows together
+    assert s.axes["layers.0.mlp.up_proj.weight"][0].group == g and s.groups[g].size == 64
+    assert_preserved(llama, inp, s)
+
+    swin = transformers.SwinModel(transformers.SwinConfig(
+        image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=2)).eval()
+    inp = {"pixel_values": torch.randn(2, 3, 16, 16)}
+    s = trace(swin, inp)
+    assert s.front_end == "export" and s.permuted_fraction > 0.5
+    table = s.axes["encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table"]
+    assert table[0] is None and table[1] is not None           # rows gathered, heads permuted
+    assert_preserved(swin, inp, s)
