@@ -67,7 +67,7 @@ FUNC_NAMES: dict[Any, str] = {
     torch.ones_like: "like", torch.full_like: "like", torch.empty_like: "like",
     torch.randn_like: "fresh", torch.rand_like: "fresh", F.interpolate: "spatial",
     F.pad: "pad", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose",
-    F.conv_transpose3d: "conv_transpose",
+    F.conv_transpose3d: "conv_transpose", F.rms_norm: "layer_norm", F.prelu: "prelu",
 }
 
 
@@ -110,7 +110,7 @@ ATEN_NAMES: dict[str, str] = {
     "adaptive_max_pool1d": "pool", "adaptive_max_pool2d": "pool", "adaptive_max_pool3d": "pool",
     "conv_transpose1d": "conv_transpose", "conv_transpose2d": "conv_transpose",
     "conv_transpose3d": "conv_transpose", "instance_norm": "batch_norm", "pad": "pad",
-    "constant_pad_nd": "pad",
+    "constant_pad_nd": "pad", "rms_norm": "layer_norm", "prelu": "prelu",
 }
 
 #: ATen operator -> the positions of its arguments in the functional form's order

@@ -204,6 +204,8 @@ def layer_norm_module(run, c: Call):
 
 @op_rule("layer_norm")
 def layer_norm_function(run, c: Call):
+    """``F.layer_norm(x, shape, weight, bias, eps)``, and ``F.rms_norm(x, shape, weight, eps)``
+    (its ``eps`` in the bias's place carries no labels)."""
     shape = c.arg(1, "normalized_shape")
     k = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
     return _layer_norm(c.lx, k, c.larg(2, "weight"), c.larg(3, "bias"), c.where)
@@ -243,6 +245,15 @@ def embedding_function(run, c: Call):
 def prelu_module(run, c: Call):
     w = run.param(c.pname("weight"))
     if c.module.num_parameters > 1:
+        union(w[0], c.lx[1], c.where)
+    return list(c.lx)
+
+
+@op_rule("prelu")
+def prelu_function(run, c: Call):
+    """``F.prelu(x, weight)``: one slope per channel (dimension 1), or one for all."""
+    w = c.larg(1, "weight")
+    if c.arg(1, "weight").numel() > 1:
         union(w[0], c.lx[1], c.where)
     return list(c.lx)
 

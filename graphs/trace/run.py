@@ -188,8 +188,9 @@ class Run(fx.Interpreter):
 
     def propagate(self, n: fx.Node, out: Any) -> Any:
         if n.op == "placeholder":
-            if n.name in self.placeholder_state:
-                return self._state(self.placeholder_state[n.name], out, self._axis_names(self.placeholder_state[n.name], out))
+            name = self.placeholder_state.get(n.name)
+            if name is not None:
+                return self._state(name, out, self._axis_names(name, out))
             return fresh(out, "model input")
         if n.op == "output":
             args, _ = self.fetch_args_kwargs_from_env(n)

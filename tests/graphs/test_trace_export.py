@@ -177,3 +177,13 @@ def test_llama_and_swin_trace_through_export():
     table = s.axes["encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table"]
     assert table[0] is None and table[1] is not None           # rows gathered, heads permuted
     assert_preserved(swin, inp, s)
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_rms_norm_and_prelu_as_functions(front_end):
+    model = randomize(nn.Sequential(nn.Linear(4, 6), nn.PReLU(6), nn.Linear(6, 6), nn.RMSNorm(6), nn.Linear(6, 2)))
+    x = torch.randn(3, 4)
+    s = trace(model, x, front_end=front_end)
+    assert s.axes["1.weight"][0].group == s.axes["0.weight"][0].group        # the PReLU slopes
+    assert s.axes["3.weight"][0].group == s.axes["2.weight"][0].group        # the RMSNorm scale
+    assert_preserved(model, x, s)
