@@ -41,6 +41,8 @@ def addmm(run, c: Call):
     lbias, la, lb = c.largs[:3]
     if a.dim() != 2 or b.dim() != 2:
         raise ValueError("addmm of non-matrices")
+    owner = (run.state_name(c.nargs[2]) or "").rpartition(".")[0]
+    run.rename_lifted(c.nargs[2], lb, [f"{owner}:in", owner])    # the weight is (in, out)
     union(la[-1], lb[0], c.where)
     pairs = [(c.out, [la[0], lb[1]])]
     if isinstance(bias, Tensor) and lbias is not None:

@@ -170,6 +170,8 @@ def batch_norm_function(run, c: Call):
     for p in (rm, rv, w, b):
         if p is not None:
             union(lx[1], p[0], c.where)
+    kind = "instancenorm" if target_name(c.node.target) == "instance_norm" else "batchnorm"
+    run.functional_layer(c, kind, ("running_mean", "running_var", "weight", "bias"), lx[1], lx[1])
     return list(lx)
 
 
@@ -181,6 +183,7 @@ def aten_batch_norm_no_training(run, c: Call):
     for p in c.largs[1:5]:
         if p is not None:
             union(lx[1], p[0], c.where)
+    run.functional_layer(c, "batchnorm", ("weight", "bias", "running_mean", "running_var"), lx[1], lx[1])
     return (list(lx),) + tuple(fresh(o, c.where) for o in c.out[1:])
 
 
@@ -208,7 +211,11 @@ def layer_norm_function(run, c: Call):
     (its ``eps`` in the bias's place carries no labels)."""
     shape = c.arg(1, "normalized_shape")
     k = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
-    return _layer_norm(c.lx, k, c.larg(2, "weight"), c.larg(3, "bias"), c.where)
+    res = _layer_norm(c.lx, k, c.larg(2, "weight"), c.larg(3, "bias"), c.where)
+    if target_name(c.node.target) == "layer_norm":   # (no layer kind for RMSNorm)
+        run.functional_layer(c, "layernorm", ("normalized_shape", "weight", "bias"), c.lx[-1], c.lx[-1],
+                             normalized_shape=list(shape) if isinstance(shape, (list, tuple, torch.Size)) else [shape])
+    return res
 
 
 @module_rule(nn.GroupNorm)
@@ -221,7 +228,9 @@ def group_norm_module(run, c: Call):
 
 @op_rule("group_norm")
 def group_norm_function(run, c: Call):
-    return group_norm(c.x, c.lx, c.arg(1, "num_groups"), c.larg(2, "weight"), c.larg(3, "bias"), c.where)
+    res = group_norm(c.x, c.lx, c.arg(1, "num_groups"), c.larg(2, "weight"), c.larg(3, "bias"), c.where)
+    run.functional_layer(c, "groupnorm", ("num_groups", "weight", "bias"), c.lx[1], c.lx[1])
+    return res
 
 
 # ---------------------------------------------------------------------------- embedding, PReLU
@@ -237,7 +246,10 @@ def embedding_module(run, c: Call):
 @op_rule("embedding")
 def embedding_function(run, c: Call):
     w = c.larg(1, "weight")
+    owner = (run.state_name(c.nargs[1]) or "").rpartition(".")[0]
+    run.rename_lifted(c.nargs[1], w, [f"{owner}:rows", owner])
     fix(w[0], f"embedding rows are indexed by the input ({c.where})")
+    run.functional_layer(c, "embedding", ("weight",), None, w[1])
     return [Factor(s, fixed=True, reason="model input") for s in c.x.shape] + [w[1]]
 
 

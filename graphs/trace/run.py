@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .._factors import Factor, fix, union
+from .._factors import Factor, find, fix, union
 from ..structure import Layer
 from .labels import fresh, tree_labels, tree_tensors
 from .names import arg_order, function_name, target_name
@@ -232,6 +232,19 @@ class Run(fx.Interpreter):
         if leaf == "bias" and t.dim() == 1:
             return [owner]
         return None
+
+    def rename_lifted(self, node: Any, labels: list[Factor], names: list[str | None]) -> None:
+        """Rename the axes of a lifted weight that is not ``(out, in)`` (an embedding's
+        ``(rows, dim)``, a ``Conv1D``'s ``(in, out)``), so its groups are named as the
+        module rule names them; only names :meth:`_axis_names` gave are replaced."""
+        name = self.state_name(node) if isinstance(node, fx.Node) and node.op == "placeholder" else None
+        default = self._axis_names(name, self.state_tensors.get(name)) if name else None
+        if not default:
+            return
+        for f, old, new in zip(labels, default, names):
+            r = find(f)
+            if r.kind is None and old is not None and r.name == old:
+                r.name = new
 
     def _state(self, name: str, out: Tensor, axis_names: list[str | None] | None = None) -> list[Factor]:
         """Labels of a module tensor read by the graph; a constant (one the front end

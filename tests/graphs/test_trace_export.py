@@ -187,3 +187,14 @@ def test_rms_norm_and_prelu_as_functions(front_end):
     assert s.axes["1.weight"][0].group == s.axes["0.weight"][0].group        # the PReLU slopes
     assert s.axes["3.weight"][0].group == s.axes["2.weight"][0].group        # the RMSNorm scale
     assert_preserved(model, x, s)
+
+
+@pytest.mark.parametrize("case", ["mlp", "resnet", "embedding", "layernorm_groupnorm", "conv2d_flatten", "nested",
+                                  "conv_transpose_instancenorm", "concat", "layernorm_chw"])
+def test_export_records_the_layers_fx_records(case):
+    make, inp = ALL_CASES[case]
+    torch.manual_seed(0)
+    model, x = randomize(make()), inp()
+    a, b = trace(model, x), trace(model, x, front_end="export")
+    assert [(l.name, l.kind, l.tensors, l.sources, l.activation, str(l.inputs), str(l.output)) for l in b.layers] == \
+        [(l.name, l.kind, l.tensors, l.sources, l.activation, str(l.inputs), str(l.output)) for l in a.layers]
