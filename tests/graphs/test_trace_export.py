@@ -198,3 +198,26 @@ def test_export_records_the_layers_fx_records(case):
     a, b = trace(model, x), trace(model, x, front_end="export")
     assert [(l.name, l.kind, l.tensors, l.sources, l.activation, str(l.inputs), str(l.output)) for l in b.layers] == \
         [(l.name, l.kind, l.tensors, l.sources, l.activation, str(l.inputs), str(l.output)) for l in a.layers]
+
+
+class Rows(nn.Module):
+    """Iterates over its input's rows: fx cannot (an opaque submodule), torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 32), nn.Linear(32, 6)
+
+    def forward(self, x):
+        return torch.stack([self.b(self.a(r).relu()) for r in x])
+
+
+def test_export_is_used_when_fx_leaves_most_parameters_opaque():
+    model = randomize(nn.Sequential(nn.Linear(3, 6), nn.ReLU(), Rows(), nn.ReLU(), nn.Linear(6, 2)))
+    x = torch.randn(4, 3)
+    fx_only = trace(model, x, front_end="fx")
+    assert fx_only.permuted_fraction == 0.0
+    assert any("Rows could not be traced" in u.reason for u in fx_only.unpermuted)
+    s = trace(model, x)
+    assert s.front_end == "export" and s.permuted_fraction == pytest.approx(1 - 2 / 460)   # all but 4.bias
+    assert s.groups["2.a"].size == 32 and s.axes["2.b.weight"][1].group == "2.a"
+    assert_preserved(model, x, s)
