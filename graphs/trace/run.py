@@ -128,7 +128,7 @@ class Run(fx.Interpreter):
         if not isinstance(a, fx.Node):
             return None
         if a.op == "get_attr":
-            return a.target
+            return a.target if a.target in self.state_tensors else None
         if a.op == "placeholder":
             return self.placeholder_state.get(a.name)
         return None
