@@ -117,8 +117,8 @@ def linear_function(run, c: Call):
 def conv_module(run, c: Call):
     t, pn, mod = c.target, c.pname, c.module
     transposed = isinstance(mod, CONV_TRANSPOSES)
-    # (a transposed conv's weight is (in, out/groups, k...); its axes keep these names)
-    w = run.param(pn("weight"), [t, f"{t}:in"] + [None] * (mod.weight.dim() - 2))
+    kernel = [None] * (mod.weight.dim() - 2)   # a transposed conv's weight is (in, out/groups, k...)
+    w = run.param(pn("weight"), ([f"{t}:in", t] if transposed else [t, f"{t}:in"]) + kernel)
     b = run.param(pn("bias"), [t])
     res = conv(c.x, c.lx, w, b, mod.groups, c.out, c.where, transposed)
     run.layer(c.node, t, "conv_transpose" if transposed else "conv",

@@ -285,3 +285,10 @@ class ChannelsLastPad(nn.Module):
 def test_padding_fixes_only_the_padded_dimensions(front_end):
     s = assert_invariant(ChannelsLastPad(), torch.randn(2, 4, 5, 3), front_end=front_end)
     assert s.groups["a"].size == 6 and s.axes["b.weight"][1].group == "a"
+
+
+def test_transposed_conv_groups_are_named_after_the_layer():
+    make, inp = CASES["conv_transpose"]
+    s = trace(make(), inp())
+    out = s.axes["2.weight"][1]         # (in, out / groups, k, k): axis 1 is the output
+    assert out.group == "2" and "2" in s.groups and not any(g.endswith(".in") for g in s.groups)
