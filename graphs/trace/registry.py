@@ -23,6 +23,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -102,6 +103,7 @@ def op_rule(*names: str, replace: bool = False) -> Callable[[Rule], Rule]:
     """Register the decorated function as the rule of the operations ``names``.
 
     Raises:
+        TypeError: the function does not take ``(run, call)``.
         ValueError: a name already has a rule (pass ``replace=True`` to override it).
     """
     def deco(fn: Rule) -> Rule:
@@ -115,7 +117,8 @@ def module_rule(*types: type, replace: bool = False) -> Callable[[Rule], Rule]:
     their subclasses without a rule of their own); those modules become fx leaves.
 
     Raises:
-        TypeError: an entry is not an ``nn.Module`` subclass.
+        TypeError: an entry is not an ``nn.Module`` subclass, or the function does not
+            take ``(run, call)``.
         ValueError: a type already has a rule (pass ``replace=True`` to override it).
     """
     for t in types:
@@ -131,6 +134,11 @@ def module_rule(*types: type, replace: bool = False) -> Callable[[Rule], Rule]:
 def _register(table: dict, keys: tuple, fn: Rule, replace: bool, who: str) -> None:
     if not keys:
         raise ValueError(f"{who}: name at least one key to register {fn.__name__} for")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{who}: a rule is called as rule(run, call); {getattr(fn, '__name__', fn)!r} "
+                        f"does not take those two arguments ({e})") from e
     taken = [k for k in keys if k in table and not replace]
     if taken:
         shown = [getattr(k, "__name__", k) for k in taken]

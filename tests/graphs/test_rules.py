@@ -62,3 +62,5 @@ def test_registration_rejects_duplicates_and_non_modules():
         module_rule(nn.Linear)(lambda run, call: None)
     with pytest.raises(TypeError, match="nn.Module subclasses"):
         module_rule(int)
+    with pytest.raises(TypeError, match=r"rule\(run, call\)"):
+        op_rule("my_unused_op")(lambda call: None)
