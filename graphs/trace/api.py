@@ -72,7 +72,6 @@ def trace(module: nn.Module, example_input: Any, *, check: bool = True,
     if front_end not in FRONT_ENDS:
         raise ValueError(f"trace: front_end must be one of {FRONT_ENDS}, got {front_end!r}")
     args, kwargs = split_input(example_input)
-    name = type(module).__name__
     was_training = module.training
     module.eval()
     try:
