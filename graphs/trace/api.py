@@ -130,14 +130,11 @@ def _fx_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[list, dict
 
 def _run_fx(module: nn.Module, args: tuple, kwargs: dict) -> Run:
     values, concrete = _fx_inputs(module, args, kwargs)
-    tracer = FxTracer()
     try:
-        graph = tracer.trace(module, concrete_args=concrete)
-        gm = fx.GraphModule(tracer.root, graph)
-        gm.graph.eliminate_dead_code()
+        gm, opaque = _fx_trace(module, concrete)
     except Exception as e:
         raise _CaptureError(f"torch.fx could not trace {type(module).__name__} ({first_line(e, 160)})") from e
-    run = Run(gm, module, tracer.opaque)
+    run = Run(gm, module, opaque)
     with torch.no_grad():
         try:
             run.run(*values)
@@ -145,6 +142,15 @@ def _run_fx(module: nn.Module, args: tuple, kwargs: dict) -> Run:
             raise ValueError(f"trace: running {type(module).__name__} on the example input "
                              f"failed: {first_line(e)}") from e
     return run
+
+
+def _fx_trace(module: nn.Module, concrete: dict | None) -> tuple[fx.GraphModule, dict[str, str]]:
+    """The fx graph (dead code removed) and the opaque submodules with their reasons."""
+    tracer = FxTracer()
+    graph = tracer.trace(module, concrete_args=concrete)
+    gm = fx.GraphModule(tracer.root, graph)
+    gm.graph.eliminate_dead_code()
+    return gm, tracer.opaque
 
 
 def _run_export(module: nn.Module, args: tuple, kwargs: dict) -> Run:
