@@ -173,6 +173,8 @@ class Structure:
             parameter-free operations (see :attr:`Layer.sources`).
         buffers: names of tensors that are buffers, not parameters (BatchNorm running
             statistics): permuted like the rest, but not evidence for matching.
+        front_end: the tracer's front end that captured the graph, ``"fx"`` or
+            ``"export"`` (``torch.export``); ``None`` for a hand-written structure.
     """
 
     def is_buffer(self, name: str) -> bool:
@@ -188,6 +190,7 @@ class Structure:
     layers: list[Layer] = field(default_factory=list)
     outputs: tuple[str, ...] = ()
     buffers: frozenset = frozenset()
+    front_end: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -288,27 +291,28 @@ class Structure:
 
     @property
     def permuted_fraction(self) -> float:
-        """The fraction of parameter entries (buffers excluded) in tensors that a group acts on
-        (``0.0`` when nothing can be permuted; ``1.0`` for a network without parameters)."""
-        total = moved = 0
-        for name, shape in self.shapes.items():
-            if self.is_buffer(name):
+        """Fraction of the parameter elements (buffers excluded) that at least one group
+        acts on (on any of their axes); 0.0 for a structure without parameters."""
+        total = permuted = 0
+        for k, ax in self.axes.items():
+            if self.is_buffer(k):
                 continue
             n = 1
-            for d in shape:
+            for d in self.shapes[k]:
                 n *= d
             total += n
-            if any(a is not None for a in self.axes.get(name, ())):
-                moved += n
-        return moved / total if total else 1.0
+            if any(axis_groups(a) for a in ax):
+                permuted += n
+        return permuted / total if total else 0.0
 
     def tensors_of(self, group: str) -> list[tuple[str, int]]:
         """``(tensor name, axis)`` pairs that ``group`` acts on."""
         return list(self.groups[group].members)
 
     def __repr__(self) -> str:
+        front = f", front_end={self.front_end!r}" if self.front_end is not None else ""
         return (f"Structure(groups={len(self.groups)}, tensors={len(self.axes)}, "
-                f"unpermuted={len(self.unpermuted)}, permuted={self.permuted_fraction:.0%})")
+                f"unpermuted={len(self.unpermuted)}{front}, permuted={self.permuted_fraction:.0%})")
 
     def to_dict(self) -> dict:
         """A JSON-ready description (groups, axes, unpermuted, layers)."""
@@ -325,6 +329,8 @@ class Structure:
                        for l in self.layers],
             "outputs": list(self.outputs),
             "buffers": sorted(self.buffers),
+            "front_end": self.front_end,
+            "permuted_fraction": self.permuted_fraction,
         }
 
     @classmethod
@@ -345,6 +351,7 @@ class Structure:
         out = cls._finish(axes, shapes, unp, layers)
         out.outputs = tuple(d.get("outputs", ()))
         out.buffers = frozenset(d.get("buffers", ()))
+        out.front_end = d.get("front_end")
         return out
 
     def to_json(self) -> str:

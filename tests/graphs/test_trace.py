@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,9 +15,9 @@ from nets import (CASES, Tied, Encoder, Functional, SplitAttention, TinyResNet,
                   mlp, randomize)
 
 
-def assert_invariant(model: nn.Module, x, seed: int = 0, atol: float = 1e-5) -> Structure:
+def assert_invariant(model: nn.Module, x, seed: int = 0, atol: float = 1e-5, **trace_kwargs) -> Structure:
     model = randomize(model, seed)
-    s = trace(model, x)
+    s = trace(model, x, **trace_kwargs)
     state = model.state_dict()
     perms = random_permutation(s, seed)
     permuted = permute(s, state, perms)
@@ -192,3 +193,102 @@ def test_functional_layers_and_sources():
     o = [l for l in enc.layers if l.name == "att.o"][0]
     assert o.sources == ("att.v",) or set(o.sources) <= {"att.q", "att.k", "att.v"}
     assert "norm1" not in o.sources
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x):
+        if x.sum() > 0:          # data-dependent control flow, two levels down
+            return self.lin(x)
+        return -self.lin(x)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.healthy = nn.Linear(6, 6)
+        self.br = Branchy()
+        self.out = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.out(self.br(torch.relu(self.healthy(x))).relu())
+
+
+def test_untraceable_grandchild_costs_only_itself():
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), Block(), nn.ReLU(), nn.Linear(6, 2))
+    s = assert_invariant(model, torch.randn(4, 3))
+    assert s.axes["2.br.lin.weight"] == (None, None) and s.axes["2.br.lin.bias"] == (None,)
+    # the healthy sibling and the parent's other layers are still permuted
+    assert s.axes["2.healthy.weight"][1].group == s.axes["0.weight"][0].group
+    assert s.axes["2.out.weight"][0].group == s.axes["4.weight"][1].group
+    reasons = {u.reason for u in s.unpermuted if u.tensor.startswith("2.")}
+    assert reasons and all(r.startswith("Branchy could not be traced") for r in reasons if "model" not in r)
+    assert any("control flow" in r for r in reasons)
+    assert not any("Unexpected key" in u.reason or "Block" in u.reason for u in s.unpermuted)
+
+
+class RelativePositionAttention(nn.Module):
+    """Swin-style: a per-head bias table indexed by an integer buffer."""
+
+    def __init__(self, n=4, h=2, d=8, direct=False):
+        super().__init__()
+        self.h, self.direct = h, direct
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.relative_position_bias_table = nn.Parameter(torch.randn(2 * n - 1, h))
+        index = torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1
+        self.register_buffer("relative_position_index", index)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.direct:   # the buffer itself is the index: (N, N, h)
+            bias = self.relative_position_bias_table[self.relative_position_index]
+        else:             # a view of it, which fx computes once when tracing
+            bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+        att = q @ k.transpose(-2, -1) + bias.permute(2, 0, 1).unsqueeze(0)
+        return self.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+@pytest.mark.parametrize("direct", [False, True])
+def test_integer_index_buffer_is_used_not_permuted(direct, front_end):
+    model = nn.Sequential(nn.Linear(5, 8), RelativePositionAttention(direct=direct), nn.Linear(8, 3))
+    s = assert_invariant(model, torch.randn(2, 4, 5), front_end=front_end)
+    assert s.front_end == front_end
+    reasons = {u.axis: u.reason for u in s.unpermuted if u.tensor == "1.relative_position_index"}
+    assert reasons == {0: "integer index buffer (used as index data, not permuted)",
+                       1: "integer index buffer (used as index data, not permuted)"}
+    assert s.axes["1.relative_position_index"] == (None, None)
+    # the gathered table's rows are fixed; its head axis permutes with the heads
+    table = s.axes["1.relative_position_bias_table"]
+    assert table[0] is None and table[1] is not None
+    assert table[1].group in {g for a in s.axes["1.qkv.weight"][:1] for g in graphs.axis_groups(a)}
+
+
+class ChannelsLastPad(nn.Module):
+    """Swin pads (B, H, W, C) feature maps with ``(0, 0, 0, pad_w, 0, pad_h)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = F.pad(self.a(x).relu(), (0, 0, 0, 1, 0, 2))
+        return self.b(h.mean((1, 2)))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_padding_fixes_only_the_padded_dimensions(front_end):
+    s = assert_invariant(ChannelsLastPad(), torch.randn(2, 4, 5, 3), front_end=front_end)
+    assert s.groups["a"].size == 6 and s.axes["b.weight"][1].group == "a"
+
+
+def test_transposed_conv_groups_are_named_after_the_layer():
+    make, inp = CASES["conv_transpose"]
+    s = trace(make(), inp())
+    out = s.axes["2.weight"][1]         # (in, out / groups, k, k): axis 1 is the output
+    assert out.group == "2" and "2" in s.groups and not any(g.endswith(".in") for g in s.groups)
