@@ -16,6 +16,7 @@ transformers is the optional ``[hf]`` extra; it is imported only when a director
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -298,14 +299,14 @@ def load_weights(module: nn.Module, state: Mapping[str, Tensor], path: PathLike)
 # --------------------------------------------------------------------------- tracing
 
 
-def example_input(module: nn.Module, batch_size: int = 2, *, seq_len: int = 8, seed: int = 0) -> dict[str, Tensor]:
+def example_input(module: nn.Module, batch_size: int = 2, *, seq_len: int = 8, seed: int = 0) -> dict[str, Any]:
     """An example batch of keyword inputs for a transformers model.
 
     Text models: ``{"input_ids": (batch_size, seq_len) within the vocabulary, "attention_mask":
     ones}``, plus ``decoder_input_ids`` for encoder-decoder models (T5, BART); vision models
     (``main_input_name == "pixel_values"``: ViT, CLIP's vision tower): ``{"pixel_values":
     (batch_size, channels, image_size, image_size)}``; models with both a text and a vision
-    config (CLIP): both.
+    config (CLIP): both. ``use_cache=False`` where the forward takes it.
     """
     config = module.config
     param = next(iter(module.parameters()), None)
@@ -315,7 +316,7 @@ def example_input(module: nn.Module, batch_size: int = 2, *, seq_len: int = 8, s
     main = getattr(module, "main_input_name", "input_ids")
     vision = getattr(config, "vision_config", None)
     text = getattr(config, "text_config", None)
-    out: dict[str, Tensor] = {}
+    out: dict[str, Any] = {}
     if main == "pixel_values" or (vision is not None and text is not None):
         vc = vision or config
         size = getattr(vc, "image_size", 224)
@@ -331,6 +332,8 @@ def example_input(module: nn.Module, batch_size: int = 2, *, seq_len: int = 8, s
         out["attention_mask"] = torch.ones_like(ids)
         if getattr(config, "is_encoder_decoder", False):
             out["decoder_input_ids"] = ids.clone()
+    if "use_cache" in inspect.signature(module.forward).parameters:
+        out["use_cache"] = False  # a returned cache object cannot be exported, and merging needs none
     return out
 
 

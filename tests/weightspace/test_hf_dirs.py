@@ -120,18 +120,29 @@ def test_cli_merge_in_memory(dirs, kind, tmp_path, capsys):
     assert prov["method"] == "none" and [i["path"] for i in prov["inputs"]] == [str(a), str(b)]
 
 
-def test_cli_merge_weight_method_reports_no_groups(dirs, tmp_path, capsys):
-    """Weight matching on a model the tracer cannot take apart: a one-line warning, then plain
-    averaging (today's tracer finds no groups in transformers models)."""
-    a, b = dirs["llama", "a"], dirs["llama", "b"]
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_cli_merge_aligns_a_permuted_copy_back(dirs, tmp_path, capsys, kind):
+    """Weight matching on a Hugging Face model traced through torch.export: B is A with its hidden
+    units permuted at random (the same function), and aligning B to A brings every tensor back,
+    so the merge at alpha 0.5 is A itself."""
+    from safetensors.torch import save_file
+
+    a = dirs[kind, "a"]
+    lm = weightspace.load_model(a)
+    structure = lm.structure()
+    assert structure.front_end == "export" and structure.groups and structure.permuted_fraction > 0.9
+    state = _weights(a)
+    shuffled = weightspace.permute(structure, state, weightspace.random_permutation(structure, seed=3))
+    assert any(not torch.equal(shuffled[k], state[k]) for k in state)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    save_file({k: v.contiguous() for k, v in shuffled.items()}, str(b / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "merged"
-    assert main(["merge", str(a), str(b), "-o", str(out), "--alpha", "0.25", "--device", "cpu", "--quiet"]) == 0
-    err = capsys.readouterr().err
-    warning = [line for line in err.splitlines() if "alignment can permute" in line]
-    assert len(warning) == 1 and "merged by plain averaging" in warning[0]
-    merged, expected = _weights(out), _expected(a, b, 0.25)
-    for k, v in expected.items():
-        assert torch.equal(merged[k], v), k
+    assert main(["merge", str(a), str(b), "-o", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert "alignment can permute" not in capsys.readouterr().err
+    merged = _weights(out)
+    for k, v in state.items():
+        torch.testing.assert_close(merged[k], v, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -239,7 +250,7 @@ def test_load_model_and_example_input(dirs):
     assert "lm_head.weight" not in lm.state  # tied to the embedding; check_fits accepts that
     assert torch.equal(lm.module.lm_head.weight, lm.state["transformer.wte.weight"])
     x = lm.example_input()
-    assert set(x) == {"input_ids", "attention_mask"} and x["input_ids"].shape == (2, 8)
+    assert set(x) == {"input_ids", "attention_mask", "use_cache"} and x["use_cache"] is False and x["input_ids"].shape == (2, 8)
     assert int(x["input_ids"].max()) < 128 and x["input_ids"].dtype == torch.long
     with torch.no_grad():
         lm.module(**x)
@@ -473,9 +484,9 @@ def test_tracer_gets_keyword_inputs(dirs, monkeypatch):
     monkeypatch.setattr(graphs, "trace", spy)
     lm = weightspace.load_model(dirs["llama", "a"])
     s = lm.structure()
-    assert isinstance(seen[-1], dict) and set(seen[-1]) == {"input_ids", "attention_mask"}
+    assert isinstance(seen[-1], dict) and set(seen[-1]) == {"input_ids", "attention_mask", "use_cache"}
     assert seen[-1]["input_ids"].shape == (2, 8) and int(seen[-1]["input_ids"].max()) < 128
-    assert set(s.axes) == set(lm.state) and not s.groups
+    assert set(s.axes) == set(lm.state) and s.groups  # traced through torch.export
 
     def rejects_dicts(module, example, **kwargs):
         if isinstance(example, dict):
@@ -557,7 +568,7 @@ def test_example_inputs_run(name, keys):
 
     model = _tiny_models()[name]().eval()
     x = example_input(model)
-    assert set(x) == keys
+    assert set(x) - {"use_cache"} == keys
     with torch.no_grad():
         model(**x)
 
