@@ -311,6 +311,7 @@ def test_batched_training_matches_plain_training(optimizer, family, kernels, mon
     if kernels and not _grouped_conv._LIB:
         pytest.skip("the C kernels are not built")
     monkeypatch.setattr(_grouped_conv, "ENABLED", kernels)
+    monkeypatch.setenv("WEIGHTSPACE_GCONV", "ours" if kernels else "torch")
     tol = dict(rtol=1e-2, atol=5e-3) if kernels else dict(rtol=1e-4, atol=1e-5)
     recipe = {**FAST, **CNN_FAMILIES[family], "optimizer": optimizer, "lr_range": [1e-3, 1e-2],
               "dropout_range": [0.1, 0.4]}

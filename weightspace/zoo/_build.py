@@ -124,7 +124,11 @@ def build_in_workers(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any
     try:
         with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             queue = manager.Queue()
-            futures = [pool.submit(_worker, build, kwargs, f"{i}/{workers}", threads, queue) for i in range(workers)]
+            # the workers start from this process's grouped-convolution choices (the same path for
+            # the same sizes, so the shards equal those this process would train)
+            from ._grouped_conv import CHOICES
+            futures = [pool.submit(_worker, build, kwargs, f"{i}/{workers}", threads, queue, dict(CHOICES))
+                       for i in range(workers)]
 
             def drain(timeout: float) -> None:
                 try:
@@ -151,8 +155,11 @@ def build_in_workers(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any
 
 
 def _worker(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any], shard: str, threads: int,
-            queue: Any) -> ZooBuildResult:
+            queue: Any, choices: dict[tuple, str] | None = None) -> ZooBuildResult:
     torch.set_num_threads(threads)
+    if choices:
+        from ._grouped_conv import CHOICES
+        CHOICES.update(choices)
     return build(**kwargs, shard=shard, progress=False, on_shard=queue.put)
 
 

@@ -17,7 +17,7 @@ from weightspace.data import Dataset, load_dataset
 from weightspace.models import CNN
 from weightspace.models.cnn import conv_padding
 
-from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, _use_kernels, cnn_forward, model_generator
+from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, _cnn_path, _use_kernels, cnn_forward, model_generator
 from ._build import ZooBuildResult, build_in_workers, check_positive_int, check_range, resolve_device, run_build
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
@@ -173,7 +173,7 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
     """Mean loss and accuracy of every model on ``(x, y)``: two ``(M,)`` tensors.
 
     All models run at once, as grouped convolutions, on a GPU and on a CPU where our C
-    kernels apply (2.4x faster than one model after another, digits, 64 models). Otherwise
+    kernels apply and are the faster path (2.4x faster than one model after another, digits, 64 models). Otherwise
     (or with ``grouped=False``) on a CPU the models are evaluated one after another, each on
     batches of :data:`EVAL_BATCH` examples: every model sees the same inputs here, and one
     oneDNN convolution over 512 examples runs faster than a grouped one over many models
@@ -182,8 +182,9 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
     m = params["head.weight"].shape[0]
     loss = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
-    if grouped is None:
-        grouped = x.device.type != "cpu" or _use_kernels(task.template, params, x)
+    if grouped is None:  # on a CPU: where our kernels run and are the faster (WEIGHTSPACE_GCONV)
+        grouped = x.device.type != "cpu" or (_use_kernels(task.template, params, x)
+                                             and _cnn_path(task.template, params, x[:_eval_chunk(task, m)]) == "ours")
     if not grouped:
         for j in range(m):
             state = {k: v[j] for k, v in params.items()}
