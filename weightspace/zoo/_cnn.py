@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +205,19 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
     return (loss / len(x)).cpu(), (correct / len(x)).cpu()
 
 
-def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor], list[Row]]:
+#: training steps timed before a shard reports its pace (``on_pace``)
+PACE_STEPS = 10
+
+
+def _train_shard(task: _Task, shard: int, ids: range,
+                 on_pace: Callable[[float], None] | None = None) -> tuple[dict[str, Tensor], list[Row]]:
+    """Train the models ``ids`` together. ``on_pace``, if given, is called once, after the
+    first :data:`PACE_STEPS` steps, with the seconds this whole shard should take at their
+    pace (set-up, the first checkpoint's evaluation and those steps, timed; the grouped
+    convolutions' first-call measurement, once per process, left out)."""
+    from . import _grouped_conv
+
+    t_start = time.perf_counter()
     dev, rec = task.device, task.recipe
     hps = [task.hparams(i) for i in ids]
     inits = [task.init(i, hp) for i, hp in zip(ids, hps)]
@@ -227,9 +240,15 @@ def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor]
         metrics.append((*_evaluate(task, detached, task.x_train[:n_eval], task.y_train[:n_eval]),
                         *_evaluate(task, detached, task.x_test, task.y_test)))
 
+    t_setup, t_eval = time.perf_counter() - t_start, 0.0
     if 0 in task.checkpoints:
+        t, m_eval = time.perf_counter(), _grouped_conv.measured_seconds
         checkpoint()
+        t_eval = time.perf_counter() - t - (_grouped_conv.measured_seconds - m_eval)
     keys = list(params)
+    n_steps = steps * max(task.checkpoints)
+    pace_at = min(PACE_STEPS, n_steps) if on_pace is not None else -1
+    done, t_steps, m_steps = 0, time.perf_counter(), _grouped_conv.measured_seconds
     for epoch in range(1, max(task.checkpoints) + 1):
         order = torch.stack([s.take(steps * b) for s in streams]).view(m, steps, b).to(dev)
         for step in range(steps):
@@ -243,6 +262,10 @@ def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor]
             loss = F.cross_entropy(logits.reshape(m * b, -1), yb.reshape(-1), reduction="none").view(m, b).mean(1)
             grads = torch.autograd.grad(loss.sum(), [params[k] for k in keys])
             opt.step(dict(zip(keys, grads)))
+            done += 1
+            if done == pace_at:
+                per_step = (time.perf_counter() - t_steps - (_grouped_conv.measured_seconds - m_steps)) / done
+                on_pace(t_setup + len(task.checkpoints) * t_eval + n_steps * per_step)
         if epoch in task.checkpoints:
             checkpoint()
     n_ck = len(task.checkpoints)
@@ -421,7 +444,8 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
         device (str): ``cpu``, ``cuda`` or ``auto``. (default: ``"cpu"``)
         image_size (int, optional): resize inputs to this size first. (default: native)
         recipe (dict, optional): overrides of :data:`CNN_RECIPE`.
-        progress (bool): progress bar on stderr. (default: ``True``)
+        progress (bool): progress bar on stderr, and after the first few steps one line with
+            the time the build should take at their pace. (default: ``True``)
         on_shard (callable, optional): called with each shard index once it is on disk.
         workers (int): processes building disjoint shards at once (``shard`` ``i/workers``
             each), with ``cpu_count // workers`` threads each; on a CPU, one per core is
@@ -462,5 +486,5 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
         n_models=n, models_per_shard=models_per_shard, columns=CNN_COLUMNS, target="test_acc",
         input_shape=tuple(task.x_train.shape[1:]), checkpoints=task.checkpoints, checkpoint_unit="epoch",
         splits=dict(DEFAULT_SPLITS), cite=_CITE, notes=notes)
-    return run_build(out, card, shard, lambda s, ids: _train_shard(task, s, ids), progress=progress,
-                     on_shard=on_shard, desc="zoo build cnn")
+    return run_build(out, card, shard, lambda s, ids, on_pace: _train_shard(task, s, ids, on_pace),
+                     progress=progress, on_shard=on_shard, desc="zoo build cnn", paced=True)
