@@ -28,12 +28,23 @@ launcher (a SLURM array, Ray, a shell loop) build disjoint parts of one zoo; --w
 runs N such workers on this machine. Read a zoo in Python with weightspace.zoo.ZooDataset."""
 
 
+BUILD_DESCRIPTION = """Train a zoo, many models at once; resumes an interrupted build in --out.
+
+How long, on a CPU: a default cnn build (8 epochs, checkpoints 0,1,2,4,8, 64 models per
+shard, one process) took about 2 min per 100 models on digits (1,400 8x8 images) and
+about 30 min per 100 models on MNIST (60,000 28x28 images), on a 2-core AVX-512 Xeon
+(docs/isa.md); two to four times that on the same machine when it was busy, and more on
+an AVX2 CPU, where torch's convolutions replace ours when they measure faster
+(WEIGHTSPACE_GCONV=auto|ours|torch). A build prints its own estimate after its first
+steps. --workers N (one process per core) or fewer --checkpoints epochs shorten it."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="zoo_command", metavar="{build,info,import}")
     fmt = argparse.RawDescriptionHelpFormatter
 
     b = sub.add_parser("build", help="train a zoo: cnn (small CNNs) or inr (SIREN image fits)", formatter_class=fmt,
-                       description="Train a zoo, many models at once; resumes an interrupted build in --out.")
+                       description=BUILD_DESCRIPTION)
     b.add_argument("kind", choices=("cnn", "inr"), help="cnn: small CNNs on --data; inr: SIRENs fitted to --images")
     b.add_argument("--out", required=True, metavar="DIR", help="the zoo directory (created; resumed if it holds this zoo)")
     b.add_argument("--n", type=int, default=None,

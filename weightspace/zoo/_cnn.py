@@ -206,7 +206,7 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
 
 
 #: training steps timed before a shard reports its pace (``on_pace``)
-PACE_STEPS = 10
+PACE_STEPS = MASK_BLOCK  # one block of dropout masks, drawn at its first step
 
 
 def _train_shard(task: _Task, shard: int, ids: range,
