@@ -1,7 +1,7 @@
 """Our C kernels against torch's and SciPy's, per instruction set: which path is faster where.
 
     python bench/isa_table.py                    # every build this CPU runs, about 2 minutes
-    python bench/isa_table.py --builds avx2 --repeats 9 --threads 1
+    python bench/isa_table.py --builds avx2 --repeats 9 --threads 0    # torch's own thread count
 
 For each build this CPU can run (AVX-512, AVX2, generic), in a fresh process:
 
@@ -24,7 +24,7 @@ are x86-only); it is not measured here (no ARM machine), and the generic row, me
 x86 with torch limited to SSE4.1, does not stand for torch's ARM kernels.
 
 Times are milliseconds, the minimum of ``--repeats`` runs (a busy machine inflates single
-runs, not minima). Prints markdown.
+runs, not minima), one torch thread unless ``--threads``. Prints markdown.
 """
 from __future__ import annotations
 
@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="comma-separated builds to run: avx512, avx2, generic (default: every one this CPU runs)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per timing, the minimum is kept (default: 5)")
     ap.add_argument("--sizes", default="512,2048", help="assignment sizes n (default: 512,2048)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default: 1, as each process of zoo build --workers N on N cores; 0: torch's "
+                         "own; more threads make minima on a busy machine less stable)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = [int(v) for v in args.sizes.split(",")]

@@ -31,12 +31,15 @@ runs N such workers on this machine. Read a zoo in Python with weightspace.zoo.Z
 BUILD_DESCRIPTION = """Train a zoo, many models at once; resumes an interrupted build in --out.
 
 How long, on a CPU: a default cnn build (8 epochs, checkpoints 0,1,2,4,8, 64 models per
-shard, one process) took about 2 min per 100 models on digits (1,400 8x8 images) and
-about 30 min per 100 models on MNIST (60,000 28x28 images), on a 2-core AVX-512 Xeon
-(docs/isa.md); two to four times that on the same machine when it was busy, and more on
-an AVX2 CPU, where torch's convolutions replace ours when they measure faster
-(WEIGHTSPACE_GCONV=auto|ours|torch). A build prints its own estimate after its first
-steps. --workers N (one process per core) or fewer --checkpoints epochs shorten it."""
+shard, one process) on a 2-core AVX-512 Xeon shared with other jobs (docs/isa.md), per 100
+models: digits (1,400 8x8 images) 11 s with one torch thread (OMP_NUM_THREADS=1), 2 to 5
+min with torch's default of a thread per core; MNIST-sized data (8,000 28x28 training
+images) about 8 min with one thread, 27 min with the default (the build's own estimates;
+MNIST's 60,000 images take 7.5 times as many steps, about 1 h with one thread). Tiny
+models leave a second thread idle and a busy core stalls it: on a shared machine prefer
+OMP_NUM_THREADS=1, or --workers N (one process per core, one thread each). An AVX2 CPU
+is slower; WEIGHTSPACE_GCONV=auto (default) runs our convolutions or torch's, whichever
+it measures faster. A build prints its own estimate after its first steps."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

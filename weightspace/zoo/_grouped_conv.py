@@ -8,16 +8,17 @@ counts are not multiples of 16, it is torch's own grouped convolution (the same 
 to float32 rounding).
 
 Which of the two runs is measured, not assumed: ours is several times faster than torch's
-on an AVX-512 CPU, but on an AVX2 one torch's oneDNN kernels can win. With
+on an AVX-512 CPU, but on an AVX2 one torch's oneDNN kernels can win (docs/isa.md). With
 ``WEIGHTSPACE_GCONV=auto`` (the default) the first call for a problem signature (shapes,
 stride, padding, which gradients) times both, forward and the backward passes it needs, on
-its real sizes (:data:`AUTO_REPEATS` times each, the minimum), and every later call with
-that signature in this process runs the faster (:data:`CHOICES`; a ``logging`` debug line
-says what was chosen). ``WEIGHTSPACE_GCONV=ours`` or ``torch`` (or :data:`ENABLED` =
-``False``, torch) fixes the path, e.g. for benchmarks or for results bit-identical between
-processes: the two paths agree only to float32 rounding, so two processes that choose
-differently for a signature train slightly different models (zoo build's worker processes
-start from the choices of the process that spawns them).
+its real sizes (:data:`AUTO_REPEATS` times each, alternating, the minimum), and every later
+call with that signature in this process runs the faster (:data:`CHOICES`; a ``logging``
+debug line says what was chosen). The zoo's ``cnn_forward`` makes this choice for the whole
+network (``_batched._cnn_path``). ``WEIGHTSPACE_GCONV=ours`` or ``torch`` (or
+:data:`ENABLED` = ``False``, torch) fixes the path, e.g. for benchmarks or for results
+bit-identical between processes: the two paths agree only to float32 rounding, so two
+processes that choose differently for a signature train slightly different models (zoo
+build's worker processes start from the choices of the process that spawns them).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ ENABLED = True
 ENV = "WEIGHTSPACE_GCONV"
 MODES = ("auto", "ours", "torch")
 #: ``auto``: each path is timed this many times at a signature's first call (the minimum counts)
-AUTO_REPEATS = 2
+AUTO_REPEATS = 3
 #: ``auto``'s choices in this process: problem signature -> ``"ours"`` or ``"torch"``
 CHOICES: dict[tuple, str] = {}
 #: seconds this process has spent measuring for ``auto`` (zoo build's time estimate leaves it out)
@@ -157,14 +158,14 @@ def _torchs(x: Tensor, w: Tensor, bias: Tensor | None, stride: int, pads: tuple[
     return out.view(b, m, co, *out.shape[2:]).permute(1, 0, 3, 4, 2).contiguous()
 
 
-def timed_min(runs: dict[str, Callable[[], object]], repeats: int = AUTO_REPEATS) -> dict[str, float]:
+def timed_min(runs: dict[str, Callable[[], object]], repeats: int | None = None) -> dict[str, float]:
     """Seconds of each of ``runs`` (name -> a call with no arguments): the minimum of
-    ``repeats`` calls, the runs alternating (so a first call's set-up, e.g. oneDNN's, is not
-    what counts when ``repeats >= 2``)."""
+    ``repeats`` (default :data:`AUTO_REPEATS`) calls, the runs alternating (so a first call's
+    set-up, e.g. oneDNN's, is not what counts when ``repeats >= 2``)."""
     global measured_seconds
     best = {name: float("inf") for name in runs}
     t0 = time.perf_counter()
-    for _ in range(max(1, repeats)):
+    for _ in range(max(1, AUTO_REPEATS if repeats is None else repeats)):
         for name, fn in runs.items():
             t = time.perf_counter()
             fn()
