@@ -8,6 +8,7 @@ recomputing the group's similarity matrix in torch and solving it with SciPy's
     python bench/matching_speed.py                                  # random pairs, widths 512 and 2048, CPU
     python bench/matching_speed.py --widths 2048,4096 --device cuda --no-baseline
     python bench/matching_speed.py --pairs trained --mnist DIR --widths 2048
+    python bench/matching_speed.py --solvers lap,scipy --no-baseline --isa avx2   # the C solver's AVX2 build
 
 Networks: MLPs 784-W-W-W-W-10. Random pairs: two independent initialisations. Trained pairs:
 8 epochs of SGD (lr 0.05, momentum 0.9, batch 128) on the first 8,000 MNIST images, seeds
@@ -16,6 +17,7 @@ Networks: MLPs 784-W-W-W-W-10. Random pairs: two independent initialisations. Tr
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 
@@ -28,6 +30,10 @@ import weightspace
 from merging.matching import _solve
 from merging.matching.weight import matching_objective, similarity
 from weightspace.models import get_model
+
+
+#: ws_lap_force's values
+LAP_BUILDS = {"auto": 0, "generic": 1, "avx2": 2, "avx512": 3}
 
 
 def make_pair(width: int, trained: bool, device: str, mnist: str | None, epochs: int):
@@ -98,7 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="time each solver this many times on the same pair and print the median (default: 1)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the SciPy-per-step baseline")
+    ap.add_argument("--isa", default="auto", choices=sorted(LAP_BUILDS),
+                    help="the C solver's build: the best this CPU runs (auto), or forced (ws_lap_force; a build "
+                         "this CPU lacks runs the next one down) (default: auto)")
     args = ap.parse_args(argv)
+    if args.isa != "auto":
+        if _solve._LAP is None:
+            ap.error("--isa: the C solver is not built")
+        ctypes.c_int.in_dll(_solve._LAP, "ws_lap_force").value = LAP_BUILDS[args.isa]
     pairs = args.pairs.split(",")
     default_k = _solve.SPARSE_K
     if args.threads:
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     if "trained" in pairs and not args.mnist:
         ap.error("--pairs trained needs --mnist DIR")
     print(f"\n### Weight matching, MLP 784-W-W-W-W-10 ({args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)\n")
+          f"{torch.get_num_threads()} threads, C solver build {args.isa})\n")
     print("| width | pair | method | seconds | in solver | sweeps | objective | vs baseline objective | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|")
     for width in [int(w) for w in args.widths.split(",")]:

@@ -57,18 +57,24 @@ def bench_cnn(args) -> list[str]:
     plain = timed(lambda: [train_cnn_single(task, i) for i in range(n0)]) / n0
     lines = [row(what, "plain loop, one model at a time", n0, f"{plain * n0:.2f}", f"{1 / plain:.2f}", "1.0x")]
     from weightspace.zoo import _grouped_conv
-    modes = {"on": [True], "off": [False], "both": [True, False]}[args.kernels]
+    modes = {"on": ["ours"], "off": ["torch"], "auto": ["auto"], "both": ["ours", "torch", "auto"]}[args.kernels]
     if not _grouped_conv._LIB:
-        modes = [False]
-    for enabled in modes:
-        _grouped_conv.ENABLED = enabled
-        how = "our C kernels" if enabled else "torch's grouped convolutions"
+        modes = ["torch"]
+    before = os.environ.get(_grouped_conv.ENV)
+    for path in modes:
+        os.environ[_grouped_conv.ENV] = path
+        _grouped_conv.CHOICES.clear()
+        how = {"ours": "our C kernels", "torch": "torch's grouped convolutions",
+               "auto": "WEIGHTSPACE_GCONV=auto (the faster; its first-call timing included)"}[path]
         for m in args.per_shard:
             _train_shard(task, 0, range(min(m, 4)))  # warm-up
             t = timed(lambda: _train_shard(task, 0, range(m)))
             lines.append(row("", f"batched, {m} models per shard, {how}", m, f"{t:.2f}", f"{m / t:.2f}",
                              f"{plain * m / t:.1f}x"))
-    _grouped_conv.ENABLED = True
+    if before is None:
+        os.environ.pop(_grouped_conv.ENV, None)
+    else:
+        os.environ[_grouped_conv.ENV] = before
     if args.workers > 1:  # the whole zoo build: worker processes, writing included, start-up included
         import tempfile
 
@@ -129,9 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline-models", type=int, default=8, help="models the plain loop trains (default: 8)")
     p.add_argument("--inr-images", default="digits", help="INR images (default: digits)")
     p.add_argument("--inr-steps", type=int, default=200)
-    p.add_argument("--kernels", default="both", choices=["both", "on", "off"],
-                   help="batched CNN training with our C convolution kernels, torch's grouped convolutions, "
-                        "or both side by side (default: both)")
+    p.add_argument("--kernels", default="both", choices=["both", "on", "off", "auto"],
+                   help="batched CNN training with our C convolution kernels (on), torch's grouped convolutions "
+                        "(off), the faster measured per shape (auto, WEIGHTSPACE_GCONV's default), or all three "
+                        "side by side (default: both)")
     p.add_argument("--workers", type=int, default=1,
                    help="also time a whole zoo build with this many worker processes (zoo build --workers; "
                         "default: 1, not timed)")

@@ -36,9 +36,10 @@ def _reference(x, w, b, stride, pads):
 @needs_kernels
 @pytest.mark.parametrize("build", [1, 2, 3], ids=["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-M{c[1]}-{c[2]}to{c[3]}-H{c[4]}-K{c[5]}-S{c[6]}")
-def test_kernels_match_torch_forward_and_backward(build, case):
+def test_kernels_match_torch_forward_and_backward(build, case, monkeypatch):
     """Every build (where this CPU runs it; otherwise the next one down) gives torch's output
     and the gradients of input, weights and bias, to float32 rounding."""
+    monkeypatch.setenv("WEIGHTSPACE_GCONV", "ours")
     b, m, ci, co, h, k, stride, pads, shared = case
     force = ctypes.c_int.in_dll(_grouped_conv._LIB, "ws_gconv_force")
     gen = torch.Generator().manual_seed(build)
@@ -97,6 +98,7 @@ def test_cnn_forward_is_the_same_with_and_without_kernels(family, monkeypatch):
     params = {k: torch.stack([m.state_dict()[k] for m in models]).requires_grad_() for k in models[0].state_dict()}
     x = torch.randn(3, 6, 1, 8, 8)
     runs = []
+    monkeypatch.setenv("WEIGHTSPACE_GCONV", "ours")
     for enabled in (True, False):
         monkeypatch.setattr(_grouped_conv, "ENABLED", enabled)
         out = cnn_forward(models[0], params, x)
@@ -104,3 +106,76 @@ def test_cnn_forward_is_the_same_with_and_without_kernels(family, monkeypatch):
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(runs[0][0], torch.stack([m(xi) for m, xi in zip(models, x)]), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the path: auto (measured) or forced
+
+
+@needs_kernels
+def test_auto_records_a_choice_per_signature_and_every_path_gives_torchs_result(monkeypatch, caplog):
+    """With WEIGHTSPACE_GCONV=auto the first call for a signature times both paths and records
+    the faster (one debug line); a second call with that signature measures nothing. Each
+    path, forced, gives torch's output and gradients to float32 rounding."""
+    monkeypatch.setattr(_grouped_conv, "CHOICES", {})
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 5, 8, 8, 16, generator=gen).requires_grad_()
+    w = (0.2 * torch.randn(4, 16, 16, 3, 3, generator=gen)).requires_grad_()
+    bias = torch.randn(4, 16, generator=gen).requires_grad_()
+    pads = (0, 1, 0, 1)
+    ref = _reference(x, w, bias, 2, pads)
+    g = torch.randn(ref.shape, generator=gen)
+    want = torch.autograd.grad((ref * g).sum(), [x, w, bias])
+    measured = []
+    real = _grouped_conv.timed_min
+    monkeypatch.setattr(_grouped_conv, "timed_min", lambda runs, *a: measured.append(1) or real(runs, *a))
+    for path in ("auto", "auto", "ours", "torch"):
+        monkeypatch.setenv("WEIGHTSPACE_GCONV", path)
+        with caplog.at_level("DEBUG", logger="weightspace.zoo._grouped_conv"):
+            out = grouped_conv2d(x, w, bias, stride=2, pads=pads)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.detach().abs().max()))
+        for got, exp in zip(torch.autograd.grad((out * g).sum(), [x, w, bias]), want):
+            torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5 * float(exp.abs().max()))
+    assert len(measured) == 1  # the second auto call and the forced ones measured nothing
+    (sig, choice), = _grouped_conv.CHOICES.items()
+    assert choice in ("ours", "torch") and sig[0] == (4, 5, 8, 8, 16) and sig[4:] == (2, pads, (True, True, True))
+    lines = [r.getMessage() for r in caplog.records if "grouped_conv2d" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(f"-> {choice}")
+    # without gradients (evaluation) it is another signature, timed forward only
+    with torch.no_grad():
+        monkeypatch.setenv("WEIGHTSPACE_GCONV", "auto")
+        grouped_conv2d(x, w, bias, stride=2, pads=pads)
+    assert len(_grouped_conv.CHOICES) == 2 and len(measured) == 2
+
+
+@needs_kernels
+@pytest.mark.parametrize("path", ["auto", "ours", "torch"])
+def test_cnn_forward_follows_the_override(path, monkeypatch):
+    """cnn_forward with each WEIGHTSPACE_GCONV: the same outputs and gradients as the modules
+    to float32 rounding; auto records one choice for the whole network's signature."""
+    from weightspace.models import CNN
+    from weightspace.zoo._batched import cnn_forward
+
+    monkeypatch.setattr(_grouped_conv, "CHOICES", {})
+    monkeypatch.setenv("WEIGHTSPACE_GCONV", path)
+    torch.manual_seed(0)
+    models = [CNN(1, [16, 16, 16], 10, 8, stride=2, padding="tf_same") for _ in range(3)]
+    params = {k: torch.stack([m.state_dict()[k] for m in models]).requires_grad_() for k in models[0].state_dict()}
+    x = torch.randn(3, 6, 1, 8, 8)
+    out = cnn_forward(models[0], params, x)
+    grads = torch.autograd.grad(out.square().sum(), list(params.values()))
+    ref_params = [p for m in models for p in m.parameters()]
+    ref = torch.stack([m(xi) for m, xi in zip(models, x)])
+    ref_grads = torch.autograd.grad(ref.square().sum(), ref_params)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    names = [n for n, _ in models[0].named_parameters()]
+    for k, got in zip(params, grads):
+        want = torch.stack([ref_grads[i * len(names) + names.index(k)] for i in range(3)])
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    kinds = [sig[0] for sig in _grouped_conv.CHOICES]
+    assert kinds == (["cnn"] if path == "auto" else [])
+
+
+def test_a_bad_override_is_an_error(monkeypatch):
+    monkeypatch.setenv("WEIGHTSPACE_GCONV", "fastest")
+    with pytest.raises(ValueError, match="WEIGHTSPACE_GCONV='fastest': expected one of auto, ours, torch"):
+        _grouped_conv.mode()

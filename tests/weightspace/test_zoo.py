@@ -382,6 +382,7 @@ def test_batched_training_with_our_kernels(optimizer, family, monkeypatch):
     monkeypatch.setattr(_grouped_conv, "ENABLED", False)
     ref, _ = _train_shard(ref_task, 0, range(3))
     monkeypatch.setattr(_grouped_conv, "ENABLED", True)
+    monkeypatch.setenv("WEIGHTSPACE_GCONV", "ours")  # our kernels, not whichever path measures faster
     task = _cnn_task(optimizer, family)
 
     # one step: logits and gradients of three models at their initial weights

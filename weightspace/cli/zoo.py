@@ -28,12 +28,26 @@ launcher (a SLURM array, Ray, a shell loop) build disjoint parts of one zoo; --w
 runs N such workers on this machine. Read a zoo in Python with weightspace.zoo.ZooDataset."""
 
 
+BUILD_DESCRIPTION = """Train a zoo, many models at once; resumes an interrupted build in -o DIR.
+
+How long, on a CPU: a default cnn build (8 epochs, checkpoints 0,1,2,4,8, 64 models per
+shard, one process) on a 2-core AVX-512 Xeon shared with other jobs (docs/isa.md), per 100
+models: digits (1,400 8x8 images) 11 s with one torch thread (--threads 1, the default),
+2 to 5 min with a thread per core (--threads 2); MNIST-sized data (8,000 28x28 training
+images) about 8 min with one thread, 27 min with two (the build's own estimates; MNIST's
+60,000 images take 7.5 times as many steps, about 1 h with one thread). Tiny models leave
+a second thread idle and a busy core stalls it: to use more cores, prefer --workers N (one
+process per core, one thread each). An AVX2 CPU
+is slower; WEIGHTSPACE_GCONV=auto (default) runs our convolutions or torch's, whichever
+it measures faster. A build prints its own estimate after its first steps."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="zoo_command", metavar="{build,info,import}")
     fmt = argparse.RawDescriptionHelpFormatter
 
     b = sub.add_parser("build", help="train a zoo: cnn (small CNNs) or inr (SIREN image fits)", formatter_class=fmt,
-                       description="Train a zoo, many models at once; resumes an interrupted build in -o DIR.")
+                       description=BUILD_DESCRIPTION)
     b.add_argument("kind", choices=("cnn", "inr"), help="cnn: small CNNs on --data; inr: SIRENs fitted to --images")
     add_output_arg(b, metavar="DIR", help="the zoo directory (created; resumed if it holds this zoo)")
     b.add_argument("--n", type=int, default=None,

@@ -175,9 +175,15 @@ def cnn_forward(template: nn.Module, params: Mapping[str, Tensor], x: Tensor, *,
     Shapes:
         - output: ``(M, B, num_classes)``
     """
-    M = params["head.weight"].shape[0]
-    if _use_kernels(template, params, x):
+    if _use_kernels(template, params, x) and _cnn_path(template, params, x) == "ours":
         return _cnn_forward_kernels(template, params, x, dropout)
+    return _cnn_forward_torch(template, params, x, dropout)
+
+
+def _cnn_forward_torch(template: nn.Module, params: Mapping[str, Tensor], x: Tensor,
+                       dropout: Tensor | None) -> Tensor:
+    """:func:`cnn_forward` with torch's grouped convolutions."""
+    M = params["head.weight"].shape[0]
     cl = torch.channels_last
     if x.ndim == 4:  # one batch for all: the first layer is one dense convolution of M * C_out channels
         B, C, H, W = x.shape
@@ -214,6 +220,37 @@ def _use_kernels(template: nn.Module, params: Mapping[str, Tensor], x: Tensor) -
             and all(params[f"convs.{i}.weight"].dtype == torch.float32 for i in range(len(template.channels))))
 
 
+def _cnn_path(template: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> str:
+    """``"ours"`` or ``"torch"`` for this forward: ``$WEIGHTSPACE_GCONV``, or with ``auto`` the
+    faster of :func:`_cnn_forward_kernels` and :func:`_cnn_forward_torch` on these sizes,
+    forward and backward, measured at the first call with them (``_grouped_conv.CHOICES``).
+
+    The whole network is what is timed, not each convolution: torch's path keeps the grouped
+    layout from layer to layer, ours the model-major one, and the copies between the two
+    layouts would cost more than a layer's difference."""
+    from . import _grouped_conv as gc
+
+    if gc.mode() == "ours":
+        return "ours"
+    keys = sorted(params)
+    grad = torch.is_grad_enabled()
+    grads = [grad and x.requires_grad] + [grad and params[k].requires_grad for k in keys]
+    sig = ("cnn", tuple(template.channels), template.stride, tuple(template.pads), tuple(template._pool_after),
+           template.activation, template.gap is not None, tuple(x.shape),
+           tuple((k, tuple(params[k].shape)) for k in keys), tuple(grads))
+    choice = gc.CHOICES.get(sig)
+    if choice is None:
+        def run(fwd):
+            return gc.forward_backward(lambda x, *ps: fwd(template, dict(zip(keys, ps)), x, None),
+                                       [x, *(params[k] for k in keys)], grads)
+
+        times = gc.timed_min({"ours": run(_cnn_forward_kernels), "torch": run(_cnn_forward_torch)})
+        choice = gc.record_choice(sig, times, f"cnn_forward {len(template.channels)} convs of {template.channels} "
+                                              f"stride {template.stride}, x{tuple(x.shape)}, "
+                                              f"{'forward and backward' if any(grads) else 'forward'}")
+    return choice
+
+
 def _cnn_forward_kernels(template: nn.Module, params: Mapping[str, Tensor], x: Tensor,
                          dropout: Tensor | None) -> Tensor:
     """:func:`cnn_forward` with our C kernels (``_grouped_conv``): activations model-major and
@@ -231,7 +268,7 @@ def _cnn_forward_kernels(template: nn.Module, params: Mapping[str, Tensor], x: T
     relu = template.activation == "relu"
     for i, (pooled, (before, after)) in enumerate(zip(template._pool_after, template.pads)):
         h = grouped_conv2d(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"], stride=template.stride,
-                           pads=(before, after, before, after))
+                           pads=(before, after, before, after), path="ours")
         h = torch.relu_(h) if relu else template.act(h)
         if pooled:  # torch's pooling on a channels-last view of the same memory
             _, _, hh, ww, c = h.shape

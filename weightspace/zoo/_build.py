@@ -59,7 +59,8 @@ class ZooBuildResult:
 
 
 def run_build(out: str | os.PathLike, card: ZooCard, shard: str | tuple[int, int] | None, train_shard: ShardFn, *,
-              progress: bool = True, on_shard: Callable[[int], None] | None = None, desc: str = "zoo") -> ZooBuildResult:
+              progress: bool = True, on_shard: Callable[[int], None] | None = None, desc: str = "zoo",
+              paced: bool = False) -> ZooBuildResult:
     """Build the shards of this worker that are not on disk yet.
 
     Args:
@@ -70,6 +71,10 @@ def run_build(out: str | os.PathLike, card: ZooCard, shard: str | tuple[int, int
         progress: progress bar on stderr.
         on_shard: called with each shard index once it is safely on disk (tests use it to
             stop a build half way).
+        paced: ``train_shard`` takes a third argument, ``on_pace(seconds)``, which it calls
+            early in a shard with the seconds the shard should take. With ``progress``, one
+            line on stderr says how long this worker's shards should take at that pace (or
+            at the first shard's, when it never calls it).
     """
     t0 = time.perf_counter()
     worker = parse_shard_spec(shard)
@@ -81,11 +86,26 @@ def run_build(out: str | os.PathLike, card: ZooCard, shard: str | tuple[int, int
     n_todo = sum(len(card.shard_models(s)) for s in todo)
     bar = tqdm(total=n_todo, desc=desc, unit="model", file=sys.stderr, disable=not progress or not todo,
                dynamic_ncols=True)
+    estimated = not progress or not todo
+
+    def estimate(shard_seconds: float, ids: range) -> None:
+        nonlocal estimated
+        if not estimated:
+            estimated = True
+            bar.write(f"{desc}: about {format_duration(shard_seconds * n_todo / max(1, len(ids)))} for "
+                      f"{n_todo} models at this pace", file=sys.stderr)
+
     try:
         for s in todo:
             ids = card.shard_models(s)
             t = time.perf_counter()
-            tensors, rows = train_shard(s, ids)
+            if paced:
+                tensors, rows = train_shard(s, ids, lambda sec, ids=ids: estimate(sec, ids))
+            else:
+                tensors, rows = train_shard(s, ids)
+            if not estimated and s != todo[-1]:
+                estimate(time.perf_counter() - t, ids)
+            estimated = True
             result.train_seconds += time.perf_counter() - t
             writer.write_shard(s, tensors, rows)
             result.built.append(s)
@@ -97,6 +117,15 @@ def run_build(out: str | os.PathLike, card: ZooCard, shard: str | tuple[int, int
         bar.close()
         result.seconds = time.perf_counter() - t0
     return result
+
+
+def format_duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"3.5 h"``: a rough duration."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def build_in_workers(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any], workers: int, *,
@@ -124,12 +153,20 @@ def build_in_workers(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any
     try:
         with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             queue = manager.Queue()
-            futures = [pool.submit(_worker, build, kwargs, f"{i}/{workers}", threads, queue) for i in range(workers)]
+            # the workers start from this process's grouped-convolution choices (the same path for
+            # the same sizes, so the shards equal those this process would train)
+            from ._grouped_conv import CHOICES
+            futures = [pool.submit(_worker, build, kwargs, f"{i}/{workers}", threads, queue, dict(CHOICES))
+                       for i in range(workers)]
 
             def drain(timeout: float) -> None:
                 try:
                     while True:
                         s = queue.get(timeout=timeout)
+                        if progress and bar.n == 0 and n_shards:  # the first shard: the pace of them all
+                            rounds = -(-n_shards // workers)
+                            bar.write(f"{desc}: about {format_duration((time.perf_counter() - t0) * rounds)} for "
+                                      f"{n_shards} shards in {workers} processes at this pace", file=sys.stderr)
                         bar.update(1)
                         if on_shard is not None:
                             on_shard(s)
@@ -151,8 +188,11 @@ def build_in_workers(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any
 
 
 def _worker(build: Callable[..., ZooBuildResult], kwargs: dict[str, Any], shard: str, threads: int,
-            queue: Any) -> ZooBuildResult:
+            queue: Any, choices: dict[tuple, str] | None = None) -> ZooBuildResult:
     torch.set_num_threads(threads)
+    if choices:
+        from ._grouped_conv import CHOICES
+        CHOICES.update(choices)
     return build(**kwargs, shard=shard, progress=False, on_shard=queue.put)
 
 

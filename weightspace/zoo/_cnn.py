@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from weightspace.data import Dataset, load_dataset
 from weightspace.models import CNN
 from weightspace.models.cnn import conv_padding
 
-from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, _use_kernels, cnn_forward, model_generator
+from ._batched import OPTIMIZERS, IndexStream, StackedOptimizer, _cnn_path, _use_kernels, cnn_forward, model_generator
 from ._build import ZooBuildResult, build_in_workers, check_positive_int, check_range, resolve_device, run_build
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
@@ -173,7 +174,7 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
     """Mean loss and accuracy of every model on ``(x, y)``: two ``(M,)`` tensors.
 
     All models run at once, as grouped convolutions, on a GPU and on a CPU where our C
-    kernels apply (2.4x faster than one model after another, digits, 64 models). Otherwise
+    kernels apply and are the faster path (2.4x faster than one model after another, digits, 64 models). Otherwise
     (or with ``grouped=False``) on a CPU the models are evaluated one after another, each on
     batches of :data:`EVAL_BATCH` examples: every model sees the same inputs here, and one
     oneDNN convolution over 512 examples runs faster than a grouped one over many models
@@ -182,8 +183,9 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
     m = params["head.weight"].shape[0]
     loss = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
-    if grouped is None:
-        grouped = x.device.type != "cpu" or _use_kernels(task.template, params, x)
+    if grouped is None:  # on a CPU: where our kernels run and are the faster (WEIGHTSPACE_GCONV)
+        grouped = x.device.type != "cpu" or (_use_kernels(task.template, params, x)
+                                             and _cnn_path(task.template, params, x[:_eval_chunk(task, m)]) == "ours")
     if not grouped:
         for j in range(m):
             state = {k: v[j] for k, v in params.items()}
@@ -203,7 +205,19 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
     return (loss / len(x)).cpu(), (correct / len(x)).cpu()
 
 
-def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor], list[Row]]:
+#: training steps timed before a shard reports its pace (``on_pace``)
+PACE_STEPS = MASK_BLOCK  # one block of dropout masks, drawn at its first step
+
+
+def _train_shard(task: _Task, shard: int, ids: range,
+                 on_pace: Callable[[float], None] | None = None) -> tuple[dict[str, Tensor], list[Row]]:
+    """Train the models ``ids`` together. ``on_pace``, if given, is called once, after the
+    first :data:`PACE_STEPS` steps, with the seconds this whole shard should take at their
+    pace (set-up, the first checkpoint's evaluation and those steps, timed; the grouped
+    convolutions' first-call measurement, once per process, left out)."""
+    from . import _grouped_conv
+
+    t_start = time.perf_counter()
     dev, rec = task.device, task.recipe
     hps = [task.hparams(i) for i in ids]
     inits = [task.init(i, hp) for i, hp in zip(ids, hps)]
@@ -226,9 +240,15 @@ def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor]
         metrics.append((*_evaluate(task, detached, task.x_train[:n_eval], task.y_train[:n_eval]),
                         *_evaluate(task, detached, task.x_test, task.y_test)))
 
+    t_setup, t_eval = time.perf_counter() - t_start, 0.0
     if 0 in task.checkpoints:
+        t, m_eval = time.perf_counter(), _grouped_conv.measured_seconds
         checkpoint()
+        t_eval = time.perf_counter() - t - (_grouped_conv.measured_seconds - m_eval)
     keys = list(params)
+    n_steps = steps * max(task.checkpoints)
+    pace_at = min(PACE_STEPS, n_steps) if on_pace is not None else -1
+    done, t_steps, m_steps = 0, time.perf_counter(), _grouped_conv.measured_seconds
     for epoch in range(1, max(task.checkpoints) + 1):
         order = torch.stack([s.take(steps * b) for s in streams]).view(m, steps, b).to(dev)
         for step in range(steps):
@@ -242,6 +262,10 @@ def _train_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor]
             loss = F.cross_entropy(logits.reshape(m * b, -1), yb.reshape(-1), reduction="none").view(m, b).mean(1)
             grads = torch.autograd.grad(loss.sum(), [params[k] for k in keys])
             opt.step(dict(zip(keys, grads)))
+            done += 1
+            if done == pace_at:
+                per_step = (time.perf_counter() - t_steps - (_grouped_conv.measured_seconds - m_steps)) / done
+                on_pace(t_setup + len(task.checkpoints) * t_eval + n_steps * per_step)
         if epoch in task.checkpoints:
             checkpoint()
     n_ck = len(task.checkpoints)
@@ -420,7 +444,8 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
         device (str): ``cpu``, ``cuda`` or ``auto``. (default: ``"cpu"``)
         image_size (int, optional): resize inputs to this size first. (default: native)
         recipe (dict, optional): overrides of :data:`CNN_RECIPE`.
-        progress (bool): progress bar on stderr. (default: ``True``)
+        progress (bool): progress bar on stderr, and after the first few steps one line with
+            the time the build should take at their pace. (default: ``True``)
         on_shard (callable, optional): called with each shard index once it is on disk.
         workers (int): processes building disjoint shards at once (``shard`` ``i/workers``
             each), with ``cpu_count // workers`` threads each; on a CPU, one per core is
@@ -461,5 +486,5 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
         n_models=n, models_per_shard=models_per_shard, columns=CNN_COLUMNS, target="test_acc",
         input_shape=tuple(task.x_train.shape[1:]), checkpoints=task.checkpoints, checkpoint_unit="epoch",
         splits=dict(DEFAULT_SPLITS), cite=_CITE, notes=notes)
-    return run_build(out, card, shard, lambda s, ids: _train_shard(task, s, ids), progress=progress,
-                     on_shard=on_shard, desc="zoo build cnn")
+    return run_build(out, card, shard, lambda s, ids, on_pace: _train_shard(task, s, ids, on_pace),
+                     progress=progress, on_shard=on_shard, desc="zoo build cnn", paced=True)
