@@ -1,7 +1,9 @@
 """Helpers shared by the merge methods: input checks and per-model parameters."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -52,6 +54,22 @@ def per_model(value: float | Sequence[float] | None, n: int, name: str, fn: str,
     return [float(v) for v in values]
 
 
+_UPCAST: contextvars.ContextVar[bool] = contextvars.ContextVar("weightspace_merge_upcast", default=True)
+
+
 def work_dtype(t: Tensor) -> torch.dtype:
-    """Mix low-precision tensors in float32."""
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+    """Mix low-precision tensors in float32, unless inside :func:`compute_in_input_dtype`."""
+    if _UPCAST.get() and t.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return t.dtype
+
+
+@contextlib.contextmanager
+def compute_in_input_dtype() -> Iterator[None]:
+    """Inside this block the methods compute in their inputs' dtype (mergekit's rule: a recipe's
+    ``dtype`` is the compute dtype), instead of mixing float16/bfloat16 in float32."""
+    token = _UPCAST.set(False)
+    try:
+        yield
+    finally:
+        _UPCAST.reset(token)

@@ -20,7 +20,10 @@ def linear(states: list[StateDict], base: StateDict | None, *,
         \theta = \frac{\sum_i w_i \theta_i}{\sum_i w_i} \quad(\text{normalize}),\qquad
         \theta = \sum_i w_i \theta_i \quad(\text{otherwise})
 
-    The base, when given, is not averaged in; it (else model 0) supplies non-floating tensors.
+    computed as mergekit does: the models stacked, weighted, summed over the model axis, then
+    divided by the sum of the weights. The base, when given, is not averaged in (recipes add a
+    ``base_model`` that is not among the models as one more model, as mergekit does); it (else
+    model 0) supplies non-floating tensors.
 
     Args:
         states (list[StateDict]): the N models, same keys and shapes.
@@ -40,8 +43,7 @@ def linear(states: list[StateDict], base: StateDict | None, *,
     fn = "linear"
     ref = check_states(fn, states, base)
     ws = per_model(weights, len(states), "weights", fn, 1.0)
-    total = sum(ws)
-    if normalize and abs(total) < 1e-12:
+    if normalize and sum(ws) == 0:
         raise ValueError(f"{fn}: the weights {ws} sum to zero; cannot normalize (pass normalize=False)")
     out: StateDict = {}
     for key, r in ref.items():
@@ -49,8 +51,10 @@ def linear(states: list[StateDict], base: StateDict | None, *,
             out[key] = r.clone()
             continue
         dt = work_dtype(r)
-        acc = sum(w * s[key].to(device=r.device, dtype=dt) for w, s in zip(ws, states))
+        stacked = torch.stack([s[key].to(device=r.device, dtype=dt) for s in states])
+        w = torch.tensor(ws, dtype=dt, device=r.device).reshape(-1, *([1] * r.ndim))
+        acc = (w * stacked).sum(0)
         if normalize:
-            acc = acc / total
-        out[key] = torch.as_tensor(acc).to(r.dtype)
+            acc = acc / w.sum(0)
+        out[key] = acc.to(r.dtype)
     return out

@@ -3,40 +3,47 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, work_dtype
+from ._common import StateDict, check_states, is_float
 from ._registry import merge_method
 
 
 def slerp_tensor(v0: Tensor, v1: Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
-    r"""Spherical interpolation of two tensors seen as flat vectors (Shoemake 1985).
+    r"""Spherical interpolation of two tensors seen as flat vectors (Shoemake 1985), as mergekit
+    computes it: in float32, on directions :math:`v/\|v\|` (a vector of norm at most ``eps`` is
+    left unnormalised, so a zero tensor is interpolated as a vector orthogonal to the other).
 
     .. math::
         \Omega = \arccos\frac{\langle v_0, v_1\rangle}{\|v_0\|\|v_1\|},\qquad
         v(t) = \frac{\sin((1-t)\Omega)}{\sin\Omega} v_0 + \frac{\sin(t\Omega)}{\sin\Omega} v_1
 
-    Falls back to :math:`(1-t) v_0 + t v_1` when the normalised directions are nearly
-    colinear (``|cos Omega| > dot_threshold``) or either vector is (nearly) zero.
+    Falls back to :math:`(1-t) v_0 + t v_1` when the directions are nearly colinear
+    (``|cos Omega| > dot_threshold``). The result has ``v0``'s dtype.
     """
-    a, b = v0.double(), v1.double()
-    na, nb = a.norm(), b.norm()
-    if float(na) < eps or float(nb) < eps:
-        return torch.lerp(a, b, t).to(v0.dtype)
-    dot = float((a / na * (b / nb)).sum().clamp(-1.0, 1.0))
-    if abs(dot) > dot_threshold:
-        return torch.lerp(a, b, t).to(v0.dtype)
-    omega = math.acos(dot)
-    so = math.sin(omega)
-    return (math.sin((1.0 - t) * omega) / so * a + math.sin(t * omega) / so * b).to(v0.dtype)
+    a = v0.detach().cpu().float().numpy()
+    b = v1.detach().cpu().float().numpy()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    ua = a / na if na > eps else a
+    ub = b / nb if nb > eps else b
+    dot = np.sum(ua * ub)
+    if np.abs(dot) > dot_threshold:
+        res = (1 - t) * a + t * b
+    else:
+        theta0 = np.arccos(dot)
+        sin0 = np.sin(theta0)
+        theta_t = theta0 * t
+        res = (np.sin(theta0 - theta_t) / sin0) * a + (np.sin(theta_t) / sin0) * b
+    return torch.from_numpy(np.asarray(res)).to(dtype=v0.dtype, device=v0.device)
 
 
 @merge_method(name="slerp", pretty_name="SLERP", reference_url="https://dl.acm.org/doi/10.1145/325165.325242")
 def slerp(states: list[StateDict], base: StateDict | None, *, t: float = 0.5,
           dot_threshold: float = 0.9995) -> StateDict:
     r"""Spherical linear interpolation between two models, per tensor (Shoemake, "Animating
-    rotation with quaternion curves", 1985; as in mergekit).
+    rotation with quaternion curves", 1985; computed as mergekit does, see :func:`slerp_tensor`).
 
     .. math::
         \theta_k(t) = \frac{\sin((1-t)\Omega_k)}{\sin\Omega_k}\theta^{(0)}_k
@@ -76,6 +83,5 @@ def slerp(states: list[StateDict], base: StateDict | None, *, t: float = 0.5,
         if not is_float(a):
             out[key] = a.clone()
             continue
-        b = ends[1][key].to(device=a.device, dtype=work_dtype(a))
-        out[key] = slerp_tensor(a.to(work_dtype(a)), b, t, dot_threshold).to(a.dtype)
+        out[key] = slerp_tensor(a, ends[1][key].to(a.device), t, dot_threshold)
     return out

@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the merged checkpoint to write: .safetensors, or a directory / *.safetensors.index.json "
                         "for sharded output")
     p.add_argument("--config", metavar="RECIPE", default=None,
-                   help="a YAML merge recipe (merge_method, base_model, models, parameters, out) for the "
-                        "task-vector methods: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp; "
-                        "replaces A, B")
+                   help="a mergekit-style YAML merge recipe (merge_method, base_model, models or slices, "
+                        "parameters, dtype, out_dtype, out) of N models, run tensor by tensor; OUT is a "
+                        ".safetensors file or a Hugging Face directory; replaces A, B (docs/recipes.md)")
     add_model_args(p)
     g = p.add_argument_group("merge")
     g.add_argument("--method", default="weight", metavar="{weight,activation,ste,none}",
@@ -115,7 +115,8 @@ def _run_config(args: argparse.Namespace) -> int:
     if args.a is not None or args.b is not None:
         raise ValueError(f"--config {args.config}: the recipe names the models; do not also give A and B")
     recipe = load_recipe(args.config)
-    path = run_recipe(recipe, args.output)
+    path = run_recipe(recipe, args.output, max_shard_size=args.max_shard_size,
+                      progress=not (args.quiet or args.json))
     if args.json:
         print_json({"output": str(path), "method": recipe.merge_method, "models": len(recipe.models),
                     "base_model": str(recipe.base_model) if recipe.base_model else None})
