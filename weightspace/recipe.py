@@ -689,17 +689,22 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                 continue
             y = _yaml_name(method, p.name)
             if p.name in per_model:
-                values = []
+                values, fields = [], []
                 for (i, _, sp, lab), nm in zip(sources, in_names):
-                    v = None
-                    for level in (sp, slice_params, glob):
+                    v, origin = None, None
+                    for level, lw in ((sp, f"{lab}.parameters"), (slice_params, f"{where}.parameters"),
+                                      (glob, "parameters")):
                         if y in level:
-                            v = evaluate_setting(level[y], nm, t)
+                            v, origin = evaluate_setting(level[y], nm, t), f"{lw}.{y}"
                             if v is not None:
                                 break
                     values.append((1.0 if p.default is None else p.default) if v is None else v)
-                if any(v is not None for v in values):
-                    out[p.name] = values
+                    fields.append(origin)
+                out[p.name] = values
+                if p.name == "density":
+                    for d, origin in zip(values, fields):
+                        if not 0.0 <= d <= 1.0:
+                            raise err(origin, f"{d:g} for {tensor!r}: a density is in [0, 1]")
             else:
                 v = None
                 for level in (slice_params, glob):
@@ -709,10 +714,6 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                             break
                 if v is not None:
                     out[p.name] = v
-        if "density" in out:
-            for (i, _, _, lab), d in zip(sources, out["density"]):
-                if not 0.0 <= d <= 1.0:
-                    raise err(f"{lab}.parameters.density", f"{d:g} for {tensor!r}: a density is in [0, 1]")
         return out
 
     def add(out_name: str, in_names: list[str], t: float, sl, where: str) -> None:
@@ -776,6 +777,10 @@ def plan_recipe(recipe: Recipe) -> _Plan:
             ranges = [(0, n)] * len(sources)
         else:
             ranges = [r for _, r, _, _ in sources]
+            for (i, r, _, lab) in sources:
+                if r[1] > n_layers(i):
+                    raise err(f"{lab}.layer_range", f"{paths[i].name} has {n_layers(i)} layers; {list(r)} is out "
+                                                    f"of range")
         count = ranges[0][1] - ranges[0][0]
         for offset in range(count):
             t = offset / (count - 1) if count > 1 else 1.0
@@ -787,11 +792,7 @@ def plan_recipe(recipe: Recipe) -> _Plan:
             for prefix, suffix in names:
                 in_names = []
                 for (i, _, _, lab), (a, _) in zip(sources, ranges):
-                    j = a + offset
-                    if j >= n_layers(i) and recipe.slices is not None:
-                        raise err(f"{lab}.layer_range", f"{paths[i]} has {n_layers(i)} layers; layer {j} is out "
-                                                        f"of range")
-                    in_names.append(f"{prefix}{j}{suffix}")
+                    in_names.append(f"{prefix}{a + offset}{suffix}")
                 add(f"{prefix}{out_layer}{suffix}", in_names, t, sl, sl[3])
             out_layer += 1
     last = slices[-1]
