@@ -31,7 +31,7 @@ def test_every_example_is_tested():
                                                      "parameter_graphs", "merge_many_models",
                                                      "build_a_zoo", "train_a_metanetwork",
                                                      "merge_sharded_checkpoints", "star_model",
-                                                     "resample_widths"}
+                                                     "resample_widths", "merge_with_a_recipe"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -105,3 +105,12 @@ def test_resample_widths(tmp_path, capsys):
     assert set(result["accuracies"]) == {4, 8, 16} and "sampled at width" in out
     assert all(0.0 <= a <= 1.0 for a in result["accuracies"].values())
     assert (tmp_path / "mlp_w8.safetensors").is_file()
+
+
+def test_merge_with_a_recipe(tmp_path, capsys):
+    result = _load("merge_with_a_recipe").main(["--out", str(tmp_path), "--hidden", "16", "--layers", "2",
+                                                "--quiet"])
+    out = capsys.readouterr().out
+    assert "merged ties" in out and (tmp_path / "merged" / "config.json").is_file()
+    assert result["dtype"] == torch.bfloat16
+    assert all(0 < d < 1 for d in result["distance"].values())
