@@ -41,44 +41,38 @@ def _rank_magnitudes(tv: Tensor) -> Tensor:
 
 
 def magnitude(tv: Tensor, density: float, rescale: object = False, *, name: str = "") -> Tensor:
-    """Keep the ``int(density * numel)`` entries of largest magnitude (TIES trim).
+    """Keep the ``max(1, int(density * numel))`` entries of largest magnitude (TIES trim); a
+    density of 0 keeps nothing.
 
-    Among equal magnitudes the lower flat index is kept (a stable descending sort, the order
-    mergekit's ``argsort`` gives on the CPU). A density that keeps no entry is an error, as in
-    mergekit.
+    Among equal magnitudes the entries kept are those ``torch.argsort(descending=True)`` puts
+    first (an unstable sort, as mergekit: with the same torch the same entries), magnitudes
+    ranked in float32 on the CPU.
     """
     if density >= 1:
         return tv
-    k = int(density * tv.numel())
-    if k <= 0:
-        raise ValueError(f"density {density:g} keeps no entry of {name or 'a tensor'} ({tv.numel()} values); "
-                         f"raise the density to at least {1 / tv.numel():.3g} (mergekit refuses this too)")
-    order = torch.sort(_rank_magnitudes(tv), descending=True, stable=True).indices[:k]
+    if density <= 0 or tv.numel() == 0:
+        return torch.zeros_like(tv)
+    k = max(1, int(density * tv.numel()))
+    order = torch.argsort(_rank_magnitudes(tv), descending=True)[:k]
     mask = torch.zeros(tv.numel(), dtype=tv.dtype, device=tv.device)
     mask[order] = 1
     return _rescaled(tv, mask.reshape(tv.shape), rescale, density)
 
 
 def magnitude_outliers(tv: Tensor, density: float, gamma: float, rescale: object = False) -> Tensor:
-    """Model Breadcrumbs: drop the ``gamma`` fraction of largest magnitudes, then the smallest ones
-    down to ``density``.
-
-    As in mergekit, the kept entries are ``sorted[n_bot : n - n_top]`` with
-    ``n_top = int(gamma * n)``, so when ``n_top`` is 0 (``gamma * n < 1``) mergekit's slice
-    ``[n_bot:-0]`` is empty and nothing is kept; this quirk is reproduced (tensors of fewer than
-    ``1 / gamma`` entries lose their task vector).
+    """Model Breadcrumbs: drop the ``int(gamma * n)`` largest magnitudes (outliers), then the
+    smallest ones, keeping ``int(density * n)`` entries: ``sorted[n_bot : n_bot + int(density * n)]``
+    with ``n_bot = max(0, n - int(density * n) - int(gamma * n))`` (fewer outliers dropped when
+    both cannot be honoured), as mergekit 0.1.5.
     """
     if density >= 1:
         return tv
     n = tv.numel()
     target, n_top = int(density * n), int(gamma * n)
-    n_bot = n - target - n_top
-    if n_bot < 0:
-        n_top, n_bot = n_top + n_bot, 0
-    order = torch.sort(_rank_magnitudes(tv), descending=False, stable=True).indices
+    n_bot = max(0, n - target - n_top)
+    order = torch.sort(_rank_magnitudes(tv), descending=False).indices  # unstable, as mergekit
     mask = torch.zeros(n, dtype=tv.dtype, device=tv.device)
-    if n_top > 0:
-        mask[order[n_bot:n - n_top]] = 1
+    mask[order[n_bot:n_bot + target]] = 1
     return _rescaled(tv, mask.reshape(tv.shape), rescale, density)
 
 
@@ -106,7 +100,7 @@ def della_magprune(tv: Tensor, density: float, epsilon: float, rescale: object,
     shape = tv.shape
     dt = tv.dtype if tv.dtype == torch.bfloat16 or tv.device.type != "cpu" else torch.float32
     x = tv.unsqueeze(0) if tv.dim() < 2 else tv
-    ranks = torch.argsort(torch.argsort(x.abs(), dim=1, stable=True), dim=1).to(dt) + 1
+    ranks = torch.argsort(torch.argsort(x.abs(), dim=1), dim=1).to(dt) + 1
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
     probs = (density - epsilon) + norm * 2 * epsilon

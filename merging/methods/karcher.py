@@ -9,31 +9,29 @@ from ._registry import merge_method
 
 
 def karcher_tensor(tensors: list[Tensor], *, max_iter: int = 10, tol: float = 1e-5) -> Tensor:
-    """Karcher mean on the unit sphere of equally weighted tensors, times their mean norm."""
+    """Karcher mean on the unit sphere of equally weighted tensors, times their mean norm
+    (norms in float32, float64 for float64 inputs, as mergekit 0.1.5)."""
     n = len(tensors)
     if n == 1:
         return tensors[0]
+    dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     alphas = [1.0 / n] * n
     norms, units = [], []
     for x in tensors:
-        nrm = torch.linalg.norm(x.float())
-        if nrm.item() == 0.0:
-            norms.append(0.0)
-            units.append(torch.zeros_like(x))
-        else:
-            norms.append(nrm.item())
-            units.append((x / nrm).to(x.dtype))
-    valid = [i for i, v in enumerate(norms) if v > tol]
+        nrm = torch.linalg.vector_norm(x.to(dt))
+        norms.append(nrm)
+        units.append(torch.zeros_like(x) if nrm.item() == 0.0 else (x / nrm).to(x.dtype))
+    valid = [i for i, v in enumerate(norms) if v.item() > tol]
     if not valid:
-        return torch.zeros_like(tensors[0])
+        return sum(x * 0 for x in tensors)
     total = sum(alphas[i] for i in valid)
     a_valid = [alphas[i] / total for i in valid]
     u_valid = [units[i] for i in valid]
     u = torch.zeros_like(u_valid[0])
     for a, ui in zip(a_valid, u_valid):
         u += a * ui
-    nu = torch.linalg.norm(u.float()).item()
-    u = u_valid[0].clone() if nu < tol else (u / nu).to(u.dtype)
+    nu = torch.linalg.vector_norm(u.to(dt))
+    u = u_valid[0].clone() if nu.item() < tol else (u / nu).to(u.dtype)
     for _ in range(max_iter):
         tangent = torch.zeros_like(u)
         for a, ui in zip(a_valid, u_valid):
@@ -42,20 +40,18 @@ def karcher_tensor(tensors: list[Tensor], *, max_iter: int = 10, tol: float = 1e
             if theta.item() < tol:
                 continue
             tangent += a * (theta / torch.sin(theta)) * (ui - dot * u)
-        nt = torch.linalg.norm(tangent.float())
+        nt = torch.linalg.vector_norm(tangent.to(dt))
         if nt.item() < tol:
             break
         u = (torch.cos(nt) * u + torch.sin(nt) * (tangent / nt)).to(u.dtype)
-        nu2 = torch.linalg.norm(u.float())
+        nu2 = torch.linalg.vector_norm(u.to(dt))
         if nu2.item() > tol:
             u = (u / nu2).to(u.dtype)
-    s = 0.0
-    for a, v in zip(alphas, norms):
-        s += a * v
-    return s * u
+    scale = sum(a * v for a, v in zip(alphas, norms))
+    return scale * u
 
 
-@merge_method(name="karcher", pretty_name="Karcher mean", reference_url="https://en.wikipedia.org/wiki/Karcher_mean")
+@merge_method(name="karcher", pretty_name="Karcher mean", reference_url="https://arxiv.org/abs/2603.04972")
 def karcher(states: list[StateDict], base: StateDict | None, *, max_iter: int = 10, tol: float = 1e-5) -> StateDict:
     r"""The Karcher (Riemannian) mean of N models, per tensor, as mergekit's ``karcher``: the
     tensors' directions :math:`u_i = \theta_i/\|\theta_i\|` are averaged on the unit sphere by

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._common import StateDict, check_states, is_float, per_model, work_dtype
+from ._common import StateDict, check_states, is_float, per_model
 from ._registry import merge_method
 
 
@@ -20,8 +20,8 @@ def linear(states: list[StateDict], base: StateDict | None, *,
         \theta = \frac{\sum_i w_i \theta_i}{\sum_i w_i} \quad(\text{normalize}),\qquad
         \theta = \sum_i w_i \theta_i \quad(\text{otherwise})
 
-    computed as mergekit does: the models stacked, weighted, summed over the model axis, then
-    divided by the sum of the weights. The base, when given, is not averaged in (recipes add a
+    computed as mergekit 0.1.5 does: accumulated model by model in float32 (float64 for float64
+    inputs), then divided by the sum of the weights. The base, when given, is not averaged in (recipes add a
     ``base_model`` that is not among the models as one more model, as mergekit does); it (else
     model 0) supplies non-floating tensors.
 
@@ -50,11 +50,12 @@ def linear(states: list[StateDict], base: StateDict | None, *,
         if not is_float(r):
             out[key] = r.clone()
             continue
-        dt = work_dtype(r)
-        stacked = torch.stack([s[key].to(device=r.device, dtype=dt) for s in states])
-        w = torch.tensor(ws, dtype=dt, device=r.device).reshape(-1, *([1] * r.ndim))
-        acc = (w * stacked).sum(0)
+        dt = torch.float64 if r.dtype == torch.float64 else torch.float32
+        w = torch.tensor(ws, dtype=dt, device=r.device)
+        acc = torch.zeros(r.shape, dtype=dt, device=r.device)
+        for s, c in zip(states, w.unbind(0)):
+            acc.addcmul_(s[key].to(r.device), c)
         if normalize:
-            acc = acc / w.sum(0)
+            acc.div_(w.sum())
         out[key] = acc.to(r.dtype)
     return out

@@ -18,7 +18,8 @@ def model_stock(states: list[StateDict], base: StateDict | None, *, filter_wise:
         t = \frac{N \cos\theta}{1 + (N-1)\cos\theta},\qquad
         \theta = t\,\frac{1}{N}\sum_i \theta_i + (1-t)\,\theta_0
 
-    over each whole tensor, or row by row with ``filter_wise`` (a vector is one row).
+    over each whole tensor, or row by row with ``filter_wise`` (a vector is one row); where the
+    denominator is within ``1e-6`` of 0, :math:`t = 0`.
 
     Args:
         states (list[StateDict]): at least two fine-tuned models.
@@ -57,7 +58,9 @@ def model_stock(states: list[StateDict], base: StateDict | None, *, filter_wise:
                 cosines.append(((offsets[i] * offsets[j]).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
         cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
         n = len(ws)
-        t = (n * cos) / (1 + (n - 1) * cos)
+        den = 1 + (n - 1) * cos
+        singular = den.abs() < 1e-6  # t = 0 (the base) where the formula divides by 0
+        t = torch.where(singular, torch.zeros_like(cos), (n * cos) / torch.where(singular, torch.ones_like(den), den))
         avg = sum(ws) / n
         out[key] = (t * avg + (1 - t) * w0).reshape(b.shape).to(b.dtype)
     return out

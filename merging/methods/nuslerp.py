@@ -13,7 +13,7 @@ from ._registry import merge_method
 def nuslerp_tensor(t: float, v0: Tensor, v1: Tensor, *, dim: int = -1, flatten: bool = False,
                    eps: float = 1e-8) -> Tensor:
     """SLERP of ``v0`` and ``v1`` along ``dim`` (each slice its own angle), or of the flattened
-    tensors; (nearly) colinear slices, ``|sin Omega| < eps``, are interpolated linearly."""
+    tensors; (nearly) colinear slices, ``1 - cos^2 <= eps^2``, are interpolated linearly."""
     shape = v0.shape
     if flatten:
         v0, v1 = v0.reshape(-1), v1.reshape(-1)
@@ -21,11 +21,12 @@ def nuslerp_tensor(t: float, v0: Tensor, v1: Tensor, *, dim: int = -1, flatten: 
         v0, v1 = v0.transpose(dim, -1), v1.transpose(dim, -1)
     u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
     u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
-    cos = torch.sum(u0 * u1, dim=-1, keepdim=True)
-    theta = torch.acos(cos.clamp(-1, 1))
+    cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(colinear, 0, cos))
     sin = torch.sin(theta)
     res = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin
-    res = torch.where(sin.abs() < eps, (1 - t) * v0 + t * v1, res)
+    res = torch.where(colinear, (1 - t) * v0 + t * v1, res)
     if dim != -1 and not flatten:
         res = res.transpose(dim, -1)
     return res.reshape(shape)

@@ -28,15 +28,18 @@ def test_sign_election_elects_plus_where_the_sum_is_zero():
     torch.testing.assert_close(out, torch.tensor([1.0, 1.5, -2.0, 0.0]))
 
 
-def test_ties_trim_keeps_the_lower_index_among_equal_magnitudes():
+def test_ties_trim_among_equal_magnitudes_small():
     ft = sd(w=[0.5, 1.0, -1.0, 1.0])
     out = get_method("ties")([ft], ZERO, density=0.5)["w"]  # k = 2 of the three magnitudes 1.0
     torch.testing.assert_close(out, torch.tensor([0.0, 1.0, -1.0, 0.0]))
 
 
-def test_a_density_that_keeps_nothing_is_an_error_naming_the_tensor():
-    with pytest.raises(ValueError, match=r"ties: model 0: density 0.1 keeps no entry of 'w' \(4 values\)"):
-        get_method("ties")([sd(w=[1.0, 2.0, 3.0, 4.0])], ZERO, density=0.1)
+def test_a_tiny_density_keeps_one_entry_and_zero_keeps_none():
+    # mergekit 0.1.5: k = max(1, int(density * n)); density 0 drops the task vector
+    out = get_method("ties")([sd(w=[1.0, -4.0, 3.0, 2.0])], ZERO, density=0.1)["w"]
+    torch.testing.assert_close(out, torch.tensor([0.0, -4.0, 0.0, 0.0]))
+    out = get_method("ties")([sd(w=[1.0, -4.0, 3.0, 2.0])], ZERO, density=0.0)["w"]
+    torch.testing.assert_close(out, torch.zeros(4))
 
 
 def test_dare_ties_defaults_are_mergekits():
@@ -94,9 +97,12 @@ def test_breadcrumbs_drops_outliers_and_small_entries():
     # n_top = 10 largest dropped, n_bot = 100 - 50 - 10 = 40 smallest dropped: 41..90 kept
     expected = torch.where((tv > 40) & (tv <= 90), tv, torch.zeros(100))
     torch.testing.assert_close(out, expected)
-    # mergekit's quirk, reproduced: gamma * n < 1 keeps nothing
+    # gamma * n < 1: no outlier dropped, the int(density * n) largest kept
     small = get_method("breadcrumbs")([{"w": tv[:5]}], {"w": torch.zeros(5)}, density=0.6, gamma=0.01)["w"]
-    assert torch.equal(small, torch.zeros(5))
+    torch.testing.assert_close(small, torch.tensor([0.0, 0.0, 3.0, 4.0, 5.0]))
+    # density + gamma > 1: fewer outliers dropped so that int(density * n) entries stay
+    crowded = get_method("breadcrumbs")([{"w": tv}], {"w": torch.zeros(100)}, density=0.95, gamma=0.1)["w"]
+    torch.testing.assert_close(crowded, torch.where(tv <= 95, tv, torch.zeros(100)))
     ties = get_method("breadcrumbs_ties")([{"w": tv}, {"w": -tv}], {"w": torch.zeros(100)}, density=0.5,
                                           gamma=0.1)["w"]
     torch.testing.assert_close(ties, expected)  # +1 elected where the sum is 0, no normalisation
@@ -163,3 +169,18 @@ def test_compute_in_input_dtype_skips_the_float32_upcast():
     assert up.dtype == low.dtype == torch.bfloat16
     # bf16 arithmetic rounds 1 + 2^-9 to 1 at once; both end on the bf16 grid
     assert torch.equal(low, (a["w"] + b["w"]))
+
+
+def test_ties_trim_on_equal_magnitudes_is_argsorts_choice():
+    # mergekit keeps argsort(|tv|, descending)[:k] (an unstable sort); with many equal
+    # magnitudes that is not the lowest indices, and the trim must pick the same entries
+    g = torch.Generator().manual_seed(0)
+    for n in (7, 100, 5000):
+        tv = torch.randint(1, 4, (n,), generator=g).float()
+        for density in (0.01, 0.3, 0.5):
+            k = max(1, int(density * n))
+            expected = torch.zeros(n)
+            idx = torch.argsort(tv.abs(), descending=True)[:k]
+            expected[idx] = tv[idx]
+            out = get_method("ties")([{"w": tv}], {"w": torch.zeros(n)}, density=density)["w"]
+            assert torch.equal(out, expected), (n, density)
