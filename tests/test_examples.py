@@ -108,8 +108,9 @@ def test_resample_widths(tmp_path, capsys):
 
 
 def test_merge_with_a_recipe(tmp_path, capsys):
-    result = _load("merge_with_a_recipe").main(["--out", str(tmp_path), "--hidden", "16", "--layers", "2",
-                                                "--quiet"])
+    with pytest.warns(UserWarning, match="out_dtype: writing bfloat16"):
+        result = _load("merge_with_a_recipe").main(["--out", str(tmp_path), "--hidden", "16", "--layers", "2",
+                                                    "--quiet"])
     out = capsys.readouterr().out
     assert "merged ties" in out and (tmp_path / "merged" / "config.json").is_file()
     assert result["dtype"] == torch.bfloat16

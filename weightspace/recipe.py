@@ -546,11 +546,8 @@ def load_recipe(path: PathLike) -> Recipe:
                       "not supported: weightspace copies a source's tokenizer and does not edit vocabularies")
         tok = t.get("source")
     if tok is not None:
-        if tok == "union":
-            raise err("tokenizer_source", "'union' is not supported (it rebuilds the vocabulary and the "
-                                          "embeddings); use base or a model whose tokenizer all models share")
-        if tok == "base":
-            if base is None:
+        if tok == "base" or tok == "union":
+            if base is None and tok == "base":
                 raise err("tokenizer_source", "'base' needs a base_model")
         else:
             tok = resolve(tok, "tokenizer_source")
@@ -801,10 +798,31 @@ def plan_recipe(recipe: Recipe) -> _Plan:
     if not entries:
         raise err("models", "the inputs hold no tensors")
     donor = base_i if base_i is not None else slices[0][0][0][0]
+    if recipe.tokenizer_source == "union":
+        _check_union(err, paths)
     return _Plan(inputs, paths, entries, out_layer if recipe.slices is not None else None, donor, notices)
 
 
 # --------------------------------------------------------------------------- running
+
+
+def _check_union(err: Callable[[str, str], RecipeError], paths: list[Path]) -> None:
+    """``tokenizer_source: union`` is supported when it is trivial: every input holds the same
+    tokenizer (then the union is that tokenizer, copied). Different vocabularies would need new
+    embedding rows, which weightspace does not make."""
+    seen: dict[bytes, Path] = {}
+    for p in paths:
+        if not p.is_dir():
+            raise err("tokenizer_source", f"'union' needs model directories holding tokenizers; {p} is a file")
+        blob = b"".join((p / f).read_bytes() for f in ("tokenizer.json", "tokenizer.model", "vocab.json",
+                                                         "merges.txt", "added_tokens.json") if (p / f).is_file())
+        if not blob:
+            raise err("tokenizer_source", f"'union': {p} holds no tokenizer")
+        seen.setdefault(blob, p)
+    if len(seen) > 1:
+        a, b = list(seen.values())[:2]
+        raise err("tokenizer_source", f"'union' of different vocabularies ({a.name} and {b.name}) is not "
+                                      f"supported: it would add embedding rows; use base or one model's tokenizer")
 
 
 def _sha256(p: Path) -> str:
@@ -1004,6 +1022,8 @@ def _write_hf_dir(recipe: Recipe, plan: _Plan, out: Path, entries, produce, meta
         tok_dir = None
         if recipe.tokenizer_source == "base":
             tok_dir = recipe.base_model
+        elif recipe.tokenizer_source == "union":  # every input's tokenizer is the same (checked)
+            tok_dir = donor
         elif recipe.tokenizer_source is not None:
             tok_dir = Path(recipe.tokenizer_source)
         elif donor.is_dir():

@@ -192,7 +192,7 @@ def test_recipe_errors_name_the_field_and_the_file_before_loading(tmp_path, file
         ("merge_method: linear\nslices:\n  - sources:\n      - {model: a.safetensors, layer_range: [0, 5]}\n",
          "layer_range: a.safetensors has 3 layers"),
         ("merge_method: linear\nmodels: [a.safetensors]\ntokenizer_source: union\n",
-         "recipe.yaml: tokenizer_source: 'union' is not supported"),
+         "recipe.yaml: tokenizer_source: 'union' needs model directories holding tokenizers"),
     ]
     for body, message in cases:
         if "density: [0.5, 1.5]" in body:
@@ -306,7 +306,8 @@ def test_hf_passthrough_stacking_updates_the_config(tmp_path, hf_models):
                          f"  - sources: [{{model: {base}, layer_range: [0, 2]}}]\n"
                          f"  - sources: [{{model: {m1}, layer_range: [1, 2]}}]\n"
                          f"out: stacked\ndtype: bfloat16\n")
-    out = run_recipe(load_recipe(p))
+    with pytest.warns(UserWarning, match="dtype: computing in bfloat16"):
+        out = run_recipe(load_recipe(p))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 3 and cfg["dtype"] == "bfloat16"
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -387,3 +388,23 @@ def test_cli_writes_a_directory_with_o(tmp_path, hf_models, capsys):
     k = "model.layers.1.self_attn.q_proj.weight"
     torch.testing.assert_close(merged[k], sb[k] + 0.5 * (s1[k] - sb[k]) + 0.5 * (s2[k] - sb[k]))
     assert math.isfinite(float(merged[k].sum()))
+
+
+def test_tokenizer_union_is_the_shared_tokenizer_or_an_error(tmp_path, hf_models, capsys):
+    base, m1, m2 = hf_models
+    body = f"merge_method: linear\nmodels: [{m1}, {m2}]\ntokenizer_source: union\n"
+    p = recipe(tmp_path, body)
+    assert main(["merge", "--config", str(p), "-o", str(tmp_path / "u")]) == 2
+    assert "'union' of different vocabularies (h1 and h2) is not supported" in capsys.readouterr().err
+    (m2 / "tokenizer.json").write_text((m1 / "tokenizer.json").read_text())
+    out = run_recipe(load_recipe(p), tmp_path / "u")
+    assert json.loads((out / "tokenizer.json").read_text())["who"] == "h1"
+
+
+def test_sharded_and_pickled_inputs(tmp_path, files):
+    base, a, b = files
+    weightspace.save(a, tmp_path / "a_sharded", max_shard_size="1KB")
+    torch.save(b, tmp_path / "b.pt")
+    out = run(tmp_path, "merge_method: linear\nmodels: [a_sharded, b.pt]\n")
+    for k in a:
+        torch.testing.assert_close(out[k], (a[k] + b[k]) / 2)
