@@ -766,12 +766,14 @@ def plan_recipe(recipe: Recipe) -> _Plan:
     out_layer = 0
     for sl in slices:
         sources = sl[0]
-        if recipe.slices is None:
-            n = n_layers(sources[0][0])
-            for i, _, _, lab in sources[1:]:
-                if n_layers(i) != n:
-                    raise err(lab, f"{paths[i]} has {n_layers(i)} layers and {paths[sources[0][0]]} {n}")
-            ranges = [(0, n)] * len(sources)
+        if recipe.slices is None:  # every input holds the same names (checked): layer j stays layer j
+            present = layers_of(sources[0][0])
+            idxs = sorted(present)
+            for rank, j in enumerate(idxs):
+                t = rank / (len(idxs) - 1) if len(idxs) > 1 else 1.0
+                for prefix, suffix in present[j]:
+                    add(f"{prefix}{j}{suffix}", [f"{prefix}{j}{suffix}"] * len(sources), t, sl, sl[3])
+            continue
         else:
             ranges = [r for _, r, _, _ in sources]
             for (i, r, _, lab) in sources:
@@ -883,6 +885,10 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_sh
     hf = out.suffix != ".safetensors"
     if out.suffix in (".pt", ".pth", ".bin", ".ckpt") or out.name.endswith(".json"):
         raise err("out", f"{out}: write a .safetensors file or a directory (a Hugging Face model)")
+    if hf and out.exists() and not (out.is_dir() and (not any(out.iterdir()) or
+                                                      (out / "weightspace_recipe.yaml").is_file())):
+        raise err("out", f"{out} exists and is not an earlier merge output (no weightspace_recipe.yaml in it); "
+                         f"choose a new directory or remove it")
     plan = plan_recipe(recipe)
     try:
         return _run(recipe, plan, out, hf, max_shard_size, progress, t0)

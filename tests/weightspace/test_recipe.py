@@ -408,3 +408,30 @@ def test_sharded_and_pickled_inputs(tmp_path, files):
     out = run(tmp_path, "merge_method: linear\nmodels: [a_sharded, b.pt]\n")
     for k in a:
         torch.testing.assert_close(out[k], (a[k] + b[k]) / 2)
+
+
+def test_layers_keep_their_index_when_numbering_has_gaps(tmp_path):
+    # an nn.Sequential's layers.0 / layers.2: no layer renumbered, the gradient over their order
+    base = {"layers.0.weight": torch.zeros(2), "layers.2.weight": torch.zeros(2)}
+    ft = {"layers.0.weight": torch.ones(2), "layers.2.weight": torch.ones(2)}
+    save_file(base, str(tmp_path / "b.safetensors"))
+    save_file(ft, str(tmp_path / "f.safetensors"))
+    out = run(tmp_path, "merge_method: task_arithmetic\nbase_model: b.safetensors\nmodels:\n"
+                        "  - model: f.safetensors\n    parameters: {weight: [0.5, 1.0]}\n")
+    assert set(out) == set(base)
+    torch.testing.assert_close(out["layers.0.weight"], torch.full((2,), 0.5))
+    torch.testing.assert_close(out["layers.2.weight"], torch.ones(2))
+
+
+def test_a_directory_output_never_replaces_a_foreign_directory(tmp_path, files, capsys):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    p = recipe(tmp_path, "merge_method: linear\nmodels: [a.safetensors, b.safetensors]\n")
+    assert main(["merge", "--config", str(p), "-o", str(mine)]) == 2
+    assert "is not an earlier merge output" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "precious"
+    # an earlier output is replaced
+    assert main(["merge", "--config", str(p), "-o", str(tmp_path / "m"), "--quiet"]) == 0
+    assert main(["merge", "--config", str(p), "-o", str(tmp_path / "m"), "--quiet"]) == 0
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".m.")) == []
