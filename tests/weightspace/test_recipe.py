@@ -435,3 +435,36 @@ def test_a_directory_output_never_replaces_a_foreign_directory(tmp_path, files, 
     assert main(["merge", "--config", str(p), "-o", str(tmp_path / "m"), "--quiet"]) == 0
     assert main(["merge", "--config", str(p), "-o", str(tmp_path / "m"), "--quiet"]) == 0
     assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".m.")) == []
+
+
+def test_rescale_int8_mask_and_lambda_from_yaml(tmp_path, files):
+    import merging
+    base, a, b = files
+    out = run(tmp_path, "merge_method: ties\nbase_model: base.safetensors\nmodels:\n"
+                        "  - model: a.safetensors\n    parameters: {weight: 1.0, density: 0.5}\n"
+                        "  - model: b.safetensors\n    parameters: {weight: 0.5, density: 0.5}\n"
+                        "parameters: {rescale: true, int8_mask: true, lambda: 0.7, normalize: false}\n")
+    expected = merging.merge_states("ties", [a, b], base=base, weights=[1.0, 0.5], density=[0.5, 0.5],
+                                    rescale=True, scale=0.7, normalize=False)
+    for k in expected:
+        torch.testing.assert_close(out[k], expected[k])
+    k = "model.layers.0.mlp.up_proj.weight"
+    plain = merging.merge_states("ties", [a, b], base=base, weights=[1.0, 0.5], density=[0.5, 0.5], scale=0.7,
+                                 normalize=False)
+    assert not torch.equal(out[k], plain[k])  # the L1 rescale changed the kept entries
+    paper = run(tmp_path, "merge_method: dare_linear\nbase_model: base.safetensors\nmodels:\n"
+                          "  - model: a.safetensors\n    parameters: {weight: 1.0, density: 0.25}\n"
+                          "parameters: {rescale: density}\n", "p.safetensors")
+    kept = paper[k] != 0
+    torch.testing.assert_close(paper[k][kept], a[k][kept] / 0.25)
+
+
+def test_chat_template_auto_takes_the_most_common(tmp_path, hf_models):
+    base, m1, m2 = hf_models
+    for d, t in ((base, "{{ 'A' }} template one"), (m1, "{{ 'B' }} template two"), (m2, "{{ 'B' }} template two")):
+        (d / "chat_template.jinja").write_text(t)
+    p = recipe(tmp_path, f"merge_method: linear\nmodels: [{m1}, {m2}]\nbase_model: {base}\n"
+                         f"parameters: {{weight: 1.0}}\nchat_template: auto\n")
+    with pytest.warns(UserWarning, match="merged as one more model"):
+        out = run_recipe(load_recipe(p), tmp_path / "c")
+    assert (out / "chat_template.jinja").read_text() == "{{ 'B' }} template two"
