@@ -67,6 +67,27 @@ def recipes(base: str, m1: str, m2: str) -> dict[str, str]:
                  "parameters:\n  t: [0.0, 0.3, 0.7, 1.0]\n",
         "passthrough (slices)": f"merge_method: passthrough\nslices:\n  - sources: [{{model: {m1}, layer_range: [0, 3]}}]\n"
                                 f"  - sources: [{{model: {m2}, layer_range: [1, 4]}}]\n",
+        "model_stock (filter_wise)": "merge_method: model_stock\n" + b + models("{}", "{}")
+                                     + "parameters: {filter_wise: true}\n",
+        "nuslerp (row-wise, unflattened)": "merge_method: nuslerp\n" + models("{weight: 0.6}", "{weight: 0.4}")
+                                           + "parameters: {nuslerp_row_wise: true, nuslerp_flatten: false}\n",
+        "linear (base_model merged too)": "merge_method: linear\n" + b + models("{weight: 0.5}", "{weight: 0.2}")
+                                          + "parameters: {weight: 0.3}\n",
+        "ties (rescale, int8_mask, lambda)": "merge_method: ties\n" + b + models(
+            "{weight: 1.0, density: 0.3}", "{weight: 0.8, density: 0.5}")
+            + "parameters: {rescale: true, int8_mask: true, lambda: 1.3}\n",
+        "task_arithmetic (base listed, normalize)": "merge_method: task_arithmetic\n" + b + models(
+            "{weight: 0.6}", "{weight: 0.9}", with_base=True) + "parameters: {normalize: true}\n",
+        "slices (ties per slice, base in sources)": f"merge_method: ties\nbase_model: {base}\nslices:\n"
+            f"  - sources:\n      - {{model: {base}, layer_range: [0, 2]}}\n"
+            f"      - {{model: {m1}, layer_range: [0, 2], parameters: {{weight: 1.0, density: 0.5}}}}\n"
+            f"      - {{model: {m2}, layer_range: [0, 2], parameters: {{weight: 0.5, density: 0.5}}}}\n"
+            f"  - sources:\n      - {{model: {base}, layer_range: [2, 4]}}\n"
+            f"      - {{model: {m1}, layer_range: [2, 4], parameters: {{weight: [0.2, 1.0], density: 0.7}}}}\n"
+            f"      - {{model: {m2}, layer_range: [2, 4], parameters: {{weight: 0.5, density: 0.7}}}}\n"
+            f"    parameters: {{normalize: false}}\n",
+        "della_linear": "merge_method: della_linear\n" + b + models("{weight: 1.0, density: 0.4, epsilon: 0.1}",
+                                                                   "{weight: 0.5, density: 0.4, epsilon: 0.1}"),
         "dare_linear": "merge_method: dare_linear\n" + b + models("{weight: 1.0, density: 0.3}",
                                                                  "{weight: 1.0, density: 0.3}"),
         "dare_ties": "merge_method: dare_ties\n" + b + models("{weight: 1.0, density: 0.3}",
@@ -77,7 +98,7 @@ def recipes(base: str, m1: str, m2: str) -> dict[str, str]:
     return r
 
 
-RANDOM = {"dare_linear", "dare_ties", "della"}
+RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
 
 
 def setup(venv: Path) -> None:
@@ -120,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--venv", default="/tmp/mk-venv")
     p.add_argument("--setup", action="store_true", help="create the venv with mergekit 0.1.5 first")
-    p.add_argument("--only", default=None, help="comma-separated recipe names")
+    p.add_argument("--only", default=None, help="recipe names separated by semicolons")
     args = p.parse_args(argv)
     venv = Path(args.venv)
     if args.setup or not (venv / "bin" / "mergekit-yaml").exists():
@@ -138,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         cases["ties (bf16, no dtype)"] = cases["ties"].replace("/base", "/base-bf16").replace(
             "/m1", "/m1-bf16").replace("/m2", "/m2-bf16")
         if args.only:
-            cases = {k: v for k, v in cases.items() if k in args.only.split(",")}
+            cases = {k: v for k, v in cases.items() if k in args.only.split(";")}
         rows = []
         for name, text in cases.items():
             cfg = work / "recipe.yaml"
@@ -158,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             if set(a) != set(b):
                 rows.append((name, f"different tensors: {sorted(set(a) ^ set(b))[:3]}"))
                 continue
+            import json
+            ca, cb = (json.loads((d / "config.json").read_text()) for d in (mk_out, ws_out))
+            cfg_note = "" if ca.get("num_hidden_layers") == cb.get("num_hidden_layers") else (
+                f"num_hidden_layers {ca.get('num_hidden_layers')} vs {cb.get('num_hidden_layers')}")
             diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
             n_diff = sum(int((a[k] != b[k]).sum()) for k in a)
             n = sum(a[k].numel() for k in a)
@@ -171,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     change = sum(float((w[k] - base_w[k]).abs().sum()) for k in w if k in base_w)
                     stats.append(f"{same / n:.3f} at base, mean |change| {change / n:.2e}")
                 extra = f"mergekit {stats[0]}; weightspace {stats[1]}"
-            rows.append((name, f"{diff:.3g}", f"{n_diff} of {n}", "/".join(dtypes), extra))
+            rows.append((name, f"{diff:.3g}", f"{n_diff} of {n}", "/".join(dtypes), (extra + " " + cfg_note).strip()))
         date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
         print(f"mergekit 0.1.5 vs weightspace, tiny Llama (hidden 64, 4 layers, 3 models), CPU, torch "
               f"{torch.__version__}, {date}\n")
