@@ -53,10 +53,19 @@ def magnitude(tv: Tensor, density: float, rescale: object = False, *, name: str 
     if density <= 0 or tv.numel() == 0:
         return torch.zeros_like(tv)
     k = max(1, int(density * tv.numel()))
-    order = torch.argsort(_rank_magnitudes(tv), descending=True)[:k]
     mask = torch.zeros(tv.numel(), dtype=tv.dtype, device=tv.device)
-    mask[order] = 1
+    mask[_top_k(_rank_magnitudes(tv), k)] = 1
     return _rescaled(tv, mask.reshape(tv.shape), rescale, density)
+
+
+def _top_k(w: Tensor, k: int) -> Tensor:
+    """The indices ``argsort(w, descending=True)[:k]`` selects, as a set: ``topk`` (about 6x
+    faster on the CPU) when no run of equal values straddles the k-th place, else argsort itself."""
+    idx = torch.topk(w, k, sorted=False).indices
+    kth = w[idx].min()
+    if int((w > kth).sum()) + int((w == kth).sum()) == k:
+        return idx
+    return torch.argsort(w, descending=True)[:k]
 
 
 def magnitude_outliers(tv: Tensor, density: float, gamma: float, rescale: object = False) -> Tensor:
