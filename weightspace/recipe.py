@@ -551,8 +551,10 @@ def load_recipe(path: PathLike) -> Recipe:
                 raise err("tokenizer_source", "'base' needs a base_model")
         else:
             tok = resolve(tok, "tokenizer_source")
-            if not tok.is_dir():
-                raise err("tokenizer_source", f"{tok} is not a model directory holding a tokenizer")
+        tdir = base if tok == "base" else tok
+        if tok != "union" and not (tdir.is_dir() and any((tdir / f).is_file() for f in _TOKENIZER_FILES
+                                                         if f.startswith(("tokenizer", "vocab")))):
+            raise err("tokenizer_source", f"{tdir} is not a model directory holding a tokenizer")
     chat = raw.get("chat_template")
     if chat is not None:
         if not isinstance(chat, str) or not (chat in _CHAT_TEMPLATES or chat == "auto" or
@@ -889,6 +891,11 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_sh
                                                       (out / "weightspace_recipe.yaml").is_file())):
         raise err("out", f"{out} exists and is not an earlier merge output (no weightspace_recipe.yaml in it); "
                          f"choose a new directory or remove it")
+    if not hf:
+        for key in ("tokenizer_source", "chat_template"):
+            if getattr(recipe, key) is not None:
+                _notice(f"{recipe.source}: {key}: ignored: a .safetensors output holds weights only; write a "
+                        f"directory (-o merged/) for a Hugging Face model with its tokenizer")
     plan = plan_recipe(recipe)
     try:
         return _run(recipe, plan, out, hf, max_shard_size, progress, t0)
@@ -1038,8 +1045,6 @@ def _write_hf_dir(recipe: Recipe, plan: _Plan, out: Path, entries, produce, meta
             copied = [f for f in _TOKENIZER_FILES if (tok_dir / f).is_file()]
             for f in copied:
                 shutil.copy2(tok_dir / f, tmp / f)
-            if recipe.tokenizer_source is not None and not any(f.startswith("tokenizer") for f in copied):
-                raise err("tokenizer_source", f"{tok_dir} holds no tokenizer files")
         if recipe.chat_template is not None:
             template = _chat_template(recipe, plan)
             if template is not None:

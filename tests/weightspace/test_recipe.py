@@ -468,3 +468,14 @@ def test_chat_template_auto_takes_the_most_common(tmp_path, hf_models):
     with pytest.warns(UserWarning, match="merged as one more model"):
         out = run_recipe(load_recipe(p), tmp_path / "c")
     assert (out / "chat_template.jinja").read_text() == "{{ 'B' }} template two"
+
+
+def test_tokenizer_source_is_checked_first_and_never_dropped_silently(tmp_path, files, hf_models, capsys):
+    base, m1, m2 = hf_models
+    p = recipe(tmp_path, f"merge_method: linear\nmodels: [a.safetensors, b.safetensors]\n"
+                         f"tokenizer_source: {tmp_path}\n")
+    assert main(["merge", "--config", str(p), "-o", str(tmp_path / "t")]) == 2
+    assert "tokenizer_source: " in capsys.readouterr().err and not (tmp_path / "t").exists()
+    p = recipe(tmp_path, f"merge_method: linear\nmodels: [{m1}, {m2}]\ntokenizer_source: {m2}\n")
+    with pytest.warns(UserWarning, match="tokenizer_source: ignored: a .safetensors output holds weights only"):
+        run_recipe(load_recipe(p), tmp_path / "w.safetensors")
