@@ -1009,7 +1009,6 @@ def _write_hf_dir(recipe: Recipe, plan: _Plan, out: Path, entries, produce, meta
     from .checkpoint import _parse_size
     from .streaming import _write
 
-    err = _err_for(recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
