@@ -479,3 +479,19 @@ def test_tokenizer_source_is_checked_first_and_never_dropped_silently(tmp_path, 
     p = recipe(tmp_path, f"merge_method: linear\nmodels: [{m1}, {m2}]\ntokenizer_source: {m2}\n")
     with pytest.warns(UserWarning, match="tokenizer_source: ignored: a .safetensors output holds weights only"):
         run_recipe(load_recipe(p), tmp_path / "w.safetensors")
+
+
+def test_a_merge_reads_one_tensor_of_each_model_at_a_time(tmp_path, files, monkeypatch):
+    import weightspace.recipe as R
+
+    reads = []
+    get = R._Input.get
+    monkeypatch.setattr(R._Input, "get", lambda self, k: reads.append(k) or get(self, k))
+    monkeypatch.setattr(weightspace.checkpoint, "load", lambda *a, **k: pytest.fail("a whole model was loaded"))
+    run(tmp_path, "merge_method: ties\nbase_model: base.safetensors\nmodels:\n"
+                  "  - model: a.safetensors\n    parameters: {weight: 1.0, density: 0.5}\n"
+                  "  - model: b.safetensors\n    parameters: {weight: 1.0, density: 0.5}\n")
+    # the reads come in runs of 3 (base, a, b) of one tensor, each run before the next tensor's
+    assert len(reads) == 3 * len(files[0])
+    runs = [reads[i:i + 3] for i in range(0, len(reads), 3)]
+    assert all(len(set(r)) == 1 for r in runs) and len({r[0] for r in runs}) == len(runs)
