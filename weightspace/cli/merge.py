@@ -117,10 +117,12 @@ def _run_config(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config)
     path = run_recipe(recipe, args.output, max_shard_size=args.max_shard_size,
                       progress=not (args.quiet or args.json))
+    what = (f"{len(recipe.slices)} slices" if recipe.slices is not None else f"{len(recipe.models)} models")
     if args.json:
         print_json({"output": str(path), "method": recipe.merge_method, "models": len(recipe.models),
+                    "slices": None if recipe.slices is None else len(recipe.slices),
                     "base_model": str(recipe.base_model) if recipe.base_model else None})
     elif not args.quiet:
-        print(f"{recipe.merge_method}: merged {len(recipe.models)} models"
+        print(f"{recipe.merge_method}: merged {what}"
               + (f" onto {Path(recipe.base_model).name}" if recipe.base_model else "") + f"; wrote {path}")
     return 0
