@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -22,7 +23,7 @@ def test_every_example_is_tested():
                                                      "parameter_graphs", "merge_many_models",
                                                      "build_a_zoo", "train_a_metanetwork",
                                                      "merge_sharded_checkpoints", "star_model",
-                                                     "resample_widths", "merge_hf_models"}
+                                                     "resample_widths", "merge_hf_models", "merge_with_a_recipe"}
 
 
 def test_merge_two_checkpoints(tmp_path, capsys):
@@ -107,3 +108,13 @@ def test_resample_widths(tmp_path, capsys):
     assert set(result["accuracies"]) == {4, 8, 16} and "sampled at width" in out
     assert all(0.0 <= a <= 1.0 for a in result["accuracies"].values())
     assert (tmp_path / "mlp_w8.safetensors").is_file()
+
+
+def test_merge_with_a_recipe(tmp_path, capsys):
+    with pytest.warns(UserWarning, match="out_dtype: writing bfloat16"):
+        result = _load("merge_with_a_recipe").main(["--out", str(tmp_path), "--hidden", "16", "--layers", "2",
+                                                    "--quiet"])
+    out = capsys.readouterr().out
+    assert "merged ties" in out and (tmp_path / "merged" / "config.json").is_file()
+    assert result["dtype"] == torch.bfloat16
+    assert all(0 < d < 1 for d in result["distance"].values())

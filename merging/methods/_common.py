@@ -1,7 +1,9 @@
 """Helpers shared by the merge methods: input checks and per-model parameters."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -52,10 +54,24 @@ def per_model(value: float | Sequence[float] | None, n: int, name: str, fn: str,
     return [float(v) for v in values]
 
 
+_UPCAST: contextvars.ContextVar[bool] = contextvars.ContextVar("weightspace_merge_upcast", default=True)
+
+
 def work_dtype(t: Tensor, *others: Tensor) -> torch.dtype:
-    """The dtype ``t`` is mixed with ``others`` in: their promoted dtype, at least float32 (so
-    low-precision tensors are mixed in float32, and float32 with float64 in float64)."""
-    work = torch.float32
+    """The dtype ``t`` is mixed with ``others`` in: their promoted dtype, and at least float32
+    (low-precision tensors mixed in float32) unless inside :func:`compute_in_input_dtype`."""
+    work = torch.float32 if _UPCAST.get() else t.dtype
     for x in (t, *others):
         work = torch.promote_types(work, x.dtype)
     return work
+
+
+@contextlib.contextmanager
+def compute_in_input_dtype() -> Iterator[None]:
+    """Inside this block the methods compute in their inputs' dtype (mergekit's rule: a recipe's
+    ``dtype`` is the compute dtype), instead of mixing float16/bfloat16 in float32."""
+    token = _UPCAST.set(False)
+    try:
+        yield
+    finally:
+        _UPCAST.reset(token)

@@ -36,8 +36,8 @@ def merge_states(
         base (StateDict, optional): the base model (needed by the task-vector methods).
         structure (Structure, optional): from :func:`graphs.trace`; needed by ``align``.
         align (bool, optional): align every model to the base first. (default: ``False``)
-        seed (int, optional): seeds weight matching, and the random drops of the methods that draw
-            (``dare_*``) unless ``parameters`` give their own. (default: ``0``)
+        seed (int, optional): seeds weight matching and the method's random drops (DARE, DELLA),
+            unless ``seed`` is also given among the method's parameters. (default: ``0``)
         **parameters: the method's hyper-parameters (see ``get_method(method).parameters``).
 
     Shapes:
@@ -57,6 +57,8 @@ def merge_states(
     if "seed" in m.parameter_names:  # the methods that draw (dare_*) are seeded by ``seed`` too
         parameters.setdefault("seed", seed)
     m.check_parameters(parameters)
+    if "seed" in m.parameter_names:
+        parameters.setdefault("seed", seed)
     states = [dict(s) for s in states]
     ref = check_states("merge_states", states, base)
     if align:

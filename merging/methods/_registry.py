@@ -47,6 +47,7 @@ class MergeMethod:
         reference_url (str): the paper the method follows.
         fn (callable): the pure function ``fn(states, base, **parameters) -> StateDict``.
         parameters (tuple[MethodParameter, ...]): its hyper-parameters in signature order.
+        needs_base (bool): whether the method needs a base model (``base_model`` in recipes).
     """
 
     name: str
@@ -54,6 +55,7 @@ class MergeMethod:
     reference_url: str
     fn: Callable[..., StateDict]
     parameters: tuple[MethodParameter, ...]
+    needs_base: bool = False
 
     def __call__(self, states: list[StateDict], base: StateDict | None = None, **parameters: Any) -> StateDict:
         self.check_parameters(parameters)
@@ -82,7 +84,8 @@ def _annotation(p: inspect.Parameter) -> str:
     return a if isinstance(a, str) else getattr(a, "__name__", repr(a))
 
 
-def merge_method(*, name: str, pretty_name: str, reference_url: str) -> Callable[[Callable[..., StateDict]], MergeMethod]:
+def merge_method(*, name: str, pretty_name: str, reference_url: str,
+                 needs_base: bool = False) -> Callable[[Callable[..., StateDict]], MergeMethod]:
     """Decorator registering a pure merge function under ``name``.
 
     The signature is checked here, at definition time, not when a merge runs: the first two
@@ -93,6 +96,7 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str) -> Callable
         name (str): registry name: non-empty, no whitespace.
         pretty_name (str): human-readable name.
         reference_url (str): link to the paper.
+        needs_base (bool, optional): the method needs a base model. (default: ``False``)
 
     Returns:
         A decorator that returns the :class:`MergeMethod` (callable like the function).
@@ -136,7 +140,7 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str) -> Callable
             hyper.append(MethodParameter(p.name, _annotation(p), p.default))
         if sig.return_annotation is inspect.Signature.empty:
             raise ValueError(f"{where}: the return type must be annotated (StateDict)")
-        method = MergeMethod(name, pretty_name, reference_url, fn, tuple(hyper))
+        method = MergeMethod(name, pretty_name, reference_url, fn, tuple(hyper), bool(needs_base))
         _METHODS[name] = method
         return method
 

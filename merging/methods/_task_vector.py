@@ -1,45 +1,43 @@
-r"""The one task-vector core behind task arithmetic, TIES and DARE (mergekit's generalized
-task arithmetic): each variant is a configuration of :func:`task_vector_merge`.
+r"""The one task-vector core behind task arithmetic, TIES, DARE, DELLA and Model Breadcrumbs
+(mergekit's generalized task arithmetic): each variant is a configuration of :func:`task_vector_merge`.
 
 .. math::
     \tau_i = \theta_i - \theta_{base},\quad
     \hat\tau_i = \mathrm{sparsify}(\tau_i),\quad
     \theta = \theta_{base} + \lambda\, \frac{\sum_i w_i m_i \hat\tau_i}{\text{normalize} ? \sum_i w_i m_i : 1}
 
-where :math:`m_i` is the sign-consensus mask (TIES: 1 where :math:`\mathrm{sgn}(\hat\tau_i)`
-equals the elected sign :math:`\mathrm{sgn}(\sum_i w_i \hat\tau_i)`, else 0; all ones without
-consensus).
+where :math:`m_i` is the sign-consensus mask (TIES: 1 where :math:`\mathrm{sgn}(w_i\hat\tau_i)`
+equals the elected sign, else 0; all ones without consensus). The elected sign is
+:math:`+1` where :math:`\sum_i w_i \hat\tau_i \ge 0` and :math:`-1` elsewhere (an exact zero
+elects :math:`+1`, as in mergekit); a zero entry never agrees. A divisor of zero counts as one.
+
+Random sparsification (DARE, DELLA) draws its mask for each tensor and model from a generator
+seeded by ``(seed, tensor name, model index)``: the same seed gives the same merge whether the
+state dict is merged at once or tensor by tensor (recipes), in any order.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from . import _sparsify
 from ._common import StateDict, check_states, is_float, per_model, work_dtype
 
 
-def magnitude_mask(tv: Tensor, density: float) -> Tensor:
-    """Keep the ``int(density * numel)`` entries of largest magnitude (TIES "trim")."""
-    if density >= 1.0:
-        return torch.ones_like(tv, dtype=torch.bool)
-    k = int(density * tv.numel())
-    mask = torch.zeros(tv.numel(), dtype=torch.bool, device=tv.device)
-    if k > 0:
-        mask[tv.abs().reshape(-1).topk(k, sorted=False).indices] = True
-    return mask.reshape(tv.shape)
+
+def tensor_generator(seed: int, key: str, index: int) -> torch.Generator:
+    """A generator seeded by ``(seed, key, index)``: independent of the order tensors are merged in."""
+    digest = hashlib.sha256(f"{int(seed)}\0{key}\0{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def random_keep(tv: Tensor, density: float, generator: torch.Generator) -> Tensor:
-    """DARE: drop each entry with probability ``p = 1 - density`` and rescale survivors by ``1 / (1 - p)``."""
-    if density >= 1.0:
-        return tv
-    if density <= 0.0:
-        return torch.zeros_like(tv)
-    keep = torch.rand(tv.shape, generator=generator, dtype=torch.float64) < density
-    return torch.where(keep.to(tv.device), tv / density, torch.zeros_like(tv))
+    """DARE with the paper's rescale: keep each entry with probability ``density``, divide survivors by it."""
+    return _sparsify.random(tv, density, "density", generator)
 
 
 def task_vector_merge(
@@ -51,22 +49,27 @@ def task_vector_merge(
     density: float | Sequence[float],
     scale: float,
     normalize: bool,
-    sparsify: Literal["none", "magnitude", "random"],
+    sparsify: Literal["none", "magnitude", "random", "magnitude_outliers", "della"],
     consensus: Literal["none", "sign"],
     seed: int = 0,
+    rescale: bool | str = False,
+    gamma: float | Sequence[float] = 0.01,
+    epsilon: float | Sequence[float] = 0.15,
 ) -> StateDict:
     """Merge the task vectors of ``states`` relative to ``base`` (see the module docstring).
 
     Non-floating tensors (counters) are copied from the base.
     """
     check_states(fn, states, base, needs_base=True)
+    _sparsify.check_rescale(fn, rescale)
     n = len(states)
     ws = per_model(weights, n, "weights", fn, 1.0)
     ds = per_model(density, n, "density", fn, 1.0)
+    gs = per_model(gamma, n, "gamma", fn, 0.01)
+    es = per_model(epsilon, n, "epsilon", fn, 0.15)
     for d in ds:
         if not 0.0 <= d <= 1.0:
             raise ValueError(f"{fn}: density must be in [0, 1] (the fraction of each task vector kept), got {d}")
-    gen = torch.Generator().manual_seed(int(seed))
     out: StateDict = {}
     for key, b in base.items():
         if not is_float(b):
@@ -74,25 +77,40 @@ def task_vector_merge(
             continue
         dt = work_dtype(b, *(s[key] for s in states))
         bw = b.to(dt)
+        if n == 0:
+            out[key] = b.clone()
+            continue
         tvs = []
-        for s, d in zip(states, ds):
+        for i, (s, d) in enumerate(zip(states, ds)):
             tv = s[key].to(device=b.device, dtype=dt) - bw
-            if sparsify == "magnitude":
-                tv = tv * magnitude_mask(tv, d)
-            elif sparsify == "random":
-                tv = random_keep(tv, d, gen)
+            try:
+                if sparsify == "magnitude":
+                    tv = _sparsify.magnitude(tv, d, rescale, name=repr(key))
+                elif sparsify == "magnitude_outliers":
+                    tv = _sparsify.magnitude_outliers(tv, d, gs[i], rescale)
+                elif sparsify == "random":
+                    tv = _sparsify.random(tv, d, rescale, tensor_generator(seed, key, i))
+                elif sparsify == "della":
+                    tv = _sparsify.della_magprune(tv, d, es[i], rescale, tensor_generator(seed, key, i))
+            except ValueError as e:
+                raise ValueError(f"{fn}: model {i}: {e}") from None
             tvs.append(tv)
         tv = torch.stack(tvs)  # (N, *shape)
         w = torch.tensor(ws, dtype=dt, device=b.device).reshape(-1, *([1] * b.ndim))
         weighted = tv * w
         if consensus == "sign":
-            elected = torch.sign(weighted.sum(0))  # sign of the summed mass
-            mask = (torch.sign(weighted) == elected) & (weighted != 0)
-        else:
-            mask = torch.ones_like(tv, dtype=torch.bool)
-        mixed = (weighted * mask).sum(0)
-        if normalize:
+            elected = (weighted.sum(0) >= 0).to(dt) * 2 - 1  # +1 where the summed mass is >= 0
+            mask = weighted.sign() == elected
+            mixed = (weighted * mask).sum(0)
             div = (w * mask).sum(0)
-            mixed = mixed / torch.where(div.abs() < 1e-12, torch.ones_like(div), div)
-        out[key] = (bw + scale * mixed).to(b.dtype)
+            div[div == 0] = 1
+        else:
+            mixed = weighted.sum(0)
+            div = w.sum(0)
+            div[div.abs() < 1e-8] = 1
+        if normalize:
+            mixed = mixed / div
+        if scale != 1:
+            mixed = mixed * scale
+        out[key] = (bw + mixed).to(b.dtype)
     return out

@@ -8,26 +8,31 @@ from ._registry import merge_method
 from ._task_vector import task_vector_merge
 
 
-@merge_method(name="dare_linear", pretty_name="DARE (linear)", reference_url="https://arxiv.org/abs/2311.03099")
+@merge_method(name="dare_linear", pretty_name="DARE (linear)", reference_url="https://arxiv.org/abs/2311.03099", needs_base=True)
 def dare_linear(states: list[StateDict], base: StateDict | None, *,
-                 weights: float | Sequence[float] | None = None, density: float | Sequence[float] = 0.5,
-                 scale: float = 1.0, normalize: bool = False, seed: int = 0) -> StateDict:
+        weights: float | Sequence[float] | None = None, density: float | Sequence[float] = 1.0,
+        scale: float = 1.0, normalize: bool = False, rescale: bool | str = True,
+        int8_mask: bool = False, seed: int = 0) -> StateDict:
     r"""DARE (Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous
     Models as a Free Lunch", https://arxiv.org/abs/2311.03099), without sign consensus.
 
-    Each entry of each task vector :math:`\tau_i = \theta_i - \theta_{base}` is dropped with
-    probability :math:`p = 1 - \text{density}` and the survivors are rescaled by
-    :math:`1/(1-p)`, so the expected task vector is unchanged; the results are then combined
-    as in :func:`task_arithmetic`.
+    Each entry of each task vector :math:`\tau_i = \theta_i - \theta_{base}` is kept with
+    probability ``density`` and the survivors are rescaled (``rescale``); the results are then
+    combined as in :func:`task_arithmetic`.
 
     Args:
         states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model.
-        weights (float or list[float], optional): :math:`w_i`. (default: all ``1``)
-        density (float or list[float], optional): keep probability :math:`1 - p`. (default: ``0.5``)
-        scale (float, optional): :math:`\lambda`. (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (kept) weights. (default: ``False``)
-        seed (int, optional): seeds the random drop. (default: ``0``)
+        base (StateDict): the pre-trained model the task vectors start from.
+        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
+        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
+        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
+        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``False``)
+        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
+            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
+            probability (the paper's); ``False``: no rescaling. (default: ``True``)
+        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
+            on the result. (default: ``False``)
+        seed (int, optional): seeds the random drop, per tensor name and model. (default: ``0``)
 
     Shapes:
         every tensor keeps its shape.
@@ -36,7 +41,8 @@ def dare_linear(states: list[StateDict], base: StateDict | None, *,
         StateDict: a new state dict; non-floating tensors come from the base.
 
     Raises:
-        ValueError: no base, mismatched keys or shapes, density outside ``[0, 1]``.
+        ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``.
     """
     return task_vector_merge(states, base, fn="dare_linear", weights=weights, density=density, scale=scale,
-                             normalize=normalize, sparsify="random", consensus="none", seed=seed)
+                             normalize=normalize, sparsify="random", consensus="none",
+                             rescale=rescale, seed=seed)

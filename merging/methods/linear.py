@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._common import StateDict, check_states, is_float, per_model, work_dtype
+from ._common import StateDict, check_states, is_float, per_model
 from ._registry import merge_method
 
 
@@ -20,7 +20,10 @@ def linear(states: list[StateDict], base: StateDict | None, *,
         \theta = \frac{\sum_i w_i \theta_i}{\sum_i w_i} \quad(\text{normalize}),\qquad
         \theta = \sum_i w_i \theta_i \quad(\text{otherwise})
 
-    The base, when given, is not averaged in; it (else model 0) supplies non-floating tensors.
+    computed as mergekit 0.1.5 does: accumulated model by model in float32 (float64 for float64
+    inputs), then divided by the sum of the weights. The base, when given, is not averaged in (recipes add a
+    ``base_model`` that is not among the models as one more model, as mergekit does); it (else
+    model 0) supplies non-floating tensors.
 
     Args:
         states (list[StateDict]): the N models, same keys and shapes.
@@ -40,17 +43,19 @@ def linear(states: list[StateDict], base: StateDict | None, *,
     fn = "linear"
     ref = check_states(fn, states, base)
     ws = per_model(weights, len(states), "weights", fn, 1.0)
-    total = sum(ws)
-    if normalize and abs(total) < 1e-12:
+    if normalize and sum(ws) == 0:
         raise ValueError(f"{fn}: the weights {ws} sum to zero; cannot normalize (pass normalize=False)")
     out: StateDict = {}
     for key, r in ref.items():
         if not is_float(r):
             out[key] = r.clone()
             continue
-        dt = work_dtype(r, *(s[key] for s in states))
-        acc = sum(w * s[key].to(device=r.device, dtype=dt) for w, s in zip(ws, states))
+        dt = torch.float64 if any(x.dtype == torch.float64 for x in (r, *(s[key] for s in states))) else torch.float32
+        w = torch.tensor(ws, dtype=dt, device=r.device)
+        acc = torch.zeros(r.shape, dtype=dt, device=r.device)
+        for s, c in zip(states, w.unbind(0)):
+            acc.addcmul_(s[key].to(r.device), c)
         if normalize:
-            acc = acc / total
-        out[key] = torch.as_tensor(acc).to(r.dtype)
+            acc.div_(w.sum())
+        out[key] = acc.to(r.dtype)
     return out

@@ -8,17 +8,19 @@ from ._registry import merge_method
 from ._task_vector import task_vector_merge
 
 
-@merge_method(name="ties", pretty_name="TIES-Merging", reference_url="https://arxiv.org/abs/2306.01708")
+@merge_method(name="ties", pretty_name="TIES-Merging", reference_url="https://arxiv.org/abs/2306.01708", needs_base=True)
 def ties(states: list[StateDict], base: StateDict | None, *,
-         weights: float | Sequence[float] | None = None, density: float | Sequence[float] = 0.2,
-         scale: float = 1.0, normalize: bool = True) -> StateDict:
+        weights: float | Sequence[float] | None = None, density: float | Sequence[float] = 1.0,
+        scale: float = 1.0, normalize: bool = True, rescale: bool | str = False,
+        int8_mask: bool = False) -> StateDict:
     r"""TIES-Merging (Yadav et al., "Resolving Interference When Merging Models",
-    https://arxiv.org/abs/2306.01708).
+    https://arxiv.org/abs/2306.01708), with mergekit's conventions.
 
     Per tensor: keep the top ``density`` fraction of each task vector
-    :math:`\tau_i = \theta_i - \theta_{base}` by magnitude (:math:`\hat\tau_i`), elect the sign
-    of the summed mass :math:`\gamma = \mathrm{sgn}(\sum_i w_i \hat\tau_i)`, and average only
-    the entries that agree with it (disjoint mean):
+    :math:`\tau_i = \theta_i - \theta_{base}` by magnitude (:math:`\hat\tau_i`; among equal
+    magnitudes the lower index), elect the sign of the summed mass
+    :math:`\gamma = \mathrm{sgn}(\sum_i w_i \hat\tau_i)` (:math:`+1` where the sum is 0), and
+    average only the entries that agree with it (disjoint mean):
 
     .. math::
         \theta = \theta_{base} + \lambda\,
@@ -27,13 +29,16 @@ def ties(states: list[StateDict], base: StateDict | None, *,
 
     Args:
         states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model.
-        weights (float or list[float], optional): :math:`w_i`. (default: all ``1``)
-        density (float or list[float], optional): fraction kept by the trim, ``k`` of the
-            paper. (default: ``0.2``)
-        scale (float, optional): :math:`\lambda`. (default: ``1.0``)
-        normalize (bool, optional): divide by :math:`\sum_{i\in A} w_i` (the disjoint mean).
-            (default: ``True``)
+        base (StateDict): the pre-trained model the task vectors start from.
+        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
+        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
+        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
+        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``True``)
+        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
+            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
+            probability (the paper's); ``False``: no rescaling. (default: ``False``)
+        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
+            on the result. (default: ``False``)
 
     Shapes:
         every tensor keeps its shape.
@@ -42,7 +47,8 @@ def ties(states: list[StateDict], base: StateDict | None, *,
         StateDict: a new state dict; non-floating tensors come from the base.
 
     Raises:
-        ValueError: no base, mismatched keys or shapes, density outside ``[0, 1]``.
+        ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``, or a density that keeps no entry of a tensor.
     """
     return task_vector_merge(states, base, fn="ties", weights=weights, density=density, scale=scale,
-                             normalize=normalize, sparsify="magnitude", consensus="sign")
+                             normalize=normalize, sparsify="magnitude", consensus="sign",
+                             rescale=rescale)

@@ -35,8 +35,10 @@ def test_registry_lists_every_method_and_errors_list_names():
         assert n in str(e.value)
     m = get_method("ties")
     assert m.pretty_name == "TIES-Merging" and "2306.01708" in m.reference_url
-    assert m.parameter_names == ("weights", "density", "scale", "normalize")
-    assert [p.default for p in m.parameters][1:] == [0.2, 1.0, True]
+    assert m.parameter_names == ("weights", "density", "scale", "normalize", "rescale", "int8_mask")
+    # mergekit's defaults: density 1 (no trim), normalize for TIES, no rescale
+    assert [p.default for p in m.parameters][1:] == [1.0, 1.0, True, False, False]
+    assert m.needs_base and not get_method("linear").needs_base
 
 
 def test_registration_rejects_duplicates_and_bad_signatures():
@@ -126,13 +128,13 @@ def test_dare_drops_and_rescales():
     base = {"w": torch.zeros(20000, dtype=torch.float64)}
     tv = torch.randn(20000, dtype=torch.float64)
     ft = {"w": tv.clone()}
-    out = get_method("dare_linear")([ft], base, density=0.25, seed=3)["w"]
+    out = get_method("dare_linear")([ft], base, density=0.25, seed=3, rescale="density")["w"]
     kept = out != 0
     assert abs(kept.double().mean().item() - 0.25) < 0.02  # drop rate p = 0.75
     torch.testing.assert_close(out[kept], tv[kept] / 0.25)  # rescaled by 1 / (1 - p)
     # seeded: the same seed drops the same entries, another seed others
-    again = get_method("dare_linear")([ft], base, density=0.25, seed=3)["w"]
-    other = get_method("dare_linear")([ft], base, density=0.25, seed=4)["w"]
+    again = get_method("dare_linear")([ft], base, density=0.25, seed=3, rescale="density")["w"]
+    other = get_method("dare_linear")([ft], base, density=0.25, seed=4, rescale="density")["w"]
     assert torch.equal(out, again) and not torch.equal(out, other)
     # unbiased: the expected task vector is unchanged
     assert abs(out.sum().item() - tv.sum().item()) < 0.05 * tv.abs().sum().item()
@@ -143,7 +145,7 @@ def test_dare_variants_are_configurations_of_the_core():
     a = get_method("dare_linear")([FT1, FT2, FT3], BASE, density=1.0)
     b = get_method("task_arithmetic")([FT1, FT2, FT3], BASE)
     torch.testing.assert_close(a["w"], b["w"])
-    c = get_method("dare_ties")([FT1, FT2, FT3], BASE, density=1.0)
+    c = get_method("dare_ties")([FT1, FT2, FT3], BASE, density=1.0, normalize=True)
     d = get_method("ties")([FT1, FT2, FT3], BASE, density=1.0)
     torch.testing.assert_close(c["w"], d["w"])
     assert not torch.equal(a["w"], c["w"])

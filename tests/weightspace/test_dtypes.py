@@ -177,22 +177,28 @@ def test_starlight_of_half_precision_sources(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["linear", "ties", "slerp"])
 def test_recipe_of_mixed_dtypes_merges_in_the_promoted_dtype(files, tmp_path, capsys, method):
-    recipe = tmp_path / "r.yaml"
+    """A recipe over float32, float64 and bfloat16 checkpoints runs, says so in one line, and gives
+    what the same recipe gives on the inputs widened to float64, rounded once to the output dtype."""
     models = [files["b64"]] if method == "slerp" else [files["b64"], files["bf16"]]
     params = "{t: 0.3}" if method == "slerp" else "{}"
     per_model = "{weight: 0.5, density: 0.5}" if method == "ties" else "{weight: 0.5}"
-    body = f"merge_method: {method}\nbase_model: {files['a32']}\nparameters: {params}\nmodels:\n" + "".join(
-        f"  - model: {m}\n" + (f"    parameters: {per_model}\n" if method != "slerp" else "") for m in models)
-    recipe.write_text(body)
-    assert main(["merge", "--config", str(recipe), "-o", str(tmp_path / "m.safetensors")]) == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
-    assert len(notes) == 1 and "merged in float64" in notes[0]
-    out = weightspace.load(tmp_path / "m.safetensors")
-    assert {v.dtype for v in out.values()} == {torch.float32}
-    # the float64 merge of the float64-widened inputs, rounded once to A's float32
-    wide = [{k: v.double() for k, v in weightspace.load(m).items()} for m in models]
-    base = {k: v.double() for k, v in weightspace.load(files["a32"]).items()}
-    kw = {"t": 0.3} if method == "slerp" else {"weights": [0.5, 0.5], **({"density": [0.5, 0.5]} if method == "ties" else {})}
-    expected = merging.merge_states(method, wide, base=base, **kw)
+
+    def recipe(base, ms, name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"merge_method: {method}\nbase_model: {base}\nparameters: {params}\nmodels:\n" + "".join(
+            f"  - model: {m}\n" + (f"    parameters: {per_model}\n" if method != "slerp" else "") for m in ms))
+        return path
+
+    assert main(["merge", "--config", str(recipe(files["a32"], models, "mixed")), "-o", str(tmp_path / "m.safetensors")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "differ in dtype" in line]
+    assert len(notes) == 1 and "float64" in notes[0] and "promoted" in notes[0]
+    wide = []
+    for i, m in enumerate([files["a32"], *models]):
+        path = tmp_path / f"wide{i}.safetensors"
+        weightspace.save({k: v.double() for k, v in weightspace.load(m).items()}, path)
+        wide.append(path)
+    assert main(["merge", "--config", str(recipe(wide[0], wide[1:], "wide")), "-o", str(tmp_path / "w.safetensors"),
+                 "--quiet"]) == 0
+    out, ref = weightspace.load(tmp_path / "m.safetensors"), weightspace.load(tmp_path / "w.safetensors")
     for k, v in out.items():
-        assert torch.equal(v, expected[k].float()), k
+        assert torch.equal(v, ref[k].to(v.dtype)), k

@@ -157,10 +157,10 @@ models:
 
 
 @pytest.mark.parametrize("body, message", [
-    ("merge_method: nope\nmodels: [ft0.safetensors]\n", "unknown merge_method 'nope'; choose one of: dare_linear"),
+    ("merge_method: nope\nmodels: [ft0.safetensors]\n", "unknown merge_method 'nope'; choose one of: breadcrumbs"),
     ("merge_method: linear\nmodels: [missing.safetensors]\n", "missing.safetensors: no such file"),
     ("merge_method: linear\nmodels: [ft0.safetensors, other.safetensors]\n", "has shape"),
-    ("merge_method: linear\nmodels: [ft0.safetensors]\nparameters: {density: 0.2}\n", "unknown parameter"),
+    ("merge_method: linear\nmodels: [ft0.safetensors]\nparameters: {density: 0.2}\n", "takes no parameter 'density'"),
     ("merge_method: linear\nmodels: [ft0.safetensors]\nfoo: 1\n", "unknown key(s) foo"),
 ])
 def test_bad_recipes(task_models, tmp_path, capsys, body, message):

@@ -62,9 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the merged checkpoint to write: .safetensors, or a directory / *.safetensors.index.json "
                         "for sharded output")
     p.add_argument("--config", metavar="RECIPE", default=None,
-                   help="a YAML merge recipe (merge_method, base_model, models, parameters, out) for the "
-                        "task-vector methods: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp; "
-                        "replaces A, B")
+                   help="a mergekit-style YAML merge recipe (merge_method, base_model, models or slices, "
+                        "parameters, dtype, out_dtype, out) of N models, run tensor by tensor; OUT is a "
+                        ".safetensors file or a Hugging Face directory; replaces A, B (docs/recipes.md)")
     add_model_args(p)
     g = p.add_argument_group("merge")
     g.add_argument("--method", default="auto", metavar="{" + ",".join(METHODS) + "}",
@@ -145,34 +145,14 @@ def _run_config(args: argparse.Namespace) -> int:
         raise ValueError(f"--config {args.config}: give the output dtype in the recipe (dtype: {args.dtype}), "
                          f"not with --dtype")
     recipe = load_recipe(args.config)
-    note = _recipe_dtype_note(recipe)
-    path = run_recipe(recipe, args.output)
-    if note:
-        print(f"weightspace merge: note: {note}", file=sys.stderr)
+    path = run_recipe(recipe, args.output, max_shard_size=args.max_shard_size,
+                      progress=not (args.quiet or args.json))
+    what = (f"{len(recipe.slices)} slices" if recipe.slices is not None else f"{len(recipe.models)} models")
     if args.json:
         print_json({"output": str(path), "method": recipe.merge_method, "models": len(recipe.models),
+                    "slices": None if recipe.slices is None else len(recipe.slices),
                     "base_model": str(recipe.base_model) if recipe.base_model else None})
     elif not args.quiet:
-        print(f"{recipe.merge_method}: merged {len(recipe.models)} models"
+        print(f"{recipe.merge_method}: merged {what}"
               + (f" onto {Path(recipe.base_model).name}" if recipe.base_model else "") + f"; wrote {path}")
     return 0
-
-
-def _recipe_dtype_note(recipe) -> str | None:
-    """A line when the recipe's checkpoints differ in dtype (read from their headers); a tensor
-    floating point in one and not in another is an error here, before any work."""
-    import contextlib
-
-    from weightspace._dtypes import plan_dtypes
-    from weightspace.checkpoint import open_checkpoint
-
-    files = ([recipe.base_model] if recipe.base_model is not None else []) + [m.path for m in recipe.models]
-    with contextlib.ExitStack() as stack:
-        ckpts = [stack.enter_context(open_checkpoint(f)) for f in files]
-        mixed = plan_dtypes(ckpts, files, "merge --config", dtype_of=[c.dtype for c in ckpts]).mixed
-    if mixed is None:
-        return None
-    first = "the base model's" if recipe.base_model is not None else "the first model's"
-    written = f"{recipe.dtype} (the recipe's dtype)" if recipe.dtype else f"{first} dtype (dtype: in the recipe to choose)"
-    return (f"inputs differ in dtype ({mixed[0]}): merged in {str(mixed[1]).removeprefix('torch.')}, "
-            f"written as {written}")
