@@ -11,6 +11,7 @@ from merging.interpolate import interpolate, lerp_path
 from merging.matching import (
     activation_matching,
     matching_objective,
+    signature_start,
     similarity,
     solve_assignment,
     ste_matching,
@@ -44,6 +45,7 @@ __all__ = [
     "plot_barrier",
     # alignment
     "weight_matching",
+    "signature_start",
     "activation_matching",
     "ste_matching",
     "similarity",

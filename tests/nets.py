@@ -301,3 +301,50 @@ class BranchyMLP(nn.Module):
         if h.sum() > 0:  # data-dependent control flow
             h = h * 1.0
         return self.fc2(h)
+
+
+def _conv_bn(i: int, o: int, k: int = 3, s: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(i, o, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(o)]
+    if act:
+        layers.append(nn.ReLU6())
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 projection, residual when shapes agree."""
+
+    def __init__(self, i: int, o: int, stride: int, expand: int) -> None:
+        super().__init__()
+        h = i * expand
+        self.residual = stride == 1 and i == o
+        layers = ([_conv_bn(i, h, 1)] if expand != 1 else []) + [_conv_bn(h, h, 3, stride, groups=h),
+                                                                  _conv_bn(h, o, 1, act=False)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class TinyMobileNet(nn.Module):
+    """A MobileNetV2-like network; at torchvision's initialisation (BatchNorm weight 1, bias 0) its
+    expansion and depthwise groups carry little signal for weight matching from the identity."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(3, width, 3, 2)]
+        c = width
+        for expand, o, n, s in ((1, width, 1, 1), (6, 2 * width, 2, 2), (6, 4 * width, 2, 2)):
+            for k in range(n):
+                layers.append(InvertedResidual(c, o, s if k == 0 else 1, expand))
+                c = o
+        layers.append(_conv_bn(c, 32, 1))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(32, 10)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import merging
+from merging.matching.weight import from_two_starts
 from graphs import Structure, identity_permutation, permute
 
 from ._dtypes import parse_dtype, plan_dtypes
@@ -688,9 +689,11 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
     sweeps = None
     if method == "none":
         perms = identity_permutation(structure)
-    elif method == "weight":
-        perms, wm = merging.weight_matching(structure, sa, sb, seed=seed, device=device, progress=progress,
-                                            solver=solver, return_info=True)
+    elif method == "weight":  # from the identity and from unit signatures: the better objective
+        perms, wm = from_two_starts(
+            lambda init: merging.weight_matching(structure, sa, sb, seed=seed, device=device, progress=progress,
+                                                 solver=solver, init=init, return_info=True),
+            structure, sa, sb, solver=solver)
         sweeps = wm["sweeps"]
     elif method in _NEEDS_DATA:  # these run the model: in its own dtype
         run = _run_dtype(a)

@@ -28,7 +28,7 @@ import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
 from merging.matching.weight import _descend as _coordinate_descent
 from merging._atomic import clean_stale
-from merging.matching.weight import _start, _work_dtype
+from merging.matching.weight import _start, _work_dtype, from_two_starts
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, check_aligned, recorded_spec, trace_model
 from .checkpoint import (
@@ -107,14 +107,14 @@ def _similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Ma
 
 def _objective(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
                keys: set[str], perms: Mapping[str, Tensor]) -> float:
-    """``sum_k <A_k, P(B)_k>`` over the matched tensors, in float64 chunks of 1M entries."""
+    """``sum_k <A_k, P(B)_k>`` over the matched tensors, in float64 chunks of 64k entries (a few hundred kB of temporaries)."""
     total = 0.0
     for k in state_a:
         if k not in keys or all(a is None for a in structure.axes[k]):
             continue
         a = state_a[k].reshape(-1)
         pb = permute(structure, {k: state_b[k]}, perms)[k].reshape(-1)
-        for x, y in zip(a.split(1 << 20), pb.split(1 << 20)):
+        for x, y in zip(a.split(1 << 16), pb.split(1 << 16)):
             total += float((x.double() * y.double()).sum())
         del a, pb
     return total
@@ -481,7 +481,12 @@ def streaming_merge(
             _check_states(structure, ca, cb, fn)
             keys = {k for k in ca if k in structure.axes and k in cb and ca.dtype(k).is_floating_point
                     and cb.dtype(k).is_floating_point and not structure.is_buffer(k)}
-            perms, sweeps = _descend(structure, ca, cb, keys, 100, seed, None, solver, dev, progress, None, fn)
+            def run(init):  # the descent and its objective, as streaming_weight_matching reports them
+                p, n = _descend(structure, ca, cb, keys, 100, seed, init, solver, dev, progress, None, fn)
+                return p, {"sweeps": n, "objective": _objective(structure, ca, cb, keys, p)}
+
+            perms, info = from_two_starts(run, structure, ca, cb, solver=solver)
+            sweeps = info["sweeps"]
         else:
             perms = identity_permutation(structure)
         align_seconds = time.perf_counter() - t1

@@ -2,7 +2,7 @@
 from ._solve import SOLVERS, solve_assignment
 from .activation import activation_correlations, activation_matching
 from .ste import ste_matching
-from .weight import matching_objective, similarity, weight_matching
+from .weight import matching_objective, signature_start, similarity, weight_matching
 
 __all__ = ["SOLVERS", "activation_correlations", "activation_matching", "matching_objective",
-           "similarity", "solve_assignment", "ste_matching", "weight_matching"]
+           "signature_start", "similarity", "solve_assignment", "ste_matching", "weight_matching"]
