@@ -864,3 +864,14 @@ def load_into(model: nn.Module, path_or_state: PathLike | Mapping[str, Tensor], 
     missing, unexpected = _fits(state, model, path, strict, "load_into")
     model.load_state_dict(dict(state), strict=False)
     return missing, unexpected
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 4 MiB blocks (for provenance records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -7,7 +7,6 @@ atomically as ``.safetensors`` with its model, input shape and provenance in the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from graphs import Structure, identity_permutation, permute
 
 from ._dtypes import parse_dtype, plan_dtypes
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned, load_model, trace_model
-from .checkpoint import check_not_input, check_output, open_checkpoint, save
+from .checkpoint import check_not_input, check_output, open_checkpoint, save, sha256_file
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
 
@@ -761,16 +760,8 @@ def _is_sharded(path: PathLike) -> bool:
     return is_sharded(path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_record(path: PathLike, files: tuple[Path, ...]) -> dict[str, Any]:
     """``{"path", "sha256"}`` of a checkpoint file; a sharded one lists every file it is made of."""
     if len(files) == 1:
-        return {"path": str(path), "sha256": _sha256(files[0])}
-    return {"path": str(path), "files": {f.name: _sha256(f) for f in files}}
+        return {"path": str(path), "sha256": sha256_file(files[0])}
+    return {"path": str(path), "files": {f.name: sha256_file(f) for f in files}}

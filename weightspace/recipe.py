@@ -33,7 +33,6 @@ errors name the file and the field: ``recipe.yaml: models[1].parameters.weight: 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -55,7 +54,7 @@ import merging
 from merging.methods import compute_in_input_dtype
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
-from .checkpoint import _ST_DTYPES, _st_header, _st_pread, check_not_input, open_checkpoint
+from .checkpoint import _ST_DTYPES, _st_header, _st_pread, check_not_input, open_checkpoint, sha256_file
 from .trust import check_model_name, takes_trust_flag
 
 __all__ = ["Recipe", "RecipeError", "RecipeModel", "RecipeSlice", "RecipeSource", "load_recipe", "plan_recipe",
@@ -829,19 +828,11 @@ def _check_union(err: Callable[[str, str], RecipeError], paths: list[Path]) -> N
                                       f"supported: it would add embedding rows; use base or one model's tokenizer")
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _record(path: Path, files: list[Path]) -> dict[str, Any]:
     """Provenance of one input: its path and the SHA-256 of every weight file it is made of."""
     if len(files) == 1 and files[0] == path:
-        return {"path": str(path), "sha256": _sha256(path)}
-    return {"path": str(path), "files": {str(f.relative_to(path) if path.is_dir() else f.name): _sha256(f)
+        return {"path": str(path), "sha256": sha256_file(path)}
+    return {"path": str(path), "files": {str(f.relative_to(path) if path.is_dir() else f.name): sha256_file(f)
                                           for f in files}}
 
 

@@ -12,9 +12,9 @@ HELP = "align N checkpoints to each other (MergeMany) and write their average"
 DESCRIPTION = """Merge N checkpoints of one architecture into one.
 
   weightspace merge-many a.safetensors b.safetensors c.safetensors -o merged.safetensors
-  weightspace merge-many m*.safetensors -o merged.safetensors --repair --data digits
-  weightspace merge-many m*.safetensors -o merged.safetensors --method c2m3  # cycle-consistent
-  weightspace merge-many m*.safetensors -o avg.safetensors --method average   # naive averaging
+  weightspace merge-many models/*.safetensors -o merged.safetensors --repair --data digits
+  weightspace merge-many models/*.safetensors -o merged.safetensors --method c2m3  # cycle-consistent
+  weightspace merge-many models/*.safetensors -o avg.safetensors --method average   # naive averaging
 
 Methods:
   mergemany   Git Re-Basin's MergeMany (Ainsworth et al., arXiv 2209.04836): align each

@@ -13,8 +13,8 @@ DESCRIPTION = """Train a star model: one network joined by low-loss straight lin
 (Sonthalia et al., "Do Deep Neural Network Solutions Form a Star Domain?", arXiv 2403.07968).
 
   weightspace starlight m0.safetensors m1.safetensors m2.safetensors --data digits -o star.safetensors
-  weightspace starlight m*.safetensors --data mnist-idx:DIR -o star.safetensors --epochs 20 --lr 0.05
-  weightspace starlight m*.safetensors --data digits -o star.safetensors --resume   # continue a killed run
+  weightspace starlight models/*.safetensors --data mnist-idx:DIR -o star.safetensors --epochs 20 --lr 0.05
+  weightspace starlight models/*.safetensors --data digits -o star.safetensors --resume   # continue a killed run
 
 Each step draws a source n and t (--t-dist: uniform, beta:A,B or const:T), takes the loss of one
 batch at (1 - t) * star + t * source_n and moves the star by that gradient, which carries the
