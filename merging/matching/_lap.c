@@ -20,6 +20,8 @@
  * Loaded with ctypes (no Python API), built as an optional extension by setup.py; without
  * a C compiler the package falls back to SciPy's solver.
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h> /* only for the empty module below: importing the library works */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -365,3 +367,10 @@ done:
     free(touched); free(state); free(shortest); free(dist); free(heap);
     return result;
 }
+
+
+/* The library is loaded with ctypes; as a Python module it is empty, so that importing it (as
+ * pkgutil.walk_packages does) succeeds instead of failing for want of an init function. */
+static struct PyModuleDef ws_module = {PyModuleDef_HEAD_INIT, "_lap", "the assignment solvers in C, called through ctypes (merging/_native.py)", -1, NULL};
+
+PyMODINIT_FUNC PyInit__lap(void) { return PyModule_Create(&ws_module); }

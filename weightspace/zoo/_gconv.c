@@ -16,6 +16,8 @@
  * Loaded with ctypes (no Python API); built as an optional extension by setup.py. Without a
  * C compiler the zoo uses torch's grouped convolutions.
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h> /* only for the empty module below: importing the library works */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,3 +118,10 @@ int ws_gconv_bwd_weight(const ws_conv *p, const float *x, const float *g, float 
     default: return bwd_weight_generic(p, x, g, gw, gb, m0, m1);
     }
 }
+
+
+/* The library is loaded with ctypes; as a Python module it is empty, so that importing it (as
+ * pkgutil.walk_packages does) succeeds instead of failing for want of an init function. */
+static struct PyModuleDef ws_module = {PyModuleDef_HEAD_INIT, "_gconv", "grouped convolutions in C, called through ctypes (merging/_native.py)", -1, NULL};
+
+PyMODINIT_FUNC PyInit__gconv(void) { return PyModule_Create(&ws_module); }
