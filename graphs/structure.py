@@ -305,10 +305,6 @@ class Structure:
                 permuted += n
         return permuted / total if total else 0.0
 
-    def tensors_of(self, group: str) -> list[tuple[str, int]]:
-        """``(tensor name, axis)`` pairs that ``group`` acts on."""
-        return list(self.groups[group].members)
-
     def __repr__(self) -> str:
         front = f", front_end={self.front_end!r}" if self.front_end is not None else ""
         return (f"Structure(groups={len(self.groups)}, tensors={len(self.axes)}, "

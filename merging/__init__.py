@@ -1,4 +1,5 @@
-"""Algorithms on state dicts: interpolation, barriers, REPAIR (and, later, matching and merges).
+"""Algorithms on state dicts: alignment (weight, activation and STE matching, assignment solvers),
+interpolation, barriers, REPAIR, many-model merges, task-vector methods, weight-manifold hypernetworks.
 
 State dicts are plain ``dict[str, torch.Tensor]``; data is any re-iterable of ``(x, y)``
 batches. This layer imports ``graphs`` at most, never ``weightspace``.

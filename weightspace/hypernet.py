@@ -31,7 +31,7 @@ from merging.hypernet import HyperNet, fit_hypernet, sample_state, smooth
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, load_model, trace_model
 from .checkpoint import check_output, load, save
-from .models import model_spec_from_json, model_spec_to_json
+from .models import model_spec_from_json
 from .trust import check_data_spec, check_model_name, takes_trust_flag
 
 __all__ = ["WIDTH_KWARGS", "HypernetFile", "parse_widths", "model_at_ratio", "train_hypernet_file",
@@ -340,7 +340,3 @@ def resample(
         save(state, out, metadata=meta, inputs=[path])
     return module, state, spec
 
-
-def describe_spec(spec: str) -> str:
-    name, kwargs = model_spec_from_json(spec)
-    return f"{name} {model_spec_to_json(name, kwargs)}"

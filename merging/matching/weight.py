@@ -330,10 +330,9 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
     b = _floating(state_b, structure, device, keys=keys)
     perms, groups = _start(structure, init, groups, device, "weight_matching")
     # "auto" is resolved per matrix by solve_assignment: "sparse" for CUDA ones, else "lap"
-    step_solver = solver
     sims = {g: _IncrementalSimilarity(structure, a, b, g, device) for g in groups}
     stats: dict = {}
-    sweeps = _descend(structure, groups, perms, lambda g: sims[g](perms), solver=step_solver, max_iter=max_iter,
+    sweeps = _descend(structure, groups, perms, lambda g: sims[g](perms), solver=solver, max_iter=max_iter,
                       seed=seed, progress="weight matching" if progress else None,
                       postfix=lambda: {"objective": f"{matching_objective(structure, a, b, perms):.7g}"},
                       stats=stats if return_info else None)

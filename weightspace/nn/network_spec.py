@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import Tensor
 
@@ -60,14 +60,6 @@ class NetworkSpec:
     def from_tensors(cls, weights: Sequence[Tensor], biases: Sequence[Tensor], *, lead: int = 0) -> "NetworkSpec":
         """The spec of ``(weights, biases)`` whose first ``lead`` axes are batch/channel axes."""
         return cls(tuple(tuple(w.shape[lead:]) for w in weights), tuple(tuple(b.shape[lead:]) for b in biases))
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "NetworkSpec":
-        """The spec of a state dict of ``<layer>.weight`` / ``<layer>.bias`` pairs in order."""
-        from weightspace.zoo import state_to_tensors
-
-        w, b = state_to_tensors(dict(state))
-        return cls.from_tensors(w, b)
 
     @property
     def num_layers(self) -> int:

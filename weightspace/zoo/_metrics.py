@@ -5,7 +5,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -186,15 +185,6 @@ def row_split(row: Mapping[str, Any], card: ZooCard) -> str:
         v = row.get(card.splits["column"], "")
         return str(v) if v not in (None, "") else "train"
     return split_of(row.get(card.splits.get("by", "model_id")), card.splits)
-
-
-def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
-    """Validate split fractions (non-negative, summing to 1)."""
-    out = {k: float(fractions.get(k, 0.0)) for k in SPLITS}
-    if set(fractions) - set(SPLITS) or any(v < 0 or not math.isfinite(v) for v in out.values()) or abs(
-            sum(out.values()) - 1.0) > 1e-6:
-        raise ValueError(f"splits: fractions must be train/val/test shares >= 0 summing to 1, got {dict(fractions)}")
-    return out
 
 
 @contextlib.contextmanager
