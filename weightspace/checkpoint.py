@@ -875,3 +875,11 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def is_sharded(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sharded checkpoint (a ``*.index.json`` or a directory holding one)."""
+    try:
+        return _resolve(path, "is_sharded")[1] is not None
+    except CheckpointError:
+        return False

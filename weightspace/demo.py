@@ -21,7 +21,8 @@ import merging
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from .checkpoint import save
-from .merge import MergeResult, _resolve_device, barrier_between, merge_checkpoints
+from .merge import barrier_between, merge_checkpoints
+from .pipeline import MergeResult, resolve_device
 from .models import get_model, model_spec_to_json
 from .training import train_classifier
 
@@ -123,7 +124,7 @@ def run_demo(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"run_demo: the output {out} exists and is not a directory")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     with _one_thread(dev):
         return _run(out, epochs, width, seed, steps, dev, progress, t0)

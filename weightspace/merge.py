@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import time
-import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import merging
@@ -27,89 +22,18 @@ from merging.matching.weight import from_two_starts
 from graphs import Structure, identity_permutation, permute
 
 from ._dtypes import parse_dtype, plan_dtypes
-from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned, load_model, trace_model
-from .checkpoint import check_not_input, check_output, open_checkpoint, save, sha256_file
-from .models import model_spec_from_json
+from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned
+from .checkpoint import check_not_input, check_output, save
+from .pipeline import (METHODS, REPAIR_SAMPLES, MergeResult, PathLike, as_dtype, check_alpha,
+                       check_data_fits, check_method, check_same_states, file_record, has_batchnorm,
+                       hf_for_data, hf_inputs, input_shape_of, is_sharded, load_pair, repair_batches, resolve_data,
+                       resolve_device, run_dtype, save_hf, structure_of)
 from .trust import takes_trust_flag
 
 __all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between", "resolve_method"]
 
-#: Alignment methods, in the order the CLI lists them; ``auto`` resolves to one of the others
-#: (see :func:`resolve_method`).
-METHODS = ("auto", "weight", "activation", "ste", "none")
 _NEEDS_DATA = ("activation", "ste")
 _LABELS = {"weight": "weight matching", "activation": "activation matching", "ste": "STE matching"}
-_BATCH = 256
-#: REPAIR / BatchNorm-reset statistics from this many training examples by default: a few
-#: thousand estimate per-channel moments well (the REPAIR paper's setting), and each repaired
-#: layer is one more pass over them
-REPAIR_SAMPLES = 4096
-PathLike = str | os.PathLike
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    """What :func:`merge_checkpoints` did.
-
-    Attributes:
-        path (Path): the merged checkpoint written.
-        method (str): the alignment method (one of :data:`METHODS`).
-        alpha (float): weight of B: ``(1 - alpha) * A + alpha * P(B)``.
-        repair (str): correction applied after interpolation: ``"none"``, ``"repair"`` or
-            ``"reset_bn"`` (REPAIR of a BatchNorm network is the BatchNorm reset).
-        reason (str): why this method (and correction) ran, in one line (``auto`` explains itself).
-        perms (dict[str, Tensor]): the permutation applied to B, group -> LongTensor.
-        sweeps (int, optional): weight-matching sweeps over the groups (``None`` for other methods).
-        align_seconds (float): time spent aligning.
-        seconds (float): total time, loading and writing included.
-        model (str): the model spec (JSON) recorded in the output.
-        input_shape (tuple[int, ...], optional): the input shape recorded in the output.
-        provenance (dict): what is recorded under ``weightspace.provenance``.
-        notes (tuple[str, ...]): one-line notes on fallbacks (inputs of different dtypes, and
-            what was done), which the CLI prints on stderr.
-        copied (tuple[str, ...]): the non-float tensors (counters, index buffers), copied from A
-            and left out of matching and interpolation.
-    """
-
-    path: Path
-    method: str
-    alpha: float
-    repair: str
-    perms: dict[str, Tensor]
-    sweeps: int | None
-    align_seconds: float
-    seconds: float
-    model: str
-    input_shape: tuple[int, ...] | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-    notes: tuple[str, ...] = ()
-    copied: tuple[str, ...] = ()
-
-    @property
-    def units_moved(self) -> int:
-        """How many hidden units the permutation moves, over all groups."""
-        return sum(int((p != torch.arange(len(p))).sum()) for p in self.perms.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (the permutation itself is left out)."""
-        return {
-            "output": str(self.path),
-            "method": self.method,
-            "reason": self.reason,
-            "alpha": self.alpha,
-            "repair": self.repair,
-            "sweeps": self.sweeps,
-            "groups": {g: len(p) for g, p in self.perms.items()},
-            "units_moved": self.units_moved,
-            "align_seconds": round(self.align_seconds, 4),
-            "seconds": round(self.seconds, 4),
-            "model": json.loads(self.model),
-            "input_shape": list(self.input_shape) if self.input_shape else None,
-            "provenance": self.provenance,
-            "notes": list(self.notes),
-            "copied_from_a": list(self.copied),
-        }
 
 
 # --------------------------------------------------------------------------- public verbs
@@ -164,19 +88,19 @@ def align(
         >>> a, b = load_model("a.safetensors"), load_model("b.safetensors")  # doctest: +SKIP
         >>> perms = align(a, b, method="weight")  # doctest: +SKIP
     """
-    method = _check_method(method, "align")
+    method = check_method(method, "align")
     method, _, reason = resolve_method(method, has_data=data is not None)
-    dev = _resolve_device(device)
-    _check_same_states(model_a.state, model_b.state, model_a.path or "A", model_b.path or "B", "align")
+    dev = resolve_device(device)
+    check_same_states(model_a.state, model_b.state, model_a.path or "A", model_b.path or "B", "align")
     if method in _NEEDS_DATA and data is None:
         raise ValueError(f"align: method {method!r} needs data (--data D, e.g. --data digits); "
                          f"use --method weight to align without data")
     batches = None
     if data is not None:
-        batches, label = _resolve_data(data, "train")
-        _check_data_fits(model_a, batches, label, dev, "align")
+        batches, label = resolve_data(data, "train")
+        check_data_fits(model_a, batches, label, dev, "align")
     if structure is None:
-        structure = _structure(model_a, batches)
+        structure = structure_of(model_a, batches)
     out = _align(structure, model_a, model_b, method, batches, seed, dev, progress, return_info)
     if return_info:
         out[1]["reason"] = reason
@@ -274,16 +198,16 @@ def merge_checkpoints(
     """
     fn = "merge_checkpoints"
     t0 = time.perf_counter()
-    method = _check_method(method, fn)
-    alpha = _check_alpha(alpha, fn)
+    method = check_method(method, fn)
+    alpha = check_alpha(alpha, fn)
     parse_dtype(dtype, fn)
     out = Path(out)
-    hf_out = _hf_inputs([path_a, path_b], model)
+    hf_out = hf_inputs([path_a, path_b], model)
     sharded_out = out.name.endswith(".index.json") or out.is_dir() or (not out.suffix and not out.exists())
     sharded_out = sharded_out and not hf_out  # a Hugging Face directory holds one file unless max_shard_size
     if low_memory or max_shard_size is not None or sharded_out or (
-            method in ("auto", "weight", "none") and not repair and data is None and _is_sharded(path_a)
-            and _is_sharded(path_b)):
+            method in ("auto", "weight", "none") and not repair and data is None and is_sharded(path_a)
+            and is_sharded(path_b)):
         if repair or data is not None:
             raise ValueError(f"{fn}: the low-memory (sharded) merge does not take --data or --repair: they "
                              f"run the model, which needs it in memory; merge into a .safetensors file "
@@ -313,30 +237,30 @@ def merge_checkpoints(
         why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
         raise ValueError(f"{fn}: {why} runs the model on --data, which is not supported for Hugging Face "
                          f"directories yet (the tracer finds no groups in them); use --method weight or none")
-    dev = _resolve_device(device)
-    a, b, files = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
-    method, repair, reason = resolve_method(method, has_data=data is not None, has_norm=_has_batchnorm(a),
+    dev = resolve_device(device)
+    a, b, files = load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    method, repair, reason = resolve_method(method, has_data=data is not None, has_norm=has_batchnorm(a),
                                             repair=repair)
     plan = plan_dtypes([a.state, b.state], [path_a, path_b], fn, dtype)
     batches, data_label = (None, None)
     if data is not None:
-        batches, data_label = _resolve_data(data, "train")
-        _check_data_fits(a, batches, data_label, dev, fn)
-    structure = _structure(a, batches)
+        batches, data_label = resolve_data(data, "train")
+        check_data_fits(a, batches, data_label, dev, fn)
+    structure = structure_of(a, batches)
     if method != "none":
         check_aligned(structure, source=str(path_a), require=require_aligned)
-    shape = _input_shape(a, batches)
+    shape = input_shape_of(a, batches)
 
     perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True, solver)
     pb = permute(structure, b.state, perms)
     merged = merging.interpolate(plan.widen(a.state, pb), pb, alpha)  # in the common dtype
     correction = "none"
     if repair:
-        correction = "reset_bn" if _has_batchnorm(a) else "repair"
-        run = _run_dtype(a)
-        merged = merging.repair(a.module, _as(a.state, run), _as(pb, run), _as(merged, run), batches,
+        correction = "reset_bn" if has_batchnorm(a) else "repair"
+        run = run_dtype(a)
+        merged = merging.repair(a.module, as_dtype(a.state, run), as_dtype(pb, run), as_dtype(merged, run), batches,
                                 alpha=alpha, device=dev, progress=progress,
-                                num_batches=_repair_batches(batches, repair_samples, fn))
+                                num_batches=repair_batches(batches, repair_samples, fn))
     merged = plan.finish(merged, a.state)
     for k, v in merged.items():
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
@@ -347,7 +271,7 @@ def merge_checkpoints(
 
     provenance = {
         "tool": "weightspace merge",
-        "inputs": [_file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
+        "inputs": [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
         "method": method,
         "method_reason": reason,
         "alpha": alpha,
@@ -363,7 +287,7 @@ def merge_checkpoints(
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     if hf_out:
-        path = _save_hf(merged, out, path_a, provenance, [path_a, path_b])
+        path = save_hf(merged, out, path_a, provenance, [path_a, path_b])
     else:
         path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
     return MergeResult(path=path, method=method, reason=reason, alpha=alpha, repair=correction, perms=perms,
@@ -438,7 +362,7 @@ def barrier_between(
     elif align not in METHODS:
         raise ValueError(f"{fn}: unknown method {align!r}; choose one of: {', '.join(METHODS)}, all")
     else:
-        method, _, _ = resolve_method(_check_method(align, fn), has_data=True)
+        method, _, _ = resolve_method(check_method(align, fn), has_data=True)
         methods = [] if method == "none" else [method]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"{fn}: steps must be an integer >= 2, got {steps!r}")
@@ -451,26 +375,26 @@ def barrier_between(
         if plot.suffix.lower() != ".png":
             raise ValueError(f"{fn}: the plot {plot} must end in .png")
         check_output(plot, [path_a, path_b], fn=fn)
-    dev = _resolve_device(device)
-    a, b, _ = _load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    dev = resolve_device(device)
+    a, b, _ = load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
     plan_dtypes([a.state, b.state], [path_a, path_b], fn)  # a tensor float in one and not in the other
-    _hf_for_data(a, b, fn)
-    eval_batches, label = _resolve_data(data, split)
-    fit_batches = _resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches
-    _check_data_fits(a, eval_batches, label, dev, fn)
+    hf_for_data(a, b, fn)
+    eval_batches, label = resolve_data(data, split)
+    fit_batches = resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches
+    check_data_fits(a, eval_batches, label, dev, fn)
 
-    correction = {"repair_data": fit_batches, "num_batches": _repair_batches(fit_batches, repair_samples, fn)} \
+    correction = {"repair_data": fit_batches, "num_batches": repair_batches(fit_batches, repair_samples, fn)} \
         if repair else {}
-    run = _run_dtype(a)  # the model runs in its own dtype, whatever the checkpoints' dtypes
-    results = {"naive": merging.barrier(a.module, _as(a.state, run), _as(b.state, run), eval_batches, steps=steps, device=dev,
+    run = run_dtype(a)  # the model runs in its own dtype, whatever the checkpoints' dtypes
+    results = {"naive": merging.barrier(a.module, as_dtype(a.state, run), as_dtype(b.state, run), eval_batches, steps=steps, device=dev,
                                         progress=progress, **correction)}
-    structure = _structure(a, eval_batches) if methods else None
+    structure = structure_of(a, eval_batches) if methods else None
     if structure is not None:
         check_aligned(structure, source=str(path_a))
     for method in methods:
         perms = _align(structure, a, b, method, fit_batches, seed, dev, progress, False)
         pb = permute(structure, b.state, perms)
-        results[_LABELS[method]] = merging.barrier(a.module, _as(a.state, run), _as(pb, run), eval_batches, steps=steps, device=dev,
+        results[_LABELS[method]] = merging.barrier(a.module, as_dtype(a.state, run), as_dtype(pb, run), eval_batches, steps=steps, device=dev,
                                                    progress=progress, **correction)
     if plot is not None:
         plot.parent.mkdir(parents=True, exist_ok=True)
@@ -481,20 +405,6 @@ def barrier_between(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; CUDA asked for but absent is an error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device: unknown device {name!r}; use cpu, cuda or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} asked for, but CUDA is not available on this machine")
-    return dev
 
 
 def resolve_method(method: str, *, has_data: bool, has_norm: bool = False, repair: bool = False
@@ -522,163 +432,6 @@ def resolve_method(method: str, *, has_data: bool, has_norm: bool = False, repai
     return "activation", False, why
 
 
-def _check_method(method: str, fn: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"{fn}: unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return method
-
-
-def _check_alpha(alpha: float, fn: str) -> float:
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"{fn}: alpha must be a number in [0, 1], got {alpha!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{fn}: alpha must be in [0, 1] (0 gives A, 1 gives aligned B), got {alpha!r}")
-    return value
-
-
-def _repair_batches(batches: Iterable[Any], samples: int | None, fn: str) -> int | None:
-    """Whole batches covering ``samples`` examples (at least one), or ``None`` for all."""
-    if samples is None:
-        return None
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"{fn}: repair_samples must be a positive integer or None, got {samples!r}")
-    first = next(iter(batches), None)
-    size = len(first[0]) if first is not None else 1
-    return max(1, math.ceil(samples / max(1, size)))
-
-
-def _is_counter(key: str) -> bool:
-    return key.endswith("num_batches_tracked")
-
-
-def _check_same_states(sa: Mapping[str, Any], sb: Mapping[str, Any], name_a: Any, name_b: Any, fn: str,
-                       shape_a: Any = None, shape_b: Any = None) -> None:
-    """Raise unless A and B hold the same tensor names with the same shapes (counters aside)."""
-    shape_a = shape_a or (lambda k: tuple(sa[k].shape))
-    shape_b = shape_b or (lambda k: tuple(sb[k].shape))
-    only_a = [k for k in sa if k not in sb and not _is_counter(k)]
-    only_b = [k for k in sb if k not in sa and not _is_counter(k)]
-    if only_a or only_b:
-        k, here, there = (only_a[0], name_a, name_b) if only_a else (only_b[0], name_b, name_a)
-        more = len(only_a) + len(only_b) - 1
-        raise ValueError(f"{fn}: A and B have different architectures: {k!r} is in {here} but not in {there}"
-                         + (f" ({more} more differing names)" if more else ""))
-    bad = [k for k in sa if k in sb and tuple(shape_a(k)) != tuple(shape_b(k))]
-    if bad:
-        k = bad[0]
-        more = f" ({len(bad) - 1} more tensors differ in shape)" if len(bad) > 1 else ""
-        raise ValueError(f"{fn}: A and B have different architectures: {k!r} has shape "
-                         f"{tuple(shape_a(k))} in {name_a} and {tuple(shape_b(k))} in {name_b}{more}")
-
-
-def _load_pair(path_a: PathLike, path_b: PathLike, model: str | None, model_kwargs: Any,
-               input_shape: Any, device: torch.device, fn: str
-               ) -> tuple[LoadedModel, LoadedModel, tuple[tuple[Path, ...], tuple[Path, ...]]]:
-    """Load A and B into their architecture after a cheap header comparison of the two files."""
-    with open_checkpoint(path_a) as ca, open_checkpoint(path_b) as cb:
-        _check_same_states(ca, cb, path_a, path_b, fn, ca.shape, cb.shape)
-        files = (ca.info.files + ((ca.info.index,) if ca.info.index else ()),
-                 cb.info.files + ((cb.info.index,) if cb.info.index else ()))
-        b_records_model = MODEL_KEY in cb.metadata
-    a = load_model(path_a, model, model_kwargs, input_shape=input_shape, device=device)
-    if model is None and not b_records_model:
-        name, kwargs = model_spec_from_json(a.spec)  # B records no model: it is A's
-        b = load_model(path_b, name, kwargs, input_shape=input_shape, device=device)
-    else:
-        b = load_model(path_b, model, model_kwargs, input_shape=input_shape, device=device)
-        if model is None and b.spec != a.spec:
-            warnings.warn(f"{fn}: {path_a} records model {a.spec} but {path_b} records {b.spec}; "
-                          f"using A's (pass --model to choose)", stacklevel=3)
-    for k in set(a.state) ^ set(b.state):  # a num_batches_tracked counter only one side has
-        (b.state if k in a.state else a.state)[k] = (a.state if k in a.state else b.state)[k].clone()
-    if a.input_shape is None and b.input_shape is not None:
-        a.input_shape = b.input_shape
-    return a, b, files
-
-
-def _resolve_data(data: str | Iterable[Any], split: str) -> tuple[Iterable[Any], str]:
-    """Batches and a label for the provenance: a spec is loaded, batches pass through."""
-    if isinstance(data, str):
-        from weightspace.data import load_data
-
-        return load_data(data, split=split, batch_size=_BATCH), data
-    if isinstance(data, (bytes, Tensor)) or not isinstance(data, Iterable):
-        raise TypeError(f"data must be a --data spec such as 'digits' or an iterable of (x, y) batches, "
-                        f"got {type(data).__name__}")
-    return data, f"<{type(data).__name__}>"
-
-
-def _first_batch(batches: Iterable[Any], label: str, fn: str) -> tuple[Tensor, Tensor]:
-    batch = next(iter(batches), None)
-    if batch is None:
-        raise ValueError(f"{fn}: data {label} yielded no batches")
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor)):
-        raise ValueError(f"{fn}: data {label} yields {type(batch).__name__}; expected (x, y) batches of tensors")
-    return batch[0], batch[1]
-
-
-def _check_data_fits(lm: LoadedModel, batches: Iterable[Any], label: str, device: torch.device, fn: str) -> None:
-    """Run A on a few examples of the data: the inputs must go through and the labels fit the outputs."""
-    x, y = _first_batch(batches, label, fn)
-    where = f"the model of {lm.path}" if lm.path else "the model"
-    try:
-        with torch.no_grad():
-            out = lm.module(x[:4].to(device))
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        msg = " ".join(str(e).split())[:160]
-        raise ValueError(f"{fn}: data {label} does not fit {where}: inputs of shape {tuple(x.shape[1:])} "
-                         f"fail in the forward pass ({msg}); check --data, --model or --input-shape") from None
-    if isinstance(out, Tensor) and out.ndim >= 2 and isinstance(y, Tensor) and not y.is_floating_point() \
-            and y.numel():
-        k = out.shape[1]
-        hi, lo = int(y.max()), int(y.min())
-        if hi >= k or lo < 0:
-            raise ValueError(f"{fn}: data {label} has labels {lo}..{hi} but {where} has {k} outputs")
-        try:
-            F.cross_entropy(out, y[:4].to(device))
-        except (RuntimeError, ValueError) as e:
-            msg = " ".join(str(e).split())[:160]
-            raise ValueError(f"{fn}: labels of data {label} (shape {tuple(y.shape[1:])}) do not fit the outputs "
-                             f"of {where} (shape {tuple(out.shape[1:])}): {msg}") from None
-
-
-def _example_from(batches: Iterable[Any] | None) -> Tensor | None:
-    if batches is None:
-        return None
-    batch = next(iter(batches), None)
-    return batch[0][:2] if batch is not None else None
-
-
-def _structure(lm: LoadedModel, batches: Iterable[Any] | None) -> Structure:
-    declares = lm.input_shape is not None or callable(getattr(lm.module, "example_input", None)) \
-        or getattr(lm.module, "input_shape", None) is not None
-    example = None if declares else _example_from(batches)
-    if example is not None:
-        return trace_model(lm.module, example_input=example.to(_device_of(lm)))
-    return trace_model(lm.module, input_shape=lm.input_shape)
-
-
-def _device_of(lm: LoadedModel) -> torch.device:
-    return next((v.device for v in lm.state.values()), torch.device("cpu"))
-
-
-def _input_shape(lm: LoadedModel, batches: Iterable[Any] | None) -> tuple[int, ...] | None:
-    if lm.input_shape is not None:
-        return tuple(lm.input_shape)
-    declared = getattr(lm.module, "input_shape", None)
-    if declared is not None:
-        return tuple(int(s) for s in declared)
-    example = _example_from(batches)
-    return tuple(example.shape[1:]) if example is not None else None
-
-
-def _has_batchnorm(lm: LoadedModel) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-               for m in lm.module.modules())
-
-
 def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, batches: Iterable[Any] | None,
            seed: int, device: torch.device, progress: bool, return_info: bool, solver: str = "auto") -> Any:
     t0 = time.perf_counter()
@@ -695,8 +448,8 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
             structure, sa, sb, solver=solver)
         sweeps = wm["sweeps"]
     elif method in _NEEDS_DATA:  # these run the model: in its own dtype
-        run = _run_dtype(a)
-        sa, sb = _as(sa, run), _as(sb, run)
+        run = run_dtype(a)
+        sa, sb = as_dtype(sa, run), as_dtype(sb, run)
     if method == "activation":
         perms = merging.activation_matching(structure, a.module, sa, sb, batches, device=device, progress=progress,
                                             solver=solver)
@@ -711,57 +464,3 @@ def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, ba
     return perms, info
 
 
-def _run_dtype(lm: LoadedModel) -> torch.dtype:
-    """The float dtype ``lm.module`` computes in (its first float parameter's; float32 without one)."""
-    return next((p.dtype for p in lm.module.parameters() if p.is_floating_point()), torch.float32)
-
-
-def _as(state: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
-    """``state`` with its float tensors in ``dtype``, for running the model on it."""
-    return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in state.items()}
-
-
-def _hf_inputs(paths: list[PathLike], model: str | None) -> bool:
-    """Refuse a Hugging Face input whose config asks for remote code (``auto_map``) unless trusted;
-    return whether the output is a Hugging Face directory (the first input is one, and no
-    ``--model`` overrides its config)."""
-    from .hf import check_remote_code, is_hf_dir
-
-    for p in paths:
-        if is_hf_dir(p):
-            check_remote_code(p)
-    return model is None and is_hf_dir(paths[0])
-
-
-def _hf_for_data(a: LoadedModel, b: LoadedModel, fn: str) -> None:
-    """Transformers models run on ``(x, y)`` batches: their forward returns logits and their states
-    use the modules' names (see :func:`weightspace.hf.for_evaluation`)."""
-    from .hf import for_evaluation, is_hf_module
-
-    for lm in (a, b):
-        if is_hf_module(lm.module):
-            lm.state = for_evaluation(lm.module, lm.state, lm.path, fn)
-
-
-def _save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, provenance: Mapping[str, Any],
-             inputs: list[PathLike], max_shard_size: int | str | None = None) -> Path:
-    """Write merged weights as a Hugging Face directory (``config.json`` and tokenizer from A)."""
-    from .hf import output_metadata, write_hf_dir
-
-    meta = output_metadata(PROVENANCE_KEY, provenance)
-    target = (lambda d: d) if max_shard_size is not None else (lambda d: d / "model.safetensors")
-    return write_hf_dir(out, source, lambda d: save(state, target(d), metadata=meta, max_shard_size=max_shard_size),
-                        inputs)
-
-
-def _is_sharded(path: PathLike) -> bool:
-    from .streaming import is_sharded
-
-    return is_sharded(path)
-
-
-def _file_record(path: PathLike, files: tuple[Path, ...]) -> dict[str, Any]:
-    """``{"path", "sha256"}`` of a checkpoint file; a sharded one lists every file it is made of."""
-    if len(files) == 1:
-        return {"path": str(path), "sha256": sha256_file(files[0])}
-    return {"path": str(path), "files": {f.name: sha256_file(f) for f in files}}

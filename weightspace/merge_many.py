@@ -23,8 +23,8 @@ from graphs import identity_permutation, permute
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model
 from ._dtypes import parse_dtype, plan_dtypes
 from .checkpoint import check_not_input, open_checkpoint, save
-from .merge import (_as, _check_data_fits, _check_same_states, _file_record, _has_batchnorm, _hf_inputs,
-                    _input_shape, _resolve_data, _resolve_device, _run_dtype, _save_hf, _structure)
+from .pipeline import (as_dtype, check_data_fits, check_same_states, file_record, has_batchnorm, hf_inputs,
+                    input_shape_of, resolve_data, resolve_device, run_dtype, save_hf, structure_of)
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
 
@@ -91,7 +91,7 @@ def _load_many(paths: Sequence[PathLike], model: str | None, model_kwargs: Any, 
         files.append(c0.info.files + ((c0.info.index,) if c0.info.index else ()))
         for p in paths[1:]:
             with open_checkpoint(p) as c:
-                _check_same_states(c0, c, paths[0], p, fn, c0.shape, c.shape)
+                check_same_states(c0, c, paths[0], p, fn, c0.shape, c.shape)
                 files.append(c.info.files + ((c.info.index,) if c.info.index else ()))
     first = load_model(paths[0], model, model_kwargs, input_shape=input_shape, device=device)
     models = [first]
@@ -178,7 +178,7 @@ def merge_many_checkpoints(
         raise ValueError(f"{fn}: needs at least two checkpoints, got {len(paths)}")
     parse_dtype(dtype, fn)
     out = Path(out)
-    hf_out = _hf_inputs(paths, model)
+    hf_out = hf_inputs(paths, model)
     if hf_out:  # Hugging Face directories in, one out
         from .hf import check_output_dir
 
@@ -193,16 +193,16 @@ def merge_many_checkpoints(
         raise ValueError(f"{fn}: --repair needs data (--data D, e.g. --data digits)")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"{fn}: max_iter must be a positive integer, got {max_iter!r}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     models, files = _load_many(paths, model, model_kwargs, input_shape, dev, fn)
     plan = plan_dtypes([m.state for m in models], paths, fn, dtype)
     a = models[0]
     batches, data_label = (None, None)
     if data is not None:
-        batches, data_label = _resolve_data(data, "train")
-        _check_data_fits(a, batches, data_label, dev, fn)
-    structure = _structure(a, batches)
-    shape = _input_shape(a, batches)
+        batches, data_label = resolve_data(data, "train")
+        check_data_fits(a, batches, data_label, dev, fn)
+    structure = structure_of(a, batches)
+    shape = input_shape_of(a, batches)
 
     t_align = time.perf_counter()
     states = [{k: v.to(dev) for k, v in m.state.items()} for m in models]
@@ -224,10 +224,10 @@ def merge_many_checkpoints(
     align_seconds = time.perf_counter() - t_align
     correction = "none"
     if repair:
-        correction = "reset_bn" if _has_batchnorm(a) else "repair"
+        correction = "reset_bn" if has_batchnorm(a) else "repair"
         aligned = [permute(structure, s, p) for s, p in zip(states, perms)]
-        run = _run_dtype(a)  # the model runs in its own dtype
-        merged = merging.repair_many(a.module, [_as(s, run) for s in aligned], _as(merged, run), batches,
+        run = run_dtype(a)  # the model runs in its own dtype
+        merged = merging.repair_many(a.module, [as_dtype(s, run) for s in aligned], as_dtype(merged, run), batches,
                                      device=dev)
     merged = plan.finish(merged, a.state)
     for k, v in merged.items():
@@ -238,7 +238,7 @@ def merge_many_checkpoints(
 
     provenance = {
         "tool": "weightspace merge-many",
-        "inputs": [_file_record(p, fs) for p, fs in zip(paths, files)],
+        "inputs": [file_record(p, fs) for p, fs in zip(paths, files)],
         "method": method, "repair": correction, "seed": seed, "max_iter": max_iter,
         "data": data_label if repair else None, "passes": passes,
         **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
@@ -249,7 +249,7 @@ def merge_many_checkpoints(
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     if hf_out:
-        path = _save_hf({k: v.cpu() for k, v in merged.items()}, out, paths[0], provenance, paths)
+        path = save_hf({k: v.cpu() for k, v in merged.items()}, out, paths[0], provenance, paths)
     else:
         path = save({k: v.cpu() for k, v in merged.items()}, out, metadata=metadata, inputs=paths)
     return MergeManyResult(path=path, method=method, repair=correction, perms=[{g: p.cpu() for g, p in ps.items()}

@@ -25,14 +25,14 @@ from merging.starlight import parse_t_dist
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from .checkpoint import check_not_input, save
 from ._dtypes import plan_dtypes
-from .merge import (
-    _as,
-    _check_data_fits,
-    _file_record,
-    _input_shape,
-    _resolve_device,
-    _run_dtype,
-    _structure,
+from .pipeline import (
+    as_dtype,
+    check_data_fits,
+    file_record,
+    input_shape_of,
+    resolve_device,
+    run_dtype,
+    structure_of,
 )
 from .merge_many import _load_many
 from .trust import takes_trust_flag
@@ -220,20 +220,20 @@ def starlight_checkpoints(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
     tdist = parse_t_dist(t_dist)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     models, files = _load_many(paths, model, model_kwargs, input_shape, dev, fn)
     a = models[0]
     batches, test, data_label = _dataset(data, batch_size, seed, fn)
-    _check_data_fits(a, batches, data_label, dev, fn)
-    structure = _structure(a, batches)
-    shape = _input_shape(a, batches)
+    check_data_fits(a, batches, data_label, dev, fn)
+    structure = structure_of(a, batches)
+    shape = input_shape_of(a, batches)
     plan = plan_dtypes([m.state for m in models], paths, fn)
-    run = _run_dtype(a)  # the star is trained in the model's dtype, and written in the first source's
+    run = run_dtype(a)  # the star is trained in the model's dtype, and written in the first source's
     dtypes = {v.dtype for m in models for v in m.state.values() if v.is_floating_point()}
     notes = [f"sources are {'/'.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}: trained in "
              f"{str(run).removeprefix('torch.')} (the model's dtype), written as the first source's dtype"
              ] if dtypes - {run} else []
-    sources = [_as({k: v.to(dev) for k, v in m.state.items()}, run) for m in models]
+    sources = [as_dtype({k: v.to(dev) for k, v in m.state.items()}, run) for m in models]
 
     sl = merging.Starlight(a.module, structure, epochs=epochs, lr=lr, momentum=momentum, schedule=schedule,
                            t_dist=tdist, realign=realign, init=init, seed=seed, device=dev,
@@ -263,7 +263,7 @@ def starlight_checkpoints(
 
     provenance = {
         "tool": "weightspace starlight",
-        "inputs": [_file_record(p, fs) for p, fs in zip(paths, files)],
+        "inputs": [file_record(p, fs) for p, fs in zip(paths, files)],
         "method": "starlight", "epochs": sl.n_epochs_, "lr": lr, "momentum": momentum, "schedule": schedule,
         "batch_size": batch_size, "t_dist": str(tdist), "realign": realign, "init": init, "seed": seed,
         "data": data_label, "final_loss": sl.history_[-1] if sl.history_ else None,

@@ -40,16 +40,18 @@ from .checkpoint import (
     _commit_replacing,
     _layout,
     _parse_size,
-    _resolve,
     _shard_names,
     check_finite,
     check_fits,
     check_not_input,
+    is_sharded,
     open_checkpoint,
 )
 from ._dtypes import parse_dtype, plan_dtypes
 from .models import example_input_for, parse_input_shape
 from .hf import is_hf_module
+from .pipeline import (MergeResult, check_alpha, check_method, check_same_states, file_record, hf_inputs,
+                       resolve_device)
 from .trust import takes_trust_flag
 
 __all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]
@@ -301,14 +303,6 @@ def _to_meta(example: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- writing
 
 
-def is_sharded(path: PathLike) -> bool:
-    """Whether ``path`` is a sharded checkpoint (a ``*.index.json`` or a directory holding one)."""
-    try:
-        return _resolve(path, "is_sharded")[1] is not None
-    except CheckpointError:
-        return False
-
-
 def _write_safetensors(tmp: str, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce,
                        metadata: Mapping[str, str] | None, bar) -> None:
     """Write a ``.safetensors`` file whose tensors come one at a time from ``produce(name)``."""
@@ -410,27 +404,18 @@ def streaming_merge(
         >>> streaming_merge("a/", "b/", "merged/", max_shard_size="2GB")  # doctest: +SKIP
     """
     from . import __version__
-    from .merge import (
-        MergeResult,
-        _check_alpha,
-        _check_method,
-        _check_same_states,
-        _file_record,
-        _hf_inputs,
-        _resolve_device,
-    )
 
     fn = "merge_checkpoints"
     t0 = time.perf_counter()
-    method = _check_method(method, fn)
+    method = check_method(method, fn)
     if method not in ("weight", "none"):
         raise ValueError(f"{fn}: the low-memory (streaming) merge aligns by weight matching or not at all; "
                          f"method {method!r} runs the model on data and needs it in memory (drop "
                          f"--low-memory / --max-shard-size, or use --method weight)")
-    alpha = _check_alpha(alpha, fn)
+    alpha = check_alpha(alpha, fn)
     parse_dtype(dtype, fn)
     out = Path(out)
-    hf_out = _hf_inputs([path_a, path_b], model)
+    hf_out = hf_inputs([path_a, path_b], model)
     if hf_out:  # a Hugging Face directory: model.safetensors, or shards with max_shard_size
         from .hf import check_output_dir
 
@@ -445,9 +430,9 @@ def streaming_merge(
     limit = _parse_size(max_shard_size, out) if max_shard_size is not None else None
     if not hf_out:
         check_not_input(out, [path_a, path_b])
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     with open_checkpoint(path_a, mmap=False) as ca, open_checkpoint(path_b, mmap=False) as cb:
-        _check_same_states(ca, cb, path_a, path_b, fn, ca.shape, cb.shape)
+        check_same_states(ca, cb, path_a, path_b, fn, ca.shape, cb.shape)
         shape = input_shape
         if shape is None:
             shape = ca.metadata.get(INPUT_SHAPE_KEY) or cb.metadata.get(INPUT_SHAPE_KEY)
@@ -495,7 +480,7 @@ def streaming_merge(
                  cb.info.files + ((cb.info.index,) if cb.info.index else ()))
         provenance = {
             "tool": "weightspace merge",
-            "inputs": [_file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
+            "inputs": [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
             "method": method,
             "alpha": alpha,
             "repair": "none",
