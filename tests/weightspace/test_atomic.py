@@ -75,7 +75,7 @@ def test_a_failed_write_leaves_no_temporary_and_the_old_file(tmp_path, monkeypat
         Path(f).write_bytes(b"x" * 1000)
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("weightspace.checkpoint.save_file", half_then_fail)
+    monkeypatch.setattr("weightspace.checkpoint.write.save_file", half_then_fail)
     with pytest.raises(weightspace.CheckpointError, match="nothing was replaced"):
         weightspace.save({"w": torch.ones(2)}, target)
     with pytest.raises(KeyboardInterrupt):
@@ -107,7 +107,7 @@ _KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
 import torch
-import weightspace, weightspace.checkpoint as ck
+import weightspace, weightspace.checkpoint.write as ck
 
 real = ck.save_file
 def save_then_die(tensors, f, metadata=None):

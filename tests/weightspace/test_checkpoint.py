@@ -281,7 +281,7 @@ def test_atomic_write_failure_midway_leaves_existing_file(tmp_path, monkeypatch)
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_mod, "save_file", broken)
+    monkeypatch.setattr(ckpt_mod.write, "save_file", broken)
     with pytest.raises(CheckpointError) as err:
         save({"w": torch.zeros(3)}, path)
     one_line_naming(err, "m.safetensors", "disk full")

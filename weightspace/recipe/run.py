@@ -1,0 +1,212 @@
+"""Running a recipe (:func:`run_recipe`): tensor by tensor, each output tensor read, merged in the
+compute dtype, cast to the written dtype, checked finite and written; a ``.safetensors`` file with
+its provenance, or a Hugging Face directory (:mod:`weightspace.recipe.hf_output`); ``align: true``
+permutes the models onto the base first.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import merging
+from merging.methods import compute_in_input_dtype
+
+from ..api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
+from ..checkpoint import check_not_input, sha256_file
+from ..trust import takes_trust_flag
+from .hf_output import _write_hf_dir
+from .parse import load_recipe
+from .plan import _Entry, _Plan, plan_recipe
+from .spec import _DTYPES, PathLike, Recipe, RecipeError, _err_for, _name, _notice
+
+def _record(path: Path, files: list[Path]) -> dict[str, Any]:
+    """Provenance of one input: its path and the SHA-256 of every weight file it is made of."""
+    if len(files) == 1 and files[0] == path:
+        return {"path": str(path), "sha256": sha256_file(path)}
+    return {"path": str(path), "files": {str(f.relative_to(path) if path.is_dir() else f.name): sha256_file(f)
+                                          for f in files}}
+
+
+@takes_trust_flag
+def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_shard_size: int | str | None = None,
+               progress: bool = False) -> Path:
+    """Run a recipe tensor by tensor and write the merged model atomically.
+
+    Each output tensor is made from one tensor of each input, read from disk when it is
+    needed, merged in the compute dtype (``dtype``, else the inputs' own), cast to
+    ``out_dtype`` (else ``dtype``) and written: memory holds a few tensors, not the models.
+    ``out`` ending in ``.safetensors`` is one file recording the model spec and provenance
+    (the recipe text, every input file's SHA-256, the method); any other ``out`` is a Hugging
+    Face directory that ``from_pretrained`` loads: the weights, the base's (else the first
+    model's) ``config.json`` (layer count and dtype updated), its tokenizer (or
+    ``tokenizer_source``'s) and the recipe.
+
+    Args:
+        recipe (Recipe or path): from :func:`load_recipe`, or a recipe file.
+        out (str or PathLike, optional): overrides the recipe's ``out``.
+        max_shard_size (int or str, optional): shard the weights of a directory output.
+        progress (bool, optional): a progress bar on stderr. (default: ``False``)
+
+    Returns:
+        Path: the file or directory written.
+
+    Raises:
+        RecipeError: anything :func:`load_recipe` rejects, no output, an output that is an
+            input, or a merged tensor with NaN or Inf; nothing is written then.
+    """
+    fn = "run_recipe"
+    t0 = time.perf_counter()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    err = _err_for(recipe)
+    out = Path(out) if out is not None else recipe.out
+    if out is None:
+        raise RecipeError(f"{fn}: no output: give -o OUT or `out:` in the recipe {recipe.source}")
+    hf = out.suffix != ".safetensors"
+    if out.suffix in (".pt", ".pth", ".bin", ".ckpt") or out.name.endswith(".json"):
+        raise err("out", f"{out}: write a .safetensors file or a directory (a Hugging Face model)")
+    if hf and out.exists() and not (out.is_dir() and (not any(out.iterdir()) or
+                                                      (out / "weightspace_recipe.yaml").is_file())):
+        raise err("out", f"{out} exists and is not an earlier merge output (no weightspace_recipe.yaml in it); "
+                         f"choose a new directory or remove it")
+    if not hf:
+        for key in ("tokenizer_source", "chat_template"):
+            if getattr(recipe, key) is not None:
+                _notice(f"{recipe.source}: {key}: ignored: a .safetensors output holds weights only; write a "
+                        f"directory (-o merged/) for a Hugging Face model with its tokenizer")
+    plan = plan_recipe(recipe)
+    try:
+        return _run(recipe, plan, out, hf, max_shard_size, progress, t0)
+    finally:
+        for inp in plan.inputs:
+            inp.close()
+
+
+def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int | str | None, progress: bool,
+         t0: float) -> Path:
+    from weightspace import __version__
+
+    from ..streaming import _write
+
+    err = _err_for(recipe)
+    inputs_paths = plan.paths
+    for p in inputs_paths:
+        if hf and out.exists() and (out.resolve() == p.resolve() or out.resolve() in p.resolve().parents):
+            raise err("out", f"refusing to write {out} over the input {p}; choose another output path")
+    if not hf:
+        try:
+            check_not_input(out, [f for inp in plan.inputs for f in inp.files] + inputs_paths)
+        except ValueError as e:
+            raise err("out", str(e)) from None
+    compute = _DTYPES[recipe.dtype] if recipe.dtype else None
+    write = _DTYPES[recipe.out_dtype] if recipe.out_dtype else compute
+    in_dtypes = sorted({str(e.in_dtype).replace("torch.", "") for e in plan.entries if e.floating})
+    for n in plan.notices:
+        _notice(f"{recipe.source}: {n}")
+    mixed = sorted({str(plan.inputs[i].dtype(n)).replace("torch.", "") for e in plan.entries if e.floating
+                    for i, n in e.inputs + ([e.base] if e.base is not None else [])})
+    if compute is None and len(mixed) > 1:
+        written = sorted({str(e.in_dtype).replace("torch.", "") for e in plan.entries if e.floating})
+        _notice(f"{recipe.source}: the inputs differ in dtype ({', '.join(mixed)}): merged in their promoted dtype, "
+                f"written as {', '.join(written)} (set dtype: / out_dtype: to choose)")
+    if compute is not None and in_dtypes != [recipe.dtype]:
+        _notice(f"{recipe.source}: dtype: computing in {_name(compute)} (the inputs are {', '.join(in_dtypes)})")
+    if write is not None and write != compute:
+        _notice(f"{recipe.source}: out_dtype: writing {_name(write)} (computed in "
+                f"{_name(compute) if compute else ', '.join(in_dtypes)})")
+    method = merging.get_method(recipe.merge_method)
+    states_override: list[dict[str, Tensor]] | None = None
+    if recipe.align:
+        states_override = _aligned(recipe, plan)
+
+    def read(i: int, name: str) -> Tensor:
+        t = states_override[i][name] if states_override is not None else plan.inputs[i].get(name)
+        if compute is not None and t.is_floating_point():
+            t = t.to(compute)
+        return t
+
+    takes_seed = "seed" in method.parameter_names
+    by_name = {e.name: e for e in plan.entries}
+
+    def produce(name: str) -> Tensor:
+        e = by_name[name]
+        if not e.floating:
+            i, nm = e.base if e.base else e.inputs[0]
+            return plan.inputs[i].get(nm) if states_override is None else states_override[i][nm]
+        states = [{name: read(i, nm)} for i, nm in e.inputs]
+        base = {name: read(*e.base)} if e.base else None
+        params = dict(e.params)
+        if takes_seed:
+            params["seed"] = recipe.seed
+        try:
+            with compute_in_input_dtype():
+                merged = method(states, base, **params)[name]
+        except ValueError as exc:
+            raise err(name, str(exc)) from None
+        if write is not None:
+            merged = merged.to(write)
+        if not bool(torch.isfinite(merged).all()):
+            raise err(name, f"the merged tensor has NaN or Inf values; nothing was written to {out}")
+        return merged.contiguous()
+
+    def out_dtype(e: _Entry) -> torch.dtype:
+        if not e.floating:
+            return e.in_dtype
+        return write or e.in_dtype
+
+    entries = [(e.name, out_dtype(e), tuple(e.shape)) for e in plan.entries]
+    provenance = {
+        "tool": "weightspace merge --config",
+        "recipe": recipe.text,
+        "recipe_path": str(recipe.source) if recipe.source else None,
+        "method": recipe.merge_method,
+        "parameters": recipe.parameters,
+        "seed": recipe.seed,
+        "align": recipe.align,
+        "inputs": [_record(p, inp.files) for p, inp in zip(plan.paths, plan.inputs)],
+        "weightspace_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    metadata = {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True, default=str)}
+    if not hf:
+        ref_meta = plan.inputs[plan.donor].metadata
+        for key in (MODEL_KEY, INPUT_SHAPE_KEY):
+            if key in ref_meta:
+                metadata[key] = ref_meta[key]
+        try:
+            return _write(entries, produce, out, "safetensors", None, metadata, [], progress)
+        except RecipeError:
+            raise
+        except ValueError as e:
+            raise err("", str(e)) from None
+    metadata["format"] = "pt"
+    return _write_hf_dir(recipe, plan, out, entries, produce, metadata, max_shard_size, progress, write)
+
+
+def _aligned(recipe: Recipe, plan: _Plan) -> list[dict[str, Tensor]]:
+    """``align: true``: every input in memory, permuted onto the base (else the first model)."""
+    from graphs import permute
+    from merging.matching import weight_matching
+
+    from ..api import load_model, trace_model
+
+    lm = load_model(recipe.base_model or recipe.models[0].path, recipe.model, recipe.model_kwargs,
+                    input_shape=recipe.input_shape)
+    structure = trace_model(lm.module, input_shape=lm.input_shape)
+    states = [{k: inp.get(k) for k in inp.keys()} for inp in plan.inputs]
+    ref = states[plan.donor]
+    out = []
+    for i, s in enumerate(states):
+        out.append(s if i == plan.donor else permute(structure, s, weight_matching(structure, ref, s,
+                                                                                   seed=recipe.seed)))
+    buffers = [k for k in ref if structure.is_buffer(k)]
+    for s in out:
+        for k in buffers:
+            s[k] = ref[k]
+    return out
