@@ -68,6 +68,7 @@ FUNC_NAMES: dict[Any, str] = {
     torch.randn_like: "fresh", torch.rand_like: "fresh", F.interpolate: "spatial",
     F.pad: "pad", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose",
     F.conv_transpose3d: "conv_transpose", F.rms_norm: "layer_norm", F.prelu: "prelu",
+    torch.einsum: "einsum",
 }
 
 
@@ -110,7 +111,7 @@ ATEN_NAMES: dict[str, str] = {
     "adaptive_max_pool1d": "pool", "adaptive_max_pool2d": "pool", "adaptive_max_pool3d": "pool",
     "conv_transpose1d": "conv_transpose", "conv_transpose2d": "conv_transpose",
     "conv_transpose3d": "conv_transpose", "instance_norm": "batch_norm", "pad": "pad",
-    "constant_pad_nd": "pad", "rms_norm": "layer_norm", "prelu": "prelu",
+    "constant_pad_nd": "pad", "rms_norm": "layer_norm", "prelu": "prelu", "einsum": "einsum",
 }
 
 #: ATen operator -> the positions of its arguments in the functional form's order

@@ -135,12 +135,16 @@ def squeeze(run, c: Call):
 
 @op_rule("expand", "expand_as", "broadcast_to")
 def expand(run, c: Call):
+    """A broadcast copy: the dimensions it creates (new leading ones, and size-1 ones
+    stretched) hold equal slices, so the result is unchanged by any permutation of them:
+    each gets a new free factor, which whatever it is tied to later may permute (a
+    grouped-query attention's key and value heads repeated for their query heads: the
+    query heads of one key/value head then permute among themselves)."""
     x, lx, out = c.x, c.lx, c.out
     off = out.dim() - x.dim()
-    res = [Factor(s, fixed=True, reason=c.where) for s in out.shape[:off]]
+    res = [Factor(s) for s in out.shape[:off]]
     for d in range(x.dim()):
-        res.append(lx[d] if x.shape[d] == out.shape[off + d] else
-                   Factor(out.shape[off + d], fixed=True, reason=c.where))
+        res.append(lx[d] if x.shape[d] == out.shape[off + d] else Factor(out.shape[off + d]))
     return res
 
 
@@ -388,3 +392,67 @@ def _slice(lab: Factor, size: int, start: int, stop: int, step: int, where: str)
             return kids[1 if start > 0 else 0]
     fix(f, f"slicing at {where}")
     return Factor(len(range(start, stop, step)), fixed=True, reason=where)
+
+
+# ---------------------------------------------------------------------------- einsum
+def _einsum_terms(eq: str, ndims: list[int]) -> tuple[list[list], list]:
+    """The index symbols of each operand's dimensions and of the output's (``...`` as
+    symbols ``("...", j)`` aligned from the right); implicit mode (no ``->``) outputs the
+    symbols used once, in alphabetical order, after the ellipsis."""
+    eq = eq.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ndims):
+        raise ValueError(f"einsum {eq!r}: {len(terms)} terms for {len(ndims)} operands")
+    n_ell = max((nd - len(t.replace("...", "")) for t, nd in zip(terms, ndims) if "..." in t), default=0)
+
+    def expand(t: str, nd: int | None) -> list:
+        if "..." not in t:
+            return list(t)
+        a, _, b = t.partition("...")
+        k = n_ell if nd is None else nd - len(a) - len(b)
+        return list(a) + [("...", n_ell - k + j) for j in range(k)] + list(b)
+
+    ins = [expand(t, nd) for t, nd in zip(terms, ndims)]
+    for t, nd in zip(ins, ndims):
+        if len(t) != nd:
+            raise ValueError(f"einsum {eq!r}: a term does not fit its operand's {nd} dimensions")
+    if arrow:
+        out = expand(rhs, None)
+    else:
+        flat = [s for t in ins for s in t if isinstance(s, str)]
+        out = [("...", j) for j in range(n_ell)] + sorted(s for s in set(flat) if flat.count(s) == 1)
+    return ins, out
+
+
+@op_rule("einsum")
+def einsum(run, c: Call):
+    """``torch.einsum(equation, *operands)`` (``aten.einsum(equation, [operands])``): every
+    index symbol is one dimension, so the occurrences of a symbol (in every operand, and
+    twice in one operand for a diagonal) are tied, whether the output keeps it or sums it
+    (a sum over a dimension that all its operands permute alike is unchanged); a size-1
+    occurrence that broadcasts ties nothing."""
+    eq = c.args[0]
+    if len(c.args) == 2 and isinstance(c.args[1], (list, tuple)):
+        ops, lops = list(c.args[1]), list(c.largs[1])
+    else:
+        ops, lops = list(c.args[1:]), list(c.largs[1:])
+    if not isinstance(eq, str) or not all(isinstance(t, Tensor) for t in ops) or any(l is None for l in lops):
+        raise ValueError("einsum without an equation string and tensor operands")
+    ins, out_syms = _einsum_terms(eq, [t.dim() for t in ops])
+    full: dict = {}
+    for t, syms in zip(ops, ins):
+        for s, n in zip(syms, t.shape):
+            full[s] = max(full.get(s, 1), n)
+    lab: dict = {}
+    for t, l, syms in zip(ops, lops, ins):
+        for s, n, f in zip(syms, t.shape, l):
+            if n != full[s] or n == 1:
+                continue          # broadcast (or a single position): nothing to tie
+            if s in lab:
+                union(lab[s], f, f"index {s if isinstance(s, str) else '...'} of einsum at {c.where}")
+            else:
+                lab[s] = f
+    if list(c.out.shape) != [full.get(s, 1) for s in out_syms]:
+        raise ValueError(f"einsum {eq!r}: unexpected output shape")
+    return [lab.get(s, Factor(full.get(s, 1))) for s in out_syms]

@@ -64,3 +64,132 @@ def test_registration_rejects_duplicates_and_non_modules():
         module_rule(int)
     with pytest.raises(TypeError, match=r"rule\(run, call\)"):
         op_rule("my_unused_op")(lambda call: None)
+
+
+# ---------------------------------------------------------------------------- einsum
+class EinsumAttention(nn.Module):
+    """Multi-head attention written with einsum (projections as (heads, dim, model) tensors)."""
+
+    def __init__(self, d: int = 16, h: int = 4, ellipsis: bool = False):
+        super().__init__()
+        e = d // h
+        self.ellipsis = ellipsis
+        self.inp = nn.Linear(6, d)
+        self.wq, self.wk, self.wv = (nn.Parameter(torch.randn(h, e, d)) for _ in range(3))
+        self.wo = nn.Parameter(torch.randn(d, h, e))
+        self.fc = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        q = torch.einsum("bsd,hed->bhse", x, self.wq)
+        k = torch.einsum("bsd,hed->bhse", x, self.wk)
+        v = torch.einsum("...sd,hed->...hse" if self.ellipsis else "bsd,hed->bhse", x, self.wv)
+        a = torch.einsum("bhse,bhte->bhst", q, k).softmax(-1)
+        o = torch.einsum("bhst,bhte->bshe", a, v)
+        return self.fc(x + torch.einsum("bshe,dhe->bsd", o, self.wo))
+
+
+def _out(model, state, x):
+    with torch.no_grad():
+        return torch.func.functional_call(model.double(), {k: v.double() for k, v in state.items()}, (x.double(),))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+@pytest.mark.parametrize("ellipsis", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_einsum_attention_permutes_heads_and_head_dims(front_end, ellipsis, seed):
+    torch.manual_seed(seed)
+    model, x = randomize(EinsumAttention(ellipsis=ellipsis), seed), torch.randn(2, 5, 6)
+    s = trace(model, x, front_end=front_end)
+    # heads (4), query/key dims (4), value dims (4) and the residual stream (16)
+    assert sorted(g.size for g in s.groups.values()) == [4, 4, 4, 16]
+    heads, qk = s.axes["wq"][0].group, s.axes["wq"][1].group
+    assert s.axes["wk"][0].group == s.axes["wv"][0].group == s.axes["wo"][1].group == heads
+    assert s.axes["wk"][1].group == qk and qk != s.axes["wv"][1].group
+    assert s.permuted_fraction > 0.99
+    assert check_structure(model, s, x, seed=seed) < 1e-12
+
+
+def test_einsum_permuting_only_the_query_dims_changes_the_output():
+    torch.manual_seed(0)
+    model, x = randomize(EinsumAttention()), torch.randn(2, 5, 6)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    moved = dict(state, wq=state["wq"][:, torch.tensor([1, 0, 3, 2])])   # the keys' dims left as they are
+    assert (_out(model, state, x) - _out(model, moved, x)).abs().max() > 1e-3
+
+
+def test_einsum_rule_ties_diagonals_and_broadcasts():
+    class Diag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
+            self.m = nn.Parameter(torch.randn(5, 5))
+            self.s = nn.Parameter(torch.randn(1, 5))
+
+        def forward(self, x):
+            h = self.a(x).relu()
+            h = torch.einsum("bi,ii,ji->bi", h, self.m, self.s)   # diagonal, size-1 broadcast
+            return self.b(h)
+
+    model, x = randomize(Diag()), torch.randn(4, 3)
+    for front_end in ("fx", "export"):
+        s = trace(model, x, front_end=front_end)
+        g = s.axes["a.weight"][0].group
+        assert g is not None and s.axes["m"] == (s.axes["a.weight"][0],) * 2
+        assert s.axes["s"][1].group == g and s.axes["b.weight"][1].group == g
+        assert check_structure(model, s, x, seed=2) < 1e-12
+
+
+# ---------------------------------------------------------------------------- grouped-query attention
+class GQA(nn.Module):
+    """Grouped-query attention as Llama writes it: keys and values repeated for the query
+    heads of their group with ``expand`` + ``reshape``."""
+
+    def __init__(self, d: int = 24, heads: int = 6, kv: int = 2):
+        super().__init__()
+        self.h, self.kv, self.hd = heads, kv, d // heads
+        self.inp = nn.Linear(5, d)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, kv * self.hd), nn.Linear(d, kv * self.hd)
+        self.o, self.fc = nn.Linear(d, d), nn.Linear(d, 3)
+
+    def repeat(self, t):
+        b, kv, s, hd = t.shape
+        return t[:, :, None].expand(b, kv, self.h // kv, s, hd).reshape(b, self.h, s, hd)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, self.h, self.hd).transpose(1, 2)
+        k = self.repeat(self.k(x).view(b, s, self.kv, self.hd).transpose(1, 2))
+        v = self.repeat(self.v(x).view(b, s, self.kv, self.hd).transpose(1, 2))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.fc(x + self.o(a.transpose(1, 2).reshape(b, s, -1)))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gqa_query_heads_permute_within_their_key_value_group(front_end, seed):
+    torch.manual_seed(seed)
+    model, x = randomize(GQA(), seed), torch.randn(2, 7, 5)
+    s = trace(model, x, front_end=front_end)
+    q_rows = s.axes["q.weight"][0]
+    groups = [p.group for p in q_rows.parts]
+    sizes = [p.size for p in q_rows.parts]
+    # key/value heads (2), the 3 query heads of each, the 4 query/key dims
+    assert sizes == [2, 3, 4] and None not in groups
+    assert s.axes["k.weight"][0].parts[0].group == groups[0]
+    assert s.axes["o.weight"][1] == q_rows or [p.group for p in s.axes["o.weight"][1].parts][:2] == groups[:2]
+    assert check_structure(model, s, x, seed=seed) < 1e-12
+
+
+def test_gqa_permuting_query_heads_without_the_output_projection_changes_the_output():
+    torch.manual_seed(0)
+    model, x = randomize(GQA()), torch.randn(2, 7, 5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # swap query heads 0 and 1 (both of key/value head 0) in q only
+    idx = torch.arange(24).view(6, 4)[[1, 0, 2, 3, 4, 5]].reshape(-1)
+    moved = dict(state, **{"q.weight": state["q.weight"][idx], "q.bias": state["q.bias"][idx]})
+    assert (_out(model, state, x) - _out(model, moved, x)).abs().max() > 1e-3
+    # with the output projection's columns swapped alike it is the same function
+    moved["o.weight"] = state["o.weight"][:, idx]
+    assert (_out(model, state, x) - _out(model, moved, x)).abs().max() < 1e-12
