@@ -1,7 +1,7 @@
 """Tracer coverage: one row per architecture, random weights built from configs (nothing is
 downloaded).
 
-    python bench/coverage.py                          # every row (under a minute on 2 CPU cores)
+    python bench/coverage.py                          # every row (about a minute on 2 CPU cores)
     python bench/coverage.py --models bert,llama,resnet50
 
 Columns: the tracer's front end (``fx`` or ``export``), the number of permutation groups, the
@@ -10,7 +10,8 @@ change of the outputs, relative to their scale, when the weights are permuted at
 (``graphs.random_permutation`` + ``graphs.permute``, loaded into a float64 copy, on the model's
 example input: ~1e-15 means the structure is right), whether weight matching of the model
 against its own randomly permuted copy (``merging.weight_matching(structure, A, P(A))``) brings
-every tensor back exactly, and the trace time (capture, rules and the tracer's own check).
+every tensor back exactly, and the trace time (capture, rules and the tracer's own check;
+the median of ``--repeats`` traces).
 
 Rows: transformers models with a task head (``...ForMaskedLM``, ``...ForCausalLM``, ...; a bare
 encoder returns its residual stream, which as a model output is never permuted), our own
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import io
 import logging
+import statistics
 import sys
 import time
 import warnings
@@ -228,6 +230,12 @@ ROWS: dict[str, tuple[str, Callable[[], tuple[nn.Module, Any]]]] = {
         tf.MistralConfig(**TINY, num_key_value_heads=2, max_position_embeddings=32)))),
     "qwen2": ("Qwen2ForCausalLM (GQA 4/2)", _tf(lambda tf: tf.Qwen2ForCausalLM(
         tf.Qwen2Config(**TINY, num_key_value_heads=2, max_position_embeddings=32)))),
+    "gemma": ("GemmaForCausalLM (GQA 4/2, RMSNorm 1 + weight)", _tf(lambda tf: tf.GemmaForCausalLM(
+        tf.GemmaConfig(**TINY, num_key_value_heads=2, head_dim=8, max_position_embeddings=32)))),
+    "phi3": ("Phi3ForCausalLM (fused qkv and gate_up, GQA 4/2)", _tf(lambda tf: tf.Phi3ForCausalLM(
+        tf.Phi3Config(**TINY, num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0)))),
+    "falcon": ("FalconForCausalLM (multi-query)", _tf(lambda tf: tf.FalconForCausalLM(tf.FalconConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)))),
     "t5": ("T5ForConditionalGeneration", _tf(_t5)),
     "t5-logits": ("T5ForConditionalGeneration, logits only", _tf(lambda tf: LogitsOnly(_t5(tf)))),
     "vit": ("ViTForImageClassification", _tf(lambda tf: tf.ViTForImageClassification(
@@ -248,8 +256,8 @@ ROWS: dict[str, tuple[str, Callable[[], tuple[nn.Module, Any]]]] = {
     "shufflenet-block": ("ShuffleNet-style units, channel shuffle (local)", _local(ShuffleNetLike)),
     "squeezenet-fire": ("SqueezeNet-style fire modules (local)", _local(SqueezeNetLike)),
 }
-TRANSFORMERS_ROWS = ("bert", "distilbert", "roberta", "gpt2", "llama", "mistral", "qwen2", "t5", "t5-logits",
-                     "vit", "clip")
+TRANSFORMERS_ROWS = ("bert", "distilbert", "roberta", "gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "falcon",
+                     "t5", "t5-logits", "vit", "clip")
 
 
 @contextlib.contextmanager
@@ -264,14 +272,17 @@ def _quiet():
             logging.disable(logging.NOTSET)
 
 
-def measure(key: str, seed: int = 0) -> dict[str, Any]:
+def measure(key: str, seed: int = 0, repeats: int = 3) -> dict[str, Any]:
     """One row: trace, random-permutation check in float64, self-match."""
     torch.manual_seed(seed)
     with _quiet():
         model, x = ROWS[key][1]()
-        t = time.perf_counter()
-        s = trace(model, x)
-        elapsed = time.perf_counter() - t
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            s = trace(model, x)
+            times.append(time.perf_counter() - t)
+        elapsed = statistics.median(times)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     perms = random_permutation(s, seed + 1)
     change = check_structure(model, s, x, perms)
@@ -287,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(ROWS), help=f"comma-separated rows (default: all): {', '.join(ROWS)}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="traces per row; the time is their median (default: 3)")
     a = p.parse_args(argv)
     keys = [k.strip() for k in a.models.split(",") if k.strip()]
     bad = [k for k in keys if k not in ROWS]
@@ -308,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {ROWS[k][0]} | transformers not installed | | | | | | |")
             continue
         try:
-            r = measure(k, a.seed)
+            r = measure(k, a.seed, a.repeats)
         except Exception as e:  # one row's failure is a row, not the end of the table
             failed += 1
             print(f"| {ROWS[k][0]} | failed: {type(e).__name__}: {str(e).splitlines()[0][:100]} | | | | | | |")

@@ -148,6 +148,21 @@ def expand(run, c: Call):
     return res
 
 
+@op_rule("repeat_interleave")
+def repeat_interleave(run, c: Call):
+    """``x.repeat_interleave(r, dim)`` with one int ``r``: entry ``i * r + j`` of ``dim`` is
+    ``x``'s entry ``i``, so the dimension is the product (``x``'s factor, a new free factor
+    of size ``r``); permuting the copies of one entry among themselves changes nothing."""
+    x, lx = c.x, c.lx
+    r, d = c.arg(1, "repeats"), c.arg(2, "dim")
+    if not isinstance(x, Tensor) or isinstance(r, Tensor) or not isinstance(r, int) or d is None:
+        raise ValueError("repeat_interleave with repeats other than one int, or without dim")
+    d = d % x.dim()
+    res = list(lx)
+    res[d] = new_prod([lx[d], Factor(r)]) if r > 1 else lx[d]
+    return res
+
+
 # ---------------------------------------------------------------------------- reductions
 @op_rule("mean", "sum", "amax", "amin", "std", "var", "norm", "logsumexp", "prod")
 def reduction(run, c: Call):
@@ -192,8 +207,9 @@ def cat(run, c: Call):
     d = c.arg(1, "dim", 0) % out.dim()
     res = []
     for i in range(out.dim()):
-        if i == d:
-            res.append(new_cat([l[i] for l in ls]))
+        if i == d:   # pieces empty along the dimension (a rotary split at the head size) add nothing
+            kept = [l[i] for l, j in zip(ls, keep) if ts[j].shape[d] > 0] or [l[i] for l in ls]
+            res.append(new_cat(kept))
         else:
             for l in ls[1:]:
                 union(ls[0][i], l[i], f"concatenation at {c.where}")
@@ -369,27 +385,43 @@ def no_output(run, c: Call):
     return None
 
 
+def _pieces(f: Factor, off: int = 0):
+    """``(offset, size, factor)`` of the leaves of a concatenation tree, in order."""
+    r = find(f)
+    if r.kind == "cat":
+        for k in r.children:
+            yield from _pieces(k, off)
+            off += find(k).size
+    else:
+        yield off, r.size, f
+
+
+def _cut(f: Factor, pos: int) -> bool:
+    """Make ``pos`` a boundary between pieces of ``f`` (refining the free leaf it falls
+    inside into a concatenation); ``False`` when it falls inside a fixed or product piece."""
+    for off, n, k in list(_pieces(f)):
+        if off < pos < off + n:
+            r = find(k)
+            if r.kind is None and not r.fixed:
+                refine(r, "cat", [pos - off, off + n - pos])
+                return True
+            return False
+    return True
+
+
 def _slice(lab: Factor, size: int, start: int, stop: int, step: int, where: str) -> Factor:
-    """A contiguous slice of a free factor refines it into a concatenation."""
+    """A contiguous slice of a free factor refines it into a concatenation (a factor that
+    is one already, ``[q; k; v]`` sliced three times, is refined where a slice ends inside
+    one of its free pieces); an empty slice leaves the factor as it is."""
     f = find(lab)
     stop = max(stop, start)
-    if step == 1 and not f.fixed:
-        if f.kind == "cat":
-            off, kids = 0, []
-            for k in f.children:
-                cs = find(k).size
-                if off >= start and off + cs <= stop:
-                    kids.append(k)
-                elif off < stop and off + cs > start:
-                    break
-                off += cs
-            else:
-                if sum(find(k).size for k in kids) == stop - start and kids:
-                    return new_cat(kids)
-        elif f.kind is None:
-            sizes = [start, stop - start, size - stop]
-            kids = refine(f, "cat", [s for s in sizes if s > 0])
-            return kids[1 if start > 0 else 0]
+    if stop == start:
+        return Factor(0, fixed=True, reason=f"empty slice at {where}")
+    if step == 1 and not f.fixed and f.kind in (None, "cat"):
+        if _cut(f, start) and _cut(f, stop):
+            kids = [k for off, n, k in _pieces(f) if start <= off and off + n <= stop]
+            if kids and sum(find(k).size for k in kids) == stop - start:
+                return new_cat(kids)
     fix(f, f"slicing at {where}")
     return Factor(len(range(start, stop, step)), fixed=True, reason=where)
 

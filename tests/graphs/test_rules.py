@@ -193,3 +193,102 @@ def test_gqa_permuting_query_heads_without_the_output_projection_changes_the_out
     # with the output projection's columns swapped alike it is the same function
     moved["o.weight"] = state["o.weight"][:, idx]
     assert (_out(model, state, x) - _out(model, moved, x)).abs().max() < 1e-12
+
+
+# ---------------------------------------------------------------------------- fused projections sliced
+class FusedQKV(nn.Module):
+    """Phi-3's layout: one linear for ``[q; k; v]`` (grouped-query sizes) sliced three times,
+    one for ``[gate; up]`` chunked, and an empty slice (a rotary split at the head size)."""
+
+    def __init__(self, d: int = 16, heads: int = 4, kv: int = 2):
+        super().__init__()
+        self.h, self.kv, self.hd = heads, kv, d // heads
+        self.inp = nn.Linear(5, d)
+        self.qkv = nn.Linear(d, d + 2 * kv * self.hd)
+        self.o = nn.Linear(d, d)
+        self.gate_up, self.down = nn.Linear(d, 2 * 24), nn.Linear(24, d)
+        self.fc = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, s, d = x.shape
+        qkv = self.qkv(x)
+        n = self.kv * self.hd
+        q, k, v = qkv[..., :d], qkv[..., d:d + n], qkv[..., d + n:]
+        q = q.view(b, s, self.h, self.hd).transpose(1, 2)
+        q = torch.cat([q[..., :self.hd], q[..., self.hd:]], dim=-1)   # the second part is empty
+        k = k.view(b, s, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, dim=1)
+        v = v.view(b, s, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d)
+        x = x + self.o(a)
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.fc(x + self.down(F.silu(gate) * up))
+
+
+def _cat_parts(axis):
+    """The leaves of a (nested) concatenation."""
+    if type(axis).__name__ == "Cat":
+        return [leaf for p in axis.parts for leaf in _cat_parts(p)]
+    return [axis]
+
+
+def _groups(axis) -> set:
+    """The groups of an axis (a unit, product or concatenation)."""
+    if axis is None:
+        return {None}
+    if hasattr(axis, "parts"):
+        return set().union(*(_groups(p) for p in axis.parts))
+    return {axis.group}
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_fused_qkv_slices_refine_into_q_k_v(front_end):
+    torch.manual_seed(0)
+    model, x = randomize(FusedQKV()), torch.randn(2, 6, 5)
+    s = trace(model, x, front_end=front_end)
+    parts = _cat_parts(s.axes["qkv.weight"][0])
+    assert [p.size for p in parts] == [16, 8, 8]
+    q, k, v = (_groups(p) for p in parts)
+    assert None not in q | k | v
+    # the key/value heads, the query heads of each, the query/key dims, the value dims
+    assert len(q) == 3 and k < q and v & _groups(s.axes["o.weight"][1]) and not v <= k
+    g = s.axes["down.weight"][1].group
+    assert g is not None and s.axes["gate_up.weight"][0].parts[0].group == g
+    assert check_structure(model, s, x, seed=1) < 1e-12
+
+
+def test_permuting_only_the_fused_value_rows_changes_the_output():
+    torch.manual_seed(0)
+    model, x = randomize(FusedQKV()), torch.randn(2, 6, 5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.arange(32)
+    idx[24:32] = idx[24:32].flip(0)          # the value rows, not the output projection's columns
+    moved = dict(state, **{"qkv.weight": state["qkv.weight"][idx], "qkv.bias": state["qkv.bias"][idx]})
+    assert (_out(model, state, x) - _out(model, moved, x)).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------- ATen forms: numpy_T, in place
+class TransposedWeights(nn.Module):
+    """Falcon's ``x @ weight.T`` and an in-place residual add (``aten.numpy_T``, ``aten.add_``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(8, 4))
+        self.w2 = nn.Parameter(torch.randn(8, 8))
+        self.w3 = nn.Parameter(torch.randn(3, 8))
+
+    def forward(self, x):
+        h = torch.relu(x @ self.w1.T)
+        h.add_(torch.tanh(h @ self.w2.T))
+        return h @ self.w3.T
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_transposed_weights_and_in_place_adds(front_end):
+    torch.manual_seed(0)
+    model, x = randomize(TransposedWeights()), torch.randn(5, 4)
+    s = trace(model, x, front_end=front_end)
+    g = s.axes["w1"][0].group
+    assert g is not None and s.axes["w2"] == (s.axes["w1"][0],) * 2 and s.axes["w3"][1].group == g
+    assert s.permuted_fraction == 1.0
+    assert check_structure(model, s, x, seed=1) < 1e-12

@@ -52,6 +52,14 @@ MODELS = {
                                                                max_position_embeddings=32)), 0.999, 9),
     "qwen2": (lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**TINY, num_key_value_heads=2,
                                                          max_position_embeddings=32)), 0.999, 9),
+    "gemma": (lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**TINY, num_key_value_heads=2, head_dim=8,
+                                                         max_position_embeddings=32)), 0.999, 9),
+    # fused [q; k; v] and [gate; up] projections, sliced
+    "phi3": (lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**TINY, num_key_value_heads=2, max_position_embeddings=32,
+                                                      pad_token_id=0)), 0.999, 9),
+    # x @ weight.T (aten.numpy_T) and in-place adds
+    "falcon": (lambda: tf.FalconForCausalLM(tf.FalconConfig(hidden_size=32, num_hidden_layers=2,
+                                                            num_attention_heads=4, vocab_size=100)), 0.999, 5),
     # T5's output includes encoder_last_hidden_state, the encoder's residual stream: as a
     # model output it is never permuted; with the logits alone everything is
     "t5": (_t5, 0.75, 18),
