@@ -69,6 +69,7 @@ FUNC_NAMES: dict[Any, str] = {
     F.pad: "pad", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose",
     F.conv_transpose3d: "conv_transpose", F.rms_norm: "layer_norm", F.prelu: "prelu",
     torch.einsum: "einsum", torch.repeat_interleave: "repeat_interleave",
+    torch.baddbmm: "baddbmm",
 }
 
 
@@ -99,7 +100,7 @@ ATEN_NAMES: dict[str, str] = {
     "log_softmax": "log_softmax", "_log_softmax": "log_softmax", "mean": "mean", "sum": "sum",
     "amax": "amax", "amin": "amin", "var": "var", "std": "std", "logsumexp": "logsumexp",
     "max": "max", "min": "min", "matmul": "matmul", "bmm": "matmul", "mm": "matmul",
-    "addmm": "addmm", "cat": "cat", "stack": "stack", "split": "split",
+    "addmm": "addmm", "baddbmm": "baddbmm", "cat": "cat", "stack": "stack", "split": "split",
     "split_with_sizes": "split", "chunk": "chunk", "unbind": "unbind", "slice": "slice",
     "select": "select", "index": "index", "index_select": "index_select",
     "zeros_like": "like", "ones_like": "like", "full_like": "like", "empty_like": "like",

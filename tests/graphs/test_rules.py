@@ -292,3 +292,39 @@ def test_transposed_weights_and_in_place_adds(front_end):
     assert g is not None and s.axes["w2"] == (s.axes["w1"][0],) * 2 and s.axes["w3"][1].group == g
     assert s.permuted_fraction == 1.0
     assert check_structure(model, s, x, seed=1) < 1e-12
+
+
+# ---------------------------------------------------------------------------- baddbmm
+class AlibiAttention(nn.Module):
+    """BLOOM's scores: ``baddbmm(alibi, q, k^T)`` with one ALiBi slope per head (so the heads
+    are not interchangeable), batch and heads flattened together."""
+
+    def __init__(self, d: int = 16, h: int = 4):
+        super().__init__()
+        self.h, self.hd = h, d // h
+        self.inp, self.q, self.k, self.v = nn.Linear(5, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.o, self.fc = nn.Linear(d, d), nn.Linear(d, 3)
+        self.register_buffer("slopes", 2.0 ** -torch.arange(1, h + 1, dtype=torch.float32), persistent=False)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, s, d = x.shape
+        split = lambda t: t.view(b, s, self.h, self.hd).transpose(1, 2).reshape(b * self.h, s, self.hd)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        alibi = (self.slopes[:, None] * torch.arange(s, dtype=x.dtype)[None, :]).repeat(b, 1)[:, None, :]
+        scores = torch.baddbmm(alibi, q, k.transpose(1, 2), beta=1.0, alpha=self.hd ** -0.5)
+        a = torch.bmm(scores.softmax(-1), v).view(b, self.h, s, self.hd).transpose(1, 2).reshape(b, s, d)
+        return self.fc(x + self.o(a))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_baddbmm_ties_query_and_key_dims(front_end):
+    torch.manual_seed(0)
+    model, x = randomize(AlibiAttention()), torch.randn(2, 6, 5)
+    s = trace(model, x, front_end=front_end)
+    q_rows, k_rows, v_rows = (s.axes[f"{n}.weight"][0] for n in "qkv")
+    assert [p.size for p in q_rows.parts] == [4, 4]
+    assert q_rows.parts[0].group is None            # heads: each has its own ALiBi slope
+    assert q_rows.parts[1].group is not None and q_rows.parts[1].group == k_rows.parts[1].group
+    assert v_rows.parts[1].group not in (None, q_rows.parts[1].group)
+    assert check_structure(model, s, x, seed=1) < 1e-12

@@ -60,6 +60,9 @@ MODELS = {
     # x @ weight.T (aten.numpy_T) and in-place adds
     "falcon": (lambda: tf.FalconForCausalLM(tf.FalconConfig(hidden_size=32, num_hidden_layers=2,
                                                             num_attention_heads=4, vocab_size=100)), 0.999, 5),
+    # ALiBi scores with baddbmm; heads stay (one slope each)
+    "bloom": (lambda: tf.BloomForCausalLM(tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=100)),
+              0.999, 5),
     # T5's output includes encoder_last_hidden_state, the encoder's residual stream: as a
     # model output it is never permuted; with the logits alone everything is
     "t5": (_t5, 0.75, 18),
