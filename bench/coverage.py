@@ -236,6 +236,10 @@ ROWS: dict[str, tuple[str, Callable[[], tuple[nn.Module, Any]]]] = {
         tf.Phi3Config(**TINY, num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0)))),
     "falcon": ("FalconForCausalLM (multi-query)", _tf(lambda tf: tf.FalconForCausalLM(tf.FalconConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)))),
+    "gpt-neox": ("GPTNeoXForCausalLM (partial rotary)", _tf(lambda tf: tf.GPTNeoXForCausalLM(
+        tf.GPTNeoXConfig(**TINY, max_position_embeddings=32, rotary_pct=0.5)))),
+    "gpt-bigcode": ("GPTBigCodeForCausalLM (multi-query)", _tf(lambda tf: tf.GPTBigCodeForCausalLM(
+        tf.GPTBigCodeConfig(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=32)))),
     "bloom": ("BloomForCausalLM (ALiBi, baddbmm)", _tf(lambda tf: tf.BloomForCausalLM(tf.BloomConfig(
         hidden_size=32, n_layer=2, n_head=4, vocab_size=100)))),
     "t5": ("T5ForConditionalGeneration", _tf(_t5)),
@@ -258,7 +262,8 @@ ROWS: dict[str, tuple[str, Callable[[], tuple[nn.Module, Any]]]] = {
     "shufflenet-block": ("ShuffleNet-style units, channel shuffle (local)", _local(ShuffleNetLike)),
     "squeezenet-fire": ("SqueezeNet-style fire modules (local)", _local(SqueezeNetLike)),
 }
-TRANSFORMERS_ROWS = ("bert", "distilbert", "roberta", "gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "falcon", "bloom",
+TRANSFORMERS_ROWS = ("bert", "distilbert", "roberta", "gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "falcon", "gpt-neox",
+                     "gpt-bigcode", "bloom",
                      "t5", "t5-logits", "vit", "clip")
 
 

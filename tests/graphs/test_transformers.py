@@ -60,6 +60,14 @@ MODELS = {
     # x @ weight.T (aten.numpy_T) and in-place adds
     "falcon": (lambda: tf.FalconForCausalLM(tf.FalconConfig(hidden_size=32, num_hidden_layers=2,
                                                             num_attention_heads=4, vocab_size=100)), 0.999, 5),
+    # partial rotary embeddings: the rotated half of each query/key head stays, the rest permutes
+    "gpt-neox": (lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**TINY, max_position_embeddings=32, rotary_pct=0.5)),
+                 0.999, 9),
+    "phi": (lambda: tf.PhiForCausalLM(tf.PhiConfig(**TINY, max_position_embeddings=32, partial_rotary_factor=0.5)),
+            0.99, 9),
+    # multi-query attention in one fused projection
+    "gpt-bigcode": (lambda: tf.GPTBigCodeForCausalLM(tf.GPTBigCodeConfig(n_embd=32, n_layer=2, n_head=4,
+                                                                         vocab_size=100, n_positions=32)), 0.999, 9),
     # ALiBi scores with baddbmm; heads stay (one slope each)
     "bloom": (lambda: tf.BloomForCausalLM(tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=100)),
               0.999, 5),
@@ -137,3 +145,14 @@ def test_a_bare_encoder_keeps_its_residual_stream_as_the_output():
     assert any(u.tensor == "embeddings.LayerNorm.weight" and u.reason == "model output" for u in s.unpermuted)
     assert 0.7 < s.permuted_fraction < 0.9
     assert check_structure(model, s, x, seed=1) <= 1e-6
+
+
+def test_partial_rotary_heads_permute_their_unrotated_dims():
+    model, x = _build("phi")
+    s = trace(model, x)
+    q_rows = s.axes["model.layers.0.self_attn.q_proj.weight"][0]
+    heads, dims = q_rows.parts
+    assert heads.size == 4 and heads.group is not None
+    rotated, passed = dims.parts     # head_dim 8: the first 4 rotate, the last 4 pass through
+    assert (rotated.size, rotated.group) == (4, None) and passed.size == 4 and passed.group is not None
+    assert s.axes["model.layers.0.self_attn.k_proj.weight"][0] == q_rows
