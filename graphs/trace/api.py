@@ -149,8 +149,15 @@ def _fx_trace(module: nn.Module, concrete: dict | None) -> tuple[fx.GraphModule,
     tracer = FxTracer()
     graph = tracer.trace(module, concrete_args=concrete)
     gm = fx.GraphModule(tracer.root, graph)
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code(is_impure_node=_impure)
     return gm, tracer.opaque
+
+
+def _impure(n: fx.Node) -> bool:
+    """Kept by dead-code elimination: fx's impure nodes and in-place Tensor methods
+    (``h.add_(y)`` with its result unused still changes ``h``; fx counts every method pure)."""
+    return n.is_impure() or (n.op == "call_method" and isinstance(n.target, str)
+                             and n.target.endswith("_") and not n.target.endswith("__"))
 
 
 def _run_export(module: nn.Module, args: tuple, kwargs: dict) -> Run:

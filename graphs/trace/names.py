@@ -68,6 +68,8 @@ FUNC_NAMES: dict[Any, str] = {
     torch.randn_like: "fresh", torch.rand_like: "fresh", F.interpolate: "spatial",
     F.pad: "pad", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose",
     F.conv_transpose3d: "conv_transpose", F.rms_norm: "layer_norm", F.prelu: "prelu",
+    torch.einsum: "einsum", torch.repeat_interleave: "repeat_interleave",
+    torch.baddbmm: "baddbmm",
 }
 
 
@@ -86,17 +88,19 @@ _ATEN_ELEMENTWISE = (
 #: ATen operator (its overload packet's name) -> canonical name
 ATEN_NAMES: dict[str, str] = {
     **{k: "elementwise" for k in _ATEN_ELEMENTWISE},
+    # in-place forms (``aten.add_``, in Falcon's exported graph): the result is the first operand
+    **{f"{k}_": "elementwise" for k in _ATEN_ELEMENTWISE if not k.startswith("_")},
     "linear": "linear", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv",
     "layer_norm": "layer_norm", "group_norm": "group_norm", "batch_norm": "batch_norm",
     "_native_batch_norm_legit_no_training": "batch_norm_no_training", "embedding": "embedding",
     "scaled_dot_product_attention": "sdpa", "view": "view", "_unsafe_view": "view",
     "reshape": "reshape", "flatten": "flatten", "unflatten": "unflatten",
-    "transpose": "transpose", "permute": "permute", "t": "t", "unsqueeze": "unsqueeze",
+    "transpose": "transpose", "permute": "permute", "t": "t", "numpy_T": "t", "unsqueeze": "unsqueeze",
     "squeeze": "squeeze", "expand": "expand", "softmax": "softmax", "_softmax": "softmax",
     "log_softmax": "log_softmax", "_log_softmax": "log_softmax", "mean": "mean", "sum": "sum",
     "amax": "amax", "amin": "amin", "var": "var", "std": "std", "logsumexp": "logsumexp",
     "max": "max", "min": "min", "matmul": "matmul", "bmm": "matmul", "mm": "matmul",
-    "addmm": "addmm", "cat": "cat", "stack": "stack", "split": "split",
+    "addmm": "addmm", "baddbmm": "baddbmm", "cat": "cat", "stack": "stack", "split": "split",
     "split_with_sizes": "split", "chunk": "chunk", "unbind": "unbind", "slice": "slice",
     "select": "select", "index": "index", "index_select": "index_select",
     "zeros_like": "like", "ones_like": "like", "full_like": "like", "empty_like": "like",
@@ -110,7 +114,8 @@ ATEN_NAMES: dict[str, str] = {
     "adaptive_max_pool1d": "pool", "adaptive_max_pool2d": "pool", "adaptive_max_pool3d": "pool",
     "conv_transpose1d": "conv_transpose", "conv_transpose2d": "conv_transpose",
     "conv_transpose3d": "conv_transpose", "instance_norm": "batch_norm", "pad": "pad",
-    "constant_pad_nd": "pad", "rms_norm": "layer_norm", "prelu": "prelu",
+    "constant_pad_nd": "pad", "rms_norm": "layer_norm", "prelu": "prelu", "einsum": "einsum",
+    "repeat_interleave": "repeat_interleave",
 }
 
 #: ATen operator -> the positions of its arguments in the functional form's order

@@ -50,6 +50,23 @@ def addmm(run, c: Call):
     return run.broadcast(c.out, pairs, c.where)
 
 
+@op_rule("baddbmm")
+def baddbmm(run, c: Call):
+    """``beta * input + alpha * (batch1 @ batch2)`` (``torch.baddbmm``; BLOOM's attention
+    scores with the ALiBi bias as ``input``): a batched product whose result broadcasts
+    with ``input``."""
+    inp, a, b = c.args[:3]
+    linp, la, lb = c.largs[:3]
+    if a.dim() != 3 or b.dim() != 3:
+        raise ValueError("baddbmm of non-batches of matrices")
+    union(la[-1], lb[-2], c.where)
+    batch = run.broadcast(c.out[:, 0, 0], [(a[:, 0, 0], la[:1]), (b[:, 0, 0], lb[:1])], c.where)
+    pairs = [(c.out, batch + [la[1], lb[2]])]
+    if isinstance(inp, Tensor) and linp is not None:
+        pairs.append((inp, linp))
+    return run.broadcast(c.out, pairs, c.where)
+
+
 @op_rule("sdpa")
 def sdpa(run, c: Call):
     """``softmax(q k^T + mask) v`` over the last two dimensions (tokens, features); the

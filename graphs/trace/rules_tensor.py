@@ -135,12 +135,31 @@ def squeeze(run, c: Call):
 
 @op_rule("expand", "expand_as", "broadcast_to")
 def expand(run, c: Call):
+    """A broadcast copy: the dimensions it creates (new leading ones, and size-1 ones
+    stretched) hold equal slices, so the result is unchanged by any permutation of them:
+    each gets a new free factor, which whatever it is tied to later may permute (a
+    grouped-query attention's key and value heads repeated for their query heads: the
+    query heads of one key/value head then permute among themselves)."""
     x, lx, out = c.x, c.lx, c.out
     off = out.dim() - x.dim()
-    res = [Factor(s, fixed=True, reason=c.where) for s in out.shape[:off]]
+    res = [Factor(s) for s in out.shape[:off]]
     for d in range(x.dim()):
-        res.append(lx[d] if x.shape[d] == out.shape[off + d] else
-                   Factor(out.shape[off + d], fixed=True, reason=c.where))
+        res.append(lx[d] if x.shape[d] == out.shape[off + d] else Factor(out.shape[off + d]))
+    return res
+
+
+@op_rule("repeat_interleave")
+def repeat_interleave(run, c: Call):
+    """``x.repeat_interleave(r, dim)`` with one int ``r``: entry ``i * r + j`` of ``dim`` is
+    ``x``'s entry ``i``, so the dimension is the product (``x``'s factor, a new free factor
+    of size ``r``); permuting the copies of one entry among themselves changes nothing."""
+    x, lx = c.x, c.lx
+    r, d = c.arg(1, "repeats"), c.arg(2, "dim")
+    if not isinstance(x, Tensor) or isinstance(r, Tensor) or not isinstance(r, int) or d is None:
+        raise ValueError("repeat_interleave with repeats other than one int, or without dim")
+    d = d % x.dim()
+    res = list(lx)
+    res[d] = new_prod([lx[d], Factor(r)]) if r > 1 else lx[d]
     return res
 
 
@@ -188,8 +207,9 @@ def cat(run, c: Call):
     d = c.arg(1, "dim", 0) % out.dim()
     res = []
     for i in range(out.dim()):
-        if i == d:
-            res.append(new_cat([l[i] for l in ls]))
+        if i == d:   # pieces empty along the dimension (a rotary split at the head size) add nothing
+            kept = [l[i] for l, j in zip(ls, keep) if ts[j].shape[d] > 0] or [l[i] for l in ls]
+            res.append(new_cat(kept))
         else:
             for l in ls[1:]:
                 union(ls[0][i], l[i], f"concatenation at {c.where}")
@@ -365,26 +385,106 @@ def no_output(run, c: Call):
     return None
 
 
+def _pieces(f: Factor, off: int = 0):
+    """``(offset, size, factor)`` of the leaves of a concatenation tree, in order."""
+    r = find(f)
+    if r.kind == "cat":
+        for k in r.children:
+            yield from _pieces(k, off)
+            off += find(k).size
+    else:
+        yield off, r.size, f
+
+
+def _cut(f: Factor, pos: int) -> bool:
+    """Make ``pos`` a boundary between pieces of ``f`` (refining the free leaf it falls
+    inside into a concatenation); ``False`` when it falls inside a fixed or product piece."""
+    for off, n, k in list(_pieces(f)):
+        if off < pos < off + n:
+            r = find(k)
+            if r.kind is None and not r.fixed:
+                refine(r, "cat", [pos - off, off + n - pos])
+                return True
+            return False
+    return True
+
+
 def _slice(lab: Factor, size: int, start: int, stop: int, step: int, where: str) -> Factor:
-    """A contiguous slice of a free factor refines it into a concatenation."""
+    """A contiguous slice of a free factor refines it into a concatenation (a factor that
+    is one already, ``[q; k; v]`` sliced three times, is refined where a slice ends inside
+    one of its free pieces); an empty slice leaves the factor as it is."""
     f = find(lab)
     stop = max(stop, start)
-    if step == 1 and not f.fixed:
-        if f.kind == "cat":
-            off, kids = 0, []
-            for k in f.children:
-                cs = find(k).size
-                if off >= start and off + cs <= stop:
-                    kids.append(k)
-                elif off < stop and off + cs > start:
-                    break
-                off += cs
-            else:
-                if sum(find(k).size for k in kids) == stop - start and kids:
-                    return new_cat(kids)
-        elif f.kind is None:
-            sizes = [start, stop - start, size - stop]
-            kids = refine(f, "cat", [s for s in sizes if s > 0])
-            return kids[1 if start > 0 else 0]
+    if stop == start:
+        return Factor(0, fixed=True, reason=f"empty slice at {where}")
+    if step == 1 and not f.fixed and f.kind in (None, "cat"):
+        if _cut(f, start) and _cut(f, stop):
+            kids = [k for off, n, k in _pieces(f) if start <= off and off + n <= stop]
+            if kids and sum(find(k).size for k in kids) == stop - start:
+                return new_cat(kids)
     fix(f, f"slicing at {where}")
     return Factor(len(range(start, stop, step)), fixed=True, reason=where)
+
+
+# ---------------------------------------------------------------------------- einsum
+def _einsum_terms(eq: str, ndims: list[int]) -> tuple[list[list], list]:
+    """The index symbols of each operand's dimensions and of the output's (``...`` as
+    symbols ``("...", j)`` aligned from the right); implicit mode (no ``->``) outputs the
+    symbols used once, in alphabetical order, after the ellipsis."""
+    eq = eq.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ndims):
+        raise ValueError(f"einsum {eq!r}: {len(terms)} terms for {len(ndims)} operands")
+    n_ell = max((nd - len(t.replace("...", "")) for t, nd in zip(terms, ndims) if "..." in t), default=0)
+
+    def expand(t: str, nd: int | None) -> list:
+        if "..." not in t:
+            return list(t)
+        a, _, b = t.partition("...")
+        k = n_ell if nd is None else nd - len(a) - len(b)
+        return list(a) + [("...", n_ell - k + j) for j in range(k)] + list(b)
+
+    ins = [expand(t, nd) for t, nd in zip(terms, ndims)]
+    for t, nd in zip(ins, ndims):
+        if len(t) != nd:
+            raise ValueError(f"einsum {eq!r}: a term does not fit its operand's {nd} dimensions")
+    if arrow:
+        out = expand(rhs, None)
+    else:
+        flat = [s for t in ins for s in t if isinstance(s, str)]
+        out = [("...", j) for j in range(n_ell)] + sorted(s for s in set(flat) if flat.count(s) == 1)
+    return ins, out
+
+
+@op_rule("einsum")
+def einsum(run, c: Call):
+    """``torch.einsum(equation, *operands)`` (``aten.einsum(equation, [operands])``): every
+    index symbol is one dimension, so the occurrences of a symbol (in every operand, and
+    twice in one operand for a diagonal) are tied, whether the output keeps it or sums it
+    (a sum over a dimension that all its operands permute alike is unchanged); a size-1
+    occurrence that broadcasts ties nothing."""
+    eq = c.args[0]
+    if len(c.args) == 2 and isinstance(c.args[1], (list, tuple)):
+        ops, lops = list(c.args[1]), list(c.largs[1])
+    else:
+        ops, lops = list(c.args[1:]), list(c.largs[1:])
+    if not isinstance(eq, str) or not all(isinstance(t, Tensor) for t in ops) or any(l is None for l in lops):
+        raise ValueError("einsum without an equation string and tensor operands")
+    ins, out_syms = _einsum_terms(eq, [t.dim() for t in ops])
+    full: dict = {}
+    for t, syms in zip(ops, ins):
+        for s, n in zip(syms, t.shape):
+            full[s] = max(full.get(s, 1), n)
+    lab: dict = {}
+    for t, l, syms in zip(ops, lops, ins):
+        for s, n, f in zip(syms, t.shape, l):
+            if n != full[s] or n == 1:
+                continue          # broadcast (or a single position): nothing to tie
+            if s in lab:
+                union(lab[s], f, f"index {s if isinstance(s, str) else '...'} of einsum at {c.where}")
+            else:
+                lab[s] = f
+    if list(c.out.shape) != [full.get(s, 1) for s in out_syms]:
+        raise ValueError(f"einsum {eq!r}: unexpected output shape")
+    return [lab.get(s, Factor(full.get(s, 1))) for s in out_syms]
