@@ -19,7 +19,7 @@ writes a PNG (barrier vs width; solid: without, dashed: with REPAIR / BatchNorm 
 Time: the default run (digits, 3 pairs, both architectures) took about 17.5 minutes cold on a
 shared 2-core Intel Xeon at load average 4-5.5 (torch 2.13, CPU): MLP 2.7 min, ResNet-20 15 min,
 60% of it the x8 ResNet pairs (more than the ~12 minutes aimed at). ``--widths 1 2 4`` or
-``--archs mlp`` are much quicker; ``--wm-study`` adds under a minute with the nets cached;
+``--archs mlp`` are much quicker; ``--wm-study`` adds 1-2.5 minutes with the nets cached;
 ``--tiny`` takes seconds.
 """
 from __future__ import annotations
