@@ -1,0 +1,357 @@
+"""Alignment quality against width: the midpoint barrier of naive, weight, activation and STE
+alignment, without and with REPAIR (a BatchNorm reset for BatchNorm networks), for pairs of
+networks trained from different seeds at widths x1, x2, x4, x8 of a base width.
+
+    python bench/width_sweep.py                                   # digits, MLP and ResNet-20, 3 pairs
+    python bench/width_sweep.py --cache /tmp/ws --plot sweep.png  # keep the trained networks
+    python bench/width_sweep.py --data mnist-idx:DIR --archs mlp  # MNIST IDX files (8,000 / 2,000)
+    python bench/width_sweep.py --wm-study                        # + weight matching variants on the
+                                                                  #   narrowest ResNet pairs
+    python bench/width_sweep.py --tiny                            # seconds: for tests
+
+Base widths: the MLP is ``in-W-W-W-10`` with ``W = 32 * multiplier``; the ResNet-20 (BatchNorm)
+has ``width = 0.25 * multiplier`` (4/8/16 channels at x1, 32/64/128 at x8). Each pair is seeds
+``(2i, 2i+1)``. The barrier is the midpoint one, ``L(1/2) - (L(0) + L(1)) / 2`` (accuracy: the
+drop ``(a(0) + a(1)) / 2 - a(1/2)``), on the test split; REPAIR / the BatchNorm reset uses 500
+training images. Prints a markdown table per architecture (mean +- std over the pairs) and
+writes a PNG (barrier vs width; solid: without, dashed: with REPAIR / BatchNorm reset).
+
+Time: the default run (digits, 3 pairs, both architectures) took about 17.5 minutes cold on a
+shared 2-core Intel Xeon at load average 4-5.5 (torch 2.13, CPU): MLP 2.7 min, ResNet-20 15 min,
+60% of it the x8 ResNet pairs (more than the ~12 minutes aimed at). ``--widths 1 2 4`` or
+``--archs mlp`` are much quicker; ``--wm-study`` adds 1-2.5 minutes with the nets cached;
+``--tiny`` takes seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import merging
+import weightspace
+from merging.matching.weight import from_two_starts
+from weightspace.data import load_dataset
+from weightspace.models import get_model
+
+METHODS = ("naive", "weight", "activation", "ste")
+ARCHS = ("mlp", "resnet20")
+CACHE: Path | None = None
+
+
+def log(args, *msg) -> None:
+    if not args.quiet:
+        print(*msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- training
+def train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_size: int = 128) -> dict:
+    """``model`` trained from a fresh initialisation seeded by ``seed`` (cached under ``--cache``)."""
+    if CACHE is not None:
+        shapes = "-".join("x".join(map(str, p.shape)) for p in model.parameters())
+        key = hashlib.sha1(f"ws|{type(model).__name__}|{shapes}|{ds.name}|{len(ds)}|{epochs}|{lr}|{seed}|"
+                           f"{batch_size}".encode())
+        path = CACHE / f"{key.hexdigest()[:16]}.safetensors"
+        if path.exists():
+            return weightspace.load(path)
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps = epochs * ((len(ds) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
+    for _ in range(epochs):
+        for x, y in ds.loader(batch_size, shuffle=True, seed=seed):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if CACHE is not None:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        weightspace.save(state, path)
+    return state
+
+
+def build(arch: str, mult: int, ds, args) -> nn.Module:
+    if arch == "mlp":
+        w = int(round(args.mlp_base * mult))
+        return get_model("mlp", in_features=int(np.prod(ds.input_shape)), hidden=[w, w, w], out_features=10)
+    return get_model("resnet20", width=args.resnet_base * mult, in_channels=ds.input_shape[0],
+                     image_size=ds.input_shape[-1], num_classes=10)
+
+
+def describe(arch: str, mult: int, ds, args) -> str:
+    if arch == "mlp":
+        w = int(round(args.mlp_base * mult))
+        return f"{int(np.prod(ds.input_shape))}-{w}-{w}-{w}-10"
+    c = [max(1, int(round(ch * args.resnet_base * mult))) for ch in (16, 32, 64)]
+    return "/".join(map(str, c)) + " channels"
+
+
+# ---------------------------------------------------------------- alignment and barriers
+def weight_default(s, a, b, **kw) -> dict:
+    """What ``weightspace merge --method weight`` runs: weight matching from two starts."""
+    perms, _ = from_two_starts(lambda init: merging.weight_matching(s, a, b, init=init, return_info=True, **kw),
+                               s, a, b)
+    return perms
+
+
+def align(method: str, s, model, a, b, ds, args) -> dict:
+    if method == "naive":
+        return weightspace.identity_permutation(s)
+    if method == "weight":
+        return weight_default(s, a, b)
+    if method == "activation":
+        return merging.activation_matching(s, model, a, b, ds.loader(250), max_examples=args.act_examples)
+    return merging.ste_matching(s, model, a, b, ds.loader(128, shuffle=True), epochs=args.ste_epochs,
+                                max_steps=args.ste_steps, lr=1e-2)
+
+
+def midpoint(model, a, b_aligned, test, fix, corrected: bool) -> tuple[float, float, float]:
+    """(loss barrier, accuracy barrier, mean endpoint accuracy) at t = 1/2; ``corrected``: with
+    REPAIR / the BatchNorm reset."""
+    kw = {"repair_data": fix} if corrected else {}  # for a BatchNorm network: the BatchNorm reset
+    r = merging.barrier(model, a, b_aligned, test, steps=3, progress=False, **kw)
+    lb = r.losses[1] - 0.5 * (r.losses[0] + r.losses[2])
+    ab = 0.5 * (r.accuracies[0] + r.accuracies[2]) - r.accuracies[1]
+    return lb, ab, 0.5 * (r.accuracies[0] + r.accuracies[2])
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def pm(xs: list[float], d: int = 3, scale: float = 1.0) -> str:
+    m, s = mean_std([scale * x for x in xs])
+    return f"{m:.{d}f} ± {s:.{d}f}"
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def sweep(arch: str, train_ds, test, fix, args) -> dict:
+    """results[(mult, method, corrected)] = {"loss": [...], "acc": [...], "end_acc": [...]}"""
+    res: dict = {}
+    for mult in args.widths:
+        model = build(arch, mult, train_ds, args)
+        s = weightspace.trace(model, model.example_input())
+        lr = 0.05 if arch == "mlp" else 0.1
+        for pair in range(args.pairs):
+            t0 = time.time()
+            a = train(model, train_ds, epochs=args.epochs[arch], lr=lr, seed=2 * pair)
+            b = train(model, train_ds, epochs=args.epochs[arch], lr=lr, seed=2 * pair + 1)
+            t_train = time.time() - t0
+            for method in METHODS:
+                t0 = time.time()
+                p = align(method, s, model, a, b, train_ds, args)
+                bp = weightspace.permute(s, b, p)
+                for corrected in (False, True):
+                    lb, ab, end = midpoint(model, a, bp, test, fix, corrected)
+                    cell = res.setdefault((mult, method, corrected), {"loss": [], "acc": [], "end": []})
+                    cell["loss"].append(lb)
+                    cell["acc"].append(ab)
+                    cell["end"].append(end)
+                log(args, f"{arch} x{mult} pair {pair} {method}: {time.time() - t0:.1f} s "
+                    f"(training {t_train:.1f} s)")
+    return res
+
+
+def print_table(arch: str, res: dict, train_ds, args, seconds: float) -> None:
+    fixname = "BN reset" if arch == "resnet20" else "REPAIR"
+    title = "MLP" if arch == "mlp" else "ResNet-20 (BatchNorm)"
+    print(f"\n### {title}, {train_ds.name}, {args.pairs} pairs of seeds, {args.epochs[arch]} epochs "
+          f"({seconds:.0f} s)\n")
+    print("Midpoint barrier, mean ± std over the pairs: loss (nats) and accuracy drop (points).\n")
+    print(row("width", "method", "loss barrier", f"loss barrier + {fixname}", "acc. barrier (pts)",
+              f"acc. barrier + {fixname} (pts)", "endpoint acc. (%)"))
+    print(row(*["---"] * 7))
+    for mult in args.widths:
+        for method in METHODS:
+            no, yes = res[(mult, method, False)], res[(mult, method, True)]
+            print(row(f"x{mult} ({describe(arch, mult, train_ds, args)})", method, pm(no["loss"]), pm(yes["loss"]),
+                      pm(no["acc"], 1, 100.0), pm(yes["acc"], 1, 100.0), pm(no["end"], 1, 100.0)))
+
+
+def plot(results: dict, args, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = list(results)
+    fig, axes = plt.subplots(2, len(archs), figsize=(5.5 * len(archs), 7.5), squeeze=False)
+    colors = {"naive": "tab:gray", "weight": "tab:blue", "activation": "tab:orange", "ste": "tab:green"}
+    for j, arch in enumerate(archs):
+        res = results[arch]
+        fixname = "BN reset" if arch == "resnet20" else "REPAIR"
+        for i, (key, label, scale) in enumerate((("loss", "midpoint loss barrier", 1.0),
+                                                 ("acc", "midpoint accuracy drop (pts)", 100.0))):
+            ax = axes[i][j]
+            for method in METHODS:
+                for corrected in (False, True):
+                    stats = [mean_std([scale * v for v in res[(m, method, corrected)][key]]) for m in args.widths]
+                    ax.errorbar(args.widths, [m for m, _ in stats], yerr=[s for _, s in stats], color=colors[method],
+                                linestyle="--" if corrected else "-", marker="o", markersize=3, capsize=3,
+                                label=f"{method}{' + ' + fixname if corrected else ''}")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(args.widths, [f"x{m}" for m in args.widths])
+            ax.axhline(0.0, color="black", linewidth=0.5)
+            ax.set_xlabel("width multiplier")
+            ax.set_ylabel(label)
+            if i == 0:
+                ax.set_title("MLP" if arch == "mlp" else "ResNet-20 (BatchNorm)")
+            if arch == "resnet20" and key == "loss":
+                ax.set_yscale("symlog", linthresh=0.1)
+        axes[0][j].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Midpoint barrier vs width ({args.data}, {args.pairs} seed pairs, mean ± std)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- weight matching on narrow BN nets
+def fold_batchnorm(state: dict, keys: list[str]) -> dict:
+    """A copy where each BatchNorm's scale ``gamma / sqrt(var + eps)`` is multiplied into the
+    conv weight just before it (by state-dict order) and the BatchNorm becomes the identity
+    scale with the folded shift; the network computes the same function (in eval mode).
+    ``keys``: the model's own state-dict order (a loaded file may be sorted)."""
+    out = dict(state)
+    for k in keys:
+        if not k.endswith(".running_var"):
+            continue
+        p = k[: -len("running_var")]
+        conv = next((c for c in reversed(keys[:keys.index(p + "weight")])
+                     if c.endswith("weight") and state[c].dim() == 4), None)
+        if conv is None:
+            continue
+        scale = state[p + "weight"] / torch.sqrt(state[k] + 1e-5)
+        out[conv] = state[conv] * scale.view(-1, 1, 1, 1)
+        out[p + "bias"] = state[p + "bias"] - scale * state[p + "running_mean"]
+        out[p + "weight"] = torch.ones_like(scale)
+        out[p + "running_mean"] = torch.zeros_like(scale)
+        out[p + "running_var"] = torch.full_like(scale, 1 - 1e-5)
+    return out
+
+
+def normalise_layers(state: dict) -> dict:
+    """A copy where every floating tensor has unit Frobenius norm (each layer counts the same)."""
+    return {k: (v / v.norm().clamp_min(1e-12) if v.is_floating_point() and v.dim() > 0 else v)
+            for k, v in state.items()}
+
+
+def wm_study(train_ds, test, fix, args) -> None:
+    mult = min(args.widths)
+    model = build("resnet20", mult, train_ds, args)
+    s = weightspace.trace(model, model.example_input())
+    order = list(model.state_dict())
+    variants = ["naive", "(a) weight, two starts (default)", "(b) weight, restarts=5, best objective",
+                "(c1) weight on BN-folded weights", "(c2) weight on unit-norm layers",
+                "(d) STE from weight matching", "activation (reference)"]
+    res: dict = {v: [] for v in variants}
+    t0 = time.time()
+    for pair in range(args.pairs):
+        a = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair)
+        b = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair + 1)
+        wm = weight_default(s, a, b)
+        for v in variants:
+            if v == "naive":
+                p = weightspace.identity_permutation(s)
+            elif v.startswith("(a)"):
+                p = wm
+            elif v.startswith("(b)"):
+                p = merging.weight_matching(s, a, b, restarts=5)
+            elif v.startswith("(c1)"):
+                p = weight_default(s, fold_batchnorm(a, order), fold_batchnorm(b, order))
+            elif v.startswith("(c2)"):
+                p = weight_default(s, normalise_layers(a), normalise_layers(b))
+            elif v.startswith("(d)"):
+                p = merging.ste_matching(s, model, a, b, train_ds.loader(128, shuffle=True), epochs=args.ste_epochs,
+                                         max_steps=args.ste_steps, lr=1e-2, init=wm)
+            else:
+                p = merging.activation_matching(s, model, a, b, train_ds.loader(250), max_examples=args.act_examples)
+            res[v].append(midpoint(model, a, weightspace.permute(s, b, p), test, fix, True)[:2])
+        log(args, f"wm-study pair {pair}: {time.time() - t0:.1f} s")
+    print(f"\n### Weight matching on the narrowest ResNet-20 (x{mult}, {describe('resnet20', mult, train_ds, args)}), "
+          f"{train_ds.name}, {args.pairs} pairs, all with the BatchNorm reset ({time.time() - t0:.0f} s)\n")
+    print(row("alignment (+ BN reset)", "loss barrier", "acc. barrier (pts)", "share of naive loss barrier removed",
+              "per pair (loss)"))
+    print(row(*["---"] * 5))
+    naive = [lb for lb, _ in res["naive"]]
+    for v in variants:
+        lbs = [lb for lb, _ in res[v]]
+        removed = [1 - x / n if n > 0 else math.nan for x, n in zip(lbs, naive)]
+        print(row(v, pm(lbs), pm([ab for _, ab in res[v]], 1, 100.0), pm(removed, 2),
+                  ", ".join(f"{x:.3f}" for x in lbs)))
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="digits", help="digits (default) or mnist-idx:DIR (the MNIST IDX files)")
+    ap.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    ap.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 8], help="multipliers of the base width")
+    ap.add_argument("--mlp-base", type=int, default=32, help="MLP hidden width at x1 (default: 32)")
+    ap.add_argument("--resnet-base", type=float, default=0.25, help="ResNet-20 width at x1 (default: 0.25)")
+    ap.add_argument("--epochs", type=int, nargs="+", default=None,
+                    help="training epochs: one number for both, or MLP then ResNet (default: 30 6)")
+    ap.add_argument("--pairs", type=int, default=3, help="pairs of seeds (0,1), (2,3), ... (default: 3)")
+    ap.add_argument("--ste-epochs", type=int, default=1)
+    ap.add_argument("--ste-steps", type=int, default=None, help="cap on STE steps (default: none)")
+    ap.add_argument("--act-examples", type=int, default=1000, help="examples for activation matching")
+    ap.add_argument("--plot", default="width_sweep.png", help="PNG to write (default: width_sweep.png)")
+    ap.add_argument("--cache", default=None, help="directory keeping trained networks between runs")
+    ap.add_argument("--wm-study", action="store_true",
+                    help="also: weight matching variants on the narrowest ResNet-20 pairs")
+    ap.add_argument("--tiny", action="store_true", help="a few seconds: tiny nets, 1 epoch, 2 pairs, x1 and x2")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = ap.parse_args(argv)
+    if args.pairs < 1 or any(w < 1 for w in args.widths):
+        ap.error("--pairs and --widths must be positive")
+    global CACHE
+    CACHE = Path(args.cache) if args.cache else None
+    epochs = args.epochs or ([1] if args.tiny else [30, 6])
+    args.epochs = {"mlp": epochs[0], "resnet20": epochs[-1]}
+    train_ds = load_dataset(args.data, split="train")
+    test_ds = load_dataset(args.data, split="test")
+    if args.tiny:
+        args.widths = args.widths if argv and "--widths" in argv else [1, 2]
+        args.pairs = 2 if not (argv and "--pairs" in argv) else args.pairs
+        args.mlp_base, args.resnet_base = 8, 0.125
+        args.ste_steps, args.act_examples = 2, 128
+        train_ds = train_ds.subset(slice(0, 256))
+        test_ds = test_ds.subset(slice(0, 128))
+    test = test_ds.loader(1000)
+    fix = train_ds.loader(500, shuffle=True, seed=0)
+    fix = [next(iter(fix))]  # 500 training images, the same for every point
+    print(f"{args.data}, torch {torch.__version__}, {torch.get_num_threads()} threads, train {len(train_ds)} / "
+          f"test {len(test_ds)} images, widths {' '.join(f'x{w}' for w in args.widths)}, seeds 0..{2 * args.pairs - 1}")
+    results = {}
+    t_all = time.time()
+    for arch in args.archs:
+        t0 = time.time()
+        results[arch] = sweep(arch, train_ds, test, fix, args)
+        print_table(arch, results[arch], train_ds, args, time.time() - t0)
+    if args.plot:
+        plot(results, args, args.plot)
+        print(f"\nplot: {args.plot}")
+    if args.wm_study:
+        wm_study(train_ds, test, fix, args)
+    print(f"\ntotal {time.time() - t_all:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
