@@ -131,6 +131,10 @@ def midpoint(model, a, b_aligned, test, fix, corrected: bool) -> tuple[float, fl
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and std of the finite values (NaN when there are none)."""
+    xs = [x for x in xs if math.isfinite(x)]
+    if not xs:
+        return math.nan, math.nan
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
@@ -253,49 +257,154 @@ def normalise_layers(state: dict) -> dict:
             for k, v in state.items()}
 
 
+def whiten_by_batchnorm(state: dict, keys: list[str], shift: bool = False, rows: bool = False) -> dict:
+    """A copy where the conv weight just before each BatchNorm (by state-dict order) is divided
+    by the BatchNorm's running std ``sqrt(var + eps)``: the map BatchNorm normalises, without
+    its scale ``gamma``. ``shift``: BatchNorm's bias also takes the folded mean,
+    ``beta - gamma * mean / std``. ``rows``: instead, each output channel's conv weight gets
+    unit norm (BatchNorm makes a channel blind to its weight's scale)."""
+    out = dict(state)
+    for k in keys:
+        if not k.endswith(".running_var"):
+            continue
+        p = k[: -len("running_var")]
+        conv = next((c for c in reversed(keys[:keys.index(p + "weight")])
+                     if c.endswith("weight") and state[c].dim() == 4), None)
+        if conv is None:
+            continue
+        std = torch.sqrt(state[k] + 1e-5)
+        w = state[conv]
+        if rows:
+            out[conv] = w / w.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            continue
+        out[conv] = w / std.view(-1, 1, 1, 1)
+        if shift:
+            out[p + "bias"] = state[p + "bias"] - state[p + "weight"] * state[p + "running_mean"] / std
+    return out
+
+
+def _wm(s, a, b, init=None, seed=0, **kw):
+    return merging.weight_matching(s, a, b, init=init, seed=seed, return_info=True, **kw)
+
+
+def random_starts(s, a, b, n: int) -> dict:
+    """The default's two starts and ``n`` random permutations; the best objective."""
+    runs = [from_two_starts(lambda init: _wm(s, a, b, init=init), s, a, b)]
+    runs += [_wm(s, a, b, init=weightspace.random_permutation(s, seed=1000 + r), seed=r) for r in range(n)]
+    return max(runs, key=lambda pi: pi[1]["objective"])[0]
+
+
+def local_search(s, a, b, iters: int, k: int = 2) -> dict:
+    """Iterated local search: from the default, shuffle ``k`` random groups, descend again, keep
+    it if the objective rose; ``iters`` times."""
+    cur = from_two_starts(lambda init: _wm(s, a, b, init=init), s, a, b)
+    gen = torch.Generator().manual_seed(0)
+    names = list(s.groups)
+    for it in range(iters):
+        init = dict(cur[0])
+        for gi in torch.randperm(len(names), generator=gen)[:k].tolist():
+            init[names[gi]] = torch.randperm(s.groups[names[gi]].size, generator=gen)
+        cand = _wm(s, a, b, init=init, seed=it)
+        if cand[1]["objective"] > cur[1]["objective"]:
+            cur = cand
+    return cur[0]
+
+
+def scored(s, model, a, b, train_ds, fix, args, activations: bool) -> dict:
+    """(e1) :func:`merging.scored_weight_matching`, 20 candidates, reset on the 500 repair images,
+    scored on 500 others; (e2) the same with activation matching at the three kinds of sites
+    among the candidates."""
+    score = [next(iter(train_ds.loader(500, shuffle=True, seed=1)))]
+    p, info = merging.scored_weight_matching(s, model, a, b, fix, candidates=20, score_data=score, return_info=True)
+    if not activations:
+        return p
+    cands = [p] + [merging.activation_matching(s, model, a, b, train_ds.loader(250), max_examples=args.act_examples,
+                                               sites=sites) for sites in ("outputs", "inputs", "both")]
+    losses = [info["losses"][info["picked"]]]
+    for q in cands[1:]:
+        mid = merging.reset_batchnorm(model, merging.interpolate(a, weightspace.permute(s, b, q)), fix)
+        losses.append(merging.evaluate(model, mid, score).loss)
+    return cands[min(range(len(cands)), key=losses.__getitem__)]
+
+
+STUDY = ("naive", "(a) weight, two starts (default)", "(b1) restarts=5 (group order), best objective",
+         "(b2) 50 random starts, best objective", "(b3) local search, 100 moves of 2 groups",
+         "(a1) Sinkhorn start", "(a2) Frank-Wolfe start (C2M3, two models)", "(c1) BN scale folded into conv",
+         "(c2) unit-norm layers", "(c3) conv whitened by BN running std", "(c4) whitened + BN shift folded", "(c5) conv rows unit norm",
+         "(c6) BN statistics in the similarity", "(e1) 20 weight matchings, scored on data",
+         "(e2) (e1) + activation matchings, scored on data", "activation, layer outputs (old default)",
+         "activation, layer inputs (new default)", "activation, both")
+
+
+def study_align(v: str, s, model, order, a, b, train_ds, fix, args) -> dict:
+    tag = v.split(" ")[0]
+    act = lambda sites: merging.activation_matching(s, model, a, b, train_ds.loader(250),  # noqa: E731
+                                                    max_examples=args.act_examples, sites=sites)
+    if v == "naive":
+        return weightspace.identity_permutation(s)
+    if v.startswith("activation"):
+        return act("outputs" if "outputs" in v else "inputs" if "inputs" in v else "both")
+    if tag == "(a)":
+        return weight_default(s, a, b)
+    if tag == "(b1)":
+        return merging.weight_matching(s, a, b, restarts=5)
+    if tag == "(b2)":
+        return random_starts(s, a, b, 50)
+    if tag == "(b3)":
+        return local_search(s, a, b, 100)
+    if tag == "(a1)":
+        return merging.weight_matching(s, a, b, init=merging.sinkhorn_start(s, a, b))
+    if tag == "(a2)":
+        return merging.weight_matching(s, a, b, init=merging.pairwise_permutation(merging.c2m3_matching(s, [a, b]),
+                                                                                   1, 0))
+    if tag in ("(c1)", "(c3)", "(c4)", "(c5)"):
+        f = {"(c1)": lambda t: fold_batchnorm(t, order), "(c3)": lambda t: whiten_by_batchnorm(t, order),
+             "(c4)": lambda t: whiten_by_batchnorm(t, order, shift=True),
+             "(c5)": lambda t: whiten_by_batchnorm(t, order, rows=True)}[tag]
+        return weight_default(s, f(a), f(b))
+    if tag == "(c2)":
+        return weight_default(s, normalise_layers(a), normalise_layers(b))
+    if tag == "(c6)":
+        return weight_default(s, a, b, include_buffers=True)
+    if tag in ("(e1)", "(e2)"):
+        return scored(s, model, a, b, train_ds, fix, args, tag == "(e2)")
+    raise ValueError(v)
+
+
 def wm_study(train_ds, test, fix, args) -> None:
-    mult = min(args.widths)
-    model = build("resnet20", mult, train_ds, args)
-    s = weightspace.trace(model, model.example_input())
-    order = list(model.state_dict())
-    variants = ["naive", "(a) weight, two starts (default)", "(b) weight, restarts=5, best objective",
-                "(c1) weight on BN-folded weights", "(c2) weight on unit-norm layers",
-                "(d) STE from weight matching", "activation (reference)"]
-    res: dict = {v: [] for v in variants}
-    t0 = time.time()
-    for pair in range(args.pairs):
-        a = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair)
-        b = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair + 1)
-        wm = weight_default(s, a, b)
+    """Every idea for weight matching on narrow BatchNorm ResNets, at each of ``--widths``, all
+    with the BatchNorm reset; ``--study`` picks some (by their tags, e.g. ``(a1) (e1)``)."""
+    variants = [v for v in STUDY if v == "naive" or not args.study or v.split(" ")[0] in args.study
+                or v in args.study]
+    for mult in args.widths:
+        model = build("resnet20", mult, train_ds, args)
+        s = weightspace.trace(model, model.example_input())
+        order = list(model.state_dict())
+        res: dict = {v: [] for v in variants}
+        t0 = time.time()
+        for pair in range(args.pairs):
+            a = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair)
+            b = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair + 1)
+            for v in variants:
+                t1 = time.time()
+                p = study_align(v, s, model, order, a, b, train_ds, fix, args)
+                sec = time.time() - t1
+                lb, ab, _ = midpoint(model, a, weightspace.permute(s, b, p), test, fix, True)
+                res[v].append((lb, ab, merging.matching_objective(s, a, b, p), sec))
+                log(args, f"wm-study x{mult} pair {pair} {v}: loss {lb:.3f}, {sec:.1f} s")
+        print(f"\n### Weight matching on the ResNet-20 x{mult} ({describe('resnet20', mult, train_ds, args)}), "
+              f"{train_ds.name}, {args.epochs['resnet20']} epochs, {args.pairs} pairs, all with the BatchNorm reset "
+              f"({time.time() - t0:.0f} s)\n")
+        print(row("alignment (+ BN reset)", "loss barrier", "acc. barrier (pts)", "share of naive loss barrier removed",
+                  "per pair (loss)", "objective", "time (s)"))
+        print(row(*["---"] * 7))
+        naive = [r[0] for r in res["naive"]]
         for v in variants:
-            if v == "naive":
-                p = weightspace.identity_permutation(s)
-            elif v.startswith("(a)"):
-                p = wm
-            elif v.startswith("(b)"):
-                p = merging.weight_matching(s, a, b, restarts=5)
-            elif v.startswith("(c1)"):
-                p = weight_default(s, fold_batchnorm(a, order), fold_batchnorm(b, order))
-            elif v.startswith("(c2)"):
-                p = weight_default(s, normalise_layers(a), normalise_layers(b))
-            elif v.startswith("(d)"):
-                p = merging.ste_matching(s, model, a, b, train_ds.loader(128, shuffle=True), epochs=args.ste_epochs,
-                                         max_steps=args.ste_steps, lr=1e-2, init=wm)
-            else:
-                p = merging.activation_matching(s, model, a, b, train_ds.loader(250), max_examples=args.act_examples)
-            res[v].append(midpoint(model, a, weightspace.permute(s, b, p), test, fix, True)[:2])
-        log(args, f"wm-study pair {pair}: {time.time() - t0:.1f} s")
-    print(f"\n### Weight matching on the narrowest ResNet-20 (x{mult}, {describe('resnet20', mult, train_ds, args)}), "
-          f"{train_ds.name}, {args.pairs} pairs, all with the BatchNorm reset ({time.time() - t0:.0f} s)\n")
-    print(row("alignment (+ BN reset)", "loss barrier", "acc. barrier (pts)", "share of naive loss barrier removed",
-              "per pair (loss)"))
-    print(row(*["---"] * 5))
-    naive = [lb for lb, _ in res["naive"]]
-    for v in variants:
-        lbs = [lb for lb, _ in res[v]]
-        removed = [1 - x / n if n > 0 else math.nan for x, n in zip(lbs, naive)]
-        print(row(v, pm(lbs), pm([ab for _, ab in res[v]], 1, 100.0), pm(removed, 2),
-                  ", ".join(f"{x:.3f}" for x in lbs)))
+            lbs = [r[0] for r in res[v]]
+            removed = [1 - x / n if n > 0 else math.nan for x, n in zip(lbs, naive)]
+            print(row(v, pm(lbs), pm([r[1] for r in res[v]], 1, 100.0), pm(removed, 2),
+                      ", ".join(f"{x:.3f}" for x in lbs), f"{statistics.mean(r[2] for r in res[v]):.1f}",
+                      f"{statistics.mean(r[3] for r in res[v]):.2f}"))
 
 
 # ---------------------------------------------------------------- main
@@ -315,7 +424,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", default="width_sweep.png", help="PNG to write (default: width_sweep.png)")
     ap.add_argument("--cache", default=None, help="directory keeping trained networks between runs")
     ap.add_argument("--wm-study", action="store_true",
-                    help="also: weight matching variants on the narrowest ResNet-20 pairs")
+                    help="also: weight matching variants on the ResNet-20 pairs at each width")
+    ap.add_argument("--study", nargs="+", default=None, metavar="TAG",
+                    help="with --wm-study: only these variants, by tag ((a1) ...); default all")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the sweep (with --wm-study: the study only)")
     ap.add_argument("--tiny", action="store_true", help="a few seconds: tiny nets, 1 epoch, 2 pairs, x1 and x2")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = ap.parse_args(argv)
@@ -328,8 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     train_ds = load_dataset(args.data, split="train")
     test_ds = load_dataset(args.data, split="test")
     if args.tiny:
-        args.widths = args.widths if argv and "--widths" in argv else [1, 2]
-        args.pairs = 2 if not (argv and "--pairs" in argv) else args.pairs
+        given = sys.argv[1:] if argv is None else argv
+        args.widths = args.widths if "--widths" in given else [1, 2]
+        args.pairs = args.pairs if "--pairs" in given else 2
         args.mlp_base, args.resnet_base = 8, 0.125
         args.ste_steps, args.act_examples = 2, 128
         train_ds = train_ds.subset(slice(0, 256))
@@ -341,11 +454,11 @@ def main(argv: list[str] | None = None) -> None:
           f"test {len(test_ds)} images, widths {' '.join(f'x{w}' for w in args.widths)}, seeds 0..{2 * args.pairs - 1}")
     results = {}
     t_all = time.time()
-    for arch in args.archs:
+    for arch in ([] if args.no_sweep else args.archs):
         t0 = time.time()
         results[arch] = sweep(arch, train_ds, test, fix, args)
         print_table(arch, results[arch], train_ds, args, time.time() - t0)
-    if args.plot:
+    if args.plot and results:
         plot(results, args, args.plot)
         print(f"\nplot: {args.plot}")
     if args.wm_study:

@@ -12,8 +12,10 @@ from merging.interpolate import interpolate, lerp_path
 from merging.matching import (
     activation_matching,
     matching_objective,
+    scored_weight_matching,
     signature_start,
     similarity,
+    sinkhorn_start,
     solve_assignment,
     ste_matching,
     weight_matching,
@@ -47,6 +49,8 @@ __all__ = [
     # alignment
     "weight_matching",
     "signature_start",
+    "sinkhorn_start",
+    "scored_weight_matching",
     "activation_matching",
     "ste_matching",
     "similarity",

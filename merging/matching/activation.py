@@ -59,31 +59,54 @@ def _feature_rows(x: Tensor, kind: str, axis, group: str) -> list[Tensor]:
 
 def activation_correlations(structure: Structure, model: nn.Module, state_a: Mapping[str, Tensor],
                             state_b: Mapping[str, Tensor], data: Iterable, *,
-                            max_examples: int = 512, device=None, progress: bool = False) -> dict[str, Tensor]:
+                            max_examples: int = 512, device=None, progress: bool = False,
+                            sites: str = "inputs") -> dict[str, Tensor]:
     """Correlation matrices ``C[g][i, j] = corr(unit i of A, unit j of B)`` per group.
 
-    Activations are read with forward hooks at the outputs of the traced layers (linear,
-    convolution, normalisation, attention); a group seen at several sites (a residual
-    stream) sums its correlations. Groups seen nowhere are absent from the result.
+    Activations are read with forward hooks on the traced layers; a group seen at several
+    sites (a residual stream) sums its correlations. Groups seen nowhere are absent from the
+    result. ``sites``:
+
+    - ``"inputs"`` (the default): what the linear and convolution layers read, i.e. after the
+      nonlinearity, the residual add and pooling, so a residual stream is seen as the sum it
+      carries (as REPAIR matches ResNets, Jordan et al., https://arxiv.org/abs/2211.08403, and
+      Git Re-Basin matches post-activation units); a group that no such layer reads falls
+      back to the outputs of the layers that write it;
+    - ``"outputs"``: the outputs of the layers (linear, convolution, normalisation,
+      attention), i.e. pre-activations and each residual branch on its own;
+    - ``"both"``: the sum of the two.
+
+    On BatchNorm ResNet-20 pairs and MLPs on digits and MNIST, ``"inputs"`` left the lowest
+    or an equal barrier (docs/width-sweep.md).
     """
+    if sites not in ("outputs", "inputs", "both"):
+        raise ValueError(f"activation_correlations: sites must be 'outputs', 'inputs' or 'both', got {sites!r}")
     device = torch.device(device) if device is not None else next(iter(state_a.values())).device
-    sites = []
+    watch = []  # (key, layer name, axis, feature layout kind, reads the input)
     modules = dict(model.named_modules())
+    readers = [lay for lay in structure.layers if lay.name in modules and lay.kind in ("linear", "conv")
+               and lay.inputs is not None and axis_groups(lay.inputs)]
+    read = {g for lay in readers for g in axis_groups(lay.inputs)} if sites == "inputs" else set()
     for lay in structure.layers:
-        if lay.output is None or lay.name not in modules:
+        if lay.name not in modules:
             continue
-        gs = sorted(set(axis_groups(lay.output)))
-        if gs:
-            sites.append((lay, gs))
+        # with "inputs", a layer's output is watched only for groups no layer reads (the fallback)
+        if lay.output is not None and set(axis_groups(lay.output)) - read:
+            watch.append((lay.name + ":out", lay, lay.output, lay.kind, False))
+        if sites != "outputs" and lay in readers:
+            watch.append((lay.name + ":in", lay, lay.inputs, lay.kind, True))
     moments: dict[tuple[str, int], _Moments] = {}
     captured: dict[str, Tensor] = {}
 
-    def hook(name):
-        def fn(_m, _i, out):
-            captured[name] = out[0] if isinstance(out, (tuple, list)) else out
+    def hook(key, reads_input):
+        def fn(_m, inp, out=None):
+            x = inp if reads_input else out
+            captured[key] = x[0] if isinstance(x, (tuple, list)) else x
         return fn
 
-    handles = [modules[lay.name].register_forward_hook(hook(lay.name)) for lay, _ in sites]
+    handles = [modules[lay.name].register_forward_pre_hook(hook(key, True)) if reads_input
+               else modules[lay.name].register_forward_hook(hook(key, False))
+               for key, lay, _, _, reads_input in watch]
     was_training = model.training
     model.eval()
     seen = 0
@@ -101,14 +124,14 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
                     captured.clear()
                     torch.func.functional_call(model, dict(st), (x,), tie_weights=False)
                     acts.append(dict(captured))
-                for lay, gs in sites:
-                    if lay.name not in acts[0]:
+                for site, (key0, lay, axis, kind, reads_input) in enumerate(watch):
+                    if key0 not in acts[0]:
                         continue
-                    for g in gs:
-                        ra = _feature_rows(acts[0][lay.name], lay.kind, lay.output, g)
-                        rb = _feature_rows(acts[1][lay.name], lay.kind, lay.output, g)
+                    for g in sorted(set(axis_groups(axis)) - (set() if reads_input else read)):
+                        ra = _feature_rows(acts[0][key0], kind, axis, g)
+                        rb = _feature_rows(acts[1][key0], kind, axis, g)
                         for k, (a, b) in enumerate(zip(ra, rb)):
-                            key = (g, id(lay) * 16 + k)
+                            key = (g, site * 16 + k)
                             if key not in moments:
                                 moments[key] = _Moments(a.shape[0], device)
                             moments[key].add(a, b)
@@ -134,7 +157,8 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
 
 def activation_matching(structure: Structure, model: nn.Module, state_a: Mapping[str, Tensor],
                         state_b: Mapping[str, Tensor], data: Iterable, *, max_examples: int = 512,
-                        device=None, solver: str = "auto", progress: bool = False) -> dict[str, Tensor]:
+                        device=None, solver: str = "auto", progress: bool = False,
+                        sites: str = "inputs") -> dict[str, Tensor]:
     """Permutations of B's units that maximise the correlation of activations with A's.
 
     Git Re-Basin's activation matching (Ainsworth et al., https://arxiv.org/abs/2209.04836,
@@ -149,12 +173,14 @@ def activation_matching(structure: Structure, model: nn.Module, state_a: Mapping
         state_a, state_b: the two networks.
         data: iterable of ``(x, y)`` batches (only ``x`` is used).
         max_examples (int, optional): inputs to read. (default: ``512``)
+        sites (str, optional): where activations are read, see
+            :func:`activation_correlations`. (default: ``"outputs"``)
 
     Returns:
         ``dict[group, LongTensor]``.
     """
     corr = activation_correlations(structure, model, state_a, state_b, data, max_examples=max_examples,
-                                   device=device, progress=progress)
+                                   device=device, progress=progress, sites=sites)
     perms = {g: solve_assignment(c, solver=solver).cpu() for g, c in corr.items()}
     rest = [g for g in structure.groups if g not in perms]
     if rest:
