@@ -29,6 +29,7 @@ import hashlib
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,14 +121,23 @@ def align(method: str, s, model, a, b, ds, args) -> dict:
                                 max_steps=args.ste_steps, lr=1e-2)
 
 
-def midpoint(model, a, b_aligned, test, fix, corrected: bool) -> tuple[float, float, float]:
+def endpoints(model, a, b, test) -> tuple[merging.EvalResult, merging.EvalResult]:
+    """A's and B's test loss and accuracy, evaluated once per pair (a permutation of B does not
+    change its function, so every alignment shares them)."""
+    return merging.evaluate(model, a, test), merging.evaluate(model, b, test)
+
+
+def midpoint(model, a, b_aligned, test, fix, corrected: bool, ends=None) -> tuple[float, float, float]:
     """(loss barrier, accuracy barrier, mean endpoint accuracy) at t = 1/2; ``corrected``: with
-    REPAIR / the BatchNorm reset."""
-    kw = {"repair_data": fix} if corrected else {}  # for a BatchNorm network: the BatchNorm reset
-    r = merging.barrier(model, a, b_aligned, test, steps=3, progress=False, **kw)
-    lb = r.losses[1] - 0.5 * (r.losses[0] + r.losses[2])
-    ab = 0.5 * (r.accuracies[0] + r.accuracies[2]) - r.accuracies[1]
-    return lb, ab, 0.5 * (r.accuracies[0] + r.accuracies[2])
+    REPAIR / the BatchNorm reset (``merging.repair`` resets the statistics of a BatchNorm
+    network); ``ends``: the endpoints' results, if already evaluated."""
+    ea, eb = ends if ends is not None else endpoints(model, a, b_aligned, test)
+    mid = merging.interpolate(a, b_aligned)
+    if corrected:
+        mid = merging.repair(model, a, b_aligned, mid, fix)
+    m = merging.evaluate(model, mid, test)
+    return (m.loss - 0.5 * (ea.loss + eb.loss), 0.5 * (ea.accuracy + eb.accuracy) - m.accuracy,
+            0.5 * (ea.accuracy + eb.accuracy))
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -159,12 +169,13 @@ def sweep(arch: str, train_ds, test, fix, args) -> dict:
             a = train(model, train_ds, epochs=args.epochs[arch], lr=lr, seed=2 * pair)
             b = train(model, train_ds, epochs=args.epochs[arch], lr=lr, seed=2 * pair + 1)
             t_train = time.time() - t0
+            ends = endpoints(model, a, b, test)
             for method in METHODS:
                 t0 = time.time()
                 p = align(method, s, model, a, b, train_ds, args)
                 bp = weightspace.permute(s, b, p)
                 for corrected in (False, True):
-                    lb, ab, end = midpoint(model, a, bp, test, fix, corrected)
+                    lb, ab, end = midpoint(model, a, bp, test, fix, corrected, ends)
                     cell = res.setdefault((mult, method, corrected), {"loss": [], "acc": [], "end": []})
                     cell["loss"].append(lb)
                     cell["acc"].append(ab)
@@ -385,11 +396,12 @@ def wm_study(train_ds, test, fix, args) -> None:
         for pair in range(args.pairs):
             a = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair)
             b = train(model, train_ds, epochs=args.epochs["resnet20"], lr=0.1, seed=2 * pair + 1)
+            ends = endpoints(model, a, b, test)
             for v in variants:
                 t1 = time.time()
                 p = study_align(v, s, model, order, a, b, train_ds, fix, args)
                 sec = time.time() - t1
-                lb, ab, _ = midpoint(model, a, weightspace.permute(s, b, p), test, fix, True)
+                lb, ab, _ = midpoint(model, a, weightspace.permute(s, b, p), test, fix, True, ends)
                 res[v].append((lb, ab, merging.matching_objective(s, a, b, p), sec))
                 log(args, f"wm-study x{mult} pair {pair} {v}: loss {lb:.3f}, {sec:.1f} s")
         print(f"\n### Weight matching on the ResNet-20 x{mult} ({describe('resnet20', mult, train_ds, args)}), "
@@ -422,17 +434,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ste-steps", type=int, default=None, help="cap on STE steps (default: none)")
     ap.add_argument("--act-examples", type=int, default=1000, help="examples for activation matching")
     ap.add_argument("--plot", default="width_sweep.png", help="PNG to write (default: width_sweep.png)")
-    ap.add_argument("--cache", default=None, help="directory keeping trained networks between runs")
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "weightspace-width-sweep"),
+                    help="directory keeping trained networks between runs (default: weightspace-width-sweep in "
+                         "the system's temporary directory; '' for none)")
     ap.add_argument("--wm-study", action="store_true",
                     help="also: weight matching variants on the ResNet-20 pairs at each width")
     ap.add_argument("--study", nargs="+", default=None, metavar="TAG",
                     help="with --wm-study: only these variants, by tag ((a1) ...); default all")
     ap.add_argument("--no-sweep", action="store_true", help="skip the sweep (with --wm-study: the study only)")
     ap.add_argument("--tiny", action="store_true", help="a few seconds: tiny nets, 1 epoch, 2 pairs, x1 and x2")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default: 1; on a shared 2-core machine two threads ran the tiny "
+                         "ResNet sweep 14x slower than one)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = ap.parse_args(argv)
     if args.pairs < 1 or any(w < 1 for w in args.widths):
         ap.error("--pairs and --widths must be positive")
+    torch.set_num_threads(max(1, args.threads))
     global CACHE
     CACHE = Path(args.cache) if args.cache else None
     epochs = args.epochs or ([1] if args.tiny else [30, 6])
@@ -451,7 +469,8 @@ def main(argv: list[str] | None = None) -> None:
     fix = train_ds.loader(500, shuffle=True, seed=0)
     fix = [next(iter(fix))]  # 500 training images, the same for every point
     print(f"{args.data}, torch {torch.__version__}, {torch.get_num_threads()} threads, train {len(train_ds)} / "
-          f"test {len(test_ds)} images, widths {' '.join(f'x{w}' for w in args.widths)}, seeds 0..{2 * args.pairs - 1}")
+          f"test {len(test_ds)} images, widths {' '.join(f'x{w}' for w in args.widths)}, seeds 0..{2 * args.pairs - 1}, "
+          f"cache {CACHE or 'none'}")
     results = {}
     t_all = time.time()
     for arch in ([] if args.no_sweep else args.archs):
