@@ -163,7 +163,7 @@ def child(build: str, repeats: int, sizes: list[int], threads: int | None) -> di
             row["ours_cold"] = best_ms(lambda: _solve.solve_assignment(ct, solver="lap"), repeats)
             row["ours_warm"] = best_ms(lambda: _solve.solve_assignment(c2t, solver="lap", init=perm, duals=duals),
                                        repeats)
-        row["auto"] = _solve._resolve("auto")
+        row["auto"] = _solve.resolve_solver("auto")
         result["solver"].append(row)
     return result
 

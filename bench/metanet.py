@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from graphs import permute, random_permutation
 from weightspace.metanet import (
-    _DEFAULT_HIDDEN,
     ARCHS,
     _aug_seed,
     _collate,
@@ -53,6 +52,7 @@ from weightspace.metanet import (
     _metrics,
     _scales,
     _Zoo,
+    default_hidden,
     train_metanet,
 )
 from weightspace.zoo import build_cnn_zoo, build_inr_zoo
@@ -256,7 +256,7 @@ def _have_nfn() -> bool:
 def _build_gnn(out: int, args):
     from weightspace.nn import GraphMetanet
 
-    return GraphMetanet(hidden=args.hidden.get("gnn") or _DEFAULT_HIDDEN["gnn"], out_channels=out)
+    return GraphMetanet(hidden=args.hidden.get("gnn") or default_hidden("gnn"), out_channels=out)
 
 
 def _cnn_runs(args) -> list[tuple[str, str, object, object]]:
@@ -294,9 +294,9 @@ def _hp_text(args) -> str:
     hp = _cnn_hparams(args, "gnn")
     text = f"{hp['epochs']} epochs max, batch {hp['batch_size']}, lr {hp['lr']}, patience {hp['patience']}"
     if "probestat" in args.cnn_methods:
-        from weightspace.metanet import _ARCH_TRAIN_DEFAULTS, _TRAIN_DEFAULTS
+        from weightspace.metanet import train_defaults
 
-        ps = {k: v if v is not None else {**_TRAIN_DEFAULTS, **_ARCH_TRAIN_DEFAULTS["probestat"]}[k]
+        ps = {k: v if v is not None else train_defaults("probestat")[k]
               for k, v in _cnn_hparams(args, "probestat").items()}
         text += (f" (probestat: {ps['epochs']} epochs max, batch {ps['batch_size']}, lr {ps['lr']}, "
                  f"patience {ps['patience']})")
@@ -347,7 +347,7 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
 
 def bench_throughput(args, zoo_dir: Path, results: dict) -> list[str]:
     """Training graphs per second: augmentation, batching and the optimizer step included."""
-    from weightspace.metanet import _build_model, _tensors
+    from weightspace.metanet import _tensors, build_metanet
     from weightspace.nn import NetworkSpec
 
     dev = torch.device(args.device)
@@ -361,8 +361,8 @@ def bench_throughput(args, zoo_dir: Path, results: dict) -> list[str]:
     models = {}
     for arch in ("gnn", "np"):
         torch.manual_seed(0)
-        models[f"ours: {arch}"] = (arch, _build_model({**base, "arch": arch,
-                                                       "hidden": args.hidden.get(arch) or _DEFAULT_HIDDEN[arch]}))
+        models[f"ours: {arch}"] = (arch, build_metanet({**base, "arch": arch,
+                                                       "hidden": args.hidden.get(arch) or default_hidden(arch)}))
     if _have_nfn():
         models["`nfn` NP, same parameters as ours: gnn"] = ("np", nfn_model(zoo, out,
                                                                             _nparams(models["ours: gnn"][1])))

@@ -10,6 +10,10 @@ from merging.barrier import BarrierResult, barrier, plot_barrier
 from merging.c2m3 import c2m3_matching, c2m3_merge, pairwise_permutation, soft_permute
 from merging.interpolate import interpolate, lerp_path
 from merging.matching import (
+    lap_available,
+    list_solvers,
+    register_solver,
+    resolve_solver,
     activation_matching,
     matching_objective,
     signature_start,
@@ -19,6 +23,7 @@ from merging.matching import (
     weight_matching,
 )
 from merging.many import merge_many, repair_many
+from merging.many_methods import ManyMerge, get_many_method, list_many_methods, register_many_method
 from merging.methods import MergeMethod, get_method, list_methods, merge_method, merge_states
 from merging.repair import repair, reset_batchnorm
 from merging.star_eval import (
@@ -52,6 +57,10 @@ __all__ = [
     "similarity",
     "matching_objective",
     "solve_assignment",
+    "list_solvers",
+    "register_solver",
+    "resolve_solver",
+    "lap_available",
     # activation statistics
     "reset_batchnorm",
     "repair",
@@ -64,6 +73,10 @@ __all__ = [
     # many models
     "merge_many",
     "repair_many",
+    "ManyMerge",
+    "get_many_method",
+    "list_many_methods",
+    "register_many_method",
     "c2m3_matching",
     "c2m3_merge",
     "pairwise_permutation",

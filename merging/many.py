@@ -60,6 +60,7 @@ def merge_many(
     *,
     max_iter: int = 100,
     seed: int = 0,
+    solver: str = "auto",
     return_info: bool = False,
     progress: bool = False,
 ) -> tuple[StateDict, list[dict[str, Tensor]]] | tuple[StateDict, list[dict[str, Tensor]], dict[str, Any]]:
@@ -86,6 +87,8 @@ def merge_many(
         states (list[StateDict]): the N >= 2 models (not modified).
         max_iter (int, optional): maximum number of passes over the models. (default: ``100``)
         seed (int, optional): seeds the visiting order and weight matching. (default: ``0``)
+        solver (str, optional): weight matching's assignment solver, one of
+            :func:`merging.list_solvers`. (default: ``"auto"``)
         return_info (bool, optional): also return ``{"passes", "converged"}``. (default: ``False``)
         progress (bool, optional): a progress bar over passes on stderr. (default: ``False``)
 
@@ -119,7 +122,8 @@ def merge_many(
         changed = False
         for i in torch.randperm(n, generator=rng).tolist():
             others = mean_state([aligned[j] for j in range(n) if j != i])
-            new = weight_matching(structure, others, states[i], init=perms[i], seed=int(seed) + passes * n + i)
+            new = weight_matching(structure, others, states[i], init=perms[i], seed=int(seed) + passes * n + i,
+                                  solver=solver)
             if any(not torch.equal(new[g], perms[i][g]) for g in new):
                 changed = True
                 perms[i] = new

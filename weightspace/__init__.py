@@ -21,7 +21,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Checkpoint", "CheckpointError", "CheckpointInfo", "check_finite", "check_fits", "load",
                      "load_into", "open_checkpoint", "save"], "weightspace.checkpoint"),
     **dict.fromkeys(["DemoResult", "run_demo"], "weightspace.demo"),
-    **dict.fromkeys(["METHODS", "MergeResult", "align", "barrier_between", "merge_checkpoints"], "weightspace.merge"),
+    **dict.fromkeys(["METHODS", "list_alignment_methods", "register_alignment_method"], "weightspace.alignment"),
+    **dict.fromkeys(["MergeResult", "align", "barrier_between", "merge_checkpoints"], "weightspace.merge"),
     **dict.fromkeys(["MergeManyResult", "merge_many_checkpoints"], "weightspace.merge_many"),
     **dict.fromkeys(["get_model", "list_models"], "weightspace.models"),
     **dict.fromkeys(["Recipe", "load_recipe", "run_recipe"], "weightspace.recipe"),
@@ -31,6 +32,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "METHODS", "DemoResult", "MergeResult", "align", "barrier_between", "merge_checkpoints",
+    "list_alignment_methods", "register_alignment_method",
     "run_demo", "train_classifier",
     "MergeManyResult", "merge_many_checkpoints", "Recipe", "load_recipe", "run_recipe",
     "Checkpoint", "CheckpointError", "CheckpointInfo", "LoadedModel", "Structure", "__version__",
@@ -62,7 +64,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names as plain imports
     from .checkpoint import (Checkpoint, CheckpointError, CheckpointInfo, check_finite, check_fits, load, load_into,
                              open_checkpoint, save)
     from .demo import DemoResult, run_demo
-    from .merge import METHODS, MergeResult, align, barrier_between, merge_checkpoints
+    from .alignment import METHODS, list_alignment_methods, register_alignment_method
+    from .merge import MergeResult, align, barrier_between, merge_checkpoints
     from .merge_many import MergeManyResult, merge_many_checkpoints
     from .models import get_model, list_models
     from .recipe import Recipe, load_recipe, run_recipe

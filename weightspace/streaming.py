@@ -50,8 +50,8 @@ from .checkpoint import (
 from ._dtypes import parse_dtype, plan_dtypes
 from .models import example_input_for, parse_input_shape
 from .hf import is_hf_module
-from .pipeline import (MergeResult, check_alpha, check_method, check_same_states, file_record, hf_inputs,
-                       resolve_device)
+from .alignment import check_method
+from .pipeline import MergeResult, check_alpha, check_same_states, file_record, hf_inputs, resolve_device
 from .trust import takes_trust_flag
 
 __all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 from merging import solve_assignment
-from merging.matching._solve import lap_available
+from merging import lap_available
 
 needs_lap = pytest.mark.skipif(not lap_available(), reason="C solver not built (no compiler)")
 
@@ -96,11 +96,11 @@ def test_empty_and_one_by_one(solver):
 
 
 def test_auto_is_sparse_on_cuda_only():
-    from merging.matching._solve import _resolve
+    from merging import resolve_solver
 
     want = "lap" if lap_available() else "scipy"
-    assert _resolve("auto") == want
-    assert _resolve("auto", cuda=True) == ("sparse" if lap_available() else "scipy")
+    assert resolve_solver("auto") == want
+    assert resolve_solver("auto", cuda=True) == ("sparse" if lap_available() else "scipy")
 
 
 def test_solver_errors():

@@ -53,7 +53,7 @@ def tiny_mnist(directory: Path, n: int = 10, prefix: str = "t10k", gz: bool = Fa
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     import weightspace.data as data
 
-    monkeypatch.setattr(data, "_DATASETS", dict(data._DATASETS))
+    monkeypatch.setattr(data, "DATASETS", data.DATASETS.copy())
 
 
 @pytest.fixture

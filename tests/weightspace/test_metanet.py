@@ -192,9 +192,9 @@ def test_probestat_is_invariant_and_eval_reproduces_training(cnn_zoo, tmp_path):
 
 
 def test_probestat_defaults_and_class_task(cnn_zoo, inr_zoo, tmp_path, capsys):
-    from weightspace.metanet import _ARCH_TRAIN_DEFAULTS
+    from weightspace.metanet import train_defaults
 
-    assert _ARCH_TRAIN_DEFAULTS["probestat"]["epochs"] >= 100
+    assert train_defaults("probestat")["epochs"] >= 100
     r = train_metanet(inr_zoo, task="class", arch="probestat", epochs=2, hidden=8, batch_size=4, progress=False)
     assert r.config["out"] >= 2 and r.config["probe_source"] == "uniform"   # INR outputs: width 1, no logits
     assert 0.0 <= r.metrics["train"]["accuracy"] <= 1.0

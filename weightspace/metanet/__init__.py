@@ -6,17 +6,22 @@ features, weight statistics, batching), :mod:`~weightspace.metanet.train` (:func
 losses, schedules), :mod:`~weightspace.metanet.evaluate` (:func:`load_metanet`,
 :func:`evaluate_metanet`, metrics), :mod:`~weightspace.metanet.result` (:class:`MetanetResult`).
 """
-from .archs import (  # noqa: F401 - the private names are imported by tests and bench
-    _ARCH_TRAIN_DEFAULTS,
-    _DEFAULT_HIDDEN,
-    _GRAPH_ARCHS,
-    _TENSOR_ARCHS,
-    _TRAIN_DEFAULTS,
+from .archs import (
     ARCHS,
     DEFAULT_PROBES,
     FORMAT,
+    GRAPH_ARCHS,
+    METANET_ARCHS,
     TASKS,
-    _build_model,
+    TENSOR_ARCHS,
+    TRAIN_DEFAULTS,
+    archs_of_kind,
+    build_metanet,
+    default_hidden,
+    get_metanet_arch,
+    list_metanet_archs,
+    register_metanet_arch,
+    train_defaults,
 )
 from .data import _scales, _Split, _tensors, _Zoo  # noqa: F401
 from .evaluate import _device, _metrics, _predict, evaluate_metanet, load_metanet  # noqa: F401
@@ -35,4 +40,7 @@ from .features import (  # noqa: F401
 from .result import MetanetResult
 from .train import LOSSES, SCHEDULES, SELECTS, _aug_seed, _loss, _rank_loss, train_metanet  # noqa: F401
 
-__all__ = ["ARCHS", "DEFAULT_PROBES", "TASKS", "MetanetResult", "evaluate_metanet", "load_metanet", "train_metanet"]
+__all__ = ["ARCHS", "DEFAULT_PROBES", "FORMAT", "GRAPH_ARCHS", "METANET_ARCHS", "TASKS", "TENSOR_ARCHS",
+           "TRAIN_DEFAULTS", "MetanetResult", "archs_of_kind", "build_metanet", "default_hidden", "evaluate_metanet",
+           "get_metanet_arch", "list_metanet_archs", "load_metanet", "register_metanet_arch", "train_defaults",
+           "train_metanet"]

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from graphs import Structure
 
-from .archs import _TENSOR_ARCHS, TASKS
+from .archs import TASKS, TENSOR_ARCHS
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _tensors(state: Mapping[str, Tensor]) -> tuple[tuple[Tensor, ...], tuple[Ten
     try:
         return state_to_tensors(dict(state))
     except ValueError as e:
-        raise ValueError(f"train_metanet: the weight-space archs ({', '.join(_TENSOR_ARCHS)}) need a chain of "
+        raise ValueError(f"train_metanet: the weight-space archs ({', '.join(TENSOR_ARCHS)}) need a chain of "
                          f"weight/bias layers ({e}); use --arch gnn or transformer for this zoo") from None
 
 

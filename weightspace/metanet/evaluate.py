@@ -13,7 +13,7 @@ from graphs import Structure
 
 from ..distributed import DistContext
 from ..trust import takes_trust_flag
-from .archs import _TENSOR_ARCHS, FORMAT, _build_model
+from .archs import FORMAT, build_metanet, get_metanet_arch
 from .data import _Split, _Zoo
 from .features import _probestat_features, _Prober, _Stats, _collate
 from .result import MetanetResult
@@ -73,7 +73,7 @@ def load_metanet(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(f"load_metanet: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise ValueError(f"load_metanet: {path} is not a weightspace metanetwork checkpoint")
-    model = _build_model(ck["config"])
+    model = build_metanet(ck["config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), dict(ck["config"])
 
@@ -103,7 +103,7 @@ def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os
         net, config = load_metanet(model)
     zoo = _Zoo(zoo_dir, config["task"], config["target"],
                config.get("checkpoints", "last") if checkpoints is None else checkpoints)
-    if zoo.card.model_spec != config["model_spec"] and config["arch"] in (*_TENSOR_ARCHS, "probestat"):
+    if zoo.card.model_spec != config["model_spec"] and get_metanet_arch(config["arch"]).info["kind"] != "graph":
         raise ValueError(f"evaluate_metanet: {zoo_dir} holds {zoo.card.model_spec}, but the metanetwork was "
                          f"trained on {config['model_spec']}")
     if split == "all":

@@ -14,7 +14,7 @@ from torch import Tensor
 from graphs import ParamGraph, Structure
 
 from ..trust import UntrustedCodeError, check_data_spec
-from .archs import _GRAPH_ARCHS, DEFAULT_PROBES
+from .archs import DEFAULT_PROBES, GRAPH_ARCHS
 from .data import _tensors, _Zoo
 
 
@@ -201,7 +201,7 @@ def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo
                              "card names no input shape; use --arch gnn or statnn for this zoo")
         return probes
     if probes == "auto":
-        if arch not in _GRAPH_ARCHS or not zoo.card.input_shape:
+        if arch not in GRAPH_ARCHS or not zoo.card.input_shape:
             return 0
         try:
             trial = _Prober({**config, "probes": 2, "input_shape": list(zoo.card.input_shape)}, zoo.structure)
@@ -213,7 +213,7 @@ def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo
         return DEFAULT_PROBES if bool(torch.isfinite(f).all()) and bool(f.abs().sum() > 0) else 0
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
         raise ValueError(f"train_metanet: probes must be a non-negative integer or 'auto', got {probes!r}")
-    if probes and arch not in _GRAPH_ARCHS:
+    if probes and arch not in GRAPH_ARCHS:
         raise ValueError(f"train_metanet: probe features are node features of the graph archs; use --arch gnn or "
                          f"transformer with --probes (got {arch!r})")
     return probes
@@ -223,10 +223,10 @@ def _resolve_stats(stats: bool | str, arch: str, task: str) -> bool:
     """Whether the graph archs' readout also gets per-tensor weight statistics (:class:`_Stats`):
     ``"auto"`` means for accuracy prediction."""
     if stats == "auto":
-        return arch == "probestat" or (arch in _GRAPH_ARCHS and task == "accuracy")
+        return arch == "probestat" or (arch in GRAPH_ARCHS and task == "accuracy")
     if not isinstance(stats, bool):
         raise ValueError(f"train_metanet: stats must be True, False or 'auto', got {stats!r}")  # noqa: TRY004
-    if stats and arch not in (*_GRAPH_ARCHS, "probestat"):
+    if stats and arch not in (*GRAPH_ARCHS, "probestat"):
         raise ValueError(f"train_metanet: weight statistics are a readout input of the graph archs; use --arch gnn "
                          f"or transformer with --stats (got {arch!r}; statnn is the statistics-only baseline)")
     return stats
@@ -236,7 +236,7 @@ def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], d
              prober: _Prober | None = None, stats: _Stats | None = None):
     if arch == "probestat":   # states are the cached feature rows
         return torch.stack(states).to(device)
-    if arch in _GRAPH_ARCHS:
+    if arch in GRAPH_ARCHS:
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
         graph = ParamGraph.batch_from_stacked(structure, stacked)
         data = graph.to_pyg().to(device)

@@ -19,8 +19,7 @@ from merging._atomic import atomic_write
 
 from ..distributed import distributed_context
 from ..trust import takes_trust_flag
-from .archs import (_ARCH_TRAIN_DEFAULTS, _DEFAULT_HIDDEN, _TENSOR_ARCHS, _TRAIN_DEFAULTS, ARCHS, FORMAT,
-                    _build_model)
+from .archs import FORMAT, TENSOR_ARCHS, build_metanet, default_hidden, get_metanet_arch, train_defaults
 from .data import _scales, _Split, _tensors, _Zoo
 from .evaluate import _device, _metrics, _predict
 from .features import (PROBE_SOURCES, _collate, _data_probes, _Prober, _probestat_features, _resolve_probes,
@@ -74,13 +73,12 @@ def _check_args(zoo_dir: str | os.PathLike, out: str | os.PathLike | None, *, ta
                 loss: str, schedule: str, select: str) -> tuple[int, float, int, int, float]:
     """Check the arguments of :func:`train_metanet` before the zoo is read, and fill in the arch's
     training defaults: ``(epochs, lr, batch_size, patience, weight_decay)``."""
-    if arch not in ARCHS:
-        raise ValueError(f"train_metanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    get_metanet_arch(arch, "train_metanet")
     if out is not None:
         from ..checkpoint import check_output
 
         check_output(out, [zoo_dir], fn="train_metanet")  # never over the zoo's card, metrics or shards
-    dflt = {**_TRAIN_DEFAULTS, **_ARCH_TRAIN_DEFAULTS.get(arch, {})}
+    dflt = train_defaults(arch)
     epochs = dflt["epochs"] if epochs is None else epochs
     lr = dflt["lr"] if lr is None else lr
     batch_size = dflt["batch_size"] if batch_size is None else batch_size
@@ -241,10 +239,10 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         select_on = val if val.states else train
         out_dim = zoo.num_classes if task == "class" else 1
         config: dict[str, Any] = {"format": FORMAT, "arch": arch, "task": task, "target": zoo.target,
-                                  "out": out_dim, "hidden": int(hidden or _DEFAULT_HIDDEN[arch]), "num_layers": 3,
+                                  "out": out_dim, "hidden": int(hidden or default_hidden(arch)), "num_layers": 3,
                                   "model_spec": zoo.card.model_spec, "zoo": str(zoo.root),
                                   "checkpoints": checkpoints}
-        if arch in _TENSOR_ARCHS:
+        if arch in TENSOR_ARCHS:
             from ..nn import NetworkSpec
 
             w, b = _tensors(train.states[0])
@@ -283,7 +281,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
             stat_feats = _Stats({})
             config["stats_mean"], config["stats_scale"] = stat_feats.fit(train.states[:1024])
         torch.manual_seed(seed)
-        model = _build_model(config).to(dev)
+        model = build_metanet(config).to(dev)
         ddp = ctx.wrap(model, dev)
         sampler = DistributedSampler(range(len(train.states)), num_replicas=K, rank=ctx.rank, shuffle=True,
                                      seed=seed, drop_last=False)

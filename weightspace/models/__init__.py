@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from weightspace.models._registry import (
+    MODELS,
     ModelEntry,
     example_input_for,
     get_model,
@@ -25,6 +26,7 @@ from weightspace.models.vit import ViT
 __all__ = [
     "CNN",
     "MLP",
+    "MODELS",
     "ModelEntry",
     "ResNet",
     "ResNet20",

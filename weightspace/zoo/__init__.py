@@ -8,8 +8,10 @@ and ``metrics.csv`` (one row per model and checkpoint). Build one with :func:`bu
 :func:`zoo_summary`, and train on it through :class:`ZooDataset`.
 """
 from ._build import ZooBuildResult
-from ._cnn import CNN_FAMILIES, CNN_RECIPE, build_cnn_zoo, sample_cnn_hparams
-from ._importers import import_dws, import_nfn, import_smallcnnzoo
+from ._cnn import (CNN_FAMILIES, CNN_RECIPE, ZOO_FAMILIES, build_cnn_zoo, list_zoo_families, register_zoo_family,
+                   sample_cnn_hparams)
+from ._importers import (IMPORTERS, ZOO_IMPORTERS, import_dws, import_nfn, import_smallcnnzoo, list_zoo_importers,
+                         register_zoo_importer)
 from ._inr import INR_RECIPE, build_inr_zoo, image_grid
 from ._info import format_summary, plot_histogram, zoo_summary
 from ._metrics import parse_shard_spec, read_metrics, split_of, worker_shards
@@ -20,6 +22,9 @@ from .zoo_writer import ZooWriter
 __all__ = [
     "CNN_FAMILIES",
     "CNN_RECIPE",
+    "IMPORTERS",
+    "ZOO_FAMILIES",
+    "ZOO_IMPORTERS",
     "INR_RECIPE",
     "ZooBuildResult",
     "ZooCard",
@@ -32,10 +37,14 @@ __all__ = [
     "import_dws",
     "import_nfn",
     "import_smallcnnzoo",
+    "list_zoo_families",
+    "list_zoo_importers",
     "parse_shard_spec",
     "plot_histogram",
     "read_card",
     "read_metrics",
+    "register_zoo_family",
+    "register_zoo_importer",
     "sample_cnn_hparams",
     "split_of",
     "state_to_tensors",

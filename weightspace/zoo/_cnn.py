@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from graphs.registry import Registry
 from weightspace.data import Dataset, load_dataset
 from weightspace.models import CNN
 from weightspace.models.cnn import conv_padding
@@ -23,16 +24,37 @@ from ._build import ZooBuildResult, build_in_workers, check_positive_int, check_
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
 
-__all__ = ["CNN_COLUMNS", "CNN_FAMILIES", "CNN_RECIPE", "build_cnn_zoo", "sample_cnn_hparams"]
+__all__ = ["CNN_COLUMNS", "CNN_FAMILIES", "CNN_RECIPE", "ZOO_FAMILIES", "build_cnn_zoo", "list_zoo_families",
+           "register_zoo_family", "sample_cnn_hparams"]
 
-#: architecture families of ``weightspace zoo build cnn --family``: recipe overrides.
-#: ``smallcnnzoo`` (the default): the Small CNN Zoo's stride-2 convolutions with TensorFlow
-#: "SAME" padding and no pooling; ``pooled``: stride-1 convolutions each followed by 2x2
-#: average pooling (this package's default before strides existed).
-CNN_FAMILIES: dict[str, dict[str, Any]] = {
-    "smallcnnzoo": {"stride": 2, "padding": "tf_same", "pool": None},
-    "pooled": {"stride": 1, "padding": "symmetric", "pool": "avg"},
-}
+#: architecture families of ``weightspace zoo build cnn --family``: recipe overrides
+ZOO_FAMILIES: Registry[dict[str, Any]] = Registry("family")
+
+
+def register_zoo_family(name: str, *, description: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Register a recipe override (a dict of :data:`CNN_RECIPE` keys) as the cnn zoo family ``name``:
+    ``register_zoo_family("wide", description="...")({"channels": [64, 64, 64]})``.
+
+    Raises:
+        ValueError: a malformed or already registered name.
+    """
+    return ZOO_FAMILIES.register(name, description=description, caller="register_zoo_family")
+
+
+def list_zoo_families() -> list[str]:
+    """The cnn zoo families' names (``--family``), the default first."""
+    return ZOO_FAMILIES.names()
+
+
+register_zoo_family("smallcnnzoo", description="the default: stride-2 convolutions, TensorFlow 'SAME' padding, "
+                                               "no pooling, as in the Small CNN Zoo"
+                    )({"stride": 2, "padding": "tf_same", "pool": None})
+register_zoo_family("pooled", description="stride-1 convolutions each followed by 2x2 average pooling (this "
+                                          "package's default before strides existed)"
+                    )({"stride": 1, "padding": "symmetric", "pool": "avg"})
+
+#: the built-in families' recipe overrides by name
+CNN_FAMILIES: dict[str, dict[str, Any]] = {name: ZOO_FAMILIES.get(name) for name in list_zoo_families()}
 
 #: the default recipe of ``weightspace zoo build cnn`` (every key can be overridden)
 CNN_RECIPE: dict[str, Any] = {
