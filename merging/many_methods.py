@@ -8,33 +8,16 @@ seed, solver, progress) -> ManyMerge``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from graphs import Structure, identity_permutation
 from graphs.registry import Entry, Registry
 
-from .c2m3 import c2m3_merge
-from .many import mean_state, merge_many
+from .c2m3 import c2m3_merge_result
+from .many import ManyMerge, mean_state, merge_many_result
 
-__all__ = ["MANY_MODEL_METHODS", "ManyMerge", "register_many_method", "list_many_methods", "get_many_method"]
-
-
-@dataclass(frozen=True)
-class ManyMerge:
-    """N models merged into one.
-
-    Attributes:
-        merged (dict[str, Tensor]): the average of the aligned models.
-        perms (list[dict[str, Tensor]]): the permutation applied to each model (model 0's basis).
-        iterations (int, optional): MergeMany's passes or C2M3's Frank-Wolfe iterations
-            (``None`` for a method that does not iterate).
-    """
-
-    merged: dict[str, Tensor]
-    perms: list[dict[str, Tensor]]
-    iterations: int | None
+__all__ = ["MANY_MODEL_METHODS", "register_many_method", "list_many_methods", "get_many_method"]
 
 
 ManyMethod = Callable[..., ManyMerge]
@@ -71,9 +54,7 @@ def get_many_method(name: str, caller: str = "get_many_method") -> Entry[ManyMet
                                                "until nothing changes (default)")
 def _mergemany(structure: Structure, states: Sequence[Mapping[str, Tensor]], *, max_iter: int, seed: int,
                solver: str, progress: bool) -> ManyMerge:
-    merged, perms, info = merge_many(structure, states, seed=seed, max_iter=max_iter, solver=solver,
-                                     return_info=True, progress=progress)
-    return ManyMerge(merged, perms, info["passes"])
+    return merge_many_result(structure, states, seed=seed, max_iter=max_iter, solver=solver, progress=progress)
 
 
 @register_many_method("c2m3", description="C2M3 (Crisostomi et al., arXiv 2405.17897): every model mapped to one "
@@ -81,9 +62,7 @@ def _mergemany(structure: Structure, states: Sequence[Mapping[str, Tensor]], *, 
                                           "projected to permutations; the pairwise maps are cycle consistent")
 def _c2m3(structure: Structure, states: Sequence[Mapping[str, Tensor]], *, max_iter: int, seed: int,
           solver: str, progress: bool) -> ManyMerge:
-    merged, perms, info = c2m3_merge(structure, states, max_iter=max_iter, solver=solver, return_info=True,
-                                     progress=progress)
-    return ManyMerge(merged, perms, info["iterations"])
+    return c2m3_merge_result(structure, states, max_iter=max_iter, solver=solver, progress=progress)
 
 
 @register_many_method("average", description="no alignment: the plain mean of the weights")

@@ -97,11 +97,11 @@ def _weight(structure: Structure, a: LoadedModel, sa: dict[str, Tensor], sb: dic
             batches: Iterable[Any] | None, *, seed: int, device: torch.device, progress: bool,
             solver: str) -> tuple[dict[str, Tensor], int | None]:
     # from the identity and from unit signatures: the better objective
-    perms, wm = from_two_starts(
-        lambda init: merging.weight_matching(structure, sa, sb, seed=seed, device=device, progress=progress,
-                                             solver=solver, init=init, return_info=True),
+    wm = from_two_starts(
+        lambda init: merging.weight_matching_result(structure, sa, sb, seed=seed, device=device, progress=progress,
+                                                    solver=solver, init=init),
         structure, sa, sb, solver=solver)
-    return perms, wm["sweeps"]
+    return wm.perms, wm.sweeps
 
 
 @register_alignment_method("activation", description="activation matching: correlates hidden units on the "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import merging
 from graphs import Structure, permute
 
 from ._dtypes import parse_dtype, plan_dtypes
-from .alignment import (METHODS, check_method, list_alignment_methods, method_label, needs_data, resolve_method,
+from .alignment import (METHODS, Alignment, check_method, list_alignment_methods, method_label, needs_data, resolve_method,
                         run_alignment)
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned
 from .checkpoint import check_not_input, check_output, save
@@ -31,7 +32,7 @@ from .pipeline import (REPAIR_SAMPLES, MergeResult, PathLike, as_dtype, check_al
                        resolve_device, run_dtype, save_hf, structure_of)
 from .trust import takes_trust_flag
 
-__all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between", "resolve_method"]
+__all__ = ["METHODS", "MergeResult", "align", "align_result", "merge_checkpoints", "barrier_between", "resolve_method"]
 
 
 # --------------------------------------------------------------------------- public verbs
@@ -49,7 +50,7 @@ def align(
     progress: bool = False,
     structure: Structure | None = None,
     return_info: bool = False,
-) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Any]]:
+) -> dict[str, Tensor]:
     """The permutation of B's hidden units that aligns B to A.
 
     Traces A's module once (``model_a.structure()``, or with an input batch from ``data`` when
@@ -75,11 +76,12 @@ def align(
             (default: ``"auto"``)
         progress (bool, optional): progress bars on stderr. (default: ``False``)
         structure (Structure, optional): A's traced structure, if already at hand.
-        return_info (bool, optional): also return ``{"method", "sweeps", "seconds", "groups"}``.
+        return_info (bool, optional): deprecated: also return ``{"method", "sweeps", "seconds",
+            "groups", "reason"}``; use :func:`align_result`. (default: ``False``)
 
     Returns:
-        ``dict[group, LongTensor]`` (and the info dict); apply it with
-        ``weightspace.permute(structure, model_b.state, perms)``.
+        ``dict[group, LongTensor]``; apply it with ``weightspace.permute(structure, model_b.state, perms)``.
+        :func:`align_result` returns it with how it was found (:class:`weightspace.Alignment`).
 
     Raises:
         ValueError: unknown method, A and B of different architectures, missing ``data``, or
@@ -88,6 +90,37 @@ def align(
     Example:
         >>> a, b = load_model("a.safetensors"), load_model("b.safetensors")  # doctest: +SKIP
         >>> perms = align(a, b, method="weight")  # doctest: +SKIP
+    """
+    result = align_result(model_a, model_b, method=method, data=data, seed=seed, device=device, solver=solver,
+                          progress=progress, structure=structure)
+    if return_info:
+        warnings.warn("align(return_info=True) is deprecated; use align_result", DeprecationWarning, stacklevel=2)
+        return result.perms, result.to_dict()  # type: ignore[return-value]
+    return result.perms
+
+
+def align_result(
+    model_a: LoadedModel,
+    model_b: LoadedModel,
+    *,
+    method: str = "auto",
+    data: str | Iterable[Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    solver: str = "auto",
+    progress: bool = False,
+    structure: Structure | None = None,
+) -> Alignment:
+    """:func:`align` (same arguments), returning the permutation with the method that ran and why,
+    weight matching's sweeps, the time spent and the size of each group.
+
+    Raises:
+        ValueError: as :func:`align`.
+
+    Example:
+        >>> r = align_result(a, b)  # doctest: +SKIP
+        >>> r.method, r.reason  # doctest: +SKIP
+        ('weight', 'auto: no --data given, so weight matching (pass --data for activation matching)')
     """
     method = check_method(method, "align")
     merging.resolve_solver(solver, caller="align")
@@ -105,9 +138,7 @@ def align(
         structure = structure_of(model_a, batches)
     result = run_alignment(structure, model_a, model_b, method, batches, seed=seed, device=dev, progress=progress,
                            solver=solver)
-    if return_info:
-        return result.perms, {**result.to_dict(), "reason": reason}
-    return result.perms
+    return dataclasses.replace(result, reason=reason)
 
 
 @takes_trust_flag

@@ -28,7 +28,7 @@ import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
 from merging.matching.weight import _descend as _coordinate_descent
 from merging._atomic import clean_stale
-from merging.matching.weight import _start, _work_dtype, from_two_starts
+from merging.matching.weight import WeightMatchingResult, _start, _work_dtype, from_two_starts
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, check_aligned, recorded_spec, trace_model
 from .checkpoint import (
@@ -54,7 +54,7 @@ from .alignment import check_method
 from .pipeline import MergeResult, check_alpha, check_same_states, file_record, hf_inputs, resolve_device
 from .trust import takes_trust_flag
 
-__all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]
+__all__ = ["streaming_weight_matching", "streaming_weight_matching_result", "streaming_merge", "trace_without_weights", "is_sharded"]
 
 PathLike = str | os.PathLike
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
                               *, max_iter: int = 100, seed: int = 0, init: Mapping[str, Tensor] | None = None,
                               solver: str = "auto", device: str | torch.device = "cpu", progress: bool = False,
                               groups: list[str] | None = None, include_buffers: bool = False,
-                              return_info: bool = False):
+                              return_info: bool = False) -> dict[str, Tensor]:
     """Weight matching (Git Re-Basin, https://arxiv.org/abs/2209.04836, Algorithm 1) without
     holding either state dict in memory.
 
@@ -176,14 +176,15 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
         progress (bool, optional): a progress bar of sweeps on stderr. (default: ``False``)
         groups (list, optional): optimise only these groups; the others keep ``init``.
         include_buffers (bool, optional): let buffers count in the similarity. (default: ``False``)
-        return_info (bool, optional): also return ``{"sweeps", "objective"}``. (default: ``False``)
+        return_info (bool, optional): deprecated: also return ``{"sweeps", "objective"}``; use
+            :func:`streaming_weight_matching_result`. (default: ``False``)
 
     Shapes:
         every similarity matrix: ``(n, n)`` with ``n = structure.groups[g].size``.
 
     Returns:
-        ``dict[group, LongTensor]`` (and the info dict); apply it with
-        ``weightspace.permute(structure, state_b, perms)``.
+        ``dict[group, LongTensor]``; apply it with ``weightspace.permute(structure, state_b, perms)``.
+        :func:`streaming_weight_matching_result` returns them with the sweeps and the objective.
 
     Raises:
         ValueError: the checkpoints do not fit the structure, or an unknown group.
@@ -192,15 +193,36 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
         >>> with open_checkpoint("a", mmap=False) as a, open_checkpoint("b", mmap=False) as b:  # doctest: +SKIP
         ...     perms = streaming_weight_matching(structure, a, b)
     """
+    result = streaming_weight_matching_result(structure, state_a, state_b, max_iter=max_iter, seed=seed, init=init,
+                                              solver=solver, device=device, progress=progress, groups=groups,
+                                              include_buffers=include_buffers, objective=return_info)
+    if return_info:
+        warnings.warn("streaming_weight_matching(return_info=True) is deprecated; use "
+                      "streaming_weight_matching_result", DeprecationWarning, stacklevel=2)
+        return result.perms, {"sweeps": result.sweeps, "objective": result.objective}  # type: ignore[return-value]
+    return result.perms
+
+
+def streaming_weight_matching_result(structure: Structure, state_a: Mapping[str, Tensor],
+                                     state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
+                                     init: Mapping[str, Tensor] | None = None, solver: str = "auto",
+                                     device: str | torch.device = "cpu", progress: bool = False,
+                                     groups: list[str] | None = None, include_buffers: bool = False,
+                                     objective: bool = True) -> WeightMatchingResult:
+    """:func:`streaming_weight_matching` (same arguments), returning the permutations with the sweeps
+    and, with ``objective`` (one more pass over the checkpoints), the matching objective (else NaN).
+
+    Raises:
+        ValueError: the checkpoints do not fit the structure, or an unknown group.
+    """
     fn = "streaming_weight_matching"
     _check_states(structure, state_a, state_b, fn)
     keys = {k for k in state_a if k in structure.axes and k in state_b and _dtype(state_a, k).is_floating_point
             and _dtype(state_b, k).is_floating_point and (include_buffers or not structure.is_buffer(k))}
     perms, sweeps = _descend(structure, state_a, state_b, keys, max_iter, seed, init, solver, torch.device(device),
                              progress, groups, fn)
-    if return_info:
-        return perms, {"sweeps": sweeps, "objective": _objective(structure, state_a, state_b, keys, perms)}
-    return perms
+    value = _objective(structure, state_a, state_b, keys, perms) if objective else float("nan")
+    return WeightMatchingResult(perms, sweeps, value)
 
 
 def _descend(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], keys: set[str],
@@ -466,12 +488,12 @@ def streaming_merge(
             _check_states(structure, ca, cb, fn)
             keys = {k for k in ca if k in structure.axes and k in cb and ca.dtype(k).is_floating_point
                     and cb.dtype(k).is_floating_point and not structure.is_buffer(k)}
-            def run(init):  # the descent and its objective, as streaming_weight_matching reports them
+            def run(init):  # the descent and its objective, as streaming_weight_matching_result reports them
                 p, n = _descend(structure, ca, cb, keys, 100, seed, init, solver, dev, progress, None, fn)
-                return p, {"sweeps": n, "objective": _objective(structure, ca, cb, keys, p)}
+                return WeightMatchingResult(p, n, _objective(structure, ca, cb, keys, p))
 
-            perms, info = from_two_starts(run, structure, ca, cb, solver=solver)
-            sweeps = info["sweeps"]
+            found = from_two_starts(run, structure, ca, cb, solver=solver)
+            perms, sweeps = found.perms, found.sweeps
         else:
             perms = identity_permutation(structure)
         align_seconds = time.perf_counter() - t1

@@ -18,7 +18,9 @@ import ctypes
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,8 +31,8 @@ from graphs.registry import Registry
 
 from .._native import load_library
 
-__all__ = ["ASSIGNMENT_SOLVERS", "SOLVERS", "register_solver", "list_solvers", "resolve_solver", "lap_available",
-           "solve_assignment"]
+__all__ = ["ASSIGNMENT_SOLVERS", "SOLVERS", "Assignment", "register_solver", "list_solvers", "resolve_solver",
+           "lap_available", "solve_assignment", "solve_assignment_result"]
 
 #: ``fn(cost, init, duals) -> (assignment, column duals or None)``, NumPy arrays
 Solver = Callable[[Tensor, "Tensor | None", "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
@@ -182,25 +184,54 @@ def _sparse(cost: Tensor, init: Tensor | None, duals, k: int | None = None, max_
                 v if warm else None)
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """An assignment and the column duals that warm-start the next solve.
+
+    Attributes:
+        perm (Tensor): ``(n,)`` LongTensor on the matrix's device, ``perm[i]`` the column of row ``i``.
+        duals (np.ndarray, optional): ``(n,)`` float64 column duals (``None`` from ``"scipy"``).
+    """
+
+    perm: Tensor
+    duals: np.ndarray | None
+
+
 def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None = None,
-                     duals: np.ndarray | None = None, return_duals: bool = False):
+                     duals: np.ndarray | None = None, return_duals: bool = False) -> Tensor:
     """Maximum-weight perfect matching of a square similarity matrix.
 
     Args:
         cost: similarity matrix ``C``.
-        solver (str, optional): ``"auto"``, ``"lap"``, ``"sparse"``, ``"scipy"`` (exact) or
-            ``"auction"`` (approximate, on ``cost``'s device). (default: ``"auto"``)
+        solver (str, optional): one of :func:`list_solvers`: ``"auto"``, ``"lap"``, ``"sparse"``,
+            ``"scipy"`` (exact) or ``"auction"`` (approximate, on ``cost``'s device). (default: ``"auto"``)
         init, duals (optional): warm start for ``"lap"``, ``"sparse"`` and ``"auction"``: the previous
-            assignment and the column duals it returned (``return_duals=True``). Ignored by
+            assignment and the column duals it returned (:func:`solve_assignment_result`). Ignored by
             ``"scipy"``.
+        return_duals (bool, optional): deprecated: also return the duals; use
+            :func:`solve_assignment_result`. (default: ``False``)
 
     Shapes:
         cost: ``(n, n)``; output: ``(n,)`` LongTensor on ``cost``'s device with
         ``output[i]`` the column assigned to row ``i``.
 
     Returns:
-        The assignment, and the column duals (``(n,)`` float64 array or ``None``) if
-        ``return_duals``.
+        The assignment.
+    """
+    result = solve_assignment_result(cost, solver=solver, init=init, duals=duals)
+    if return_duals:
+        warnings.warn("solve_assignment(return_duals=True) is deprecated; use solve_assignment_result",
+                      DeprecationWarning, stacklevel=2)
+        return result.perm, result.duals  # type: ignore[return-value]
+    return result.perm
+
+
+def solve_assignment_result(cost: Tensor, *, solver: str = "auto", init: Tensor | None = None,
+                            duals: np.ndarray | None = None) -> Assignment:
+    """:func:`solve_assignment`, returning the assignment with its column duals.
+
+    Raises:
+        ValueError: an unknown solver, a matrix that is not square, or NaN or Inf entries.
     """
     which = resolve_solver(solver, cost.is_cuda)
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
@@ -209,8 +240,7 @@ def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None 
     if not math.isfinite(float(cost.sum())) and not bool(torch.isfinite(cost).all()):
         raise ValueError("solve_assignment: the similarity matrix has NaN or Inf (are the weights finite?)")
     out, v = ASSIGNMENT_SOLVERS.get(which)(cost, init, duals)
-    perm = torch.from_numpy(out).to(cost.device)
-    return (perm, v) if return_duals else perm
+    return Assignment(torch.from_numpy(out).to(cost.device), v)
 
 
 # --------------------------------------------------------------------------- the solvers
@@ -245,9 +275,8 @@ def _solve_auction(cost: Tensor, init: Tensor | None, duals: np.ndarray | None
 
     warm = init is not None and duals is not None and len(duals) == cost.shape[0]
     prices = torch.as_tensor(-np.asarray(duals), dtype=torch.float64, device=cost.device) if warm else None
-    perm, prices, eps = auction_assignment(cost.detach(), prices=prices, init=init if warm else None,
-                                           finish=False, return_eps=True)
-    return _lap(_to_host(cost), perm, -prices.cpu().numpy(), slack=eps)
+    found = auction_assignment(cost.detach(), prices=prices, init=init if warm else None, finish=False)
+    return _lap(_to_host(cost), found.perm, -found.prices.cpu().numpy(), slack=found.eps)
 
 
 #: the solvers' names, in the order the CLI lists them

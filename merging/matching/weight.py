@@ -1,9 +1,12 @@
 """Weight matching (Git Re-Basin, Algorithm 1) on any traced structure."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -12,9 +15,36 @@ from graphs import Structure, group_rows
 from graphs import axis_groups as _axis_groups
 from graphs.structure import Unit, _axis_index
 
-from ._solve import solve_assignment
+from ._solve import solve_assignment, solve_assignment_result
 
-__all__ = ["from_two_starts", "matching_objective", "signature_start", "similarity", "weight_matching"]
+__all__ = ["WeightMatchingResult", "from_two_starts", "matching_objective", "signature_start", "similarity",
+           "weight_matching", "weight_matching_result"]
+
+
+@dataclass(frozen=True)
+class WeightMatchingResult:
+    """What a weight matching found.
+
+    Attributes:
+        perms (dict[str, Tensor]): group -> LongTensor on the CPU; apply with
+            ``weightspace.permute(structure, state_b, perms)``.
+        sweeps (int): sweeps of the coordinate descent over the groups.
+        objective (float): :func:`matching_objective` of the result.
+        solve_seconds (float): wall time in the assignment solver, host transfers included.
+        start (str): the start the result descends from: ``"identity"``, or ``"unit signatures"``
+            (:func:`from_two_starts`).
+    """
+
+    perms: dict[str, Tensor]
+    sweeps: int
+    objective: float
+    solve_seconds: float = 0.0
+    start: str = "identity"
+
+    @property
+    def info(self) -> dict:
+        """``{"sweeps", "objective", "solve_seconds"}``, the dict that ``return_info=True`` gave."""
+        return {"sweeps": self.sweeps, "objective": self.objective, "solve_seconds": self.solve_seconds}
 
 
 def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -271,7 +301,7 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
                     init: Mapping[str, Tensor] | None = None, solver: str = "auto",
                     device: str | torch.device | None = None, progress: bool = False,
                     groups: list[str] | None = None, include_buffers: bool = False,
-                    restarts: int = 1, return_info: bool = False):
+                    restarts: int = 1, return_info: bool = False) -> dict[str, Tensor]:
     """Permutations of B's hidden units that make its weights closest to A's.
 
     Coordinate descent over the groups (Ainsworth et al., "Git Re-Basin: Merging Models
@@ -307,22 +337,55 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         restarts (int, optional): run with seeds ``seed, seed+1, ...`` and keep the best
             objective. Coordinate descent is a local method: on attention with few, small
             heads it occasionally settles on a wrong head assignment. (default: ``1``)
-        return_info (bool, optional): also return ``{"sweeps", "objective", "solve_seconds"}``
-            (the last: wall time in the assignment solver, host transfers included).
+        return_info (bool, optional): deprecated: also return ``{"sweeps", "objective",
+            "solve_seconds"}``; use :func:`weight_matching_result`. (default: ``False``)
 
     Returns:
         ``dict[group, LongTensor]``; apply with ``weightspace.permute(structure, state_b, perms)``.
+        :func:`weight_matching_result` returns them with the sweeps, objective and solver time.
 
     Raises:
         ValueError: the state dicts do not fit the structure.
     """
+    result = _weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed, init=init, solver=solver,
+                              device=device, progress=progress, groups=groups, include_buffers=include_buffers,
+                              restarts=restarts, measure=return_info)
+    if return_info:
+        warnings.warn("weight_matching(return_info=True) is deprecated; use weight_matching_result",
+                      DeprecationWarning, stacklevel=2)
+        return result.perms, result.info  # type: ignore[return-value]
+    return result.perms
+
+
+def weight_matching_result(structure: Structure, state_a: Mapping[str, Tensor],
+                           state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
+                           init: Mapping[str, Tensor] | None = None, solver: str = "auto",
+                           device: str | torch.device | None = None, progress: bool = False,
+                           groups: list[str] | None = None, include_buffers: bool = False,
+                           restarts: int = 1) -> WeightMatchingResult:
+    """:func:`weight_matching` (same arguments), returning the permutations with the sweeps, the
+    objective and the time spent in the solver.
+
+    Raises:
+        ValueError: the state dicts do not fit the structure.
+    """
+    return _weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed, init=init, solver=solver,
+                            device=device, progress=progress, groups=groups, include_buffers=include_buffers,
+                            restarts=restarts, measure=True)
+
+
+def _weight_matching(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], *,
+                     max_iter: int, seed: int, init: Mapping[str, Tensor] | None, solver: str,
+                     device: str | torch.device | None, progress: bool, groups: list[str] | None,
+                     include_buffers: bool, restarts: int, measure: bool) -> WeightMatchingResult:
+    """The descent; ``measure``: time the solver and compute the objective (NaN without)."""
     _check_states(structure, state_a, state_b)
     if restarts > 1:
-        runs = [weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed + r, init=init,
-                                solver=solver, device=device, progress=progress, groups=groups,
-                                include_buffers=include_buffers, return_info=True) for r in range(restarts)]
-        best = max(runs, key=lambda pi: pi[1]["objective"])
-        return best if return_info else best[0]
+        runs = [_weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed + r, init=init,
+                                 solver=solver, device=device, progress=progress, groups=groups,
+                                 include_buffers=include_buffers, restarts=1, measure=True)
+                for r in range(restarts)]
+        return max(runs, key=lambda r: r.objective)
     if device is None:
         device = next((v.device for v in state_a.values()), torch.device("cpu"))
     keys = _float_keys(structure, [state_a, state_b], include_buffers)
@@ -335,12 +398,10 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
     sweeps = _descend(structure, groups, perms, lambda g: sims[g](perms), solver=solver, max_iter=max_iter,
                       seed=seed, progress="weight matching" if progress else None,
                       postfix=lambda: {"objective": f"{matching_objective(structure, a, b, perms):.7g}"},
-                      stats=stats if return_info else None)
+                      stats=stats if measure else None)
     perms = {g: p.cpu() for g, p in perms.items()}
-    if return_info:
-        return perms, {"sweeps": sweeps, "objective": matching_objective(structure, state_a, state_b, perms),
-                       "solve_seconds": stats.get("solve_seconds", 0.0)}
-    return perms
+    objective = matching_objective(structure, state_a, state_b, perms) if measure else float("nan")
+    return WeightMatchingResult(perms, sweeps, objective, stats.get("solve_seconds", 0.0))
 
 
 def _start(structure: Structure, init: Mapping[str, Tensor] | None, groups: list[str] | None, device,
@@ -441,7 +502,8 @@ def _in_parallel(mats: list[Tensor]) -> bool:
 
 
 def _solve_one(solver: str, c: Tensor, init: Tensor, duals):
-    return solve_assignment(c, solver=solver, init=init, duals=duals, return_duals=True)
+    found = solve_assignment_result(c, solver=solver, init=init, duals=duals)
+    return found.perm, found.duals
 
 
 def _batches(order: list[str], dirty: dict[str, bool], neighbours: dict[str, set[str]]):
@@ -537,17 +599,16 @@ def _sorted_rows(t: Tensor, axis: int, dtype: torch.dtype, chunk: int = 8) -> Te
     return out
 
 
-def from_two_starts(run, structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], *,
-                    solver: str = "auto") -> tuple[dict[str, Tensor], dict]:
-    """``run(init) -> (perms, info)`` (a weight matching with ``return_info=True``) from the identity
-    and from :func:`signature_start`, keeping the higher objective; ``info["start"]`` says which.
+def from_two_starts(run: Callable[[Mapping[str, Tensor] | None], WeightMatchingResult], structure: Structure,
+                    state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], *,
+                    solver: str = "auto") -> WeightMatchingResult:
+    """``run(init) -> WeightMatchingResult`` (a weight matching from ``init``) from the identity
+    and from :func:`signature_start`, keeping the higher objective; ``start`` says which.
     Ties keep the identity's, so a network whose descent already finds the optimum is unchanged."""
-    perms, info = run(None)
-    info["start"] = "identity"
+    first = dataclasses.replace(run(None), start="identity")
     if not structure.groups:
-        return perms, info
-    perms2, info2 = run(signature_start(structure, state_a, state_b, solver=solver))
-    if info2["objective"] > info["objective"]:
-        info2["start"] = "unit signatures"
-        return perms2, info2
-    return perms, info
+        return first
+    second = run(signature_start(structure, state_a, state_b, solver=solver))
+    if second.objective > first.objective:
+        return dataclasses.replace(second, start="unit signatures")
+    return first

@@ -10,7 +10,7 @@ Every error is a single-line :class:`CheckpointError` naming the function and th
 """
 from __future__ import annotations
 
-from .read import Checkpoint, CheckpointError, CheckpointInfo, load, open_checkpoint
+from .read import Checkpoint, CheckpointError, CheckpointInfo, LoadedCheckpoint, load, load_checkpoint, open_checkpoint
 from .write import save
 from .checks import check_finite, check_fits, check_not_input, check_output, load_into
 
@@ -20,5 +20,6 @@ from .read import _ST_DTYPES, _brief, _resolve, _st_header, _st_pread  # noqa: F
 from .write import _atomic, _check_overlap, _commit_replacing, _layout, _parse_size, _same, _shard_names  # noqa: F401
 from .checks import tied_keys  # noqa: F401
 
-__all__ = ["CheckpointError", "CheckpointInfo", "Checkpoint", "load", "open_checkpoint", "save",
+__all__ = ["CheckpointError", "CheckpointInfo", "Checkpoint", "LoadedCheckpoint", "load", "load_checkpoint",
+           "open_checkpoint", "save",
            "load_into", "check_fits", "check_finite", "check_not_input", "check_output"]

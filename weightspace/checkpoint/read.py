@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -374,31 +374,21 @@ def _st_pread(f: Path, start: int, header: dict[str, Any], stored: str, fn: str)
     return buf.view(_ST_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
-@overload
-def load(path: PathLike, *, device: str | torch.device = ..., key: str | None = ...,
-         return_info: Literal[False] = ...) -> dict[str, Tensor]: ...
-
-
-@overload
-def load(path: PathLike, *, device: str | torch.device = ..., key: str | None = ...,
-         return_info: Literal[True]) -> tuple[dict[str, Tensor], CheckpointInfo]: ...
-
-
 def load(path: PathLike, *, device: str | torch.device = "cpu", key: str | None = None,
-         return_info: bool = False) -> dict[str, Tensor] | tuple[dict[str, Tensor], CheckpointInfo]:
+         return_info: bool = False) -> dict[str, Tensor]:
     """Read a whole checkpoint into a state dict.
 
     Args:
         path (str or PathLike): as for :func:`open_checkpoint`.
         device (str or torch.device, optional): where the tensors go. (default: ``"cpu"``)
         key (str, optional): as for :func:`open_checkpoint`. (default: ``None``)
-        return_info (bool, optional): also return the :class:`CheckpointInfo` (key used,
-            stripped prefix, metadata, format, files). (default: ``False``)
+        return_info (bool, optional): deprecated: also return the :class:`CheckpointInfo`; use
+            :func:`load_checkpoint`. (default: ``False``)
 
     Returns:
-        dict[str, Tensor], or ``(state, info)`` when ``return_info`` is true. Files written by
-        :func:`save` as ``.pt`` with metadata (``{"state_dict": ..., "weightspace_metadata": ...}``)
-        give back the plain state dict, with the metadata in ``info.metadata``.
+        dict[str, Tensor]. Files written by :func:`save` as ``.pt`` with metadata
+        (``{"state_dict": ..., "weightspace_metadata": ...}``) give back the plain state dict;
+        :func:`load_checkpoint` gives the metadata too (``info.metadata``).
 
     Raises:
         CheckpointError: as for :func:`open_checkpoint`.
@@ -407,13 +397,50 @@ def load(path: PathLike, *, device: str | torch.device = "cpu", key: str | None 
         >>> import tempfile, torch
         >>> path = tempfile.mkdtemp() + "/last.ckpt"
         >>> torch.save({"epoch": 3, "state_dict": {"fc.bias": torch.zeros(2)}}, path)
-        >>> state, info = load(path, return_info=True)
-        >>> state, info.key_used
+        >>> load(path)
+        {'fc.bias': tensor([0., 0.])}
+    """
+    loaded = _load(path, device, key, "load")
+    if return_info:
+        warnings.warn("load(return_info=True) is deprecated; use load_checkpoint", DeprecationWarning, stacklevel=2)
+        return loaded.state, loaded.info  # type: ignore[return-value]
+    return loaded.state
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read whole: its state dict and what was learnt reading it.
+
+    Attributes:
+        state (dict[str, Tensor]): the tensors.
+        info (CheckpointInfo): the key used, the stripped prefix, the metadata, the format and files.
+    """
+
+    state: dict[str, Tensor]
+    info: CheckpointInfo
+
+
+def load_checkpoint(path: PathLike, *, device: str | torch.device = "cpu", key: str | None = None
+                    ) -> LoadedCheckpoint:
+    """:func:`load`, returning the state dict with its :class:`CheckpointInfo`.
+
+    Raises:
+        CheckpointError: as for :func:`open_checkpoint`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> path = tempfile.mkdtemp() + "/last.ckpt"
+        >>> torch.save({"epoch": 3, "state_dict": {"fc.bias": torch.zeros(2)}}, path)
+        >>> found = load_checkpoint(path)
+        >>> found.state, found.info.key_used
         ({'fc.bias': tensor([0., 0.])}, 'state_dict')
     """
-    with Checkpoint(path, device=device, key=key, _fn="load", _lazy=False) as ckpt:
-        state = {k: ckpt[k] for k in ckpt}
-        return (state, ckpt.info) if return_info else state
+    return _load(path, device, key, "load")  # errors name the function users know, as load's do
+
+
+def _load(path: PathLike, device: str | torch.device, key: str | None, fn: str) -> LoadedCheckpoint:
+    with Checkpoint(path, device=device, key=key, _fn=fn, _lazy=False) as ckpt:
+        return LoadedCheckpoint({k: ckpt[k] for k in ckpt}, ckpt.info)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
