@@ -21,7 +21,7 @@ from graphs import (
 )
 from merging.many import ManyMerge, _check, mean_state
 from merging.matching._solve import solve_assignment
-from merging.matching.weight import _float_keys, _floating
+from merging.matching.weight import matching_keys, matching_state
 
 __all__ = ["C2M3Matching", "c2m3_matching", "c2m3_matching_result", "c2m3_merge", "c2m3_merge_result",
            "pairwise_permutation", "soft_permute"]
@@ -238,9 +238,9 @@ def c2m3_matching_result(
         (v.device for v in states[0].values()), torch.device("cpu"))
     dtype = torch.float64 if dev.type == "cpu" else torch.float32
     floats = []
-    keys = _float_keys(structure, states)
+    keys = matching_keys(structure, states)
     for s in states:
-        f = _floating(s, structure, dev, keys=keys)
+        f = matching_state(s, structure, dev, keys=keys)
         # only tensors some group acts on: the others add a constant
         floats.append({k: v.to(dtype) for k, v in f.items()
                        if any(_axis_degree(a) for a in structure.axes[k])})

@@ -6,8 +6,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from graphs import Structure, axis_groups
-from graphs.structure import _rows
+from graphs import Structure, axis_groups, axis_rows
 
 from ._solve import solve_assignment
 from .weight import weight_matching
@@ -54,7 +53,7 @@ def _feature_rows(x: Tensor, kind: str, axis, group: str) -> list[Tensor]:
     else:
         x = x.movedim(-1, 0)
     x = x.reshape(x.shape[0], -1)
-    return list(_rows(axis, group, x))
+    return list(axis_rows(axis, group, x))
 
 
 def activation_correlations(structure: Structure, model: nn.Module, state_a: Mapping[str, Tensor],

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from graphs import Structure, group_rows
+from graphs import Structure, Unit, axis_index, group_rows
 from graphs import axis_groups as _axis_groups
-from graphs.structure import Unit, _axis_index
 
 from ._solve import solve_assignment, solve_assignment_result
 
-__all__ = ["WeightMatchingResult", "from_two_starts", "matching_objective", "signature_start", "similarity",
-           "weight_matching", "weight_matching_result"]
+__all__ = ["WeightMatchingResult", "coordinate_descent", "from_two_starts", "matching_keys", "matching_objective",
+           "matching_state", "signature_start", "similarity", "start_permutations", "weight_matching",
+           "weight_matching_result", "work_dtype"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class WeightMatchingResult:
         return {"sweeps": self.sweeps, "objective": self.objective, "solve_seconds": self.solve_seconds}
 
 
-def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
+def work_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """The dtype two (or more) floating tensors are compared in: their promotion, at least float32."""
     work = torch.float32
     for d in dtypes:
@@ -55,8 +55,8 @@ def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return work
 
 
-def _float_keys(structure: Structure, states: Sequence[Mapping[str, Tensor]], include_buffers: bool = False
-                ) -> dict[str, torch.dtype]:
+def matching_keys(structure: Structure, states: Sequence[Mapping[str, Tensor]], include_buffers: bool = False
+                  ) -> dict[str, torch.dtype]:
     """The tensors weight matching uses, each with the dtype it is computed in.
 
     A tensor counts when the structure knows it and it is floating point in every state; integer
@@ -71,16 +71,16 @@ def _float_keys(structure: Structure, states: Sequence[Mapping[str, Tensor]], in
             continue
         ts = [s[k] for s in states if k in s]
         if len(ts) == len(states) and all(t.is_floating_point() for t in ts):
-            out[k] = _work_dtype(*(t.dtype for t in ts))
+            out[k] = work_dtype(*(t.dtype for t in ts))
     return out
 
 
-def _floating(state: Mapping[str, Tensor], structure: Structure, device,
-              include_buffers: bool = False, keys: Mapping[str, torch.dtype] | None = None) -> dict[str, Tensor]:
+def matching_state(state: Mapping[str, Tensor], structure: Structure, device,
+                   include_buffers: bool = False, keys: Mapping[str, torch.dtype] | None = None) -> dict[str, Tensor]:
     """``state``'s tensors named by ``keys`` (default: its own floating ones), on ``device`` in
     the dtype ``keys`` gives (default: low precision widened to float32)."""
     if keys is None:
-        keys = _float_keys(structure, [state], include_buffers)
+        keys = matching_keys(structure, [state], include_buffers)
     return {k: state[k].detach().to(device=device, dtype=dt) for k, dt in keys.items()}
 
 
@@ -111,7 +111,7 @@ def _accumulate(n: int, rows_a, rows_b, device) -> Tensor:
     if rows_a:
         # one matmul over all occurrences: (n, R) @ (R, n)
         ra, rb = torch.cat(rows_a, 1), torch.cat(rows_b, 1)
-        work = _work_dtype(ra.dtype, rb.dtype)
+        work = work_dtype(ra.dtype, rb.dtype)
         c += (ra.to(work) @ rb.to(work).T).to(c.dtype)
     return c
 
@@ -184,7 +184,7 @@ class _IncrementalSimilarity:
         """Fast slot ``k``: B's row-matrix column shown in each column under ``perms``."""
         col = None
         for _, ax, size in self.fast[k][1]:
-            idx = None if ax is None else _axis_index(ax, perms, self.rows_a[k].device)
+            idx = None if ax is None else axis_index(ax, perms, self.rows_a[k].device)
             if idx is None:
                 idx = torch.arange(size, device=self.rows_a[k].device)
             col = idx if col is None else (col[:, None] * size + idx[None, :]).reshape(-1)
@@ -388,14 +388,14 @@ def _weight_matching(structure: Structure, state_a: Mapping[str, Tensor], state_
         return max(runs, key=lambda r: r.objective)
     if device is None:
         device = next((v.device for v in state_a.values()), torch.device("cpu"))
-    keys = _float_keys(structure, [state_a, state_b], include_buffers)
-    a = _floating(state_a, structure, device, keys=keys)
-    b = _floating(state_b, structure, device, keys=keys)
-    perms, groups = _start(structure, init, groups, device, "weight_matching")
+    keys = matching_keys(structure, [state_a, state_b], include_buffers)
+    a = matching_state(state_a, structure, device, keys=keys)
+    b = matching_state(state_b, structure, device, keys=keys)
+    perms, groups = start_permutations(structure, init, groups, device, "weight_matching")
     # "auto" is resolved per matrix by solve_assignment: "sparse" for CUDA ones, else "lap"
     sims = {g: _IncrementalSimilarity(structure, a, b, g, device) for g in groups}
     stats: dict = {}
-    sweeps = _descend(structure, groups, perms, lambda g: sims[g](perms), solver=solver, max_iter=max_iter,
+    sweeps = coordinate_descent(structure, groups, perms, lambda g: sims[g](perms), solver=solver, max_iter=max_iter,
                       seed=seed, progress="weight matching" if progress else None,
                       postfix=lambda: {"objective": f"{matching_objective(structure, a, b, perms):.7g}"},
                       stats=stats if measure else None)
@@ -404,9 +404,14 @@ def _weight_matching(structure: Structure, state_a: Mapping[str, Tensor], state_
     return WeightMatchingResult(perms, sweeps, objective, stats.get("solve_seconds", 0.0))
 
 
-def _start(structure: Structure, init: Mapping[str, Tensor] | None, groups: list[str] | None, device,
-           fn: str) -> tuple[dict[str, Tensor], list[str]]:
-    """The starting permutations (``init`` or the identity) and the groups to optimise."""
+def start_permutations(structure: Structure, init: Mapping[str, Tensor] | None, groups: list[str] | None, device,
+                       fn: str) -> tuple[dict[str, Tensor], list[str]]:
+    """The starting permutations of a descent (``init`` or the identity, on ``device``) and the
+    groups to optimise (``groups``, default all).
+
+    Raises:
+        ValueError: ``groups`` names a group the structure does not have (``fn`` starts the message).
+    """
     perms = {g: (init[g].to(device) if init is not None and g in init
                  else torch.arange(structure.groups[g].size, device=device)) for g in structure.groups}
     if groups is None:
@@ -417,8 +422,9 @@ def _start(structure: Structure, init: Mapping[str, Tensor] | None, groups: list
     return perms, groups
 
 
-def _descend(structure: Structure, groups: list[str], perms: dict[str, Tensor], similarity, *, solver: str,
-             max_iter: int, seed: int, progress: str | None = None, postfix=None, stats: dict | None = None) -> int:
+def coordinate_descent(structure: Structure, groups: list[str], perms: dict[str, Tensor], similarity, *,
+                       solver: str, max_iter: int, seed: int, progress: str | None = None, postfix=None,
+                       stats: dict | None = None) -> int:
     """Algorithm 1's coordinate descent, updating ``perms`` in place; returns the sweeps run.
 
     ``similarity(g)`` gives group ``g``'s matrix under the current ``perms``. Every sweep
@@ -571,7 +577,7 @@ def signature_start(structure: Structure, state_a: Mapping[str, Tensor], state_b
             ta, tb = state_a[name], state_b[name]
             if not (ta.is_floating_point() and tb.is_floating_point()):
                 continue
-            dt = _work_dtype(ta.dtype, tb.dtype)
+            dt = work_dtype(ta.dtype, tb.dtype)
             fa = _sorted_rows(ta, k, dt)
             del ta
             part = (fa @ _sorted_rows(tb, k, dt).T).double()
