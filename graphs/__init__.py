@@ -15,6 +15,7 @@ from .structure import (
     axis_rows,
     compose_permutations,
     group_rows,
+    product_blocks,
     identity_permutation,
     inverse_permutation,
     permute,
@@ -34,6 +35,7 @@ from .converters import (
 __all__ = [
     "Axis", "Cat", "Group", "Layer", "PermDict", "Prod", "StateDict", "Structure", "Unit",
     "Unpermuted", "axis_groups", "axis_index", "axis_rows", "check_structure", "compose_permutations", "group_rows",
+    "product_blocks",
     "identity_permutation", "inverse_permutation", "permute", "permute_tensor",
     "random_permutation", "trace",
     "ParamGraph", "dwsnets_to_state_dict", "mlp_layer_names", "nfn_to_state_dict",

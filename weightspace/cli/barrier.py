@@ -16,6 +16,7 @@ DESCRIPTION = """Evaluate (1 - t) * A + t * B at --points points in [0, 1] and r
   weightspace barrier a.safetensors b.safetensors --data digits
   weightspace barrier a.safetensors b.safetensors --data digits --method all --plot barrier.png
   weightspace barrier a.pt b.pt --model resnet20 --data mypkg.data:cifar10 --method weight --repair --json
+  weightspace barrier lm-a/ lm-b/ --data python-stdlib --method activation     # language models: perplexity
 
 Both barrier definitions in common use are printed, for loss and for accuracy:
   mean     max_t L(t) - (L(0) + L(1)) / 2                (Frankle et al.; Git Re-Basin)
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     g = p.add_argument_group("barrier")
     g.add_argument("--data", metavar="D", default=None,
-                   help="data to evaluate on (needed): digits, mnist-idx:DIR or package.module:callable")
+                   help="data to evaluate on (needed): digits, mnist-idx:DIR, python-stdlib, text:PATH (next-byte text for language models) or package.module:callable")
     g.add_argument("--split", default="test", metavar="{test,train,all}",
                    help="split of --data to evaluate (default: test)")
     choices = [m for m in list_alignment_methods() if m != "none"] + ["all", "none"]
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from weightspace._dtypes import plan_dtypes
     from weightspace.checkpoint import open_checkpoint
     from weightspace.merge import barrier_between
+    from weightspace.text import is_text_spec
 
     with open_checkpoint(args.a) as ca, open_checkpoint(args.b) as cb:  # headers only
         mixed = plan_dtypes([ca, cb], [args.a, args.b], "barrier", dtype_of=[ca.dtype, cb.dtype]).mixed
@@ -72,15 +74,16 @@ def run(args: argparse.Namespace) -> int:
                     "results": {k: v.to_dict() for k, v in results.items()}})
         return 0
     naive = results["naive"]
+    text = is_text_spec(args.data)  # a language model: perplexities too
     print(f"{args.a} -> {args.b} on {args.data} ({args.split} split), {args.points} points"
           f"{CORRECTIONS[naive.correction]}")
-    print(endpoints_line(naive))
+    print(endpoints_line(naive, perplexity=text))
     print()
-    print(barrier_table(results))
+    print(barrier_table(results, perplexity=text))
     print()
     if len(results) > 1:  # the best aligned path, by loss barrier
         label, aligned = min(list(results.items())[1:], key=lambda kv: kv[1].loss_barrier)
-        print(improvement_line(naive, aligned, label))
+        print(improvement_line(naive, aligned, label, perplexity=text))
     if args.plot:
         print(f"wrote {args.plot}")
     return 0

@@ -65,8 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=0.5, metavar="T",
                    help="weight of B in [0, 1]: (1 - T) * A + T * aligned B (default: 0.5)")
     g.add_argument("--data", metavar="D", default=None,
-                   help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR "
-                        "or package.module:callable")
+                   help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR, "
+                        "python-stdlib, text:PATH or package.module:callable")
     add_solver_arg(g)
     add_require_aligned_arg(g)
     add_repair_args(g, "fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
