@@ -104,8 +104,7 @@ def describe(arch: str, mult: int, ds, args) -> str:
 # ---------------------------------------------------------------- alignment and barriers
 def weight_default(s, a, b, **kw) -> dict:
     """What ``weightspace merge --method weight`` runs: weight matching from two starts."""
-    perms, _ = from_two_starts(lambda init: merging.weight_matching(s, a, b, init=init, return_info=True, **kw),
-                               s, a, b)
+    perms = from_two_starts(lambda init: merging.weight_matching_result(s, a, b, init=init, **kw), s, a, b).perms
     return perms
 
 

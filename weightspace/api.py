@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from graphs import Structure, trace
 
-from .checkpoint import check_finite, check_fits, load
+from .checkpoint import check_finite, check_fits, load_checkpoint
 from .models import example_input_for, get_model, model_spec_from_json, model_spec_to_json, parse_input_shape
 from .trust import check_model_name, trusting_remote_code
 
@@ -151,7 +151,8 @@ def load_model(path: str | Path, model: str | None = None, model_kwargs: str | M
     if is_hf_dir(path):  # B of a merge is built from A's config, but its own may not ask for remote code
         with trusting_remote_code(trust_remote_code):
             check_remote_code(path)
-    state, info = load(path, device=device, return_info=True)
+    found = load_checkpoint(path, device=device)
+    state, info = found.state, found.info
     module, spec = build_model(model, model_kwargs, metadata=info.metadata, path=str(path),
                                trust_model_code=trust_model_code, trust_remote_code=trust_remote_code,
                                _meta_hf=True)  # a transformers model: checked on meta, loaded by transformers

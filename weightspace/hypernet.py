@@ -30,7 +30,7 @@ import merging
 from merging.hypernet import HyperNet, fit_hypernet, sample_state, smooth
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, load_model, trace_model
-from .checkpoint import check_output, load, save
+from .checkpoint import check_output, load_checkpoint, save
 from .models import model_spec_from_json
 from .trust import check_data_spec, check_model_name, takes_trust_flag
 
@@ -158,7 +158,8 @@ def load_hypernet(path: str | Path, *, device: str | torch.device = "cpu") -> Hy
     Raises:
         ValueError: the file is not a hypernetwork (e.g. an ordinary checkpoint) or is damaged.
     """
-    state, info = load(path, device="cpu", return_info=True)
+    found = load_checkpoint(path, device="cpu")
+    state, info = found.state, found.info
     meta = info.metadata
     if meta.get(KIND_KEY) != "hypernet" or HYPERNET_KEY not in meta:
         raise ValueError(f"{path}: not a hypernetwork file (no {KIND_KEY}=hypernet metadata); "

@@ -26,7 +26,7 @@ from .api import MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model, trace_model
 from .checkpoint import is_sharded, open_checkpoint, save, sha256_file, tied_keys
 from .models import model_spec_from_json
 
-__all__ = ["METHODS", "BATCH", "REPAIR_SAMPLES", "MergeResult", "resolve_device", "check_method", "check_alpha",
+__all__ = ["BATCH", "REPAIR_SAMPLES", "MergeResult", "resolve_device", "check_alpha",
            "check_same_states", "load_pair", "resolve_data", "check_data_fits", "structure_of", "input_shape_of",
            "has_batchnorm", "run_dtype", "as_dtype", "hf_inputs", "hf_for_data", "save_hf", "file_record",
            "repair_batches", "is_counter", "first_batch", "example_from", "device_of", "is_sharded",
@@ -34,9 +34,6 @@ __all__ = ["METHODS", "BATCH", "REPAIR_SAMPLES", "MergeResult", "resolve_device"
 
 PathLike = str | os.PathLike
 
-#: Alignment methods, in the order the CLI lists them; ``auto`` resolves to one of the others
-#: (see :func:`weightspace.merge.resolve_method`).
-METHODS = ("auto", "weight", "activation", "ste", "none")
 #: examples per batch of a ``--data`` spec
 BATCH = 256
 #: REPAIR / BatchNorm-reset statistics from this many training examples by default: a few
@@ -51,7 +48,7 @@ class MergeResult:
 
     Attributes:
         path (Path): the merged checkpoint written.
-        method (str): the alignment method (one of :data:`METHODS`).
+        method (str): the alignment method (one of :func:`weightspace.alignment.list_alignment_methods`).
         alpha (float): weight of B: ``(1 - alpha) * A + alpha * P(B)``.
         repair (str): correction applied after interpolation: ``"none"``, ``"repair"`` or
             ``"reset_bn"`` (REPAIR of a BatchNorm network is the BatchNorm reset).
@@ -122,12 +119,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} asked for, but CUDA is not available on this machine")
     return dev
-
-
-def check_method(method: str, fn: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"{fn}: unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return method
 
 
 def check_alpha(alpha: float, fn: str) -> float:

@@ -161,6 +161,7 @@ def starlight_checkpoints(
     state: PathLike | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    solver: str = "auto",
     progress: bool = True,
 ) -> StarlightResult:
     r"""Train a star model from N checkpoints with :class:`merging.Starlight` and write it.
@@ -185,6 +186,8 @@ def starlight_checkpoints(
         state (str or PathLike, optional): the training-state file. (default: next to ``out``)
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the draws, the shuffling and weight matching. (default: ``0``)
+        solver (str, optional): weight matching's assignment solver, one of
+            :func:`merging.list_solvers`. (default: ``"auto"``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
 
     Returns:
@@ -220,6 +223,7 @@ def starlight_checkpoints(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
     tdist = parse_t_dist(t_dist)
+    merging.resolve_solver(solver, caller=fn)
     dev = resolve_device(device)
     models, files = _load_many(paths, model, model_kwargs, input_shape, dev, fn)
     a = models[0]
@@ -236,7 +240,7 @@ def starlight_checkpoints(
     sources = [as_dtype({k: v.to(dev) for k, v in m.state.items()}, run) for m in models]
 
     sl = merging.Starlight(a.module, structure, epochs=epochs, lr=lr, momentum=momentum, schedule=schedule,
-                           t_dist=tdist, realign=realign, init=init, seed=seed, device=dev,
+                           t_dist=tdist, realign=realign, init=init, seed=seed, solver=solver, device=dev,
                            checkpoint=state_path, progress=progress)
     start = 0
     if resume:

@@ -26,39 +26,33 @@ from torch import Tensor, nn
 
 import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
-from merging.matching.weight import _descend as _coordinate_descent
-from merging._atomic import clean_stale
-from merging.matching.weight import _start, _work_dtype, from_two_starts
+from merging.matching.weight import (WeightMatchingResult, coordinate_descent, from_two_starts, start_permutations,
+                                     work_dtype)
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, check_aligned, recorded_spec, trace_model
 from .checkpoint import (
-    _ST_DTYPES,
-    CheckpointError,
-    _atomic,
-    _brief,
-    _check_overlap,
-    _commit_replacing,
-    _layout,
-    _parse_size,
-    _shard_names,
+    brief_error,
     check_finite,
     check_fits,
     check_not_input,
     is_sharded,
     open_checkpoint,
+    output_layout,
+    parse_size,
+    save_streamed,
+    writable_dtype,
 )
 from ._dtypes import parse_dtype, plan_dtypes
 from .models import example_input_for, parse_input_shape
 from .hf import is_hf_module
-from .pipeline import (MergeResult, check_alpha, check_method, check_same_states, file_record, hf_inputs,
-                       resolve_device)
+from .alignment import check_method
+from .pipeline import MergeResult, check_alpha, check_same_states, file_record, hf_inputs, resolve_device
 from .trust import takes_trust_flag
 
-__all__ = ["streaming_weight_matching", "streaming_merge", "trace_without_weights", "is_sharded"]
+__all__ = ["streaming_weight_matching", "streaming_weight_matching_result", "streaming_merge", "trace_without_weights", "is_sharded"]
 
 PathLike = str | os.PathLike
 logger = logging.getLogger(__name__)
-_ST_CODES = {v: k for k, v in _ST_DTYPES.items()}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -93,7 +87,7 @@ def _similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Ma
         done.add(name)
         a, b = _load(state_a, name, device), _load(state_b, name, device)
         if a.dtype != b.dtype:  # float32 against float64: compare in the promoted dtype
-            work = _work_dtype(a.dtype, b.dtype)
+            work = work_dtype(a.dtype, b.dtype)
             a, b = a.to(work), b.to(work)
         rows_b = [m.contiguous() for _, m in group_rows(structure, {name: b}, group, perms)]
         del b
@@ -139,7 +133,7 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
                               *, max_iter: int = 100, seed: int = 0, init: Mapping[str, Tensor] | None = None,
                               solver: str = "auto", device: str | torch.device = "cpu", progress: bool = False,
                               groups: list[str] | None = None, include_buffers: bool = False,
-                              return_info: bool = False):
+                              return_info: bool = False) -> dict[str, Tensor]:
     """Weight matching (Git Re-Basin, https://arxiv.org/abs/2209.04836, Algorithm 1) without
     holding either state dict in memory.
 
@@ -176,14 +170,15 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
         progress (bool, optional): a progress bar of sweeps on stderr. (default: ``False``)
         groups (list, optional): optimise only these groups; the others keep ``init``.
         include_buffers (bool, optional): let buffers count in the similarity. (default: ``False``)
-        return_info (bool, optional): also return ``{"sweeps", "objective"}``. (default: ``False``)
+        return_info (bool, optional): deprecated: also return ``{"sweeps", "objective"}``; use
+            :func:`streaming_weight_matching_result`. (default: ``False``)
 
     Shapes:
         every similarity matrix: ``(n, n)`` with ``n = structure.groups[g].size``.
 
     Returns:
-        ``dict[group, LongTensor]`` (and the info dict); apply it with
-        ``weightspace.permute(structure, state_b, perms)``.
+        ``dict[group, LongTensor]``; apply it with ``weightspace.permute(structure, state_b, perms)``.
+        :func:`streaming_weight_matching_result` returns them with the sweeps and the objective.
 
     Raises:
         ValueError: the checkpoints do not fit the structure, or an unknown group.
@@ -192,15 +187,36 @@ def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor
         >>> with open_checkpoint("a", mmap=False) as a, open_checkpoint("b", mmap=False) as b:  # doctest: +SKIP
         ...     perms = streaming_weight_matching(structure, a, b)
     """
+    result = streaming_weight_matching_result(structure, state_a, state_b, max_iter=max_iter, seed=seed, init=init,
+                                              solver=solver, device=device, progress=progress, groups=groups,
+                                              include_buffers=include_buffers, objective=return_info)
+    if return_info:
+        warnings.warn("streaming_weight_matching(return_info=True) is deprecated; use "
+                      "streaming_weight_matching_result", DeprecationWarning, stacklevel=2)
+        return result.perms, {"sweeps": result.sweeps, "objective": result.objective}  # type: ignore[return-value]
+    return result.perms
+
+
+def streaming_weight_matching_result(structure: Structure, state_a: Mapping[str, Tensor],
+                                     state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
+                                     init: Mapping[str, Tensor] | None = None, solver: str = "auto",
+                                     device: str | torch.device = "cpu", progress: bool = False,
+                                     groups: list[str] | None = None, include_buffers: bool = False,
+                                     objective: bool = True) -> WeightMatchingResult:
+    """:func:`streaming_weight_matching` (same arguments), returning the permutations with the sweeps
+    and, with ``objective`` (one more pass over the checkpoints), the matching objective (else NaN).
+
+    Raises:
+        ValueError: the checkpoints do not fit the structure, or an unknown group.
+    """
     fn = "streaming_weight_matching"
     _check_states(structure, state_a, state_b, fn)
     keys = {k for k in state_a if k in structure.axes and k in state_b and _dtype(state_a, k).is_floating_point
             and _dtype(state_b, k).is_floating_point and (include_buffers or not structure.is_buffer(k))}
     perms, sweeps = _descend(structure, state_a, state_b, keys, max_iter, seed, init, solver, torch.device(device),
                              progress, groups, fn)
-    if return_info:
-        return perms, {"sweeps": sweeps, "objective": _objective(structure, state_a, state_b, keys, perms)}
-    return perms
+    value = _objective(structure, state_a, state_b, keys, perms) if objective else float("nan")
+    return WeightMatchingResult(perms, sweeps, value)
 
 
 def _descend(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], keys: set[str],
@@ -208,8 +224,8 @@ def _descend(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mappi
              progress: bool, groups: list[str] | None, fn: str) -> tuple[dict[str, Tensor], int]:
     """The coordinate descent of :func:`streaming_weight_matching` (weight matching's own loop,
     with similarities read tensor by tensor): ``(perms, sweeps)``."""
-    perms, groups = _start(structure, init, groups, device, fn)
-    sweeps = _coordinate_descent(structure, groups, perms,
+    perms, groups = start_permutations(structure, init, groups, device, fn)
+    sweeps = coordinate_descent(structure, groups, perms,
                                  lambda g: _similarity(structure, state_a, state_b, keys, g, perms, device),
                                  solver=solver, max_iter=max_iter, seed=seed,
                                  progress="weight matching (streaming)" if progress else None)
@@ -290,7 +306,7 @@ def trace_without_weights(model: str | None = None, model_kwargs: str | Mapping[
     except Exception as e:  # a forward pass that needs values: trace the real model
         if isinstance(e, ValueError) and "input shape" in str(e):
             raise
-        warnings.warn(f"streaming_merge: the model cannot be traced on the meta device ({_brief(e)}); "
+        warnings.warn(f"streaming_merge: the model cannot be traced on the meta device ({brief_error(e)}); "
                       f"building it for real, which takes memory of the model's size", stacklevel=2)
         module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
         return trace_model(module, input_shape=shape), module, spec
@@ -300,40 +316,7 @@ def _to_meta(example: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.to("meta") if isinstance(v, Tensor) else v for k, v in example.items()}
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def _write_safetensors(tmp: str, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce,
-                       metadata: Mapping[str, str] | None, bar) -> None:
-    """Write a ``.safetensors`` file whose tensors come one at a time from ``produce(name)``."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    off = 0
-    for k, dtype, shape in entries:
-        nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
-        header[k] = {"dtype": _ST_CODES[dtype], "shape": list(shape), "data_offsets": [off, off + nbytes]}
-        off += nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(tmp, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for k, dtype, shape in entries:
-            t = produce(k)
-            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                raise ValueError(f"streaming_merge: {k!r} came out as {t.dtype} {tuple(t.shape)}, "
-                                 f"expected {dtype} {tuple(shape)}")
-            if t.numel():
-                f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
-            del t
-            if bar is not None:
-                bar.update(1)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+# --------------------------------------------------------------------------- merging
 
 
 @takes_trust_flag
@@ -420,14 +403,14 @@ def streaming_merge(
         from .hf import check_output_dir
 
         check_output_dir(out, [path_a, path_b], fn)
-        kind, target = _layout(out / "model.safetensors.index.json", max_shard_size) if max_shard_size is not None \
+        kind, target = output_layout(out / "model.safetensors.index.json", max_shard_size) if max_shard_size is not None \
             else ("safetensors", out / "model.safetensors")
     else:
-        kind, target = _layout(out, max_shard_size)
+        kind, target = output_layout(out, max_shard_size)
     if kind == "torch":
         raise ValueError(f"{fn}: the low-memory merge writes safetensors; the output {out} must end in "
                          f".safetensors or .safetensors.index.json, or be a directory")
-    limit = _parse_size(max_shard_size, out) if max_shard_size is not None else None
+    limit = parse_size(max_shard_size, out) if max_shard_size is not None else None
     if not hf_out:
         check_not_input(out, [path_a, path_b])
     dev = resolve_device(device)
@@ -466,12 +449,12 @@ def streaming_merge(
             _check_states(structure, ca, cb, fn)
             keys = {k for k in ca if k in structure.axes and k in cb and ca.dtype(k).is_floating_point
                     and cb.dtype(k).is_floating_point and not structure.is_buffer(k)}
-            def run(init):  # the descent and its objective, as streaming_weight_matching reports them
+            def run(init):  # the descent and its objective, as streaming_weight_matching_result reports them
                 p, n = _descend(structure, ca, cb, keys, 100, seed, init, solver, dev, progress, None, fn)
-                return p, {"sweeps": n, "objective": _objective(structure, ca, cb, keys, p)}
+                return WeightMatchingResult(p, n, _objective(structure, ca, cb, keys, p))
 
-            perms, info = from_two_starts(run, structure, ca, cb, solver=solver)
-            sweeps = info["sweeps"]
+            found = from_two_starts(run, structure, ca, cb, solver=solver)
+            perms, sweeps = found.perms, found.sweeps
         else:
             perms = identity_permutation(structure)
         align_seconds = time.perf_counter() - t1
@@ -516,69 +499,20 @@ def streaming_merge(
         entries = []
         for k in keys:
             dtype = plan.out_dtype(ca.dtype(k)) if k in ca else cb.dtype(k)
-            if dtype not in _ST_CODES:
+            if not writable_dtype(dtype):
                 raise ValueError(f"{fn}: {k!r} has dtype {dtype}, which the streaming writer cannot store")
             entries.append((k, dtype, ca.shape(k) if k in ca else cb.shape(k)))
         if hf_out:
             from .hf import output_metadata, write_hf_dir
 
             meta = output_metadata(PROVENANCE_KEY, provenance)
-            path = write_hf_dir(out, path_a, lambda d: _write(entries, merged, d / target.name, kind, limit, meta,
-                                                              [path_a, path_b], progress), [path_a, path_b], fn)
+            path = write_hf_dir(out, path_a, lambda d: save_streamed(entries, merged, d / target.name, kind=kind,
+                                                                     max_bytes=limit, metadata=meta,
+                                                                     inputs=[path_a, path_b], progress=progress),
+                                [path_a, path_b], fn)
         else:
-            path = _write(entries, merged, target, kind, limit, metadata, [path_a, path_b], progress)
+            path = save_streamed(entries, merged, target, kind=kind, max_bytes=limit, metadata=metadata,
+                                 inputs=[path_a, path_b], progress=progress)
     return MergeResult(path=path, method=method, alpha=alpha, repair="none", perms=perms, sweeps=sweeps,
                        align_seconds=align_seconds, seconds=time.perf_counter() - t0, model=spec,
                        input_shape=shape, provenance=provenance, notes=tuple(plan.notes), copied=tuple(plan.copied))
-
-
-def _write(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce, target: Path, kind: str,
-           limit: int | None, metadata: dict[str, str], inputs: list[PathLike], progress: bool) -> Path:
-    """Split ``entries`` into shards (as :func:`weightspace.save` does) and write them atomically."""
-    groups: list[list[tuple[str, torch.dtype, tuple[int, ...]]]] = [[]]
-    size = 0
-    for e in entries:
-        n = _numel(e[2]) * torch.empty((), dtype=e[1]).element_size()
-        if limit is not None and groups[-1] and size + n > limit:
-            groups.append([])
-            size = 0
-        groups[-1].append(e)
-        size += n
-    if kind == "sharded":
-        stem = target.name[: -len(".safetensors.index.json")]
-        names = [f"{stem}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
-        paths = [target.parent / n for n in names]
-    else:
-        names, paths = [target.name], [target]
-    _check_overlap("streaming_merge", [target, *paths], inputs)
-    made_dir = not target.parent.exists()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "sharded":  # temporaries a killed merge left, for shards of any earlier split too
-        clean_stale(target, _shard_names(target))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(entries), desc="writing", unit="tensor", leave=False)
-    done: list[tuple[str, Path]] = []
-    try:
-        for p, group in zip(paths, groups):
-            done.append((_atomic(p, lambda f, g=group: _write_safetensors(f, g, produce, metadata, bar)), p))
-        if kind == "sharded":
-            total = sum(_numel(s) * torch.empty((), dtype=d).element_size() for _, d, s in entries)
-            index = {"metadata": {"total_size": total},
-                     "weight_map": {k: n for n, group in zip(names, groups) for k, _, _ in group}}
-            done.append((_atomic(target, lambda f: Path(f).write_text(json.dumps(index, indent=2))), target))
-    except BaseException as e:
-        for tmp, _ in done:
-            os.unlink(tmp)
-        if made_dir and not any(target.parent.iterdir()):
-            target.parent.rmdir()
-        if isinstance(e, ValueError) or not isinstance(e, Exception):
-            raise
-        raise CheckpointError(f"streaming_merge: writing {target} failed, nothing was replaced: "
-                              f"{_brief(e)}") from e
-    finally:
-        if bar is not None:
-            bar.close()
-    _commit_replacing(done, kind, target, names)
-    return target

@@ -6,11 +6,10 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from graphs import Structure, axis_groups, product_blocks
-from graphs.structure import Cat, Prod, Unit, _rows
+from graphs import Cat, Prod, Structure, Unit, axis_groups, axis_rows, product_blocks
 
 from ._solve import solve_assignment
-from .weight import from_two_starts, weight_matching
+from .weight import from_two_starts, weight_matching_result
 
 __all__ = ["activation_matching", "activation_correlations"]
 
@@ -55,7 +54,7 @@ def _features(x: Tensor, kind: str) -> Tensor:
 
 
 def _feature_rows(x: Tensor, kind: str, axis, group: str) -> list[Tensor]:
-    return list(_rows(axis, group, _features(x, kind)))
+    return list(axis_rows(axis, group, _features(x, kind)))
 
 
 def _entangled(axis, group: str) -> bool:
@@ -244,10 +243,10 @@ def activation_matching(structure: Structure, model: nn.Module, state_a: Mapping
 
         def run(init):
             start = observed if init is None else {**init, **observed}
-            return weight_matching(structure, state_a, state_b, init=start, groups=rest, solver=solver,
-                                   device=device, return_info=True)
+            return weight_matching_result(structure, state_a, state_b, init=start, groups=rest, solver=solver,
+                                          device=device)
 
-        perms, _ = from_two_starts(run, structure, state_a, state_b, solver=solver)
+        perms = from_two_starts(run, structure, state_a, state_b, solver=solver).perms
     for g, grp in structure.groups.items():
         perms.setdefault(g, torch.arange(grp.size))
     return perms

@@ -17,8 +17,8 @@ from . import task_arithmetic as _task_arithmetic  # noqa: F401
 from . import ties as _ties  # noqa: F401
 from ._common import compute_in_input_dtype
 from ._merge import merge_states
-from ._registry import MergeMethod, MethodParameter, get_method, list_methods, merge_method
+from ._registry import MERGE_METHODS, MergeMethod, MethodParameter, get_method, list_methods, merge_method
 from .slerp import slerp_tensor
 
-__all__ = ["MergeMethod", "MethodParameter", "compute_in_input_dtype", "get_method", "list_methods",
+__all__ = ["MERGE_METHODS", "MergeMethod", "MethodParameter", "compute_in_input_dtype", "get_method", "list_methods",
            "merge_method", "merge_states", "slerp_tensor"]

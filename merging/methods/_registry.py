@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
+from graphs.registry import Registry
+
 __all__ = ["MergeMethod", "MethodParameter", "merge_method", "get_method", "list_methods"]
 
 StateDict = dict[str, Tensor]
@@ -76,7 +78,8 @@ class MergeMethod:
         return f"MergeMethod({self.name!r}, {', '.join(self.parameter_names)})"
 
 
-_METHODS: dict[str, MergeMethod] = {}
+#: the registered merge methods (listed sorted: plugins add to them)
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method", sort=True)
 
 
 def _annotation(p: inspect.Parameter) -> str:
@@ -109,14 +112,12 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str,
         ... def first(states: list[StateDict], base: StateDict | None) -> StateDict:
         ...     return dict(states[0])
     """
-    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
-        raise ValueError(f"merge_method: bad name {name!r}; use a non-empty name without whitespace")
+    register = MERGE_METHODS.register(name, description=pretty_name, caller="merge_method")
 
     def decorator(fn: Callable[..., StateDict]) -> MergeMethod:
         where = f"merge_method {name!r} ({getattr(fn, '__qualname__', fn)!r})"
-        if name in _METHODS:
-            raise ValueError(f"merge_method: the name {name!r} is already registered by "
-                             f"{_METHODS[name].fn.__module__}.{_METHODS[name].fn.__qualname__}; choose another name")
+        if name in MERGE_METHODS:
+            register(fn)  # raises: the name is taken
         if not callable(fn):
             raise ValueError(f"{where}: must decorate a function")
         sig = inspect.signature(fn)
@@ -140,9 +141,7 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str,
             hyper.append(MethodParameter(p.name, _annotation(p), p.default))
         if sig.return_annotation is inspect.Signature.empty:
             raise ValueError(f"{where}: the return type must be annotated (StateDict)")
-        method = MergeMethod(name, pretty_name, reference_url, fn, tuple(hyper), bool(needs_base))
-        _METHODS[name] = method
-        return method
+        return register(MergeMethod(name, pretty_name, reference_url, fn, tuple(hyper), bool(needs_base)))
 
     return decorator
 
@@ -153,13 +152,9 @@ def get_method(name: str) -> MergeMethod:
     Raises:
         ValueError: unknown name; the message lists every registered name.
     """
-    try:
-        return _METHODS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"get_method: unknown merge method {name!r}; choose one of: "
-                         f"{', '.join(list_methods())}") from None
+    return MERGE_METHODS.get(name, caller="get_method")
 
 
 def list_methods() -> list[str]:
     """Sorted names of the registered merge methods."""
-    return sorted(_METHODS)
+    return MERGE_METHODS.names()

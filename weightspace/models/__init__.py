@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from weightspace.models._registry import (
+    MODELS,
     ModelEntry,
     example_input_for,
     get_model,
@@ -28,6 +29,7 @@ __all__ = [
     "LANGUAGE_FAMILIES",
     "byte_language_model",
     "MLP",
+    "MODELS",
     "ModelEntry",
     "ResNet",
     "ResNet20",

@@ -50,17 +50,18 @@ def _check_union(err: Callable[[str, str], RecipeError], paths: list[Path]) -> N
 def _write_hf_dir(recipe: Recipe, plan: _Plan, out: Path, entries, produce, metadata: dict[str, str],
                   max_shard_size: int | str | None, progress: bool, write: torch.dtype | None) -> Path:
     """Write a Hugging Face model directory next to ``out``, then move it into place."""
-    from ..checkpoint import _parse_size
-    from ..streaming import _write
+    from ..checkpoint import parse_size, save_streamed
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         if max_shard_size is not None:
-            limit = _parse_size(max_shard_size, out)
-            _write(entries, produce, tmp / "model.safetensors.index.json", "sharded", limit, metadata, [], progress)
+            limit = parse_size(max_shard_size, out)
+            save_streamed(entries, produce, tmp / "model.safetensors.index.json", kind="sharded", max_bytes=limit,
+                          metadata=metadata, progress=progress)
         else:
-            _write(entries, produce, tmp / "model.safetensors", "safetensors", None, metadata, [], progress)
+            save_streamed(entries, produce, tmp / "model.safetensors", kind="safetensors", metadata=metadata,
+                          progress=progress)
         donor = plan.paths[plan.donor]
         cfg = plan.inputs[plan.donor].config
         if cfg is not None:

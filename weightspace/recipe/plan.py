@@ -16,7 +16,7 @@ from torch import Tensor
 
 import merging
 
-from ..checkpoint import _ST_DTYPES, _st_header, _st_pread, open_checkpoint
+from ..checkpoint import SAFETENSORS_DTYPES, safetensors_header, read_safetensors_tensor, open_checkpoint
 from .hf_output import _check_union
 from .parameters import _per_model_kws, _yaml_name, evaluate_setting
 from .spec import Recipe, RecipeError, _err_for
@@ -75,11 +75,11 @@ class _Input:
             if Path(str(name)).is_absolute() or ".." in Path(str(name)).parts:
                 raise ValueError(f"shard {name!r} named in {index} lies outside its directory")
             if f not in self._headers:
-                self._headers[f] = _st_header(f)
+                self._headers[f] = safetensors_header(f)
             self._where[k] = (f, k)
 
     def _add_file(self, f: Path) -> None:
-        self._headers[f] = _st_header(f)
+        self._headers[f] = safetensors_header(f)
         for k in self._headers[f][1]:
             if k != "__metadata__":
                 if k in self._where:
@@ -117,15 +117,15 @@ class _Input:
             return self._ckpt.dtype(k)
         f, stored = self._where[k]
         code = self._headers[f][1][stored]["dtype"]
-        if code not in _ST_DTYPES:
+        if code not in SAFETENSORS_DTYPES:
             raise ValueError(f"{k!r} in {f} has dtype {code}, which torch cannot read")
-        return _ST_DTYPES[code]
+        return SAFETENSORS_DTYPES[code]
 
     def get(self, k: str) -> Tensor:
         if self._ckpt is not None:
             return self._ckpt[k]
         f, stored = self._where[k]
-        return _st_pread(f, *self._headers[f], stored, "run_recipe")
+        return read_safetensors_tensor(f, *self._headers[f], stored, "run_recipe")
 
     def close(self) -> None:
         if self._ckpt is not None:

@@ -92,7 +92,7 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
          t0: float) -> Path:
     from weightspace import __version__
 
-    from ..streaming import _write
+    from ..checkpoint import save_streamed
 
     err = _err_for(recipe)
     inputs_paths = plan.paths
@@ -180,7 +180,7 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
             if key in ref_meta:
                 metadata[key] = ref_meta[key]
         try:
-            return _write(entries, produce, out, "safetensors", None, metadata, [], progress)
+            return save_streamed(entries, produce, out, kind="safetensors", metadata=metadata, progress=progress)
         except RecipeError:
             raise
         except ValueError as e:
