@@ -9,7 +9,7 @@ weight or activation matching, at several widths.
 
 Each pair is two models of one family and size trained on ``--data`` (default ``python-stdlib``,
 the Python standard library's sources as bytes: 4,096 training sequences of 128 bytes) from seeds
-0 and 1 with Adam, saved as Hugging Face directories, then compared with
+0 and 1 with Adam (linear warmup, cosine decay), saved as Hugging Face directories, then compared with
 ``weightspace.barrier_between`` (what ``weightspace barrier A B --data python-stdlib --method
 weight`` runs) on the 256 test sequences. The table gives the endpoints' perplexity, the
 perplexity at the midpoint ``t = 1/2`` and the midpoint loss barrier ``L(1/2) - (L(0) + L(1)) / 2``
@@ -38,14 +38,14 @@ def log(args, *msg) -> None:
 
 def trained(args, family: str, width: int, seed: int, root: Path) -> Path:
     """The Hugging Face directory of a model of ``family``/``width`` trained from ``seed`` (cached)."""
-    out = root / f"{family}-w{width}-d{args.depth}-e{args.epochs}-s{seed}"
+    out = root / f"{family}-w{width}-d{args.depth}-e{args.epochs}-wu{args.warmup}-lr{args.lr:g}-s{seed}"
     if (out / "config.json").is_file():
         return out
     torch.manual_seed(seed)
     model = byte_language_model(family, width=width, depth=args.depth, heads=args.heads)
     t0 = time.perf_counter()
     losses = train_classifier(model, args.data, epochs=args.epochs, lr=args.lr, seed=seed, optimizer="adam",
-                              batch_size=args.batch_size, progress=not args.quiet)
+                              batch_size=args.batch_size, warmup=args.warmup, progress=not args.quiet)
     log(args, f"  trained {out.name}: loss {losses[-1]:.3f} in {time.perf_counter() - t0:.0f} s")
     model.save_pretrained(out)
     return out
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2, help="passes over the training text (default: 2)")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam's peak learning rate (default: 2e-3)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warmup (default: 50)")
     p.add_argument("--data", default="python-stdlib", help="next-token text: python-stdlib or text:PATH")
     p.add_argument("--points", type=int, default=9, help="points on each path (default: 9)")
     p.add_argument("--cache", type=Path, default=None, help="keep the trained models here")
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.tiny:
-        args.families, args.widths, args.epochs, args.points = ["gpt2"], [16], 1, 3
+        args.families, args.widths, args.epochs, args.points, args.warmup = ["gpt2"], [16], 1, 3, 0
     if args.cache is None:
         import tempfile
 

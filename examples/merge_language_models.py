@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--width", type=int, default=64, help="residual width (default: 64)")
     p.add_argument("--depth", type=int, default=2, help="transformer blocks (default: 2)")
     p.add_argument("--epochs", type=int, default=2, help="passes over the training text (default: 2)")
+    p.add_argument("--warmup", type=int, default=50, help="steps of learning-rate warmup (default: 50)")
     p.add_argument("--data", default="python-stdlib", help="next-byte text: python-stdlib or text:PATH")
     p.add_argument("--points", type=int, default=9, help="points on the path (default: 9)")
     p.add_argument("--prompt", default="def main(", help="text the merged model completes")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(seed)
         model = byte_language_model(args.family, width=args.width, depth=args.depth)
         losses = train_classifier(model, args.data, epochs=args.epochs, lr=2e-3, optimizer="adam", seed=seed,
-                                  batch_size=32, progress=not args.quiet)
+                                  batch_size=32, warmup=args.warmup, progress=not args.quiet)
         model.save_pretrained(out / f"seed{seed}")
         dirs.append(out / f"seed{seed}")
         print(f"trained {dirs[-1]}: final training loss {losses[-1]:.3f} nats per byte")

@@ -102,8 +102,8 @@ def test_merge_language_models(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "corpus.py"
     corpus.write_bytes(Path(corpus_source.__file__).read_bytes())
     result = _load("merge_language_models").main(
-        ["--out", str(tmp_path), "--width", "16", "--epochs", "1", "--data", f"text:{corpus}", "--points", "3",
-         "--quiet"])
+        ["--out", str(tmp_path), "--width", "16", "--epochs", "1", "--warmup", "0", "--data", f"text:{corpus}",
+         "--points", "3", "--quiet"])
     out = capsys.readouterr().out
     assert "loaded by from_pretrained completes" in out and result["completion"].startswith("def main(")
     curves = result["curves"]

@@ -108,10 +108,15 @@ def test_train_classifier_trains_a_language_model(family, corpus):
     model = byte_language_model(family, width=16, heads=2)
     ds = load_dataset(f"text:{corpus}", split="train")
     batches = [(ds.x[i:i + 32], ds.y[i:i + 32]) for i in range(0, 320, 32)]
-    losses = train_classifier(model, batches, epochs=3, lr=3e-3, optimizer="adam", progress=False)
+    losses = train_classifier(model, batches, epochs=3, lr=3e-3, optimizer="adam", warmup=5, progress=False)
     assert losses[0] < math.log(256) + 0.1 and losses[-1] < losses[0] - 0.5
     out = logits_of(model(ds.x[:2]))
     assert out.shape == (2, 256, 128)
+
+
+def test_warmup_must_be_a_count():
+    with pytest.raises(ValueError, match="warmup must be a non-negative integer, got -1"):
+        train_classifier(byte_language_model("gpt2", width=16, heads=2), [], warmup=-1)
 
 
 def test_byte_language_model_checks_its_sizes():
