@@ -86,6 +86,19 @@ def recipes(base: str, m1: str, m2: str) -> dict[str, str]:
             f"      - {{model: {m1}, layer_range: [2, 4], parameters: {{weight: [0.2, 1.0], density: 0.7}}}}\n"
             f"      - {{model: {m2}, layer_range: [2, 4], parameters: {{weight: 0.5, density: 0.7}}}}\n"
             f"    parameters: {{normalize: false}}\n",
+        "sce": "merge_method: sce\n" + b + models("{}", "{}") + "parameters: {select_topk: 0.5}\n",
+        "sce (select_topk 1, int8_mask)": "merge_method: sce\n" + b + models("{}", "{}")
+                                         + "parameters: {int8_mask: true}\n",
+        "multislerp": "merge_method: multislerp\n" + models("{weight: 0.3}", "{weight: 0.7}", with_base=True)
+                      .replace(f"  - model: {base}\n", f"  - model: {base}\n    parameters: {{weight: 0.5}}\n"),
+        "multislerp (base_model, gradient)": "merge_method: multislerp\n" + b + models(
+            "{weight: [0.2, 0.8]}", "{weight: 0.5}") + "parameters: {normalize_weights: true}\n",
+        "nearswap": f"merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {m1}\n"
+                    "parameters: {t: [0.002, 0.02]}\n",
+        "arcee_fusion": f"merge_method: arcee_fusion\nbase_model: {base}\nmodels:\n  - model: {m1}\n",
+        "ram": "merge_method: ram\n" + b + models("{}", "{}") + "parameters: {epsilon: 0.01}\n",
+        "ramplus_tl": "merge_method: ramplus_tl\n" + b + models("{}", "{}")
+                      + "parameters: {epsilon: 0.01, r: 0.5, alpha: 0.4}\n",
         "della_linear": "merge_method: della_linear\n" + b + models("{weight: 1.0, density: 0.4, epsilon: 0.1}",
                                                                    "{weight: 0.5, density: 0.4, epsilon: 0.1}"),
         "dare_linear": "merge_method: dare_linear\n" + b + models("{weight: 1.0, density: 0.3}",
@@ -99,6 +112,8 @@ def recipes(base: str, m1: str, m2: str) -> dict[str, str]:
 
 
 RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
+# methods whose rows also say how much of the output is still the base (so a 0 diff is not a no-op)
+AT_BASE = {"sce", "multislerp", "nearswap", "arcee_fusion", "ram", "ramplus_tl"}
 
 
 def setup(venv: Path) -> None:
@@ -189,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             dtypes = sorted({str(a[k].dtype).replace("torch.", "") for k in a} |
                             {str(b[k].dtype).replace("torch.", "") for k in b})
             extra = ""
+            if name.split(" ")[0] in AT_BASE:
+                same = sum(int((b[k] == base_w[k]).sum()) for k in b if k in base_w)
+                extra = f"{same / n:.3f} of weightspace's values equal the base's"
             if name in RANDOM:
                 stats = []
                 for w in (a, b):

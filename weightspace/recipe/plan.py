@@ -15,11 +15,17 @@ import torch
 from torch import Tensor
 
 import merging
+from merging.methods import REQUIRED
 
 from ..checkpoint import _ST_DTYPES, _st_header, _st_pread, open_checkpoint
 from .hf_output import _check_union
 from .parameters import _per_model_kws, _yaml_name, evaluate_setting
 from .spec import Recipe, RecipeError, _err_for
+
+#: methods for which a base model, when given, is the origin rather than one more model (mergekit's optional base)
+_BASE_OPTIONAL = ("slerp", "nuslerp", "multislerp")
+#: methods that merge the base with exactly one other model
+_ONE_OTHER = ("nearswap", "arcee_fusion")
 
 _LAYER = re.compile(r"^(.*?(?:^|\.)(?:layers|h|blocks|layer)\.)(\d+)(\..+)$")
 
@@ -184,7 +190,7 @@ def plan_recipe(recipe: Recipe) -> _Plan:
     if recipe.slices is None:
         srcs = [(open_input(m.path, m.label), m.parameters, m.label) for m in recipe.models]
         if base_i is not None and base_i not in [s[0] for s in srcs]:
-            if method.needs_base or method.name in ("slerp", "nuslerp"):
+            if method.needs_base or method.name in _BASE_OPTIONAL:
                 pass  # the base is its own input
             else:  # mergekit adds the base as one more model
                 srcs.append((base_i, {}, "base_model"))
@@ -262,13 +268,19 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                             break
                 if v is not None:
                     out[p.name] = v
+        for p in method.parameters:
+            if p.required and (p.name not in out or any(v is REQUIRED for v in (
+                    out[p.name] if isinstance(out[p.name], list) else [out[p.name]]))):
+                y = _yaml_name(method, p.name)
+                raise err(f"parameters.{y}", f"merge method {method.name!r} requires {y!r}; no value is given for "
+                                             f"{tensor!r}")
         return out
 
     def add(out_name: str, in_names: list[str], t: float, sl, where: str) -> None:
         sources, sbase, sparams, _ = sl
         merged = [(i, nm) for (i, _, _, _), nm in zip(sources, in_names)]
         bref = None
-        if method.needs_base or (method.name in ("slerp", "nuslerp") and sbase is not None):
+        if method.needs_base or (method.name in _BASE_OPTIONAL and sbase is not None):
             if sbase is None:
                 raise err("base_model", f"merge method {recipe.merge_method!r} needs a base_model (the model the "
                                         f"task vectors start from)")
@@ -304,6 +316,9 @@ def plan_recipe(recipe: Recipe) -> _Plan:
             if method.name == "passthrough" and n_models != 1:
                 raise err("models", f"passthrough copies one model per tensor, got {n_models}; use slices to "
                                     f"take layers from several models")
+            if method.name in _ONE_OTHER and n_models != 1:
+                raise err("models", f"{method.name} merges the base_model with exactly one other model, got "
+                                    f"{n_models}")
             if method.name == "model_stock" and n_models < 2:
                 raise err("models", f"model_stock needs a base_model and at least two other models, got {n_models}")
         entries.append(_Entry(out_name, merged, bref, params, shape, dt, floating))
