@@ -21,6 +21,7 @@ change from the base.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -145,6 +146,51 @@ def make_models(d: Path) -> dict[str, Path]:
     return paths
 
 
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def make_vocab_models(d: Path) -> dict[str, Path]:
+    """Three tiny Llamas whose word-level tokenizers differ: the base (128 tokens); v1 lacks 8 of
+    them, lists the rest in another order and adds 3 tokens; v2 adds 5 tokens, 2 of them v1's. Shared
+    tokens' rows are the base's plus noise, new tokens' rows random."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>"] + [f"w{i}" for i in range(127)]
+    vocabs = {"vbase": words,
+              "v1": [w for w in words[::-1] if w not in {f"w{i}" for i in range(20, 28)}] + ["x0", "x1", "y0"],
+              "v2": words + ["x0", "x1", "z0", "z1", "z2"]}
+    torch.manual_seed(0)
+    paths, base_rows = {}, None
+    for name, vocab in vocabs.items():
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=len(vocab))
+        m = LlamaForCausalLM(cfg)
+        if base_rows is None:
+            base_sd, base_rows = m.state_dict(), {k: dict(zip(words, m.state_dict()[k])) for k in VOCAB_TENSORS}
+        else:
+            sd = {k: v + 0.01 * torch.randn_like(v) for k, v in base_sd.items() if k not in VOCAB_TENSORS}
+            for k in VOCAB_TENSORS:
+                sd[k] = torch.stack([base_rows[k][w] + 0.01 * torch.randn(64) if w in base_rows[k]
+                                     else torch.randn(64) * 0.02 for w in vocab])
+            m.load_state_dict(sd)
+        m.save_pretrained(d / name)
+        t = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+        t.pre_tokenizer = pre_tokenizers.Whitespace()
+        PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>").save_pretrained(str(d / name))
+        paths[name] = d / name
+    return paths
+
+
+def by_token(d: Path, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The vocabulary tensors' rows reordered by token string (ids may differ between tools)."""
+    vocab = json.loads((d / "tokenizer.json").read_text())["model"]["vocab"]
+    added = {a["content"]: a["id"] for a in json.loads((d / "tokenizer.json").read_text())["added_tokens"]}
+    ids = {**vocab, **added}
+    order = torch.tensor([ids[t] for t in sorted(ids)])
+    return {k: (v[order] if k in VOCAB_TENSORS else v) for k, v in w.items()}
+
+
 def weights(d: Path) -> dict[str, torch.Tensor]:
     out = {}
     for f in sorted(d.glob("*.safetensors")):
@@ -173,6 +219,17 @@ def main(argv: list[str] | None = None) -> int:
             "/m2", "/m2-bf16") + "dtype: float32\nout_dtype: bfloat16\n"
         cases["ties (bf16, no dtype)"] = cases["ties"].replace("/base", "/base-bf16").replace(
             "/m1", "/m1-bf16").replace("/m2", "/m2-bf16")
+        vp = make_vocab_models(work)
+        vb, v1, v2 = (str(vp[n]) for n in ("vbase", "v1", "v2"))
+        cases["tokenizer_source: union (ties)"] = (
+            f"merge_method: ties\nbase_model: {vb}\nmodels:\n  - model: {v1}\n    parameters: {{weight: 1.0, "
+            f"density: 0.5}}\n  - model: {v2}\n    parameters: {{weight: 0.7, density: 0.5}}\ntokenizer_source: union\n")
+        cases["tokenizer_source: union (linear, no base)"] = (
+            f"merge_method: linear\nmodels:\n  - model: {v1}\n    parameters: {{weight: 0.3}}\n"
+            f"  - model: {v2}\n    parameters: {{weight: 0.7}}\ntokenizer_source: union\n")
+        cases["tokenizer_source: base (task_arithmetic)"] = (
+            f"merge_method: task_arithmetic\nbase_model: {vb}\nmodels:\n  - model: {v1}\n    parameters: "
+            f"{{weight: 0.6}}\n  - model: {v2}\n    parameters: {{weight: 0.9}}\ntokenizer_source: base\n")
         if args.only:
             cases = {k: v for k, v in cases.items() if k in args.only.split(";")}
         rows = []
@@ -191,10 +248,18 @@ def main(argv: list[str] | None = None) -> int:
                              else "weightspace failed: " + r2.stderr.strip().splitlines()[-1]))
                 continue
             a, b = weights(mk_out), weights(ws_out)
+            if "tokenizer_source" in text:  # compare the vocabulary rows token by token
+                ta = json.loads((mk_out / "tokenizer.json").read_text())
+                tb = json.loads((ws_out / "tokenizer.json").read_text())
+                va = set(ta["model"]["vocab"]) | {x["content"] for x in ta["added_tokens"]}
+                vb_ = set(tb["model"]["vocab"]) | {x["content"] for x in tb["added_tokens"]}
+                if va != vb_:
+                    rows.append((name, f"different vocabularies: {sorted(va ^ vb_)[:3]}"))
+                    continue
+                a, b = by_token(mk_out, a), by_token(ws_out, b)
             if set(a) != set(b):
                 rows.append((name, f"different tensors: {sorted(set(a) ^ set(b))[:3]}"))
                 continue
-            import json
             ca, cb = (json.loads((d / "config.json").read_text()) for d in (mk_out, ws_out))
             cfg_note = "" if ca.get("num_hidden_layers") == cb.get("num_hidden_layers") else (
                 f"num_hidden_layers {ca.get('num_hidden_layers')} vs {cb.get('num_hidden_layers')}")

@@ -18,9 +18,9 @@ import merging
 from merging.methods import REQUIRED
 
 from ..checkpoint import _ST_DTYPES, _st_header, _st_pread, open_checkpoint
-from .hf_output import _check_union
 from .parameters import _per_model_kws, _yaml_name, evaluate_setting
 from .spec import Recipe, RecipeError, _err_for
+from .vocab import _Vocabulary, plan_vocabulary, vocabulary_tensors
 
 #: methods for which a base model, when given, is the origin rather than one more model (mergekit's optional base)
 _BASE_OPTIONAL = ("slerp", "nuslerp", "multislerp")
@@ -149,6 +149,7 @@ class _Entry:
     shape: tuple[int, ...]
     in_dtype: torch.dtype
     floating: bool
+    vocab: bool = False  # re-indexed to the output vocabulary before the merge
 
 
 @dataclass
@@ -159,6 +160,7 @@ class _Plan:
     num_layers: int | None
     donor: int
     notices: list[str]
+    vocab: _Vocabulary | None = None
 
 
 
@@ -213,6 +215,16 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                 k = sorted(keys ^ ref_keys)[0]
                 where = paths[i] if k in keys else paths[ref_i]
                 raise err(lab, f"{paths[i]} and {paths[ref_i]} hold different tensors ({k!r} is only in {where})")
+    vocab = None
+    if recipe.tokenizer_source is not None:
+        vocab = plan_vocabulary(err, recipe.tokenizer_source, paths, [inp.config for inp in inputs], base_i)
+        if vocab is not None:
+            for i, inp in enumerate(inputs):
+                names = vocabulary_tensors(inp.keys(), inp.shape, _vocab_rows(inp), lambda k: _layer_of(k) is not None)
+                if not names:
+                    raise err("tokenizer_source", f"{paths[i]} has no embedding with {_vocab_rows(inp)} rows "
+                                                  f"(its vocab_size) to align to the output vocabulary")
+                vocab.names |= names
     layer_names: dict[int, dict[int, list[tuple[str, str]]]] = {}
 
     def layers_of(i: int) -> dict[int, list[tuple[str, str]]]:
@@ -300,10 +312,13 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                 raise err(where, f"{paths[i]} has no tensor {nm!r} ({len(inputs[i].keys())} tensors)")
         refi, refn = bref if bref else merged[0]
         shape, dt = inputs[refi].shape(refn), inputs[refi].dtype(refn)
+        is_vocab = vocab is not None and all(nm in vocab.names for _, nm in merged + ([bref] if bref else []))
         for i, nm in merged:
-            if inputs[i].shape(nm) != shape:
+            if inputs[i].shape(nm)[is_vocab:] != shape[is_vocab:]:
                 raise err(where, f"{nm!r} has shape {inputs[i].shape(nm)} in {paths[i]} and {shape} in "
                                  f"{paths[refi]}; all models must share one architecture")
+        if is_vocab:
+            shape = (vocab.size, *shape[1:])
         floating = dt.is_floating_point
         params = evaluate(out_name, in_names, t, sources, sparams, where) if floating else {}
         n_models = len(merged)
@@ -321,7 +336,7 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                                     f"{n_models}")
             if method.name == "model_stock" and n_models < 2:
                 raise err("models", f"model_stock needs a base_model and at least two other models, got {n_models}")
-        entries.append(_Entry(out_name, merged, bref, params, shape, dt, floating))
+        entries.append(_Entry(out_name, merged, bref, params, shape, dt, floating, is_vocab))
 
     first_sources = slices[0][0]
     nonlayer = [k for k in inputs[first_sources[0][0]].keys() if _layer_of(k) is None]
@@ -366,6 +381,10 @@ def plan_recipe(recipe: Recipe) -> _Plan:
     if not entries:
         raise err("models", "the inputs hold no tensors")
     donor = base_i if base_i is not None else slices[0][0][0][0]
-    if recipe.tokenizer_source == "union":
-        _check_union(err, paths)
-    return _Plan(inputs, paths, entries, out_layer if recipe.slices is not None else None, donor, notices)
+    return _Plan(inputs, paths, entries, out_layer if recipe.slices is not None else None, donor, notices, vocab)
+
+
+def _vocab_rows(inp: _Input) -> int:
+    from .vocab import _vocab_size
+
+    return _vocab_size(inp.config) or 0

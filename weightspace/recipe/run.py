@@ -75,12 +75,18 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_sh
                                                       (out / "weightspace_recipe.yaml").is_file())):
         raise err("out", f"{out} exists and is not an earlier merge output (no weightspace_recipe.yaml in it); "
                          f"choose a new directory or remove it")
+    plan = plan_recipe(recipe)
     if not hf:
         for key in ("tokenizer_source", "chat_template"):
-            if getattr(recipe, key) is not None:
+            if getattr(recipe, key) is None:
+                continue
+            if key == "tokenizer_source" and plan.vocab is not None:
+                _notice(f"{recipe.source}: {key}: the embeddings follow the output vocabulary ({plan.vocab.size} "
+                        f"tokens), but a .safetensors output holds no tokenizer; write a directory (-o merged/) "
+                        f"for a Hugging Face model with its tokenizer")
+            else:
                 _notice(f"{recipe.source}: {key}: ignored: a .safetensors output holds weights only; write a "
                         f"directory (-o merged/) for a Hugging Face model with its tokenizer")
-    plan = plan_recipe(recipe)
     try:
         return _run(recipe, plan, out, hf, max_shard_size, progress, t0)
     finally:
@@ -139,8 +145,14 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
         if not e.floating:
             i, nm = e.base if e.base else e.inputs[0]
             return plan.inputs[i].get(nm) if states_override is None else states_override[i][nm]
-        states = [{name: read(i, nm)} for i, nm in e.inputs]
-        base = {name: read(*e.base)} if e.base else None
+        if e.vocab:  # each input's rows re-indexed to the output vocabulary first
+            srcs = e.inputs + ([e.base] if e.base else [])
+            aligned = plan.vocab.align({i: read(i, nm) for i, nm in srcs})
+            states = [{name: aligned[i]} for i, _ in e.inputs]
+            base = {name: aligned[e.base[0]]} if e.base else None
+        else:
+            states = [{name: read(i, nm)} for i, nm in e.inputs]
+            base = {name: read(*e.base)} if e.base else None
         params = dict(e.params)
         if takes_seed:
             params["seed"] = recipe.seed
