@@ -133,6 +133,16 @@ class _Input:
         f, stored = self._where[k]
         return _st_pread(f, *self._headers[f], stored, "run_recipe")
 
+    # read as a mapping (streaming weight matching takes one): names -> tensors, loaded when asked
+    def __getitem__(self, k: str) -> Tensor:
+        return self.get(k)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
     def close(self) -> None:
         if self._ckpt is not None:
             self._ckpt.close()
