@@ -16,7 +16,13 @@ base plus noise) are saved as Hugging Face directories (fp32, and bf16 copies). 
 the bench prints the largest absolute difference over all tensors between the two outputs, the
 number of differing values, and, for the random methods (DARE, DELLA; the masks come from
 different generators), the fraction of entries each tool left at the base and the mean absolute
-change from the base.
+change from the base; for SCE, Multi-SLERP, NearSwap, Arcee Fusion and RAM, the fraction of
+weightspace's values equal to the base's (so that a difference of 0 is not a no-op).
+
+For ``tokenizer_source``, three more tiny Llamas hold different word-level tokenizers (the base's
+128 tokens; one lacking 8 of them, in another order, plus 3; one with 5 more); the vocabulary
+rows (``embed_tokens``, ``lm_head``) of the two outputs are compared token by token, since the
+ids of tokens a union adds depend on the order mergekit visits the models in (a set's).
 """
 from __future__ import annotations
 
