@@ -132,7 +132,8 @@ class Layer:
 
     Attributes:
         name: the module's qualified name (or the functional call's parameter name).
-        kind: ``linear``, ``conv``, ``conv_transpose``, ``batchnorm``, ``instancenorm``,
+        kind: ``linear``, ``linear_t`` (a linear layer whose weight is stored ``(in, out)``, as
+            transformers' ``Conv1D``), ``conv``, ``conv_transpose``, ``batchnorm``, ``instancenorm``,
             ``layernorm``, ``groupnorm``, ``embedding`` or ``attention``.
         tensors: role (``weight``, ``bias``, ``running_mean``, ``in_proj_weight``, ...) ->
             state-dict name.

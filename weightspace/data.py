@@ -538,3 +538,6 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("digits: needs scikit-learn (pip install scikit-learn)") from None
     digits = load_digits()
     return digits.data, digits.target
+
+
+from . import text as _text  # noqa: E402, F401  (registers the text datasets: text:PATH, python-stdlib)

@@ -527,12 +527,17 @@ def _module_names(module: nn.Module) -> dict[str, str] | None:
 
 
 def _logits(module: nn.Module, inputs: Any, output: Any) -> Any:
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    return output[0] if isinstance(output, (tuple, list)) else output
+    """The logits of a transformers model's output, the class axis second as torch's losses expect:
+    a language model's ``(B, T, V)`` becomes ``(B, V, T)``, so next-token targets ``(B, T)`` fit."""
+    if not isinstance(output, Tensor):
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, Tensor):
+            output = logits
+        elif isinstance(output, (tuple, list)):
+            output = output[0]
+    if isinstance(output, Tensor) and output.ndim == 3:
+        return output.transpose(1, 2)
+    return output
 
 
 def for_evaluation(module: nn.Module, state: Mapping[str, Tensor], path: PathLike | None = None,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 import merging
 from merging.matching.weight import from_two_starts
-from graphs import Structure, identity_permutation, permute
+from graphs import Structure, identity_permutation
 
 from ._dtypes import parse_dtype, plan_dtypes
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned
@@ -27,7 +27,7 @@ from .checkpoint import check_not_input, check_output, save
 from .pipeline import (METHODS, REPAIR_SAMPLES, MergeResult, PathLike, as_dtype, check_alpha,
                        check_data_fits, check_method, check_same_states, file_record, has_batchnorm,
                        hf_for_data, hf_inputs, input_shape_of, is_sharded, load_pair, repair_batches, resolve_data,
-                       resolve_device, run_dtype, save_hf, structure_of)
+                       permute_loaded, resolve_device, run_dtype, save_hf, structure_of)
 from .trust import takes_trust_flag
 
 __all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between", "resolve_method"]
@@ -233,12 +233,15 @@ def merge_checkpoints(
     if data is None and (method in _NEEDS_DATA or repair):
         why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
         raise ValueError(f"{fn}: {why} needs data (--data D, e.g. --data digits)")
-    if hf_out and (method in _NEEDS_DATA or repair):
-        why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
-        raise ValueError(f"{fn}: {why} runs the model on --data, which is not supported for Hugging Face "
-                         f"directories yet (the tracer finds no groups in them); use --method weight or none")
     dev = resolve_device(device)
     a, b, files = load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    file_keys = list(a.state)
+    if hf_out and data is not None:  # run on data: the module's names, tied tensors under each name
+        hf_for_data(a, b, fn)
+        if not set(file_keys) <= set(a.state):
+            raise ValueError(f"{fn}: {type(a.module).__name__} names its weights differently in its files and "
+                             f"its modules, so it cannot run on --data here; merge without --data "
+                             f"(weight matching)")
     method, repair, reason = resolve_method(method, has_data=data is not None, has_norm=has_batchnorm(a),
                                             repair=repair)
     plan = plan_dtypes([a.state, b.state], [path_a, path_b], fn, dtype)
@@ -252,7 +255,7 @@ def merge_checkpoints(
     shape = input_shape_of(a, batches)
 
     perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True, solver)
-    pb = permute(structure, b.state, perms)
+    pb = permute_loaded(structure, b, b.state, perms)
     merged = merging.interpolate(plan.widen(a.state, pb), pb, alpha)  # in the common dtype
     correction = "none"
     if repair:
@@ -287,6 +290,7 @@ def merge_checkpoints(
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     if hf_out:
+        merged = {k: merged[k] for k in file_keys}  # the files' keys: tied tensors once
         path = save_hf(merged, out, path_a, provenance, [path_a, path_b])
     else:
         path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
@@ -393,7 +397,7 @@ def barrier_between(
         check_aligned(structure, source=str(path_a))
     for method in methods:
         perms = _align(structure, a, b, method, fit_batches, seed, dev, progress, False)
-        pb = permute(structure, b.state, perms)
+        pb = permute_loaded(structure, b, b.state, perms)
         results[_LABELS[method]] = merging.barrier(a.module, as_dtype(a.state, run), as_dtype(pb, run), eval_batches, steps=steps, device=dev,
                                                    progress=progress, **correction)
     if plot is not None:

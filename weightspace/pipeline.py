@@ -23,13 +23,14 @@ from torch import Tensor
 from graphs import Structure
 
 from .api import MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model, trace_model
-from .checkpoint import is_sharded, open_checkpoint, save, sha256_file
+from .checkpoint import is_sharded, open_checkpoint, save, sha256_file, tied_keys
 from .models import model_spec_from_json
 
 __all__ = ["METHODS", "BATCH", "REPAIR_SAMPLES", "MergeResult", "resolve_device", "check_method", "check_alpha",
            "check_same_states", "load_pair", "resolve_data", "check_data_fits", "structure_of", "input_shape_of",
            "has_batchnorm", "run_dtype", "as_dtype", "hf_inputs", "hf_for_data", "save_hf", "file_record",
-           "repair_batches", "is_counter", "first_batch", "example_from", "device_of", "is_sharded"]
+           "repair_batches", "is_counter", "first_batch", "example_from", "device_of", "is_sharded",
+           "permute_loaded"]
 
 PathLike = str | os.PathLike
 
@@ -229,7 +230,8 @@ def check_data_fits(lm: LoadedModel, batches: Iterable[Any], label: str, device:
             out = lm.module(x[:4].to(device))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         msg = " ".join(str(e).split())[:160]
-        raise ValueError(f"{fn}: data {label} does not fit {where}: inputs of shape {tuple(x.shape[1:])} "
+        ids = f" with token ids {int(x.min())}..{int(x.max())}" if not x.is_floating_point() and x.numel() else ""
+        raise ValueError(f"{fn}: data {label} does not fit {where}: inputs of shape {tuple(x.shape[1:])}{ids} "
                          f"fail in the forward pass ({msg}); check --data, --model or --input-shape") from None
     if isinstance(out, Tensor) and out.ndim >= 2 and isinstance(y, Tensor) and not y.is_floating_point() \
             and y.numel():
@@ -250,6 +252,25 @@ def example_from(batches: Iterable[Any] | None) -> Tensor | None:
         return None
     batch = next(iter(batches), None)
     return batch[0][:2] if batch is not None else None
+
+
+def permute_loaded(structure: Structure, lm: LoadedModel, state: Mapping[str, Tensor],
+                   perms: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``permute(structure, state, perms)`` for ``lm``'s model, its tied tensors kept tied.
+
+    A state prepared to run the model (:func:`hf_for_data`) holds a tied tensor under each of its
+    names (an output layer that is the input embedding), the structure only under the one the
+    tracer saw; the others take its permuted value.
+    """
+    from graphs import permute
+
+    out = permute(structure, state, perms)
+    for k, others in tied_keys(lm.module).items():
+        if k in structure.axes and k in out:
+            for o in others:
+                if o in out and o not in structure.axes:
+                    out[o] = out[k]
+    return out
 
 
 def structure_of(lm: LoadedModel, batches: Iterable[Any] | None) -> Structure:

@@ -14,9 +14,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-__all__ = ["train_classifier"]
+__all__ = ["train_classifier", "logits_of"]
 
 _OPTIMIZERS = ("sgd", "adam")
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model's output, the class axis second as torch's losses expect.
+
+    A tensor passes through; an output object gives its ``logits`` (a transformers
+    ``ModelOutput``), a tuple its first element; a language model's ``(B, T, V)`` becomes
+    ``(B, V, T)``, so next-token targets ``(B, T)`` fit :func:`torch.nn.functional.cross_entropy`.
+    """
+    if not isinstance(output, Tensor):
+        logits = getattr(output, "logits", None)
+        output = logits if isinstance(logits, Tensor) else output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(output, Tensor):
+        raise TypeError(f"expected the model to return logits (a tensor), got {type(output).__name__}")
+    return output.transpose(1, 2) if output.ndim == 3 else output
 
 
 def train_classifier(
@@ -54,7 +69,9 @@ def train_classifier(
         weight_decay (float, optional): L2 penalty. (default: ``0.0``)
 
     Shapes:
-        x: ``(B, *input_shape)``; y: ``(B,)`` class indices; output: ``(B, K)``.
+        x: ``(B, *input_shape)``; y: ``(B,)`` class indices; output: ``(B, K)``. A language model
+        (a transformers ``*ForCausalLM``, see :func:`logits_of`) trains on next-token data such as
+        ``"python-stdlib"``: x and y ``(B, T)`` token ids, output ``(B, T, V)``.
 
     Returns:
         list[float]: mean training loss per epoch.
@@ -102,7 +119,7 @@ def train_classifier(
             loss_sum, n = 0.0, 0
             for x, y in batches:
                 x, y = x.to(dev), y.to(dev)
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(logits_of(model(x)), y)
                 if not torch.isfinite(loss):
                     raise ValueError(f"train_classifier: the loss became {float(loss.detach())} in epoch {epoch + 1}; "
                                      f"lower lr (now {lr})")

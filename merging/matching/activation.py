@@ -7,10 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from graphs import Structure, axis_groups
-from graphs.structure import _rows
+from graphs.structure import Cat, Prod, Unit, _rows
 
 from ._solve import solve_assignment
-from .weight import weight_matching
+from .weight import from_two_starts, weight_matching
 
 __all__ = ["activation_matching", "activation_correlations"]
 
@@ -46,25 +46,108 @@ class _Moments:
         return cov / (va.sqrt()[:, None] * vb.sqrt()[None, :] + eps)
 
 
-def _feature_rows(x: Tensor, kind: str, axis, group: str) -> list[Tensor]:
+def _features(x: Tensor, kind: str) -> Tensor:
+    """A layer's output as ``(features, samples)``."""
     if isinstance(x, (tuple, list)):
         x = x[0]
-    if kind in _CHANNEL_FIRST:
-        x = x.movedim(1, 0)
-    else:
-        x = x.movedim(-1, 0)
-    x = x.reshape(x.shape[0], -1)
-    return list(_rows(axis, group, x))
+    x = x.movedim(1, 0) if kind in _CHANNEL_FIRST else x.movedim(-1, 0)
+    return x.reshape(x.shape[0], -1)
+
+
+def _feature_rows(x: Tensor, kind: str, axis, group: str) -> list[Tensor]:
+    return list(_rows(axis, group, _features(x, kind)))
+
+
+def _entangled(axis, group: str) -> bool:
+    """Whether ``group`` appears in ``axis`` inside a product with another permuted group (a head's
+    dimensions within the heads): its units then pair up only once the other group is solved, so
+    their correlations here would compare the wrong units."""
+    if isinstance(axis, Unit):
+        return False
+    if isinstance(axis, Cat):
+        return any(_entangled(p, group) for p in axis.parts)
+    if isinstance(axis, Prod):
+        holding = [p for p in axis.parts if group in axis_groups(p)]
+        if holding and any(axis_groups(p) and p not in holding for p in axis.parts):
+            return True
+        return any(_entangled(p, group) for p in holding)
+    return False
+
+
+def _nested_blocks(axis) -> list[tuple[int, Prod, int, int]]:
+    """The products of two permuted groups in ``axis`` (at the top or one level inside a
+    concatenation; other factors unpermuted): ``(offset, product, outer part, inner part)``. Heads
+    and the dimensions inside each head, as a fused or a separate q/k/v projection lays them out."""
+    def two(p: Prod) -> tuple[int, int] | None:
+        held = [i for i, q in enumerate(p.parts) if axis_groups(q)]
+        if len(held) == 2 and all(isinstance(p.parts[i], Unit) for i in held):
+            return held[0], held[1]
+        return None
+
+    found, off = [], 0
+    for part in (axis.parts if isinstance(axis, Cat) else (axis,)):
+        if isinstance(part, Prod) and (ij := two(part)) is not None:
+            found.append((off, part, *ij))
+        off += part.size
+    return found
+
+
+def _block_rows(x: Tensor, off: int, prod: Prod, i: int, j: int) -> Tensor:
+    """Features ``(n, samples)`` -> the product's block ``(outer * inner, samples')``, the
+    unpermuted factors folded into the samples."""
+    sizes = [q.size for q in prod.parts]
+    t = x[off:off + prod.size].reshape(*sizes, x.shape[1])
+    rest = [k for k in range(len(sizes)) if k not in (i, j)]
+    return t.permute(i, j, *rest, len(sizes)).reshape(sizes[i] * sizes[j], -1)
+
+
+def _solve_nested(out: dict[str, Tensor], blocks: dict[tuple[str, str], Tensor], solver: str) -> None:
+    """Add the similarities of entangled groups to ``out``: outer units (heads) by the best
+    matching of their inner units (each pair of heads' dimensions matched on its own), then the
+    inner units (dimensions) summed over the matched heads."""
+    for outer in sorted({o for o, _ in blocks}):
+        inner = [(q, c) for (o, q), c in blocks.items() if o == outer]
+        sim = out.get(outer)
+        n = inner[0][1].shape[0]
+        sim = torch.zeros(n, n, dtype=torch.float64, device=inner[0][1].device) if sim is None else sim.clone()
+        for _, c in inner:
+            for k in range(n):
+                for k2 in range(n):
+                    sub = c[k, :, k2, :]
+                    pk = solve_assignment(sub, solver=solver).to(sub.device)
+                    sim[k, k2] += sub[torch.arange(len(pk), device=sub.device), pk].sum()
+        out[outer] = sim
+        heads = solve_assignment(sim, solver=solver).to(sim.device)
+        for q, c in inner:
+            m = c[torch.arange(n, device=c.device), :, heads, :].sum(0)
+            out[q] = out[q] + m if q in out else m
+
+
+def _fits(x: Tensor, lay) -> bool:
+    """Whether a captured output has the layer's feature axis where its kind puts it."""
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    if not isinstance(x, Tensor) or x.ndim == 0:
+        return False
+    dim = 1 if lay.kind in _CHANNEL_FIRST and x.ndim > 1 else -1
+    return x.shape[dim] == lay.output.size
 
 
 def activation_correlations(structure: Structure, model: nn.Module, state_a: Mapping[str, Tensor],
                             state_b: Mapping[str, Tensor], data: Iterable, *,
-                            max_examples: int = 512, device=None, progress: bool = False) -> dict[str, Tensor]:
+                            max_examples: int = 512, device=None, progress: bool = False,
+                            solver: str = "auto") -> dict[str, Tensor]:
     """Correlation matrices ``C[g][i, j] = corr(unit i of A, unit j of B)`` per group.
 
     Activations are read with forward hooks at the outputs of the traced layers (linear,
     convolution, normalisation, attention); a group seen at several sites (a residual
     stream) sums its correlations. Groups seen nowhere are absent from the result.
+
+    Two groups laid out as a product (attention heads, and the dimensions inside each head)
+    cannot be correlated unit by unit, since a head's dimensions pair up only with those of the
+    head it is matched to: the heads' similarity is the best matching of their dimensions' (one
+    small assignment per pair of heads, with ``solver``), and the dimensions' is summed over the
+    heads so matched.
     """
     device = torch.device(device) if device is not None else next(iter(state_a.values())).device
     sites = []
@@ -72,9 +155,10 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
     for lay in structure.layers:
         if lay.output is None or lay.name not in modules:
             continue
-        gs = sorted(set(axis_groups(lay.output)))
-        if gs:
-            sites.append((lay, gs))
+        gs = sorted(g for g in set(axis_groups(lay.output)) if not _entangled(lay.output, g))
+        nested = _nested_blocks(lay.output)
+        if gs or nested:
+            sites.append((lay, gs, nested))
     moments: dict[tuple[str, int], _Moments] = {}
     captured: dict[str, Tensor] = {}
 
@@ -83,7 +167,7 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
             captured[name] = out[0] if isinstance(out, (tuple, list)) else out
         return fn
 
-    handles = [modules[lay.name].register_forward_hook(hook(lay.name)) for lay, _ in sites]
+    handles = [modules[lay.name].register_forward_hook(hook(lay.name)) for lay, _, _ in sites]
     was_training = model.training
     model.eval()
     seen = 0
@@ -101,9 +185,17 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
                     captured.clear()
                     torch.func.functional_call(model, dict(st), (x,), tie_weights=False)
                     acts.append(dict(captured))
-                for lay, gs in sites:
-                    if lay.name not in acts[0]:
-                        continue
+                for lay, gs, nested in sites:
+                    if lay.name not in acts[0] or not _fits(acts[0][lay.name], lay):
+                        continue  # e.g. a tied embedding named after the output layer that shares it
+                    if nested:
+                        fa, fb = (_features(acts[i][lay.name], lay.kind) for i in (0, 1))
+                        for idx, (off, prod, i, j) in enumerate(nested):
+                            a, b = _block_rows(fa, off, prod, i, j), _block_rows(fb, off, prod, i, j)
+                            key = ((prod.parts[i].group, prod.parts[j].group), id(lay) * 16 + idx)
+                            if key not in moments:
+                                moments[key] = _Moments(a.shape[0], device)
+                            moments[key].add(a, b)
                     for g in gs:
                         ra = _feature_rows(acts[0][lay.name], lay.kind, lay.output, g)
                         rb = _feature_rows(acts[1][lay.name], lay.kind, lay.output, g)
@@ -126,9 +218,17 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
     if seen == 0:
         raise ValueError("activation_matching: the data yielded no examples")
     out: dict[str, Tensor] = {}
+    blocks: dict[tuple[str, str], Tensor] = {}
     for (g, _), m in moments.items():
         c = m.correlation()
-        out[g] = out[g] + c if g in out else c
+        if isinstance(g, tuple):  # (outer, inner): heads x dimensions
+            no, ni = structure.groups[g[0]].size, structure.groups[g[1]].size
+            c = c.reshape(no, ni, no, ni)
+            blocks[g] = blocks[g] + c if g in blocks else c
+        else:
+            out[g] = out[g] + c if g in out else c
+    if blocks:
+        _solve_nested(out, blocks, solver)
     return out
 
 
@@ -154,12 +254,18 @@ def activation_matching(structure: Structure, model: nn.Module, state_a: Mapping
         ``dict[group, LongTensor]``.
     """
     corr = activation_correlations(structure, model, state_a, state_b, data, max_examples=max_examples,
-                                   device=device, progress=progress)
+                                   device=device, progress=progress, solver=solver)
     perms = {g: solve_assignment(c, solver=solver).cpu() for g, c in corr.items()}
     rest = [g for g in structure.groups if g not in perms]
-    if rest:
-        perms = weight_matching(structure, state_a, state_b, init=perms, groups=rest, solver=solver,
-                                device=device)
+    if rest:  # weight matching of the others, from the identity and from unit signatures, the better
+        observed = perms
+
+        def run(init):
+            start = observed if init is None else {**init, **observed}
+            return weight_matching(structure, state_a, state_b, init=start, groups=rest, solver=solver,
+                                   device=device, return_info=True)
+
+        perms, _ = from_two_starts(run, structure, state_a, state_b, solver=solver)
     for g, grp in structure.groups.items():
         perms.setdefault(g, torch.arange(grp.size))
     return perms

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from weightspace._dtypes import plan_dtypes
     from weightspace.checkpoint import open_checkpoint
     from weightspace.merge import barrier_between
+    from weightspace.text import is_text_spec
 
     with open_checkpoint(args.a) as ca, open_checkpoint(args.b) as cb:  # headers only
         mixed = plan_dtypes([ca, cb], [args.a, args.b], "barrier", dtype_of=[ca.dtype, cb.dtype]).mixed
@@ -69,15 +70,16 @@ def run(args: argparse.Namespace) -> int:
                     "results": {k: v.to_dict() for k, v in results.items()}})
         return 0
     naive = results["naive"]
+    text = is_text_spec(args.data)  # a language model: perplexities too
     print(f"{args.a} -> {args.b} on {args.data} ({args.split} split), {args.points} points"
           f"{CORRECTIONS[naive.correction]}")
-    print(endpoints_line(naive))
+    print(endpoints_line(naive, perplexity=text))
     print()
-    print(barrier_table(results))
+    print(barrier_table(results, perplexity=text))
     print()
     if len(results) > 1:  # the best aligned path, by loss barrier
         label, aligned = min(list(results.items())[1:], key=lambda kv: kv[1].loss_barrier)
-        print(improvement_line(naive, aligned, label))
+        print(improvement_line(naive, aligned, label, perplexity=text))
     if args.plot:
         print(f"wrote {args.plot}")
     return 0

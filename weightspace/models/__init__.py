@@ -14,6 +14,7 @@ from weightspace.models._registry import (
     register_model,
 )
 from weightspace.models.cnn import CNN
+from weightspace.models.language import LANGUAGE_FAMILIES, byte_language_model
 from weightspace.models.mlp import MLP
 from weightspace.models.resnet import ResNet
 from weightspace.models.resnet20 import ResNet20
@@ -24,6 +25,8 @@ from weightspace.models.vit import ViT
 
 __all__ = [
     "CNN",
+    "LANGUAGE_FAMILIES",
+    "byte_language_model",
     "MLP",
     "ModelEntry",
     "ResNet",
