@@ -181,7 +181,8 @@ def plan_vocabulary(err: Callable[[str, str], RecipeError], source: str | Path, 
 
 def _union(toks: list, sizes: list[int], tok_base: int):
     """The base's tokenizer plus every other input's tokens it lacks, added in input order (each
-    input's regular tokens, then its added tokens with their settings), as mergekit's union."""
+    input's regular tokens in id order, then its added tokens with their settings), as mergekit's
+    union (which takes each vocabulary in ``get_vocab()``'s order, a hash map's)."""
     import tempfile
 
     from transformers import AutoTokenizer
@@ -193,7 +194,7 @@ def _union(toks: list, sizes: list[int], tok_base: int):
         t, n = toks[i], sizes[i]
         special = t.added_tokens_decoder
         special_text = {info.content for info in special.values()}
-        for tok, idx in t.get_vocab().items():
+        for tok, idx in sorted(t.get_vocab().items(), key=lambda kv: kv[1]):  # id order: get_vocab's is a hash's
             if idx < n and tok not in special_text:
                 regular.setdefault(tok, None)
         for idx, info in special.items():
