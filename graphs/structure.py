@@ -81,6 +81,29 @@ def axis_groups(axis: Axis | None) -> list[str]:
     return [g for p in axis.parts for g in axis_groups(p)]
 
 
+def product_blocks(axis: Axis | None) -> list[tuple[int, Prod, int, int]]:
+    """The products of exactly two permuted groups in ``axis`` (at the top or one level inside a
+    concatenation; the other factors unpermuted): ``(offset, product, outer part, inner part)``.
+
+    Attention heads and the dimensions inside each head, as a fused or a separate q/k/v projection
+    lays them out: the inner group's units pair up only within the outer units matched to each other.
+    """
+    def two(p: Prod) -> tuple[int, int] | None:
+        held = [i for i, q in enumerate(p.parts) if axis_groups(q)]
+        if len(held) == 2 and all(isinstance(p.parts[i], Unit) for i in held):
+            return held[0], held[1]
+        return None
+
+    if axis is None:
+        return []
+    found, off = [], 0
+    for part in (axis.parts if isinstance(axis, Cat) else (axis,)):
+        if isinstance(part, Prod) and (ij := two(part)) is not None:
+            found.append((off, part, *ij))
+        off += part.size
+    return found
+
+
 def _axis_to_json(axis: Axis | None):
     if axis is None:
         return None

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from graphs import Structure, axis_groups
+from graphs import Structure, axis_groups, product_blocks
 from graphs.structure import Cat, Prod, Unit, _rows
 
 from ._solve import solve_assignment
@@ -74,24 +74,6 @@ def _entangled(axis, group: str) -> bool:
     return False
 
 
-def _nested_blocks(axis) -> list[tuple[int, Prod, int, int]]:
-    """The products of two permuted groups in ``axis`` (at the top or one level inside a
-    concatenation; other factors unpermuted): ``(offset, product, outer part, inner part)``. Heads
-    and the dimensions inside each head, as a fused or a separate q/k/v projection lays them out."""
-    def two(p: Prod) -> tuple[int, int] | None:
-        held = [i for i, q in enumerate(p.parts) if axis_groups(q)]
-        if len(held) == 2 and all(isinstance(p.parts[i], Unit) for i in held):
-            return held[0], held[1]
-        return None
-
-    found, off = [], 0
-    for part in (axis.parts if isinstance(axis, Cat) else (axis,)):
-        if isinstance(part, Prod) and (ij := two(part)) is not None:
-            found.append((off, part, *ij))
-        off += part.size
-    return found
-
-
 def _block_rows(x: Tensor, off: int, prod: Prod, i: int, j: int) -> Tensor:
     """Features ``(n, samples)`` -> the product's block ``(outer * inner, samples')``, the
     unpermuted factors folded into the samples."""
@@ -156,7 +138,7 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
         if lay.output is None or lay.name not in modules:
             continue
         gs = sorted(g for g in set(axis_groups(lay.output)) if not _entangled(lay.output, g))
-        nested = _nested_blocks(lay.output)
+        nested = product_blocks(lay.output)
         if gs or nested:
             sites.append((lay, gs, nested))
     moments: dict[tuple[str, int], _Moments] = {}

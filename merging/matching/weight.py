@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from graphs import Structure, group_rows
+from graphs import Structure, group_rows, product_blocks
 from graphs import axis_groups as _axis_groups
 from graphs.structure import Unit, _axis_index
 
@@ -516,7 +516,70 @@ def signature_start(structure: Structure, state_a: Mapping[str, Tensor], state_b
             del tb
             sim = part if sim is None else sim.add_(part)
         perms[g] = torch.arange(structure.groups[g].size) if sim is None else solve_assignment(sim, solver=solver).cpu()
+    _nested_signatures(structure, state_a, state_b, perms, members, solver)
     return perms
+
+
+def _nested_signatures(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
+                       perms: dict[str, Tensor], members: Mapping[str, list], solver: str) -> None:
+    """Starts for the groups seen only inside a product of two groups (attention heads x the
+    dimensions inside each head): a head's signature is its whole block sorted, blind to how its
+    dimensions are ordered; then a dimension's is its values in each head, the heads of B taken in
+    the matched order. Updates ``perms`` in place."""
+    blocks: dict[tuple[str, str], list[tuple[str, int, int, object, int, int]]] = {}
+    for name, axes in structure.axes.items():
+        if name not in state_a or name not in state_b or structure.is_buffer(name):
+            continue
+        for k, ax in enumerate(axes):
+            for off, prod, i, j in product_blocks(ax):
+                key = (prod.parts[i].group, prod.parts[j].group)
+                if not members[key[0]] or not members[key[1]]:  # a group without its own signature
+                    blocks.setdefault(key, []).append((name, k, off, prod, i, j))
+    if not blocks:
+        return
+
+    def block(t: Tensor, k: int, off: int, prod, i: int, j: int) -> Tensor:  # (outer, inner, rest)
+        sizes = [q.size for q in prod.parts]
+        t = t.detach().movedim(k, 0)[off:off + prod.size]
+        t = t.reshape(*sizes, -1)
+        rest = [d for d in range(len(sizes)) if d not in (i, j)]
+        return t.permute(i, j, *rest, len(sizes)).reshape(sizes[i], sizes[j], -1)
+
+    def signature(x: Tensor) -> Tensor:  # sort the last axis, keep evenly spaced order statistics
+        x = x.sort(dim=-1).values
+        keep = torch.linspace(0, x.shape[-1] - 1, min(x.shape[-1], _SIGNATURE_POINTS), device=x.device)
+        return x[..., keep.round().long()]
+
+    read = {}
+    for key, sites in blocks.items():
+        for name, k, off, prod, i, j in sites:
+            ta, tb = state_a[name], state_b[name]
+            if ta.is_floating_point() and tb.is_floating_point():
+                dt = _work_dtype(ta.dtype, tb.dtype)
+                read.setdefault(key, []).append((block(ta, k, off, prod, i, j).to(dt),
+                                                 block(tb, k, off, prod, i, j).to(dt)))
+    for outer in sorted({o for o, _ in read}):
+        if members[outer]:
+            continue
+        sim = None
+        for (o, _), pairs in read.items():
+            for ba, bb in pairs if o == outer else ():
+                part = (signature(ba.flatten(1)) @ signature(bb.flatten(1)).T).double()
+                sim = part if sim is None else sim + part
+        if sim is not None:
+            perms[outer] = solve_assignment(sim, solver=solver).cpu()
+    inner_sim: dict[str, Tensor] = {}
+    for (outer, inner), pairs in read.items():
+        if members[inner]:
+            continue
+        heads = perms[outer]
+        for ba, bb in pairs:
+            sa = signature(ba).transpose(0, 1).flatten(1)            # (inner, outer * points)
+            sb = signature(bb[heads.to(bb.device)]).transpose(0, 1).flatten(1)
+            part = (sa @ sb.T).double()
+            inner_sim[inner] = inner_sim[inner] + part if inner in inner_sim else part
+    for inner, sim in inner_sim.items():
+        perms[inner] = solve_assignment(sim, solver=solver).cpu()
 
 
 #: order statistics kept of each unit's slice in its signature

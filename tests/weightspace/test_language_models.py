@@ -201,3 +201,19 @@ def test_repair_of_a_model_without_hidden_linear_layers_says_so(tmp_path, corpus
     with pytest.warns(UserWarning, match="runs no nn.Linear or nn.Conv.d layer before its output layer"):
         weightspace.merge_checkpoints(tmp_path / "m0", tmp_path / "m1", tmp_path / "merged",
                                       data=f"text:{corpus}", repair=True, progress=False)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_weight_matching_brings_permuted_heads_back(family, seed, tmp_path):
+    """Heads and the dimensions inside them permuted together: the unit-signature start matches the
+    heads by their sorted blocks, then their dimensions, so weight matching finds the permutation
+    even where descent from the identity stops at a local optimum."""
+    torch.manual_seed(0)
+    byte_language_model(family, width=16, heads=2 if family == "gpt2" else 4, kv_heads=2).save_pretrained(tmp_path / "a")
+    a = tmp_path / "a"
+    b = _permuted_copy(a, tmp_path / "b", seed=seed)
+    result = weightspace.merge_checkpoints(a, b, tmp_path / "merged", method="weight", progress=False)
+    merged, state = _weights(result.path), _weights(a)
+    for k, v in state.items():
+        torch.testing.assert_close(merged[k], v, rtol=0, atol=1e-6)

@@ -16,6 +16,7 @@ DESCRIPTION = """Evaluate (1 - t) * A + t * B at --points points in [0, 1] and r
   weightspace barrier a.safetensors b.safetensors --data digits
   weightspace barrier a.safetensors b.safetensors --data digits --method all --plot barrier.png
   weightspace barrier a.pt b.pt --model resnet20 --data mypkg.data:cifar10 --method weight --repair --json
+  weightspace barrier lm-a/ lm-b/ --data python-stdlib --method activation     # language models: perplexity
 
 Both barrier definitions in common use are printed, for loss and for accuracy:
   mean     max_t L(t) - (L(0) + L(1)) / 2                (Frankle et al.; Git Re-Basin)
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     g = p.add_argument_group("barrier")
     g.add_argument("--data", metavar="D", default=None,
-                   help="data to evaluate on (needed): digits, mnist-idx:DIR or package.module:callable")
+                   help="data to evaluate on (needed): digits, mnist-idx:DIR, python-stdlib, text:PATH (next-byte text for language models) or package.module:callable")
     g.add_argument("--split", default="test", metavar="{test,train,all}",
                    help="split of --data to evaluate (default: test)")
     choices = [m for m in METHODS if m != "none"] + ["all", "none"]

@@ -72,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=0.5, metavar="T",
                    help="weight of B in [0, 1]: (1 - T) * A + T * aligned B (default: 0.5)")
     g.add_argument("--data", metavar="D", default=None,
-                   help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR "
-                        "or package.module:callable")
+                   help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR, "
+                        "python-stdlib, text:PATH or package.module:callable")
     g.add_argument("--solver", default="auto", choices=["auto", "lap", "sparse", "scipy", "auction"],
                    help="assignment solver: lap (our warm-started C solver), sparse (the same on each row's "
                         "best columns, priced against the whole matrix: fastest with --device cuda), scipy "
