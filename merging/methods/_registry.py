@@ -19,9 +19,19 @@ from torch import Tensor
 
 from graphs.registry import Registry
 
-__all__ = ["MergeMethod", "MethodParameter", "merge_method", "get_method", "list_methods"]
+__all__ = ["REQUIRED", "MergeMethod", "MethodParameter", "merge_method", "get_method", "list_methods"]
 
 StateDict = dict[str, Tensor]
+
+
+class _Required:
+    """The default of a hyper-parameter the caller must give (mergekit's parameters without a default)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
 
 
 @dataclass(frozen=True)
@@ -31,12 +41,16 @@ class MethodParameter:
     Attributes:
         name (str): the keyword.
         annotation (str): its type annotation, as written.
-        default (Any): its default value.
+        default (Any): its default value; :data:`REQUIRED` when the caller must give it.
     """
 
     name: str
     annotation: str
     default: Any
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
 
 
 @dataclass(frozen=True)
@@ -68,11 +82,15 @@ class MergeMethod:
         return tuple(p.name for p in self.parameters)
 
     def check_parameters(self, parameters: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming any keyword this method does not take, with the valid ones."""
+        """Raise ``ValueError`` naming any keyword this method does not take (with the valid ones)
+        or a required one that is missing."""
         unknown = sorted(set(parameters) - set(self.parameter_names))
         if unknown:
             raise ValueError(f"merge method {self.name!r}: unknown parameter(s) {', '.join(unknown)}; "
                              f"it takes: {', '.join(self.parameter_names) or 'no parameters'}")
+        missing = [p.name for p in self.parameters if p.required and parameters.get(p.name, REQUIRED) is REQUIRED]
+        if missing:
+            raise ValueError(f"merge method {self.name!r}: missing required parameter(s) {', '.join(missing)}")
 
     def __repr__(self) -> str:
         return f"MergeMethod({self.name!r}, {', '.join(self.parameter_names)})"
@@ -93,7 +111,8 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str,
 
     The signature is checked here, at definition time, not when a merge runs: the first two
     parameters must be ``states`` and ``base`` (annotated), every other parameter must be
-    keyword-only, annotated and defaulted, and the return type must be annotated.
+    keyword-only, annotated and defaulted (``= REQUIRED`` for one the caller must give), and the
+    return type must be annotated.
 
     Args:
         name (str): registry name: non-empty, no whitespace.

@@ -159,7 +159,7 @@ models:
 
 
 @pytest.mark.parametrize("body, message", [
-    ("merge_method: nope\nmodels: [ft0.safetensors]\n", "unknown merge_method 'nope'; choose one of: breadcrumbs"),
+    ("merge_method: nope\nmodels: [ft0.safetensors]\n", "unknown merge_method 'nope'; choose one of: arcee_fusion, breadcrumbs"),
     ("merge_method: linear\nmodels: [missing.safetensors]\n", "missing.safetensors: no such file"),
     ("merge_method: linear\nmodels: [ft0.safetensors, other.safetensors]\n", "has shape"),
     ("merge_method: linear\nmodels: [ft0.safetensors]\nparameters: {density: 0.2}\n", "takes no parameter 'density'"),

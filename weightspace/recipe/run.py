@@ -75,12 +75,18 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_sh
                                                       (out / "weightspace_recipe.yaml").is_file())):
         raise err("out", f"{out} exists and is not an earlier merge output (no weightspace_recipe.yaml in it); "
                          f"choose a new directory or remove it")
+    plan = plan_recipe(recipe)
     if not hf:
         for key in ("tokenizer_source", "chat_template"):
-            if getattr(recipe, key) is not None:
+            if getattr(recipe, key) is None:
+                continue
+            if key == "tokenizer_source" and plan.vocab is not None:
+                _notice(f"{recipe.source}: {key}: the embeddings follow the output vocabulary ({plan.vocab.size} "
+                        f"tokens), but a .safetensors output holds no tokenizer; write a directory (-o merged/) "
+                        f"for a Hugging Face model with its tokenizer")
+            else:
                 _notice(f"{recipe.source}: {key}: ignored: a .safetensors output holds weights only; write a "
                         f"directory (-o merged/) for a Hugging Face model with its tokenizer")
-    plan = plan_recipe(recipe)
     try:
         return _run(recipe, plan, out, hf, max_shard_size, progress, t0)
     finally:
@@ -121,12 +127,12 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
         _notice(f"{recipe.source}: out_dtype: writing {_name(write)} (computed in "
                 f"{_name(compute) if compute else ', '.join(in_dtypes)})")
     method = merging.get_method(recipe.merge_method)
-    states_override: list[dict[str, Tensor]] | None = None
+    fetch = plan.inputs.__getitem__  # fetch(i)(name): one tensor of input i, as merged
     if recipe.align:
-        states_override = _aligned(recipe, plan)
+        fetch = _aligned(recipe, plan)
 
     def read(i: int, name: str) -> Tensor:
-        t = states_override[i][name] if states_override is not None else plan.inputs[i].get(name)
+        t = fetch(i)[name] if recipe.align else plan.inputs[i].get(name)
         if compute is not None and t.is_floating_point():
             t = t.to(compute)
         return t
@@ -138,9 +144,15 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
         e = by_name[name]
         if not e.floating:
             i, nm = e.base if e.base else e.inputs[0]
-            return plan.inputs[i].get(nm) if states_override is None else states_override[i][nm]
-        states = [{name: read(i, nm)} for i, nm in e.inputs]
-        base = {name: read(*e.base)} if e.base else None
+            return fetch(i)[nm] if recipe.align else plan.inputs[i].get(nm)
+        if e.vocab:  # each input's rows re-indexed to the output vocabulary first
+            srcs = e.inputs + ([e.base] if e.base else [])
+            aligned = plan.vocab.align({i: read(i, nm) for i, nm in srcs})
+            states = [{name: aligned[i]} for i, _ in e.inputs]
+            base = {name: aligned[e.base[0]]} if e.base else None
+        else:
+            states = [{name: read(i, nm)} for i, nm in e.inputs]
+            base = {name: read(*e.base)} if e.base else None
         params = dict(e.params)
         if takes_seed:
             params["seed"] = recipe.seed
@@ -189,24 +201,36 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
     return _write_hf_dir(recipe, plan, out, entries, produce, metadata, max_shard_size, progress, write)
 
 
-def _aligned(recipe: Recipe, plan: _Plan) -> list[dict[str, Tensor]]:
-    """``align: true``: every input in memory, permuted onto the base (else the first model)."""
+def _aligned(recipe: Recipe, plan: _Plan):
+    """``align: true``: every input permuted onto the base (else the first model) by weight
+    matching, tensor by tensor: the model is traced on the meta device (no weights allocated),
+    each input matched to the reference with :func:`weightspace.streaming_weight_matching` (its
+    similarity matrices accumulated from one tensor pair at a time), and each tensor permuted when
+    it is read. Buffers (BatchNorm statistics) come from the reference. Returns ``fetch(i)``, a
+    mapping from tensor names to input ``i``'s aligned tensors."""
     from graphs import permute
-    from merging.matching import weight_matching
 
-    from ..api import load_model, trace_model
+    from ..api import INPUT_SHAPE_KEY
+    from ..streaming import streaming_weight_matching, trace_without_weights
 
-    lm = load_model(recipe.base_model or recipe.models[0].path, recipe.model, recipe.model_kwargs,
-                    input_shape=recipe.input_shape)
-    structure = trace_model(lm.module, input_shape=lm.input_shape)
-    states = [{k: inp.get(k) for k in inp.keys()} for inp in plan.inputs]
-    ref = states[plan.donor]
-    out = []
-    for i, s in enumerate(states):
-        out.append(s if i == plan.donor else permute(structure, s, weight_matching(structure, ref, s,
-                                                                                   seed=recipe.seed)))
-    buffers = [k for k in ref if structure.is_buffer(k)]
-    for s in out:
-        for k in buffers:
-            s[k] = ref[k]
-    return out
+    ref = plan.inputs[plan.donor]
+    shape = recipe.input_shape or ref.metadata.get(INPUT_SHAPE_KEY)
+    structure, _, _ = trace_without_weights(recipe.model, recipe.model_kwargs, metadata=ref.metadata,
+                                            path=str(plan.paths[plan.donor]), input_shape=shape)
+    perms = {i: streaming_weight_matching(structure, ref, inp, seed=recipe.seed)
+             for i, inp in enumerate(plan.inputs) if i != plan.donor}
+
+    class _Aligned:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def __getitem__(self, name: str) -> Tensor:
+            if structure.is_buffer(name) and name in ref:
+                return ref.get(name)
+            t = plan.inputs[self.i].get(name)
+            if self.i == plan.donor or name not in structure.axes:
+                return t
+            return permute(structure, {name: t}, perms[self.i])[name]
+
+    views = {i: _Aligned(i) for i in range(len(plan.inputs))}
+    return views.__getitem__
