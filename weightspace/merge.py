@@ -11,7 +11,6 @@ import json
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from .checkpoint import check_not_input, check_output, save
 from .pipeline import (REPAIR_SAMPLES, MergeResult, PathLike, as_dtype, check_alpha,
                        check_data_fits, check_same_states, file_record, has_batchnorm,
                        hf_for_data, hf_inputs, input_shape_of, is_sharded, load_pair, repair_batches, resolve_data,
-                       permute_loaded, resolve_device, run_dtype, save_hf, structure_of)
+                       TensorMerge, permute_loaded, provenance, resolve_device, run_dtype, save_hf, structure_of)
 from .trust import takes_trust_flag
 
 __all__ = ["METHODS", "MergeResult", "align", "align_result", "merge_checkpoints", "barrier_between", "resolve_method"]
@@ -291,8 +290,9 @@ def merge_checkpoints(
 
     aligned = run_alignment(structure, a, b, method, batches, seed=seed, device=dev, progress=progress, solver=solver)
     perms = aligned.perms
+    tensors = TensorMerge(structure, perms, alpha, plan, fn, out)
     pb = permute_loaded(structure, b, b.state, perms)
-    merged = merging.interpolate(plan.widen(a.state, pb), pb, alpha)  # in the common dtype
+    merged = tensors.interpolate(a.state, pb)  # in the common dtype
     correction = "none"
     if repair:
         correction = "reset_bn" if has_batchnorm(a) else "repair"
@@ -300,39 +300,24 @@ def merge_checkpoints(
         merged = merging.repair(a.module, as_dtype(a.state, run), as_dtype(pb, run), as_dtype(merged, run), batches,
                                 alpha=alpha, device=dev, progress=progress,
                                 num_batches=repair_batches(batches, repair_samples, fn))
-    merged = plan.finish(merged, a.state)
-    for k, v in merged.items():
-        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values"
-                             f"{' after ' + correction if repair else ''}; nothing was written to {out}")
+    merged = tensors.finish(merged, a.state, after=correction if repair else None)
 
-    from weightspace import __version__
-
-    provenance = {
-        "tool": "weightspace merge",
-        "inputs": [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
-        "method": method,
-        "method_reason": reason,
-        "alpha": alpha,
-        "repair": correction,
-        "seed": seed,
-        "data": data_label if (needs_data(method) or repair) else None,
-        "sweeps": aligned.sweeps,
-        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    record = provenance(
+        "weightspace merge", [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
+        method=method, method_reason=reason, alpha=alpha, repair=correction, seed=seed,
+        data=data_label if (needs_data(method) or repair) else None, sweeps=aligned.sweeps,
+        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}))
+    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     if hf_out:
         merged = {k: merged[k] for k in file_keys}  # the files' keys: tied tensors once
-        path = save_hf(merged, out, path_a, provenance, [path_a, path_b])
+        path = save_hf(merged, out, path_a, record, [path_a, path_b])
     else:
         path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
     return MergeResult(path=path, method=method, reason=reason, alpha=alpha, repair=correction, perms=perms,
                        sweeps=aligned.sweeps, align_seconds=aligned.seconds, seconds=time.perf_counter() - t0,
-                       model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
+                       model=a.spec, input_shape=shape, provenance=record, notes=tuple(plan.notes),
                        copied=tuple(plan.copied))
 
 

@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from merging.many_methods import get_many_method, list_many_methods
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model
 from ._dtypes import parse_dtype, plan_dtypes
 from .checkpoint import check_not_input, open_checkpoint, save
-from .pipeline import (as_dtype, check_data_fits, check_same_states, file_record, has_batchnorm, hf_inputs,
+from .pipeline import (as_dtype, provenance, check_data_fits, check_same_states, file_record, has_batchnorm, hf_inputs,
                     input_shape_of, resolve_data, resolve_device, run_dtype, save_hf, structure_of)
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
@@ -228,26 +227,20 @@ def merge_many_checkpoints(
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values; nothing was written to {out}")
 
-    from weightspace import __version__
 
-    provenance = {
-        "tool": "weightspace merge-many",
-        "inputs": [file_record(p, fs) for p, fs in zip(paths, files)],
-        "method": method, "repair": correction, "seed": seed, "max_iter": max_iter,
-        "data": data_label if repair else None, "passes": passes,
-        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    record = provenance(
+        "weightspace merge-many", [file_record(p, fs) for p, fs in zip(paths, files)],
+        method=method, repair=correction, seed=seed, max_iter=max_iter, data=data_label if repair else None,
+        passes=passes, **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}))
+    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     if hf_out:
-        path = save_hf({k: v.cpu() for k, v in merged.items()}, out, paths[0], provenance, paths)
+        path = save_hf({k: v.cpu() for k, v in merged.items()}, out, paths[0], record, paths)
     else:
         path = save({k: v.cpu() for k, v in merged.items()}, out, metadata=metadata, inputs=paths)
     return MergeManyResult(path=path, method=method, repair=correction, perms=[{g: p.cpu() for g, p in ps.items()}
                                                                             for ps in perms],
                            passes=passes, align_seconds=align_seconds, seconds=time.perf_counter() - t0,
-                           model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
+                           model=a.spec, input_shape=shape, provenance=record, notes=tuple(plan.notes),
                            copied=tuple(plan.copied))

@@ -30,7 +30,7 @@ __all__ = ["BATCH", "REPAIR_SAMPLES", "MergeResult", "resolve_device", "check_al
            "check_same_states", "load_pair", "resolve_data", "check_data_fits", "structure_of", "input_shape_of",
            "has_batchnorm", "run_dtype", "as_dtype", "hf_inputs", "hf_for_data", "save_hf", "file_record",
            "repair_batches", "is_counter", "first_batch", "example_from", "device_of", "is_sharded",
-           "permute_loaded"]
+           "permute_loaded", "provenance", "TensorMerge"]
 
 PathLike = str | os.PathLike
 
@@ -324,12 +324,13 @@ def hf_for_data(a: LoadedModel, b: LoadedModel, fn: str) -> None:
             lm.state = for_evaluation(lm.module, lm.state, lm.path, fn)
 
 
-def save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, provenance: Mapping[str, Any],
+def save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, record: Mapping[str, Any],
              inputs: list[PathLike], max_shard_size: int | str | None = None) -> Path:
-    """Write merged weights as a Hugging Face directory (``config.json`` and tokenizer from A)."""
+    """Write merged weights as a Hugging Face directory (``config.json`` and tokenizer from A), with
+    the provenance ``record`` in the safetensors metadata."""
     from .hf import output_metadata, write_hf_dir
 
-    meta = output_metadata(PROVENANCE_KEY, provenance)
+    meta = output_metadata(PROVENANCE_KEY, record)
     target = (lambda d: d) if max_shard_size is not None else (lambda d: d / "model.safetensors")
     return write_hf_dir(out, source, lambda d: save(state, target(d), metadata=meta, max_shard_size=max_shard_size),
                         inputs)
@@ -340,3 +341,78 @@ def file_record(path: PathLike, files: tuple[Path, ...]) -> dict[str, Any]:
     if len(files) == 1:
         return {"path": str(path), "sha256": sha256_file(files[0])}
     return {"path": str(path), "files": {f.name: sha256_file(f) for f in files}}
+
+
+# --------------------------------------------------------------------------- the per-tensor plan
+
+
+def provenance(tool: str, inputs: Iterable[Mapping[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """The provenance record a written file carries: ``tool``, the ``inputs`` (file records, see
+    :func:`file_record`), then ``fields`` in order, the weightspace version and the UTC date."""
+    from datetime import datetime, timezone
+
+    from weightspace import __version__
+
+    record: dict[str, Any] = {"tool": tool}
+    if inputs is not None:
+        record["inputs"] = list(inputs)
+    record.update(fields)
+    record["weightspace_version"] = __version__
+    record["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+@dataclass(frozen=True)
+class TensorMerge:
+    """What a two-model merge does to each tensor once alignment has found the permutations:
+    B's tensor permuted, ``(1 - alpha) * A + alpha * P(B)`` in the inputs' common dtype, the result
+    cast to the output dtype and checked to be finite.
+
+    The in-memory merge runs it over whole state dicts (:meth:`interpolate`, then REPAIR if asked,
+    then :meth:`finish`); the low-memory merge one tensor at a time (:meth:`tensor`). Both give
+    the same bits.
+
+    Attributes:
+        structure (Structure): the traced structure the permutations act on.
+        perms (Mapping[str, Tensor]): one permutation per group (B's units to A's).
+        alpha (float): the weight of B.
+        dtypes (DtypePlan): the common and output dtypes (:func:`weightspace._dtypes.plan_dtypes`).
+        fn (str): the caller, for error messages.
+        out (Path): what is being written, for error messages.
+    """
+
+    structure: Structure
+    perms: Mapping[str, Tensor]
+    alpha: float
+    dtypes: Any
+    fn: str
+    out: Path
+
+    def interpolate(self, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Interpolate A and the already permuted B, in the common dtype."""
+        import merging
+
+        return merging.interpolate(self.dtypes.widen(state_a, state_b), state_b, self.alpha)
+
+    def finish(self, merged: Mapping[str, Tensor], state_a: Mapping[str, Tensor], *, after: str | None = None
+               ) -> dict[str, Tensor]:
+        """Cast to the output dtype; refuse NaN or Inf (``after``: the correction applied, for the message)."""
+        return self._check_finite(self.dtypes.finish(merged, state_a), after)
+
+    def tensor(self, key: str, a: Tensor, b: Tensor) -> Tensor:
+        """One tensor, start to end: permute ``b``, interpolate, cast, check (the inputs are let go
+        before the check, so that peak memory holds the result and one input at most)."""
+        from graphs import permute
+
+        pb = permute(self.structure, {key: b}, self.perms)
+        del b
+        out = self.dtypes.finish(self.interpolate({key: a}, pb), {key: a})
+        del a, pb
+        return self._check_finite(out)[key]
+
+    def _check_finite(self, merged: dict[str, Tensor], after: str | None = None) -> dict[str, Tensor]:
+        for k, v in merged.items():
+            if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{self.fn}: the merged tensor {k!r} has NaN or Inf values"
+                                 f"{' after ' + after if after else ''}; nothing was written to {self.out}")
+        return merged

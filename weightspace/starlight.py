@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from .checkpoint import check_not_input, save
 from ._dtypes import plan_dtypes
 from .pipeline import (
+    provenance,
     as_dtype,
     check_data_fits,
     file_record,
@@ -263,22 +263,17 @@ def starlight_checkpoints(
                                        "accuracy": sum(e.accuracy for e in evs) / len(evs)},
                       "n": ev.n}
 
-    from weightspace import __version__
 
-    provenance = {
-        "tool": "weightspace starlight",
-        "inputs": [file_record(p, fs) for p, fs in zip(paths, files)],
-        "method": "starlight", "epochs": sl.n_epochs_, "lr": lr, "momentum": momentum, "schedule": schedule,
-        "batch_size": batch_size, "t_dist": str(tdist), "realign": realign, "init": init, "seed": seed,
-        "data": data_label, "final_loss": sl.history_[-1] if sl.history_ else None,
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    record = provenance(
+        "weightspace starlight", [file_record(p, fs) for p, fs in zip(paths, files)],
+        method="starlight", epochs=sl.n_epochs_, lr=lr, momentum=momentum, schedule=schedule, batch_size=batch_size,
+        t_dist=str(tdist), realign=realign, init=init, seed=seed, data=data_label,
+        final_loss=sl.history_[-1] if sl.history_ else None)
+    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     star = plan.finish({k: v.detach().cpu() for k, v in star.items()}, a.state)
     path = save(star, out, metadata=metadata, inputs=paths)
     return StarlightResult(path=path, state_path=state_path, epochs=sl.n_epochs_, resumed_from=start,
                            history=list(sl.history_), seconds=time.perf_counter() - t0, model=a.spec,
-                           input_shape=shape, evaluation=evaluation, provenance=provenance, notes=tuple(notes))
+                           input_shape=shape, evaluation=evaluation, provenance=record, notes=tuple(notes))

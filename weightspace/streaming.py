@@ -17,14 +17,12 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-import merging
 from graphs import Structure, group_rows, identity_permutation, permute, trace
 from merging.matching.weight import (WeightMatchingResult, coordinate_descent, from_two_starts, start_permutations,
                                      work_dtype)
@@ -46,7 +44,8 @@ from ._dtypes import parse_dtype, plan_dtypes
 from .models import example_input_for, parse_input_shape
 from .hf import is_hf_module
 from .alignment import check_method
-from .pipeline import MergeResult, check_alpha, check_same_states, file_record, hf_inputs, resolve_device
+from .pipeline import (MergeResult, TensorMerge, check_alpha, check_same_states, file_record, hf_inputs, provenance,
+                       resolve_device)
 from .trust import takes_trust_flag
 
 __all__ = ["streaming_weight_matching", "streaming_weight_matching_result", "streaming_merge", "trace_without_weights", "is_sharded"]
@@ -386,7 +385,6 @@ def streaming_merge(
     Example:
         >>> streaming_merge("a/", "b/", "merged/", max_shard_size="2GB")  # doctest: +SKIP
     """
-    from . import __version__
 
     fn = "merge_checkpoints"
     t0 = time.perf_counter()
@@ -461,40 +459,24 @@ def streaming_merge(
 
         files = (ca.info.files + ((ca.info.index,) if ca.info.index else ()),
                  cb.info.files + ((cb.info.index,) if cb.info.index else ()))
-        provenance = {
-            "tool": "weightspace merge",
-            "inputs": [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
-            "method": method,
-            "alpha": alpha,
-            "repair": "none",
-            "seed": seed,
-            "data": None,
-            "sweeps": sweeps,
-            "streaming": True,
-            **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
-            "weightspace_version": __version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        metadata = {MODEL_KEY: spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+        record = provenance(
+            "weightspace merge", [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
+            method=method, alpha=alpha, repair="none", seed=seed, data=None, sweeps=sweeps, streaming=True,
+            **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}))
+        metadata = {MODEL_KEY: spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
         if shape is not None:
             metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
 
         keys = list(ca) + [k for k in cb if k not in ca]  # a counter only B has comes last, as in memory
 
+        tensors = TensorMerge(structure, perms, alpha, plan, fn, out)
+
         def merged(k: str) -> Tensor:
             if k not in ca:
                 return cb[k].clone()
-            a = ca[k]
-            if not (a.is_floating_point() or a.is_complex()):
-                return a
-            pb = permute(structure, {k: cb[k]}, perms)[k]
-            t = merging.interpolate(plan.widen({k: a}, {k: pb}), {k: pb}, alpha)[k]
-            t = plan.finish({k: t}, {k: a})[k]
-            del a, pb
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values; nothing was "
-                                 f"written to {out}")
-            return t
+            if not (ca.dtype(k).is_floating_point or ca.dtype(k).is_complex):
+                return ca[k]
+            return tensors.tensor(k, ca[k], cb[k])  # no reference kept here: the inputs go as soon as used
 
         entries = []
         for k in keys:
@@ -505,7 +487,7 @@ def streaming_merge(
         if hf_out:
             from .hf import output_metadata, write_hf_dir
 
-            meta = output_metadata(PROVENANCE_KEY, provenance)
+            meta = output_metadata(PROVENANCE_KEY, record)
             path = write_hf_dir(out, path_a, lambda d: save_streamed(entries, merged, d / target.name, kind=kind,
                                                                      max_bytes=limit, metadata=meta,
                                                                      inputs=[path_a, path_b], progress=progress),
@@ -515,4 +497,4 @@ def streaming_merge(
                                  inputs=[path_a, path_b], progress=progress)
     return MergeResult(path=path, method=method, alpha=alpha, repair="none", perms=perms, sweeps=sweeps,
                        align_seconds=align_seconds, seconds=time.perf_counter() - t0, model=spec,
-                       input_shape=shape, provenance=provenance, notes=tuple(plan.notes), copied=tuple(plan.copied))
+                       input_shape=shape, provenance=record, notes=tuple(plan.notes), copied=tuple(plan.copied))

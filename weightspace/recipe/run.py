@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from merging.methods import compute_in_input_dtype
 
 from ..api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from ..checkpoint import check_not_input, sha256_file
+from ..pipeline import provenance
 from ..trust import takes_trust_flag
 from .hf_output import _write_hf_dir
 from .parse import load_recipe
@@ -96,7 +96,6 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_sh
 
 def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int | str | None, progress: bool,
          t0: float) -> Path:
-    from weightspace import __version__
 
     from ..checkpoint import save_streamed
 
@@ -173,19 +172,11 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
         return write or e.in_dtype
 
     entries = [(e.name, out_dtype(e), tuple(e.shape)) for e in plan.entries]
-    provenance = {
-        "tool": "weightspace merge --config",
-        "recipe": recipe.text,
-        "recipe_path": str(recipe.source) if recipe.source else None,
-        "method": recipe.merge_method,
-        "parameters": recipe.parameters,
-        "seed": recipe.seed,
-        "align": recipe.align,
-        "inputs": [_record(p, inp.files) for p, inp in zip(plan.paths, plan.inputs)],
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True, default=str)}
+    record = provenance(
+        "weightspace merge --config", [_record(p, inp.files) for p, inp in zip(plan.paths, plan.inputs)],
+        recipe=recipe.text, recipe_path=str(recipe.source) if recipe.source else None, method=recipe.merge_method,
+        parameters=recipe.parameters, seed=recipe.seed, align=recipe.align)
+    metadata = {PROVENANCE_KEY: json.dumps(record, sort_keys=True, default=str)}
     if not hf:
         ref_meta = plan.inputs[plan.donor].metadata
         for key in (MODEL_KEY, INPUT_SHAPE_KEY):
