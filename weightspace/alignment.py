@@ -20,7 +20,7 @@ from torch import Tensor
 import merging
 from graphs import Structure, identity_permutation
 from graphs.registry import Entry, Registry
-from merging.matching.weight import from_two_starts
+from merging.matching.starts import from_two_starts
 
 from .api import LoadedModel
 from .pipeline import as_dtype, run_dtype

@@ -1,13 +1,12 @@
-"""Merging checkpoints larger than memory: weight matching and interpolation one tensor at a time.
+"""The low-memory merge: checkpoints larger than memory, merged one tensor at a time.
 
-:func:`streaming_weight_matching` runs the same coordinate descent as
-:func:`merging.weight_matching` (same sweep order, same skipping of groups whose neighbours did
-not move, same warm-started solver), but never holds a state dict: each group's similarity
-matrix is accumulated tensor by tensor from two lazily opened checkpoints, every tensor being
-read, used and dropped. :func:`streaming_merge` then writes the merged checkpoint tensor by
-tensor into ``.safetensors`` shards (Hugging Face layout with its ``*.index.json``), every file
-atomically. Peak memory is a few tensors plus one ``n x n`` similarity matrix, whatever the
-size of the model. The model is only traced, on the ``meta`` device, so it is never allocated.
+The model is traced on the ``meta`` device (:func:`weightspace.api.trace_without_weights`), so it
+is never allocated; weight matching reads each group's tensors from the lazily opened checkpoints
+(:mod:`merging.matching.streamed`); the per-tensor plan (:class:`weightspace.pipeline.TensorMerge`)
+then permutes, interpolates and casts each tensor as :func:`streaming_merge` writes it into
+``.safetensors`` shards (Hugging Face layout with its ``*.index.json``), every file atomically. Peak
+memory is a few tensors plus one ``n x n`` similarity matrix, whatever the size of the model.
+``streaming_weight_matching`` and ``trace_without_weights`` are importable from here too.
 """
 from __future__ import annotations
 
@@ -21,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from graphs import Structure, group_rows, identity_permutation, permute, trace
-from merging.matching.weight import (WeightMatchingResult, coordinate_descent, from_two_starts, start_permutations,
-                                     work_dtype)
+from graphs import identity_permutation
+from merging.matching.streamed import (streaming_weight_matching, streaming_weight_matching_result,
+                                       streaming_weight_matching_two_starts)
 
-from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, check_aligned, recorded_spec, trace_model
+from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, check_aligned, recorded_spec, trace_without_weights
 from .checkpoint import (
-    brief_error,
     check_finite,
     check_fits,
     check_not_input,
@@ -41,8 +39,7 @@ from .checkpoint import (
     writable_dtype,
 )
 from ._dtypes import parse_dtype, plan_dtypes
-from .models import example_input_for, parse_input_shape
-from .hf import is_hf_module
+from .models import parse_input_shape
 from .alignment import check_method
 from .pipeline import (MergeResult, TensorMerge, check_alpha, check_same_states, file_record, hf_inputs, provenance,
                        resolve_device)
@@ -56,263 +53,6 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- matching
-
-
-def _shape(state: Mapping[str, Tensor], name: str) -> tuple[int, ...]:
-    shape = getattr(state, "shape", None)
-    return tuple(shape(name)) if callable(shape) else tuple(state[name].shape)
-
-
-def _dtype(state: Mapping[str, Tensor], name: str) -> torch.dtype:
-    dtype = getattr(state, "dtype", None)
-    return dtype(name) if callable(dtype) else state[name].dtype
-
-
-def _load(state: Mapping[str, Tensor], name: str, device: torch.device) -> Tensor:
-    """One tensor as weight matching sees it: on ``device``, half precision widened to float32."""
-    t = state[name].detach()
-    return t.to(device=device, dtype=torch.float32 if t.dtype in _LOW_PRECISION else t.dtype)
-
-
-def _similarity(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
-                keys: set[str], group: str, perms: Mapping[str, Tensor], device: torch.device) -> Tensor:
-    """``C = sum_k A_k P(B_k)^T`` over the tensors touching ``group``, each read, used and dropped."""
-    dtype = torch.float64 if device.type == "cpu" else torch.float32
-    c = None
-    done: set[str] = set()
-    for name, _ in structure.groups[group].members:
-        if name not in keys or name in done:
-            continue
-        done.add(name)
-        a, b = _load(state_a, name, device), _load(state_b, name, device)
-        if a.dtype != b.dtype:  # float32 against float64: compare in the promoted dtype
-            work = work_dtype(a.dtype, b.dtype)
-            a, b = a.to(work), b.to(work)
-        rows_b = [m.contiguous() for _, m in group_rows(structure, {name: b}, group, perms)]
-        del b
-        for (_, ra), rb in zip(group_rows(structure, {name: a}, group), rows_b):
-            part = (ra @ rb.T).to(dtype)
-            c = part if c is None else c.add_(part)
-        del a, rows_b
-    if c is None:
-        n = structure.groups[group].size
-        c = torch.zeros(n, n, dtype=dtype, device=device)
-    return c
-
-
-def _objective(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
-               keys: set[str], perms: Mapping[str, Tensor]) -> float:
-    """``sum_k <A_k, P(B)_k>`` over the matched tensors, in float64 chunks of 64k entries (a few hundred kB of temporaries)."""
-    total = 0.0
-    for k in state_a:
-        if k not in keys or all(a is None for a in structure.axes[k]):
-            continue
-        a = state_a[k].reshape(-1)
-        pb = permute(structure, {k: state_b[k]}, perms)[k].reshape(-1)
-        for x, y in zip(a.split(1 << 16), pb.split(1 << 16)):
-            total += float((x.double() * y.double()).sum())
-        del a, pb
-    return total
-
-
-def _check_states(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
-                  fn: str) -> None:
-    for name, shape in structure.shapes.items():
-        for label, st in (("A", state_a), ("B", state_b)):
-            if name not in st:
-                if name.endswith("num_batches_tracked"):
-                    continue
-                raise ValueError(f"{fn}: tensor {name!r} is missing from {label}")
-            if _shape(st, name) != tuple(shape):
-                raise ValueError(f"{fn}: {name!r} has shape {_shape(st, name)} in {label}; the structure "
-                                 f"expects {tuple(shape)}")
-
-
-def streaming_weight_matching(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
-                              *, max_iter: int = 100, seed: int = 0, init: Mapping[str, Tensor] | None = None,
-                              solver: str = "auto", device: str | torch.device = "cpu", progress: bool = False,
-                              groups: list[str] | None = None, include_buffers: bool = False,
-                              return_info: bool = False) -> dict[str, Tensor]:
-    """Weight matching (Git Re-Basin, https://arxiv.org/abs/2209.04836, Algorithm 1) without
-    holding either state dict in memory.
-
-    The coordinate descent of :func:`merging.weight_matching`: every sweep visits the groups in
-    a fresh random order (the same order for the same ``seed``), skips a group none of whose
-    neighbours moved since it was last solved, and solves the linear assignment over
-
-    .. math::
-        C_g = \\sum_{k \\ni g} A_k^{(g)} \\, \\big(P_{-g} B_k\\big)^{(g)\\top}
-
-    where :math:`A_k^{(g)}` is tensor :math:`k` of A with :math:`g`'s axis first and the others
-    flattened, and :math:`P_{-g}` applies the current permutations of the other groups. Here
-    :math:`C_g` is accumulated tensor by tensor: each pair :math:`(A_k, B_k)` is read from the
-    checkpoints when needed and dropped after use, so memory holds one ``n x n`` matrix and a
-    few tensors. Tensors are re-read at every step (cheap from the page cache); open the
-    checkpoints with ``open_checkpoint(path, mmap=False)`` so reading does not leave the files
-    mapped into the process.
-
-    The similarity matrices are computed exactly as the in-memory matcher first computes them
-    (float32 products of float32 weights, summed in float64 in the same order), so both find the
-    same permutations; the in-memory matcher's later low-rank updates differ from a recomputation
-    only by rounding.
-
-    Args:
-        structure (Structure): from :func:`graphs.trace` (or :func:`trace_without_weights`).
-        state_a, state_b (Mapping[str, Tensor]): the two models; lazily loaded
-            :class:`weightspace.Checkpoint` objects (or plain dicts).
-        max_iter (int, optional): maximum number of sweeps. (default: ``100``)
-        seed (int, optional): seeds the order of the groups. (default: ``0``)
-        init (dict, optional): warm start (group -> permutation). (default: identity)
-        solver (str, optional): ``"auto"``, ``"lap"``, ``"sparse"``, ``"scipy"`` or ``"auction"``, as
-            for :func:`merging.weight_matching`. (default: ``"auto"``)
-        device (str or torch.device, optional): where the products are computed. (default: ``"cpu"``)
-        progress (bool, optional): a progress bar of sweeps on stderr. (default: ``False``)
-        groups (list, optional): optimise only these groups; the others keep ``init``.
-        include_buffers (bool, optional): let buffers count in the similarity. (default: ``False``)
-        return_info (bool, optional): deprecated: also return ``{"sweeps", "objective"}``; use
-            :func:`streaming_weight_matching_result`. (default: ``False``)
-
-    Shapes:
-        every similarity matrix: ``(n, n)`` with ``n = structure.groups[g].size``.
-
-    Returns:
-        ``dict[group, LongTensor]``; apply it with ``weightspace.permute(structure, state_b, perms)``.
-        :func:`streaming_weight_matching_result` returns them with the sweeps and the objective.
-
-    Raises:
-        ValueError: the checkpoints do not fit the structure, or an unknown group.
-
-    Example:
-        >>> with open_checkpoint("a", mmap=False) as a, open_checkpoint("b", mmap=False) as b:  # doctest: +SKIP
-        ...     perms = streaming_weight_matching(structure, a, b)
-    """
-    result = streaming_weight_matching_result(structure, state_a, state_b, max_iter=max_iter, seed=seed, init=init,
-                                              solver=solver, device=device, progress=progress, groups=groups,
-                                              include_buffers=include_buffers, objective=return_info)
-    if return_info:
-        warnings.warn("streaming_weight_matching(return_info=True) is deprecated; use "
-                      "streaming_weight_matching_result", DeprecationWarning, stacklevel=2)
-        return result.perms, {"sweeps": result.sweeps, "objective": result.objective}  # type: ignore[return-value]
-    return result.perms
-
-
-def streaming_weight_matching_result(structure: Structure, state_a: Mapping[str, Tensor],
-                                     state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
-                                     init: Mapping[str, Tensor] | None = None, solver: str = "auto",
-                                     device: str | torch.device = "cpu", progress: bool = False,
-                                     groups: list[str] | None = None, include_buffers: bool = False,
-                                     objective: bool = True) -> WeightMatchingResult:
-    """:func:`streaming_weight_matching` (same arguments), returning the permutations with the sweeps
-    and, with ``objective`` (one more pass over the checkpoints), the matching objective (else NaN).
-
-    Raises:
-        ValueError: the checkpoints do not fit the structure, or an unknown group.
-    """
-    fn = "streaming_weight_matching"
-    _check_states(structure, state_a, state_b, fn)
-    keys = {k for k in state_a if k in structure.axes and k in state_b and _dtype(state_a, k).is_floating_point
-            and _dtype(state_b, k).is_floating_point and (include_buffers or not structure.is_buffer(k))}
-    perms, sweeps = _descend(structure, state_a, state_b, keys, max_iter, seed, init, solver, torch.device(device),
-                             progress, groups, fn)
-    value = _objective(structure, state_a, state_b, keys, perms) if objective else float("nan")
-    return WeightMatchingResult(perms, sweeps, value)
-
-
-def _descend(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], keys: set[str],
-             max_iter: int, seed: int, init: Mapping[str, Tensor] | None, solver: str, device: torch.device,
-             progress: bool, groups: list[str] | None, fn: str) -> tuple[dict[str, Tensor], int]:
-    """The coordinate descent of :func:`streaming_weight_matching` (weight matching's own loop,
-    with similarities read tensor by tensor): ``(perms, sweeps)``."""
-    perms, groups = start_permutations(structure, init, groups, device, fn)
-    sweeps = coordinate_descent(structure, groups, perms,
-                                 lambda g: _similarity(structure, state_a, state_b, keys, g, perms, device),
-                                 solver=solver, max_iter=max_iter, seed=seed,
-                                 progress="weight matching (streaming)" if progress else None)
-    return {g: p.cpu() for g, p in perms.items()}, sweeps
-
-
-# --------------------------------------------------------------------------- tracing
-
-
-def _distinct_meta_storage(module: nn.Module) -> nn.Module:
-    """Give every parameter and buffer of a meta-device module its own place in one meta storage.
-
-    Meta tensors all report ``data_ptr() == 0``, which would make the tracer take every two
-    tensors of one shape for tied weights. Views at distinct offsets of one meta storage have
-    distinct ``data_ptr()`` and still hold no memory; truly tied tensors (one object) stay one.
-    """
-    new: dict[int, tuple[Tensor, int]] = {}
-    sizes: dict[torch.dtype, int] = {}
-    for m in module.modules():
-        for d in (m._parameters, m._buffers):
-            for t in d.values():
-                if t is not None and id(t) not in new:
-                    new[id(t)] = (t, sizes.get(t.dtype, 0))
-                    sizes[t.dtype] = sizes.get(t.dtype, 0) + max(t.numel(), 1)
-    stores = {dt: torch.empty(n, dtype=dt, device="meta") for dt, n in sizes.items()}
-    views: dict[int, Tensor] = {}
-    for i, (t, off) in new.items():
-        v = stores[t.dtype][off:off + t.numel()].view(t.shape)
-        views[i] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v
-    for m in module.modules():
-        for d in (m._parameters, m._buffers):
-            for k, t in list(d.items()):
-                if t is not None:
-                    d[k] = views[id(t)]
-    return module
-
-
-@takes_trust_flag
-def trace_without_weights(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
-                          metadata: Mapping[str, str] | None = None, path: str | None = None,
-                          input_shape: str | tuple[int, ...] | None = None
-                          ) -> tuple[Structure, nn.Module, str]:
-    """Trace a model family's permutation structure without allocating its weights.
-
-    The module is built under ``torch.device("meta")`` and traced on a meta example input, so
-    neither its parameters nor its activations take memory. A meta module computes no values,
-    so the tracer's numerical check (permuting the network at random and comparing outputs) is
-    skipped; the structure is the one the checked trace gives (tested on every built-in family).
-    A model whose forward pass cannot run on the meta device (a data-dependent branch, say) is
-    built and traced for real instead, which takes memory of the model's size; a warning says so.
-
-    Args:
-        model, model_kwargs: the ``--model`` spec, as for :func:`weightspace.build_model`.
-        metadata (Mapping[str, str], optional): a checkpoint's metadata recording the model.
-        path (str, optional): that checkpoint, for messages.
-        input_shape (str or tuple, optional): one example's shape without the batch axis.
-
-    Returns:
-        ``(structure, module, spec)``: the module (on the meta device unless traced for real)
-        serves shape checks with :func:`weightspace.check_fits`.
-
-    Raises:
-        ValueError: unknown model or bad arguments, or no input shape known.
-    """
-    with torch.device("meta"):
-        module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
-    shape = parse_input_shape(input_shape) if input_shape is not None else None
-    try:
-        _distinct_meta_storage(module)
-        if shape is None and is_hf_module(module):  # a transformers model: keyword inputs, traced by trace_hf
-            from .hf import example_input, trace_hf
-
-            return trace_hf(module, _to_meta(example_input(module)), check=False), module, spec
-        example = example_input_for(module, shape, batch_size=2)
-        example = example.to("meta") if isinstance(example, Tensor) else \
-            tuple(x.to("meta") if isinstance(x, Tensor) else x for x in example)
-        return trace(module, example, check=False), module, spec
-    except Exception as e:  # a forward pass that needs values: trace the real model
-        if isinstance(e, ValueError) and "input shape" in str(e):
-            raise
-        warnings.warn(f"streaming_merge: the model cannot be traced on the meta device ({brief_error(e)}); "
-                      f"building it for real, which takes memory of the model's size", stacklevel=2)
-        module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
-        return trace_model(module, input_shape=shape), module, spec
-
-
-def _to_meta(example: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.to("meta") if isinstance(v, Tensor) else v for k, v in example.items()}
 
 
 # --------------------------------------------------------------------------- merging
@@ -444,14 +184,8 @@ def streaming_merge(
         t1 = time.perf_counter()
         sweeps = None
         if method == "weight":
-            _check_states(structure, ca, cb, fn)
-            keys = {k for k in ca if k in structure.axes and k in cb and ca.dtype(k).is_floating_point
-                    and cb.dtype(k).is_floating_point and not structure.is_buffer(k)}
-            def run(init):  # the descent and its objective, as streaming_weight_matching_result reports them
-                p, n = _descend(structure, ca, cb, keys, 100, seed, init, solver, dev, progress, None, fn)
-                return WeightMatchingResult(p, n, _objective(structure, ca, cb, keys, p))
-
-            found = from_two_starts(run, structure, ca, cb, solver=solver)
+            found = streaming_weight_matching_two_starts(structure, ca, cb, seed=seed, solver=solver, device=dev,
+                                                         progress=progress, fn=fn)
             perms, sweeps = found.perms, found.sweeps
         else:
             perms = identity_permutation(structure)

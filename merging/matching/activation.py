@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from graphs import Cat, Prod, Structure, Unit, axis_groups, axis_rows, product_blocks
 
 from ._solve import solve_assignment
-from .weight import from_two_starts, weight_matching_result
+from .starts import from_two_starts
+from .weight import weight_matching_result
 
 __all__ = ["activation_matching", "activation_correlations"]
 

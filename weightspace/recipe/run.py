@@ -202,7 +202,9 @@ def _aligned(recipe: Recipe, plan: _Plan):
     from graphs import permute
 
     from ..api import INPUT_SHAPE_KEY
-    from ..streaming import streaming_weight_matching, trace_without_weights
+    from merging.matching import streaming_weight_matching
+
+    from ..api import trace_without_weights
 
     ref = plan.inputs[plan.donor]
     shape = recipe.input_shape or ref.metadata.get(INPUT_SHAPE_KEY)
