@@ -159,11 +159,12 @@ def child(build: str, repeats: int, sizes: list[int], threads: int | None) -> di
         row = {"n": n, "scipy_cold": best_ms(lambda: linear_sum_assignment(c, maximize=True), repeats),
                "scipy_warm": best_ms(lambda: linear_sum_assignment(c2, maximize=True), repeats)}
         if _solve._LAP is not None:
-            perm, duals = _solve.solve_assignment(ct, solver="lap", return_duals=True)
+            found = _solve.solve_assignment_result(ct, solver="lap")
+            perm, duals = found.perm, found.duals
             row["ours_cold"] = best_ms(lambda: _solve.solve_assignment(ct, solver="lap"), repeats)
             row["ours_warm"] = best_ms(lambda: _solve.solve_assignment(c2t, solver="lap", init=perm, duals=duals),
                                        repeats)
-        row["auto"] = _solve._resolve("auto")
+        row["auto"] = _solve.resolve_solver("auto")
         result["solver"].append(row)
     return result
 

@@ -107,8 +107,9 @@ def family(name: str, model: nn.Module, train_ds, test, args, device, *, epochs:
     merged["MergeMany"], _ = merging.merge_many(s, sources)
     timings["MergeMany"] = time.time() - t
     t = time.time()
-    merged["C2M3"], _, info = merging.c2m3_merge(s, sources, return_info=True)
-    timings[f"C2M3 ({info['iterations']} Frank-Wolfe it.)"] = time.time() - t
+    c2m3 = merging.c2m3_merge_result(s, sources)
+    merged["C2M3"] = c2m3.merged
+    timings[f"C2M3 ({c2m3.iterations} Frank-Wolfe it.)"] = time.time() - t
     merge_rows = []
     for label, st in merged.items():
         e = merging.evaluate(model, st, test)

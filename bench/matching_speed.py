@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(args.repeats):
                     sync(args.device)
                     t = time.perf_counter()
-                    p, info = merging.weight_matching(s, a, b, solver=solver, device=args.device, return_info=True)
+                    found = merging.weight_matching_result(s, a, b, solver=solver, device=args.device)
+                    p, info = found.perms, found.info
                     sync(args.device)
                     times.append(time.perf_counter() - t)
                     solve_times.append(info["solve_seconds"])

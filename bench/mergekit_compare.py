@@ -16,11 +16,18 @@ base plus noise) are saved as Hugging Face directories (fp32, and bf16 copies). 
 the bench prints the largest absolute difference over all tensors between the two outputs, the
 number of differing values, and, for the random methods (DARE, DELLA; the masks come from
 different generators), the fraction of entries each tool left at the base and the mean absolute
-change from the base.
+change from the base; for SCE, Multi-SLERP, NearSwap, Arcee Fusion and RAM, the fraction of
+weightspace's values equal to the base's (so that a difference of 0 is not a no-op).
+
+For ``tokenizer_source``, three more tiny Llamas hold different word-level tokenizers (the base's
+128 tokens; one lacking 8 of them, in another order, plus 3; one with 5 more); the vocabulary
+rows (``embed_tokens``, ``lm_head``) of the two outputs are compared token by token, since the
+ids of tokens a union adds depend on the order mergekit visits the models in (a set's).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -86,6 +93,19 @@ def recipes(base: str, m1: str, m2: str) -> dict[str, str]:
             f"      - {{model: {m1}, layer_range: [2, 4], parameters: {{weight: [0.2, 1.0], density: 0.7}}}}\n"
             f"      - {{model: {m2}, layer_range: [2, 4], parameters: {{weight: 0.5, density: 0.7}}}}\n"
             f"    parameters: {{normalize: false}}\n",
+        "sce": "merge_method: sce\n" + b + models("{}", "{}") + "parameters: {select_topk: 0.5}\n",
+        "sce (select_topk 1, int8_mask)": "merge_method: sce\n" + b + models("{}", "{}")
+                                         + "parameters: {int8_mask: true}\n",
+        "multislerp": "merge_method: multislerp\n" + models("{weight: 0.3}", "{weight: 0.7}", with_base=True)
+                      .replace(f"  - model: {base}\n", f"  - model: {base}\n    parameters: {{weight: 0.5}}\n"),
+        "multislerp (base_model, gradient)": "merge_method: multislerp\n" + b + models(
+            "{weight: [0.2, 0.8]}", "{weight: 0.5}") + "parameters: {normalize_weights: true}\n",
+        "nearswap": f"merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {m1}\n"
+                    "parameters: {t: [0.002, 0.02]}\n",
+        "arcee_fusion": f"merge_method: arcee_fusion\nbase_model: {base}\nmodels:\n  - model: {m1}\n",
+        "ram": "merge_method: ram\n" + b + models("{}", "{}") + "parameters: {epsilon: 0.01}\n",
+        "ramplus_tl": "merge_method: ramplus_tl\n" + b + models("{}", "{}")
+                      + "parameters: {epsilon: 0.01, r: 0.5, alpha: 0.4}\n",
         "della_linear": "merge_method: della_linear\n" + b + models("{weight: 1.0, density: 0.4, epsilon: 0.1}",
                                                                    "{weight: 0.5, density: 0.4, epsilon: 0.1}"),
         "dare_linear": "merge_method: dare_linear\n" + b + models("{weight: 1.0, density: 0.3}",
@@ -99,6 +119,8 @@ def recipes(base: str, m1: str, m2: str) -> dict[str, str]:
 
 
 RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
+# methods whose rows also say how much of the output is still the base (so a 0 diff is not a no-op)
+AT_BASE = {"sce", "multislerp", "nearswap", "arcee_fusion", "ram", "ramplus_tl"}
 
 
 def setup(venv: Path) -> None:
@@ -130,6 +152,51 @@ def make_models(d: Path) -> dict[str, Path]:
     return paths
 
 
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def make_vocab_models(d: Path) -> dict[str, Path]:
+    """Three tiny Llamas whose word-level tokenizers differ: the base (128 tokens); v1 lacks 8 of
+    them, lists the rest in another order and adds 3 tokens; v2 adds 5 tokens, 2 of them v1's. Shared
+    tokens' rows are the base's plus noise, new tokens' rows random."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>"] + [f"w{i}" for i in range(127)]
+    vocabs = {"vbase": words,
+              "v1": [w for w in words[::-1] if w not in {f"w{i}" for i in range(20, 28)}] + ["x0", "x1", "y0"],
+              "v2": words + ["x0", "x1", "z0", "z1", "z2"]}
+    torch.manual_seed(0)
+    paths, base_rows = {}, None
+    for name, vocab in vocabs.items():
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=len(vocab))
+        m = LlamaForCausalLM(cfg)
+        if base_rows is None:
+            base_sd, base_rows = m.state_dict(), {k: dict(zip(words, m.state_dict()[k])) for k in VOCAB_TENSORS}
+        else:
+            sd = {k: v + 0.01 * torch.randn_like(v) for k, v in base_sd.items() if k not in VOCAB_TENSORS}
+            for k in VOCAB_TENSORS:
+                sd[k] = torch.stack([base_rows[k][w] + 0.01 * torch.randn(64) if w in base_rows[k]
+                                     else torch.randn(64) * 0.02 for w in vocab])
+            m.load_state_dict(sd)
+        m.save_pretrained(d / name)
+        t = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+        t.pre_tokenizer = pre_tokenizers.Whitespace()
+        PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>").save_pretrained(str(d / name))
+        paths[name] = d / name
+    return paths
+
+
+def by_token(d: Path, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The vocabulary tensors' rows reordered by token string (ids may differ between tools)."""
+    vocab = json.loads((d / "tokenizer.json").read_text())["model"]["vocab"]
+    added = {a["content"]: a["id"] for a in json.loads((d / "tokenizer.json").read_text())["added_tokens"]}
+    ids = {**vocab, **added}
+    order = torch.tensor([ids[t] for t in sorted(ids)])
+    return {k: (v[order] if k in VOCAB_TENSORS else v) for k, v in w.items()}
+
+
 def weights(d: Path) -> dict[str, torch.Tensor]:
     out = {}
     for f in sorted(d.glob("*.safetensors")):
@@ -158,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
             "/m2", "/m2-bf16") + "dtype: float32\nout_dtype: bfloat16\n"
         cases["ties (bf16, no dtype)"] = cases["ties"].replace("/base", "/base-bf16").replace(
             "/m1", "/m1-bf16").replace("/m2", "/m2-bf16")
+        vp = make_vocab_models(work)
+        vb, v1, v2 = (str(vp[n]) for n in ("vbase", "v1", "v2"))
+        cases["tokenizer_source: union (ties)"] = (
+            f"merge_method: ties\nbase_model: {vb}\nmodels:\n  - model: {v1}\n    parameters: {{weight: 1.0, "
+            f"density: 0.5}}\n  - model: {v2}\n    parameters: {{weight: 0.7, density: 0.5}}\ntokenizer_source: union\n")
+        cases["tokenizer_source: union (linear, no base)"] = (
+            f"merge_method: linear\nmodels:\n  - model: {v1}\n    parameters: {{weight: 0.3}}\n"
+            f"  - model: {v2}\n    parameters: {{weight: 0.7}}\ntokenizer_source: union\n")
+        cases["tokenizer_source: base (task_arithmetic)"] = (
+            f"merge_method: task_arithmetic\nbase_model: {vb}\nmodels:\n  - model: {v1}\n    parameters: "
+            f"{{weight: 0.6}}\n  - model: {v2}\n    parameters: {{weight: 0.9}}\ntokenizer_source: base\n")
         if args.only:
             cases = {k: v for k, v in cases.items() if k in args.only.split(";")}
         rows = []
@@ -176,10 +254,18 @@ def main(argv: list[str] | None = None) -> int:
                              else "weightspace failed: " + r2.stderr.strip().splitlines()[-1]))
                 continue
             a, b = weights(mk_out), weights(ws_out)
+            if "tokenizer_source" in text:  # compare the vocabulary rows token by token
+                ta = json.loads((mk_out / "tokenizer.json").read_text())
+                tb = json.loads((ws_out / "tokenizer.json").read_text())
+                va = set(ta["model"]["vocab"]) | {x["content"] for x in ta["added_tokens"]}
+                vb_ = set(tb["model"]["vocab"]) | {x["content"] for x in tb["added_tokens"]}
+                if va != vb_:
+                    rows.append((name, f"different vocabularies: {sorted(va ^ vb_)[:3]}"))
+                    continue
+                a, b = by_token(mk_out, a), by_token(ws_out, b)
             if set(a) != set(b):
                 rows.append((name, f"different tensors: {sorted(set(a) ^ set(b))[:3]}"))
                 continue
-            import json
             ca, cb = (json.loads((d / "config.json").read_text()) for d in (mk_out, ws_out))
             cfg_note = "" if ca.get("num_hidden_layers") == cb.get("num_hidden_layers") else (
                 f"num_hidden_layers {ca.get('num_hidden_layers')} vs {cb.get('num_hidden_layers')}")
@@ -189,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             dtypes = sorted({str(a[k].dtype).replace("torch.", "") for k in a} |
                             {str(b[k].dtype).replace("torch.", "") for k in b})
             extra = ""
+            if name.split(" ")[0] in AT_BASE:
+                same = sum(int((b[k] == base_w[k]).sum()) for k in b if k in base_w)
+                extra = f"{same / n:.3f} of weightspace's values equal the base's"
             if name in RANDOM:
                 stats = []
                 for w in (a, b):

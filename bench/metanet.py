@@ -45,14 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from graphs import permute, random_permutation
 from weightspace.metanet import (
-    _DEFAULT_HIDDEN,
     ARCHS,
-    _aug_seed,
-    _collate,
-    _loss,
-    _metrics,
-    _scales,
-    _Zoo,
+    augmentation_seed,
+    collate_networks,
+    metanet_loss,
+    metanet_metrics,
+    layer_scales,
+    LoadedZoo,
+    default_hidden,
     train_metanet,
 )
 from weightspace.zoo import build_cnn_zoo, build_inr_zoo
@@ -96,13 +96,13 @@ def _nparams(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
-def nfn_model(zoo: _Zoo, out: int, target_params: int) -> NFNClassifier:
+def nfn_model(zoo: LoadedZoo, out: int, target_params: int) -> NFNClassifier:
     """The nfn NP model whose parameter count is closest to ``target_params``."""
-    from weightspace.metanet import _tensors
+    from weightspace.metanet import weight_tensors
 
-    w, b = _tensors(zoo.splits["train"].states[0])
+    w, b = weight_tensors(zoo.splits["train"].states[0])
     example = ([t[None, None] for t in w], [t[None, None] for t in b])
-    scales = _scales(zoo.splits["train"].states[:512])
+    scales = layer_scales(zoo.splits["train"].states[:512])
     best = None
     for c in (4, 8, 12, 16, 24, 32, 48, 64):
         for head in (64, 128, 256, 512, 1000):
@@ -113,7 +113,7 @@ def nfn_model(zoo: _Zoo, out: int, target_params: int) -> NFNClassifier:
     return NFNClassifier(example, scales, best[1], best[2], out)
 
 
-def train_external(model: nn.Module, zoo: _Zoo, *, task: str, epochs: int, lr: float, batch_size: int,
+def train_external(model: nn.Module, zoo: LoadedZoo, *, task: str, epochs: int, lr: float, batch_size: int,
                    patience: int, seed: int, device: torch.device, augment: bool = True) -> dict:
     """The recipe of :func:`weightspace.metanet.train_metanet` (AdamW, clip 1, same batch order and
     augmentation, best on val) for a model that reads the ``np`` batches."""
@@ -129,7 +129,7 @@ def train_external(model: nn.Module, zoo: _Zoo, *, task: str, epochs: int, lr: f
     @torch.no_grad()
     def predict(split):
         model.eval()
-        return torch.cat([model(_collate("np", zoo.structure, split.states[i:i + 256], device)).float().cpu()
+        return torch.cat([model(collate_networks("np", zoo.structure, split.states[i:i + 256], device)).float().cpu()
                           for i in range(0, len(split.states), 256)])
 
     for epoch in range(1, epochs + 1):
@@ -140,15 +140,15 @@ def train_external(model: nn.Module, zoo: _Zoo, *, task: str, epochs: int, lr: f
             idx = order[i:i + batch_size]
             states = [train.states[j] for j in idx]
             if augment:
-                states = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=_aug_seed(seed, epoch, j)))
+                states = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=augmentation_seed(seed, epoch, j)))
                           for s, j in zip(states, idx)]
-            loss = _loss(task, model(_collate("np", zoo.structure, states, device)).float(),
+            loss = metanet_loss(task, model(collate_networks("np", zoo.structure, states, device)).float(),
                          train.targets[idx].to(device))
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-        vm = _metrics(task, predict(val), val.targets)
+        vm = metanet_metrics(task, predict(val), val.targets)
         if vm["loss"] < best - 1e-12:
             best, best_epoch, bad = vm["loss"], epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -157,7 +157,7 @@ def train_external(model: nn.Module, zoo: _Zoo, *, task: str, epochs: int, lr: f
             if bad >= patience:
                 break
     model.load_state_dict(best_state)
-    return {"metrics": _metrics(task, predict(test), test.targets), "num_params": _nparams(model),
+    return {"metrics": metanet_metrics(task, predict(test), test.targets), "num_params": _nparams(model),
             "seconds": time.perf_counter() - t0, "best_epoch": best_epoch}
 
 
@@ -231,7 +231,7 @@ def bench_inr(args, zoo_dir: Path, results: dict) -> list[str]:
     if "nfn-np" in args.methods and not _have_nfn():
         lines.append(row("`nfn` NP", "skipped: the `nfn` package is not installed (pip install nfn)", "", "", ""))
     elif "nfn-np" in args.methods:
-        zoo = _Zoo(zoo_dir, "class", None)
+        zoo = LoadedZoo(zoo_dir, "class", None)
         target = gnn_params or _nparams(_build_gnn(zoo.num_classes, args))
         m = nfn_model(zoo, zoo.num_classes, target)
         torch.manual_seed(args.seed)
@@ -256,7 +256,7 @@ def _have_nfn() -> bool:
 def _build_gnn(out: int, args):
     from weightspace.nn import GraphMetanet
 
-    return GraphMetanet(hidden=args.hidden.get("gnn") or _DEFAULT_HIDDEN["gnn"], out_channels=out)
+    return GraphMetanet(hidden=args.hidden.get("gnn") or default_hidden("gnn"), out_channels=out)
 
 
 def _cnn_runs(args) -> list[tuple[str, str, object, object]]:
@@ -294,9 +294,9 @@ def _hp_text(args) -> str:
     hp = _cnn_hparams(args, "gnn")
     text = f"{hp['epochs']} epochs max, batch {hp['batch_size']}, lr {hp['lr']}, patience {hp['patience']}"
     if "probestat" in args.cnn_methods:
-        from weightspace.metanet import _ARCH_TRAIN_DEFAULTS, _TRAIN_DEFAULTS
+        from weightspace.metanet import train_defaults
 
-        ps = {k: v if v is not None else {**_TRAIN_DEFAULTS, **_ARCH_TRAIN_DEFAULTS["probestat"]}[k]
+        ps = {k: v if v is not None else train_defaults("probestat")[k]
               for k, v in _cnn_hparams(args, "probestat").items()}
         text += (f" (probestat: {ps['epochs']} epochs max, batch {ps['batch_size']}, lr {ps['lr']}, "
                  f"patience {ps['patience']})")
@@ -347,22 +347,22 @@ def bench_cnn(args, zoo_dir: Path, results: dict) -> list[str]:
 
 def bench_throughput(args, zoo_dir: Path, results: dict) -> list[str]:
     """Training graphs per second: augmentation, batching and the optimizer step included."""
-    from weightspace.metanet import _build_model, _tensors
+    from weightspace.metanet import weight_tensors, build_metanet
     from weightspace.nn import NetworkSpec
 
     dev = torch.device(args.device)
-    zoo = _Zoo(zoo_dir, "class", None)
+    zoo = LoadedZoo(zoo_dir, "class", None)
     train = zoo.splits["train"]
     B, steps = args.batch_size, args.throughput_steps
     out = zoo.num_classes
-    w, b = _tensors(train.states[0])
+    w, b = weight_tensors(train.states[0])
     base = {"task": "class", "out": out, "num_layers": 3, "spec": NetworkSpec.from_tensors(w, b).to_dict(),
-            "scales": _scales(train.states[:512])}
+            "scales": layer_scales(train.states[:512])}
     models = {}
     for arch in ("gnn", "np"):
         torch.manual_seed(0)
-        models[f"ours: {arch}"] = (arch, _build_model({**base, "arch": arch,
-                                                       "hidden": args.hidden.get(arch) or _DEFAULT_HIDDEN[arch]}))
+        models[f"ours: {arch}"] = (arch, build_metanet({**base, "arch": arch,
+                                                       "hidden": args.hidden.get(arch) or default_hidden(arch)}))
     if _have_nfn():
         models["`nfn` NP, same parameters as ours: gnn"] = ("np", nfn_model(zoo, out,
                                                                             _nparams(models["ours: gnn"][1])))
@@ -377,7 +377,7 @@ def bench_throughput(args, zoo_dir: Path, results: dict) -> list[str]:
             idx = [(k * B + j) % len(train.states) for j in range(B)]
             states = [permute(zoo.structure, train.states[j], random_permutation(zoo.structure, seed=k * B + j))
                       for j in idx]
-            loss = _loss("class", model(_collate(arch, zoo.structure, states, dev)).float(),
+            loss = metanet_loss("class", model(collate_networks(arch, zoo.structure, states, dev)).float(),
                          train.targets[idx].to(dev))
             opt.zero_grad()
             loss.backward()

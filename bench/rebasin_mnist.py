@@ -217,14 +217,15 @@ def speed(train_ds, test, args) -> None:
         for seed in range(r):
             t = time.time()
             s = weightspace.trace(model, model.example_input())
-            p, info = merging.weight_matching(s, a, b, seed=seed, return_info=True)
+            found = merging.weight_matching_result(s, a, b, seed=seed)
+            p, info = found.perms, found.info
             t_ws.append(time.time() - t)
             sweeps.append(info["sweeps"])
             bar_ws.append(merging.barrier(model, a, weightspace.permute(s, b, p), test, steps=args.steps,
                                           progress=False).loss_barrier)
             if seed == 0:
                 t = time.time()
-                _, info_ref = merging.weight_matching(s, a, b, seed=seed, solver="scipy", return_info=True)
+                info_ref = merging.weight_matching_result(s, a, b, seed=seed, solver="scipy").info
                 t_ref = time.time() - t
                 assert abs(info_ref["objective"] - info["objective"]) <= 1e-9 * abs(info["objective"])
             if PermutationCoordinateDescent is not None:

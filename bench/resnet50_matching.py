@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     sb = {k: v.to(args.device) for k, v in b.state_dict().items()}
     ident = merging.matching_objective(s, sa, sb, weightspace.identity_permutation(s))
     t = time.perf_counter()
-    _, info = merging.weight_matching(s, sa, sb, device=args.device, return_info=True)
+    info = merging.weight_matching_result(s, sa, sb, device=args.device).info
     print(f"weight matching, two random ResNet-50s ({args.device}): {time.perf_counter() - t:.2f} s, "
           f"{info['sweeps']} sweeps ({info['solve_seconds']:.2f} s in the solver), objective {ident:.1f} (identity) -> {info['objective']:.1f}", flush=True)
     shuffled = weightspace.permute(s, sa, weightspace.random_permutation(s, 5))
     t = time.perf_counter()
-    _, info2 = merging.weight_matching(s, sa, shuffled, device=args.device, return_info=True)
+    info2 = merging.weight_matching_result(s, sa, shuffled, device=args.device).info
     self_obj = merging.matching_objective(s, sa, sa, weightspace.identity_permutation(s))
     print(f"weight matching against its own permutation: {time.perf_counter() - t:.2f} s, {info2['sweeps']} sweeps, "
           f"recovered {info2['objective'] / self_obj:.6f} of the self objective", flush=True)

@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", default="/tmp", help="where the checkpoints are written (deleted afterwards)")
     args = p.parse_args(argv)
-    from weightspace.checkpoint import _parse_size
+    from weightspace.checkpoint import parse_size
 
-    shard_bytes = _parse_size(args.shard_size, Path("--shard-size"))
+    shard_bytes = parse_size(args.shard_size, Path("--shard-size"))
     root = Path(tempfile.mkdtemp(prefix="ws-sharded-merge-", dir=args.tmp))
     lines = [row("checkpoints", "merge", "inputs", "wall s", "peak RSS", "sweeps", "result"),
              row(*["---"] * 7)]

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("bench/trace_large.py needs transformers: pip install 'weightspace[hf]'", file=sys.stderr)
         return 2
-    from weightspace.streaming import trace_without_weights
+    from weightspace.api import trace_without_weights
 
     cfg = transformers.LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate,
                                    num_hidden_layers=args.layers, num_attention_heads=args.heads,

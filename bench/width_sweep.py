@@ -40,7 +40,7 @@ from torch import nn
 
 import merging
 import weightspace
-from merging.matching.weight import from_two_starts
+from merging.matching.starts import from_two_starts
 from weightspace.data import load_dataset
 from weightspace.models import get_model
 
@@ -105,8 +105,7 @@ def describe(arch: str, mult: int, ds, args) -> str:
 # ---------------------------------------------------------------- alignment and barriers
 def weight_default(s, a, b, **kw) -> dict:
     """What ``weightspace merge --method weight`` runs: weight matching from two starts."""
-    perms, _ = from_two_starts(lambda init: merging.weight_matching(s, a, b, init=init, return_info=True, **kw),
-                               s, a, b)
+    perms = from_two_starts(lambda init: merging.weight_matching_result(s, a, b, init=init, **kw), s, a, b).perms
     return perms
 
 
@@ -295,14 +294,14 @@ def whiten_by_batchnorm(state: dict, keys: list[str], shift: bool = False, rows:
 
 
 def _wm(s, a, b, init=None, seed=0, **kw):
-    return merging.weight_matching(s, a, b, init=init, seed=seed, return_info=True, **kw)
+    return merging.weight_matching_result(s, a, b, init=init, seed=seed, **kw)
 
 
 def random_starts(s, a, b, n: int) -> dict:
     """The default's two starts and ``n`` random permutations; the best objective."""
     runs = [from_two_starts(lambda init: _wm(s, a, b, init=init), s, a, b)]
     runs += [_wm(s, a, b, init=weightspace.random_permutation(s, seed=1000 + r), seed=r) for r in range(n)]
-    return max(runs, key=lambda pi: pi[1]["objective"])[0]
+    return max(runs, key=lambda r: r.objective).perms
 
 
 def local_search(s, a, b, iters: int, k: int = 2) -> dict:
@@ -312,13 +311,13 @@ def local_search(s, a, b, iters: int, k: int = 2) -> dict:
     gen = torch.Generator().manual_seed(0)
     names = list(s.groups)
     for it in range(iters):
-        init = dict(cur[0])
+        init = dict(cur.perms)
         for gi in torch.randperm(len(names), generator=gen)[:k].tolist():
             init[names[gi]] = torch.randperm(s.groups[names[gi]].size, generator=gen)
         cand = _wm(s, a, b, init=init, seed=it)
-        if cand[1]["objective"] > cur[1]["objective"]:
+        if cand.objective > cur.objective:
             cur = cand
-    return cur[0]
+    return cur.perms
 
 
 def scored(s, model, a, b, train_ds, fix, args, activations: bool) -> dict:

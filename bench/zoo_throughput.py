@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from weightspace.zoo import CNN_FAMILIES, build_cnn_zoo, format_summary, zoo_summary  # noqa: E402
-from weightspace.zoo._cnn import _train_shard, prepare_cnn_task, train_cnn_single  # noqa: E402
-from weightspace.zoo._inr import _fit_shard, prepare_inr_task, train_inr_single  # noqa: E402
+from weightspace.zoo import prepare_cnn_task, train_cnn_shard, train_cnn_single  # noqa: E402
+from weightspace.zoo import fit_inr_shard, prepare_inr_task, train_inr_single  # noqa: E402
 
 
 def row(*cells) -> str:
@@ -67,8 +67,8 @@ def bench_cnn(args) -> list[str]:
         how = {"ours": "our C kernels", "torch": "torch's grouped convolutions",
                "auto": "WEIGHTSPACE_GCONV=auto (the faster; its first-call timing included)"}[path]
         for m in args.per_shard:
-            _train_shard(task, 0, range(min(m, 4)))  # warm-up
-            t = timed(lambda: _train_shard(task, 0, range(m)))
+            train_cnn_shard(task, 0, range(min(m, 4)))  # warm-up
+            t = timed(lambda: train_cnn_shard(task, 0, range(m)))
             lines.append(row("", f"batched, {m} models per shard, {how}", m, f"{t:.2f}", f"{m / t:.2f}",
                              f"{plain * m / t:.1f}x"))
     if before is None:
@@ -100,8 +100,8 @@ def bench_inr(args) -> list[str]:
     plain = timed(lambda: [train_inr_single(task, i) for i in range(n0)]) / n0
     lines = [row(what, "plain loop, one model at a time", n0, f"{plain * n0:.2f}", f"{1 / plain:.2f}", "1.0x")]
     for m in args.per_shard:
-        _fit_shard(task, 0, range(min(m, 4)))
-        t = timed(lambda: _fit_shard(task, 0, range(m)))
+        fit_inr_shard(task, 0, range(min(m, 4)))
+        t = timed(lambda: fit_inr_shard(task, 0, range(m)))
         lines.append(row("", f"batched, {m} models per shard", m, f"{t:.2f}", f"{m / t:.2f}", f"{plain * m / t:.1f}x"))
     return lines
 

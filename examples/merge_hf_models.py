@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         build(args.arch, seed, args.size).save_pretrained(path)
     (a / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}))  # copied to the output
 
-    # merge (--method none: no alignment; the tracer does not take transformers models apart yet)
+    # merge (--method none: the plain average, which the check below recomputes with transformers)
     result = weightspace.merge_checkpoints(a, b, out / "merged", method="none", alpha=args.alpha,
                                            low_memory=args.low_memory, progress=not args.quiet)
     files = sorted(f.name for f in result.path.iterdir())

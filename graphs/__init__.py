@@ -11,8 +11,11 @@ from .structure import (
     Unit,
     Unpermuted,
     axis_groups,
+    axis_index,
+    axis_rows,
     compose_permutations,
     group_rows,
+    product_blocks,
     identity_permutation,
     inverse_permutation,
     permute,
@@ -31,7 +34,8 @@ from .converters import (
 
 __all__ = [
     "Axis", "Cat", "Group", "Layer", "PermDict", "Prod", "StateDict", "Structure", "Unit",
-    "Unpermuted", "axis_groups", "check_structure", "compose_permutations", "group_rows",
+    "Unpermuted", "axis_groups", "axis_index", "axis_rows", "check_structure", "compose_permutations", "group_rows",
+    "product_blocks",
     "identity_permutation", "inverse_permutation", "permute", "permute_tensor",
     "random_permutation", "trace",
     "ParamGraph", "dwsnets_to_state_dict", "mlp_layer_names", "nfn_to_state_dict",

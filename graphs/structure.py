@@ -81,6 +81,29 @@ def axis_groups(axis: Axis | None) -> list[str]:
     return [g for p in axis.parts for g in axis_groups(p)]
 
 
+def product_blocks(axis: Axis | None) -> list[tuple[int, Prod, int, int]]:
+    """The products of exactly two permuted groups in ``axis`` (at the top or one level inside a
+    concatenation; the other factors unpermuted): ``(offset, product, outer part, inner part)``.
+
+    Attention heads and the dimensions inside each head, as a fused or a separate q/k/v projection
+    lays them out: the inner group's units pair up only within the outer units matched to each other.
+    """
+    def two(p: Prod) -> tuple[int, int] | None:
+        held = [i for i, q in enumerate(p.parts) if axis_groups(q)]
+        if len(held) == 2 and all(isinstance(p.parts[i], Unit) for i in held):
+            return held[0], held[1]
+        return None
+
+    if axis is None:
+        return []
+    found, off = [], 0
+    for part in (axis.parts if isinstance(axis, Cat) else (axis,)):
+        if isinstance(part, Prod) and (ij := two(part)) is not None:
+            found.append((off, part, *ij))
+        off += part.size
+    return found
+
+
 def _axis_to_json(axis: Axis | None):
     if axis is None:
         return None
@@ -132,7 +155,8 @@ class Layer:
 
     Attributes:
         name: the module's qualified name (or the functional call's parameter name).
-        kind: ``linear``, ``conv``, ``conv_transpose``, ``batchnorm``, ``instancenorm``,
+        kind: ``linear``, ``linear_t`` (a linear layer whose weight is stored ``(in, out)``, as
+            transformers' ``Conv1D``), ``conv``, ``conv_transpose``, ``batchnorm``, ``instancenorm``,
             ``layernorm``, ``groupnorm``, ``embedding`` or ``attention``.
         tensors: role (``weight``, ``bias``, ``running_mean``, ``in_proj_weight``, ...) ->
             state-dict name.
@@ -355,13 +379,18 @@ class Structure:
 
 
 # ---------------------------------------------------------------------- the action
-def _axis_index(axis: Axis, perms: Mapping[str, Tensor], device) -> Tensor | None:
-    """Index vector ``idx`` so that ``new = old.index_select(axis, idx)``; None = identity."""
+def axis_index(axis: Axis, perms: Mapping[str, Tensor], device) -> Tensor | None:
+    """The index vector ``idx`` that applies ``perms`` to one tensor axis described by ``axis``:
+    ``new = old.index_select(dim, idx)``; ``None`` when no group of ``axis`` is permuted (identity).
+
+    Shapes:
+        output: ``(axis.size,)`` LongTensor on ``device``.
+    """
     if isinstance(axis, Unit):
         if axis.group is None or axis.group not in perms:
             return None
         return perms[axis.group].to(device=device, dtype=torch.long)
-    subs = [_axis_index(p, perms, device) for p in axis.parts]
+    subs = [axis_index(p, perms, device) for p in axis.parts]
     if all(s is None for s in subs):
         return None
     subs = [torch.arange(p.size, device=device) if s is None else s
@@ -389,7 +418,7 @@ def permute_tensor(tensor: Tensor, axes: tuple[Axis | None, ...], perms: Mapping
     for i, a in enumerate(axes):
         if a is None:
             continue
-        idx = _axis_index(a, perms, tensor.device)
+        idx = axis_index(a, perms, tensor.device)
         if idx is not None:
             out = out.index_select(i, idx)
     return out
@@ -489,12 +518,14 @@ def group_rows(structure: Structure, state: Mapping[str, Tensor], group: str,
         ax = structure.axes[name]
         t = permute_tensor(state[name], ax, others, name)
         t = t.movedim(axis_i, 0)
-        for m in _rows(ax[axis_i], group, t.reshape(t.shape[0], -1)):
+        for m in axis_rows(ax[axis_i], group, t.reshape(t.shape[0], -1)):
             yield name, m
 
 
-def _rows(axis: Axis, group: str, t: Tensor) -> Iterator[Tensor]:
-    """``t`` has the axis as its first dim, flattened rest: yield (n, r) row views."""
+def axis_rows(axis: Axis, group: str, t: Tensor) -> Iterator[Tensor]:
+    """The ``(n, r)`` row views of ``t`` that ``group`` acts on along ``axis``: ``t`` has that axis
+    as its first dimension and the rest flattened; one view per occurrence of ``group`` in ``axis``
+    (a concatenation yields its parts', a product its blocks')."""
     if isinstance(axis, Unit):
         if axis.group == group:
             yield t
@@ -502,7 +533,7 @@ def _rows(axis: Axis, group: str, t: Tensor) -> Iterator[Tensor]:
     if isinstance(axis, Cat):
         off = 0
         for p in axis.parts:
-            yield from _rows(p, group, t[off:off + p.size])
+            yield from axis_rows(p, group, t[off:off + p.size])
             off += p.size
         return
     sizes = [p.size for p in axis.parts]
@@ -510,4 +541,4 @@ def _rows(axis: Axis, group: str, t: Tensor) -> Iterator[Tensor]:
     for i, p in enumerate(axis.parts):
         if group in axis_groups(p):
             ti = full.movedim(i, 0)
-            yield from _rows(p, group, ti.reshape(p.size, -1))
+            yield from axis_rows(p, group, ti.reshape(p.size, -1))

@@ -7,9 +7,18 @@ batches. This layer imports ``graphs`` at most, never ``weightspace``.
 
 from merging._eval import EvalResult, evaluate
 from merging.barrier import BarrierResult, barrier, plot_barrier
-from merging.c2m3 import c2m3_matching, c2m3_merge, pairwise_permutation, soft_permute
+from merging.c2m3 import (C2M3Matching, c2m3_matching, c2m3_matching_result, c2m3_merge, c2m3_merge_result,
+                          pairwise_permutation, soft_permute)
 from merging.interpolate import interpolate, lerp_path
 from merging.matching import (
+    Assignment,
+    WeightMatchingResult,
+    solve_assignment_result,
+    weight_matching_result,
+    lap_available,
+    list_solvers,
+    register_solver,
+    resolve_solver,
     activation_matching,
     matching_objective,
     scored_weight_matching,
@@ -20,7 +29,8 @@ from merging.matching import (
     ste_matching,
     weight_matching,
 )
-from merging.many import merge_many, repair_many
+from merging.many import ManyMerge, merge_many, merge_many_result, repair_many
+from merging.many_methods import get_many_method, list_many_methods, register_many_method
 from merging.methods import MergeMethod, get_method, list_methods, merge_method, merge_states
 from merging.repair import repair, reset_batchnorm
 from merging.star_eval import (
@@ -56,6 +66,14 @@ __all__ = [
     "similarity",
     "matching_objective",
     "solve_assignment",
+    "solve_assignment_result",
+    "Assignment",
+    "weight_matching_result",
+    "WeightMatchingResult",
+    "list_solvers",
+    "register_solver",
+    "resolve_solver",
+    "lap_available",
     # activation statistics
     "reset_batchnorm",
     "repair",
@@ -67,9 +85,17 @@ __all__ = [
     "merge_states",
     # many models
     "merge_many",
+    "merge_many_result",
     "repair_many",
+    "ManyMerge",
+    "get_many_method",
+    "list_many_methods",
+    "register_many_method",
     "c2m3_matching",
+    "c2m3_matching_result",
     "c2m3_merge",
+    "c2m3_merge_result",
+    "C2M3Matching",
     "pairwise_permutation",
     "soft_permute",
     # star models

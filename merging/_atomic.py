@@ -22,11 +22,13 @@ import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["TAG", "temp_path", "clean_stale", "write_temp", "commit", "atomic_write"]
+__all__ = ["TAG", "UMASK", "temp_path", "clean_stale", "write_temp", "commit", "atomic_write"]
 
 TAG = ".weightspace-tmp-"
-_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
+#: the process's umask, read once at import (os.umask can only be read by setting it): files and
+#: directories written atomically get the permissions a plain open() or mkdir() would give
+UMASK = os.umask(0)
+os.umask(UMASK)
 _TEMP = re.compile(r"\.(?P<target>.+)" + re.escape(TAG) + r"(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})@(?P<host>[A-Za-z0-9_.-]*)")
 
 
@@ -99,7 +101,7 @@ def write_temp(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     try:
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         write(str(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     except BaseException:

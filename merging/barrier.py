@@ -103,6 +103,23 @@ class BarrierResult:
         """Accuracy at ``t = 0.5`` (linearly interpolated between the two nearest points if absent)."""
         return self._at(self.accuracies, 0.5)
 
+    # ---- perplexity (language models: the loss is the mean next-token cross-entropy in nats)
+    @property
+    def perplexities(self) -> tuple[float, ...]:
+        """``exp(L(t))`` at each point: the perplexity when the loss is a mean cross-entropy per token."""
+        return tuple(_exp(v) for v in self.losses)
+
+    @property
+    def perplexity_barrier(self) -> float:
+        """Perplexity barrier, mean definition: ``max_t exp(L(t)) - (exp(L(0)) + exp(L(1))) / 2``."""
+        ppl = self.perplexities
+        return _nanmax(ppl) - 0.5 * (ppl[0] + ppl[-1])
+
+    @property
+    def midpoint_perplexity(self) -> float:
+        """``exp`` of the loss at ``t = 0.5``."""
+        return _exp(self.midpoint_loss)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the curves and every summary number (non-finite values become ``None``)."""
         return {
@@ -118,6 +135,9 @@ class BarrierResult:
             "midpoint_accuracy": _json(self.midpoint_accuracy),
             "endpoint_losses": [_json(self.losses[0]), _json(self.losses[-1])],
             "endpoint_accuracies": [_json(self.accuracies[0]), _json(self.accuracies[-1])],
+            "perplexity_barrier": _json(self.perplexity_barrier),
+            "midpoint_perplexity": _json(self.midpoint_perplexity),
+            "endpoint_perplexities": [_json(self.perplexities[0]), _json(self.perplexities[-1])],
         }
 
     def _line(self, values: tuple[float, ...]) -> list[float]:
@@ -315,3 +335,9 @@ def _nanmin(values: Iterable[float]) -> float:
 
 def _json(v: float) -> float | None:
     return v if math.isfinite(v) else None
+
+
+def _exp(v: float) -> float:
+    if math.isnan(v):
+        return math.nan
+    return math.exp(v) if v < 700 else math.inf

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,11 +19,12 @@ from graphs import (
     inverse_permutation,
     permute,
 )
-from merging.many import _check, mean_state
+from merging.many import ManyMerge, _check, mean_state
 from merging.matching._solve import solve_assignment
-from merging.matching.weight import _float_keys, _floating
+from merging.matching.weight import matching_keys, matching_state
 
-__all__ = ["c2m3_matching", "c2m3_merge", "pairwise_permutation", "soft_permute"]
+__all__ = ["C2M3Matching", "c2m3_matching", "c2m3_matching_result", "c2m3_merge", "c2m3_merge_result",
+           "pairwise_permutation", "soft_permute"]
 
 _INITS = ("barycenter", "identity")
 StateDict = dict[str, Tensor]
@@ -100,6 +103,35 @@ def pairwise_permutation(perms: Sequence[Mapping[str, Tensor]], i: int, j: int) 
     return compose_permutations(perms[i], inverse_permutation(perms[j]))
 
 
+@dataclass(frozen=True)
+class C2M3Matching:
+    """What :func:`c2m3_matching_result` found.
+
+    Attributes:
+        perms (list[dict[str, Tensor]]): one permutation dict per model, in model 0's basis.
+        iterations (int): Frank-Wolfe iterations run.
+        gap (float): the last duality gap.
+        objective (float): the objective of the projected permutations.
+        relaxed_objective (float): the relaxed objective at the end.
+        converged (bool): the gap fell below ``tol`` before ``max_iter``.
+        history (list[float]): the relaxed objective after each step.
+    """
+
+    perms: list[PermDict]
+    iterations: int
+    gap: float
+    objective: float
+    relaxed_objective: float
+    converged: bool
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """``{"iterations", "gap", "objective", "relaxed_objective", "converged", "history"}``."""
+        return {"iterations": self.iterations, "gap": self.gap, "objective": self.objective,
+                "relaxed_objective": self.relaxed_objective, "converged": self.converged, "history": self.history}
+
+
 def c2m3_matching(
     structure: Structure,
     states: Sequence[Mapping[str, Tensor]],
@@ -111,7 +143,7 @@ def c2m3_matching(
     device: str | torch.device | None = None,
     progress: bool = False,
     return_info: bool = False,
-) -> list[PermDict] | tuple[list[PermDict], dict[str, Any]]:
+) -> list[PermDict]:
     r"""Cycle-consistent weight matching of N models through a universe space.
 
     C2M3 (Crisostomi et al., "C2M3: Cycle-Consistent Multi-Model Merging",
@@ -147,9 +179,9 @@ def c2m3_matching(
             (default: ``"auto"``)
         device (optional): where to compute (default: the device of model 0's tensors).
         progress (bool, optional): a progress bar over iterations on stderr. (default: ``False``)
-        return_info (bool, optional): also return ``{"iterations", "gap", "objective",
-            "relaxed_objective", "converged", "history"}``: the objective of the projected
-            permutations, the relaxed one and its value after each step. (default: ``False``)
+        return_info (bool, optional): deprecated: also return ``{"iterations", "gap", "objective",
+            "relaxed_objective", "converged", "history"}``; use :func:`c2m3_matching_result`.
+            (default: ``False``)
 
     Shapes:
         ``perms[i][g]``: ``(n_g,)`` for each group ``g``.
@@ -157,7 +189,8 @@ def c2m3_matching(
     Returns:
         ``perms``: one permutation dict per model, expressed in model 0's basis (``perms[0]``
         is the identity): ``permute(structure, states[i], perms[i])`` is model ``i`` in the
-        universe. The info dict when asked.
+        universe. :func:`c2m3_matching_result` returns them with the iterations, the gap and the
+        objectives.
 
     Raises:
         ValueError: fewer than two models, models that do not match each other or the
@@ -166,6 +199,32 @@ def c2m3_matching(
     Example:
         >>> perms = c2m3_matching(structure, [s0, s1, s2])  # doctest: +SKIP
         >>> to_2 = pairwise_permutation(perms, 0, 2)  # model 0 in model 2's basis  # doctest: +SKIP
+    """
+    result = c2m3_matching_result(structure, states, max_iter=max_iter, tol=tol, init=init, solver=solver,
+                                  device=device, progress=progress)
+    if return_info:
+        warnings.warn("c2m3_matching(return_info=True) is deprecated; use c2m3_matching_result",
+                      DeprecationWarning, stacklevel=2)
+        return result.perms, result.info  # type: ignore[return-value]
+    return result.perms
+
+
+def c2m3_matching_result(
+    structure: Structure,
+    states: Sequence[Mapping[str, Tensor]],
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    init: str = "barycenter",
+    solver: str = "auto",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> C2M3Matching:
+    """:func:`c2m3_matching` (same arguments), returning the permutations with the iterations, the
+    duality gap, the objective of the projected permutations, the relaxed one and its history.
+
+    Raises:
+        ValueError: as :func:`c2m3_matching`.
     """
     _check(structure, states)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
@@ -179,18 +238,16 @@ def c2m3_matching(
         (v.device for v in states[0].values()), torch.device("cpu"))
     dtype = torch.float64 if dev.type == "cpu" else torch.float32
     floats = []
-    keys = _float_keys(structure, states)
+    keys = matching_keys(structure, states)
     for s in states:
-        f = _floating(s, structure, dev, keys=keys)
+        f = matching_state(s, structure, dev, keys=keys)
         # only tensors some group acts on: the others add a constant
         floats.append({k: v.to(dtype) for k, v in f.items()
                        if any(_axis_degree(a) for a in structure.axes[k])})
     groups = list(structure.groups)
     if not groups or not floats[0]:
         perms = [{g: torch.arange(structure.groups[g].size) for g in groups} for _ in range(n)]
-        info = {"iterations": 0, "gap": 0.0, "objective": 0.0, "relaxed_objective": 0.0, "converged": True,
-                "history": [0.0]}
-        return (perms, info) if return_info else perms
+        return C2M3Matching(perms, 0, 0.0, 0.0, 0.0, True, [0.0])
     degree = 2 * max(sum(_axis_degree(a) for a in structure.axes[k]) for k in floats[0])
 
     def objective(mats: list[dict[str, Tensor]]) -> Tensor:
@@ -264,13 +321,9 @@ def c2m3_matching(
     perms = [{g: solve_assignment(m, solver=solver).cpu() for g, m in ms.items()} for ms in mats]
     to_zero = inverse_permutation(perms[0])
     perms = [compose_permutations(p, to_zero) for p in perms]
-    if not return_info:
-        return perms
     with torch.no_grad():
         hard = float(objective([{g: _perm_matrix(p[g], dtype, dev) for g in groups} for p in perms]))
-    info = {"iterations": it, "gap": gap, "objective": hard, "relaxed_objective": value, "converged": converged,
-            "history": history}
-    return perms, info
+    return C2M3Matching(perms, it, gap, hard, value, converged, history)
 
 
 def c2m3_merge(
@@ -283,7 +336,7 @@ def c2m3_merge(
     device: str | torch.device | None = None,
     progress: bool = False,
     return_info: bool = False,
-) -> tuple[StateDict, list[PermDict]] | tuple[StateDict, list[PermDict], dict[str, Any]]:
+) -> tuple[StateDict, list[PermDict]]:
     r"""Match N models cycle-consistently (:func:`c2m3_matching`) and average them in the universe.
 
     .. math::
@@ -293,17 +346,42 @@ def c2m3_merge(
     :func:`merging.reset_batchnorm`, or fix the statistics with :func:`merging.repair_many`.
 
     Args:
-        structure, states, max_iter, tol, solver, device, progress, return_info: as for
-            :func:`c2m3_matching`.
+        structure, states, max_iter, tol, solver, device, progress: as for :func:`c2m3_matching`.
+        return_info (bool, optional): deprecated: also return the matching's info dict; use
+            :func:`c2m3_merge_result`. (default: ``False``)
 
     Returns:
-        ``(merged_state, perms)`` (model 0's basis), and the info dict when asked.
+        ``(merged_state, perms)`` (model 0's basis).
 
     Raises:
         ValueError: as :func:`c2m3_matching`.
     """
-    out = c2m3_matching(structure, states, max_iter=max_iter, tol=tol, solver=solver, device=device,
-                        progress=progress, return_info=True)
-    perms, info = out
-    merged = mean_state([permute(structure, dict(s), p) for s, p in zip(states, perms)])
-    return (merged, perms, info) if return_info else (merged, perms)
+    result = c2m3_merge_result(structure, states, max_iter=max_iter, tol=tol, solver=solver, device=device,
+                               progress=progress)
+    if return_info:
+        warnings.warn("c2m3_merge(return_info=True) is deprecated; use c2m3_merge_result", DeprecationWarning,
+                      stacklevel=2)
+        return result.merged, result.perms, result.details.info  # type: ignore[return-value]
+    return result.merged, result.perms
+
+
+def c2m3_merge_result(
+    structure: Structure,
+    states: Sequence[Mapping[str, Tensor]],
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    solver: str = "auto",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> ManyMerge:
+    """:func:`c2m3_merge` (same arguments), returning the merge with its iterations and the matching's
+    own result (:class:`C2M3Matching`, in ``details``).
+
+    Raises:
+        ValueError: as :func:`c2m3_matching`.
+    """
+    matching = c2m3_matching_result(structure, states, max_iter=max_iter, tol=tol, solver=solver, device=device,
+                                    progress=progress)
+    merged = mean_state([permute(structure, dict(s), p) for s, p in zip(states, matching.perms)])
+    return ManyMerge(merged, matching.perms, matching.iterations, matching.converged, matching)

@@ -1,7 +1,9 @@
 """Merging N models at once: MergeMany (Git Re-Basin) and REPAIR for N endpoints."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,9 +13,30 @@ from graphs import Structure, compose_permutations, identity_permutation, invers
 
 from merging.matching.weight import weight_matching
 
-__all__ = ["merge_many", "mean_state", "repair_many"]
+__all__ = ["ManyMerge", "merge_many", "merge_many_result", "mean_state", "repair_many"]
 
 StateDict = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class ManyMerge:
+    """N models merged into one.
+
+    Attributes:
+        merged (dict[str, Tensor]): the average of the aligned models.
+        perms (list[dict[str, Tensor]]): the permutation applied to each model (model 0's basis).
+        iterations (int, optional): MergeMany's passes or C2M3's Frank-Wolfe iterations
+            (``None`` for a method that does not iterate).
+        converged (bool, optional): whether the iterations stopped before their limit.
+        details (optional): the alignment's own result, where it has more to say
+            (:class:`merging.c2m3.C2M3Matching` for C2M3).
+    """
+
+    merged: StateDict
+    perms: list[dict[str, Tensor]]
+    iterations: int | None
+    converged: bool | None = None
+    details: Any = None
 
 
 def mean_state(states: Sequence[Mapping[str, Tensor]]) -> StateDict:
@@ -60,9 +83,10 @@ def merge_many(
     *,
     max_iter: int = 100,
     seed: int = 0,
+    solver: str = "auto",
     return_info: bool = False,
     progress: bool = False,
-) -> tuple[StateDict, list[dict[str, Tensor]]] | tuple[StateDict, list[dict[str, Tensor]], dict[str, Any]]:
+) -> tuple[StateDict, list[dict[str, Tensor]]]:
     r"""MergeMany: align N models to each other and average them.
 
     Git Re-Basin's algorithm for N models (Ainsworth et al., "Git Re-Basin: Merging Models
@@ -86,7 +110,10 @@ def merge_many(
         states (list[StateDict]): the N >= 2 models (not modified).
         max_iter (int, optional): maximum number of passes over the models. (default: ``100``)
         seed (int, optional): seeds the visiting order and weight matching. (default: ``0``)
-        return_info (bool, optional): also return ``{"passes", "converged"}``. (default: ``False``)
+        solver (str, optional): weight matching's assignment solver, one of
+            :func:`merging.list_solvers`. (default: ``"auto"``)
+        return_info (bool, optional): deprecated: also return ``{"passes", "converged"}``; use
+            :func:`merge_many_result`. (default: ``False``)
         progress (bool, optional): a progress bar over passes on stderr. (default: ``False``)
 
     Shapes:
@@ -101,6 +128,30 @@ def merge_many(
 
     Example:
         >>> merged, perms = merge_many(structure, [s0, s1, s2])  # doctest: +SKIP
+    """
+    result = merge_many_result(structure, states, max_iter=max_iter, seed=seed, solver=solver, progress=progress)
+    if return_info:
+        warnings.warn("merge_many(return_info=True) is deprecated; use merge_many_result", DeprecationWarning,
+                      stacklevel=2)
+        return result.merged, result.perms, {"passes": result.iterations,  # type: ignore[return-value]
+                                             "converged": result.converged}
+    return result.merged, result.perms
+
+
+def merge_many_result(
+    structure: Structure,
+    states: Sequence[Mapping[str, Tensor]],
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    solver: str = "auto",
+    progress: bool = False,
+) -> ManyMerge:
+    """:func:`merge_many` (same arguments), returning the merge with its passes and whether they
+    converged (``iterations``, ``converged``).
+
+    Raises:
+        ValueError: as :func:`merge_many`.
     """
     _check(structure, states)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -119,7 +170,8 @@ def merge_many(
         changed = False
         for i in torch.randperm(n, generator=rng).tolist():
             others = mean_state([aligned[j] for j in range(n) if j != i])
-            new = weight_matching(structure, others, states[i], init=perms[i], seed=int(seed) + passes * n + i)
+            new = weight_matching(structure, others, states[i], init=perms[i], seed=int(seed) + passes * n + i,
+                                  solver=solver)
             if any(not torch.equal(new[g], perms[i][g]) for g in new):
                 changed = True
                 perms[i] = new
@@ -135,10 +187,7 @@ def merge_many(
     to_zero = inverse_permutation(perms[0])
     perms = [compose_permutations(p, to_zero) for p in perms]
     aligned = [permute(structure, s, p) for s, p in zip(states, perms)]
-    merged = mean_state(aligned)
-    if return_info:
-        return merged, perms, {"passes": passes, "converged": converged}
-    return merged, perms
+    return ManyMerge(mean_state(aligned), perms, passes, converged)
 
 
 def repair_many(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -339,6 +341,8 @@ def _repair_plan(
                 "means cannot be shifted; build it with bias=True, or add BatchNorm and use reset_batchnorm"
             )
     if not layers:
+        warnings.warn(f"repair: {type(model).__name__} runs no nn.Linear or nn.Conv*d layer before its output "
+                      f"layer ({order[-1]!r}); nothing was corrected", stacklevel=3)
         return _RepairPlan(layers=[], stats_a={}, stats_b={})
     if bar is not None:
         bar.total = 2 + len(layers)

@@ -28,6 +28,7 @@ from merging._eval import (
     resolve_device,
 )
 from merging.many import merge_many
+from merging.matching._solve import resolve_solver
 from merging.matching.weight import weight_matching
 from merging.repair import reset_batchnorm
 
@@ -36,8 +37,9 @@ __all__ = ["STATE_FORMAT", "Starlight", "TDist", "parse_t_dist"]
 StateDict = dict[str, Tensor]
 #: the ``format`` field of the files :class:`Starlight` writes to resume from
 STATE_FORMAT = "weightspace.starlight/1"
-_INITS = ("first", "mergemany")
-_SCHEDULES = ("constant", "cosine")
+#: the star's starts (``init=``) and learning-rate schedules of :class:`Starlight`
+STAR_INITS = ("first", "mergemany")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class Starlight:
             source), ``"mergemany"`` (the MergeMany merge of the sources) or a state dict.
             (default: ``"first"``)
         seed (int, optional): seeds the choice of sources and ``t``. (default: ``0``)
+        solver (str, optional): weight matching's assignment solver, one of
+            :func:`merging.list_solvers`. (default: ``"auto"``)
         device (optional): where to train (default: the first source's device).
         checkpoint (str or PathLike, optional): the file to save the training state to after
             every epoch (``torch.save`` format). (default: ``None``, no file)
@@ -214,6 +218,7 @@ class Starlight:
         realign: bool = True,
         init: str | Mapping[str, Tensor] = "first",
         seed: int = 0,
+        solver: str = "auto",
         device: str | torch.device | None = None,
         checkpoint: str | os.PathLike | None = None,
         progress: bool = False,
@@ -230,6 +235,7 @@ class Starlight:
         self.realign = realign
         self.init = init
         self.seed = seed
+        self.solver = solver
         self.device = device
         self.checkpoint = checkpoint
         self.progress = progress
@@ -252,10 +258,12 @@ class Starlight:
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
             raise ValueError(f"{fn}: weight_decay must be a non-negative number, got {self.weight_decay!r}")
-        if self.schedule not in _SCHEDULES:
-            raise ValueError(f"{fn}: unknown schedule {self.schedule!r}; choose one of: {', '.join(_SCHEDULES)}")
-        if isinstance(self.init, str) and self.init not in _INITS:
-            raise ValueError(f"{fn}: unknown init {self.init!r}; choose one of: {', '.join(_INITS)}, or a state dict")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{fn}: unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if isinstance(self.init, str) and self.init not in STAR_INITS:
+            raise ValueError(f"{fn}: unknown init {self.init!r}; choose one of: {', '.join(STAR_INITS)}, "
+                             "or a state dict")
+        resolve_solver(self.solver, caller=fn)
         if isinstance(sources, Mapping) or not sources:
             raise ValueError(f"{fn}: needs a list of at least one source state dict")
         if self.init == "mergemany" and (self.structure is None or len(sources) < 2):
@@ -340,7 +348,8 @@ class Starlight:
             for epoch in range(start_epoch, self.epochs):
                 current = {**extra, **{k: p.detach() for k, p in params.items()}}
                 if self.structure is not None and (self.realign or epoch == 0):
-                    perms = [weight_matching(self.structure, current, s, init=p, seed=int(self.seed) + epoch)
+                    perms = [weight_matching(self.structure, current, s, init=p, seed=int(self.seed) + epoch,
+                                             solver=self.solver)
                              for s, p in zip(srcs, perms)]
                     aligned = None
                 if aligned is None:
@@ -401,7 +410,7 @@ class Starlight:
             full = prepare_state(self.model, self.init, dev, fn=fn)
             return {k: full[k].detach().clone() for k in srcs[0]}
         if self.init == "mergemany":
-            merged, _ = merge_many(self.structure, srcs, seed=int(self.seed))
+            merged, _ = merge_many(self.structure, srcs, seed=int(self.seed), solver=self.solver)
             return merged  # BatchNorm statistics: recomputed after the first epoch
         return {k: v.detach().clone() for k, v in srcs[0].items()}
 

@@ -18,10 +18,13 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Structure", "compose_permutations", "identity_permutation", "inverse_permutation", "permute",
                      "random_permutation", "trace"], "graphs"),
     **dict.fromkeys(["LoadedModel", "build_model", "load_model", "trace_model"], "weightspace.api"),
-    **dict.fromkeys(["Checkpoint", "CheckpointError", "CheckpointInfo", "check_finite", "check_fits", "load",
-                     "load_into", "open_checkpoint", "save"], "weightspace.checkpoint"),
+    **dict.fromkeys(["Checkpoint", "CheckpointError", "CheckpointInfo", "LoadedCheckpoint", "check_finite", "check_fits",
+                     "load", "load_checkpoint", "load_into", "open_checkpoint", "save"], "weightspace.checkpoint"),
     **dict.fromkeys(["DemoResult", "run_demo"], "weightspace.demo"),
-    **dict.fromkeys(["METHODS", "MergeResult", "align", "barrier_between", "merge_checkpoints"], "weightspace.merge"),
+    **dict.fromkeys(["METHODS", "Alignment", "list_alignment_methods", "register_alignment_method"],
+                    "weightspace.alignment"),
+    **dict.fromkeys(["MergeResult", "align", "align_result", "barrier_between", "merge_checkpoints"],
+                    "weightspace.merge"),
     **dict.fromkeys(["MergeManyResult", "merge_many_checkpoints"], "weightspace.merge_many"),
     **dict.fromkeys(["get_model", "list_models"], "weightspace.models"),
     **dict.fromkeys(["Recipe", "load_recipe", "run_recipe"], "weightspace.recipe"),
@@ -31,11 +34,13 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "METHODS", "DemoResult", "MergeResult", "align", "barrier_between", "merge_checkpoints",
+    "Alignment", "align_result", "list_alignment_methods", "register_alignment_method",
     "run_demo", "train_classifier",
     "MergeManyResult", "merge_many_checkpoints", "Recipe", "load_recipe", "run_recipe",
     "Checkpoint", "CheckpointError", "CheckpointInfo", "LoadedModel", "Structure", "__version__",
     "build_model", "check_finite", "check_fits", "compose_permutations", "get_model",
-    "identity_permutation", "inverse_permutation", "list_models", "load", "load_into",
+    "identity_permutation", "inverse_permutation", "list_models", "load", "load_checkpoint", "load_into",
+    "LoadedCheckpoint",
     "load_model", "open_checkpoint", "permute", "random_permutation", "save", "trace",
     "trace_model", "UntrustedCodeError", "trusting_model_code", "trusting_remote_code",
 ]
@@ -59,10 +64,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names as plain imports
                         random_permutation, trace)
 
     from .api import LoadedModel, build_model, load_model, trace_model
-    from .checkpoint import (Checkpoint, CheckpointError, CheckpointInfo, check_finite, check_fits, load, load_into,
-                             open_checkpoint, save)
+    from .checkpoint import (Checkpoint, CheckpointError, CheckpointInfo, LoadedCheckpoint, check_finite, check_fits,
+                             load, load_checkpoint, load_into, open_checkpoint, save)
     from .demo import DemoResult, run_demo
-    from .merge import METHODS, MergeResult, align, barrier_between, merge_checkpoints
+    from .alignment import METHODS, Alignment, list_alignment_methods, register_alignment_method
+    from .merge import MergeResult, align, align_result, barrier_between, merge_checkpoints
     from .merge_many import MergeManyResult, merge_many_checkpoints
     from .models import get_model, list_models
     from .recipe import Recipe, load_recipe, run_recipe

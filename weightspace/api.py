@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from graphs import Structure, trace
 
-from .checkpoint import check_finite, check_fits, load
+from .checkpoint import brief_error, check_finite, check_fits, load_checkpoint
 from .models import example_input_for, get_model, model_spec_from_json, model_spec_to_json, parse_input_shape
-from .trust import check_model_name, trusting_remote_code
+from .trust import check_model_name, takes_trust_flag, trusting_remote_code
 
-__all__ = ["LoadedModel", "build_model", "check_aligned", "recorded_spec", "load_model", "trace_model", "MODEL_KEY", "INPUT_SHAPE_KEY",
+__all__ = ["LoadedModel", "build_model", "check_aligned", "recorded_spec", "load_model", "trace_model",
+           "trace_without_weights", "MODEL_KEY", "INPUT_SHAPE_KEY",
            "PROVENANCE_KEY"]
 
 MODEL_KEY = "weightspace.model"
@@ -151,7 +152,8 @@ def load_model(path: str | Path, model: str | None = None, model_kwargs: str | M
     if is_hf_dir(path):  # B of a merge is built from A's config, but its own may not ask for remote code
         with trusting_remote_code(trust_remote_code):
             check_remote_code(path)
-    state, info = load(path, device=device, return_info=True)
+    found = load_checkpoint(path, device=device)
+    state, info = found.state, found.info
     module, spec = build_model(model, model_kwargs, metadata=info.metadata, path=str(path),
                                trust_model_code=trust_model_code, trust_remote_code=trust_remote_code,
                                _meta_hf=True)  # a transformers model: checked on meta, loaded by transformers
@@ -243,3 +245,91 @@ def _is_hf(module: nn.Module) -> bool:
     from .hf import is_hf_module
 
     return is_hf_module(module)
+
+
+# --------------------------------------------------------------------------- tracing without weights
+
+
+def _distinct_meta_storage(module: nn.Module) -> nn.Module:
+    """Give every parameter and buffer of a meta-device module its own place in one meta storage.
+
+    Meta tensors all report ``data_ptr() == 0``, which would make the tracer take every two
+    tensors of one shape for tied weights. Views at distinct offsets of one meta storage have
+    distinct ``data_ptr()`` and still hold no memory; truly tied tensors (one object) stay one.
+    """
+    new: dict[int, tuple[Tensor, int]] = {}
+    sizes: dict[torch.dtype, int] = {}
+    for m in module.modules():
+        for d in (m._parameters, m._buffers):
+            for t in d.values():
+                if t is not None and id(t) not in new:
+                    new[id(t)] = (t, sizes.get(t.dtype, 0))
+                    sizes[t.dtype] = sizes.get(t.dtype, 0) + max(t.numel(), 1)
+    stores = {dt: torch.empty(n, dtype=dt, device="meta") for dt, n in sizes.items()}
+    views: dict[int, Tensor] = {}
+    for i, (t, off) in new.items():
+        v = stores[t.dtype][off:off + t.numel()].view(t.shape)
+        views[i] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v
+    for m in module.modules():
+        for d in (m._parameters, m._buffers):
+            for k, t in list(d.items()):
+                if t is not None:
+                    d[k] = views[id(t)]
+    return module
+
+
+@takes_trust_flag
+def trace_without_weights(model: str | None = None, model_kwargs: str | Mapping[str, Any] | None = None, *,
+                          metadata: Mapping[str, str] | None = None, path: str | None = None,
+                          input_shape: str | tuple[int, ...] | None = None
+                          ) -> tuple[Structure, nn.Module, str]:
+    """Trace a model family's permutation structure without allocating its weights.
+
+    The module is built under ``torch.device("meta")`` and traced on a meta example input, so
+    neither its parameters nor its activations take memory. A meta module computes no values,
+    so the tracer's numerical check (permuting the network at random and comparing outputs) is
+    skipped; the structure is the one the checked trace gives (tested on every built-in family).
+    A model whose forward pass cannot run on the meta device (a data-dependent branch, say) is
+    built and traced for real instead, which takes memory of the model's size; a warning says so.
+
+    Args:
+        model, model_kwargs: the ``--model`` spec, as for :func:`weightspace.build_model`.
+        metadata (Mapping[str, str], optional): a checkpoint's metadata recording the model.
+        path (str, optional): that checkpoint, for messages.
+        input_shape (str or tuple, optional): one example's shape without the batch axis.
+
+    Returns:
+        ``(structure, module, spec)``: the module (on the meta device unless traced for real)
+        serves shape checks with :func:`weightspace.check_fits`.
+
+    Raises:
+        ValueError: unknown model or bad arguments, or no input shape known.
+    """
+    with torch.device("meta"):
+        module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    try:
+        _distinct_meta_storage(module)
+        from .hf import is_hf_module
+
+        if shape is None and is_hf_module(module):  # a transformers model: keyword inputs, traced by trace_hf
+            from .hf import example_input, trace_hf
+
+            return trace_hf(module, _to_meta(example_input(module)), check=False), module, spec
+        example = example_input_for(module, shape, batch_size=2)
+        example = example.to("meta") if isinstance(example, Tensor) else \
+            tuple(x.to("meta") if isinstance(x, Tensor) else x for x in example)
+        return trace(module, example, check=False), module, spec
+    except Exception as e:  # a forward pass that needs values: trace the real model
+        if isinstance(e, ValueError) and "input shape" in str(e):
+            raise
+        warnings.warn(f"streaming_merge: the model cannot be traced on the meta device ({brief_error(e)}); "
+                      f"building it for real, which takes memory of the model's size", stacklevel=2)
+        module, spec = build_model(model, model_kwargs, metadata=metadata, path=path)
+        return trace_model(module, input_shape=shape), module, spec
+
+
+def _to_meta(example: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.to("meta") if isinstance(v, Tensor) else v for k, v in example.items()}
+
+

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from graphs.registry import Registry
 from weightspace.models._registry import accepts_keyword, import_callable
 
 __all__ = [
@@ -206,7 +207,8 @@ class DatasetEntry:
         return self.name if self.arg is None else f"{self.name}:{self.arg}"
 
 
-_DATASETS: dict[str, DatasetEntry] = {}
+#: the built-in datasets (listed sorted: users add their own)
+DATASETS: Registry[DatasetEntry] = Registry("dataset", allow_colon=False, sort=True)
 
 
 def register_dataset(
@@ -217,13 +219,10 @@ def register_dataset(
     Raises:
         ValueError: if ``name`` is malformed (empty, ``:``, whitespace) or already registered.
     """
-    if not isinstance(name, str) or not name or ":" in name or any(c.isspace() for c in name):
-        raise ValueError(f"register_dataset: bad name {name!r}; use a non-empty name without whitespace or ':'")
+    register = DATASETS.register(name, description=description, caller="register_dataset")
 
     def decorator(loader: Callable[[str | None, str], Dataset]) -> Callable[[str | None, str], Dataset]:
-        if name in _DATASETS:
-            raise ValueError(f"register_dataset: dataset name {name!r} is already registered; choose another name")
-        _DATASETS[name] = DatasetEntry(name, loader, arg, description)
+        register(DatasetEntry(name, loader, arg, description))
         return loader
 
     return decorator
@@ -231,16 +230,16 @@ def register_dataset(
 
 def list_datasets() -> list[str]:
     """Sorted names of the built-in datasets (``mnist-idx`` is used as ``mnist-idx:DIR``)."""
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def is_builtin_data_spec(spec: str) -> bool:
     """Whether ``spec`` names a registered dataset (``digits``, ``mnist-idx:DIR``), not code."""
-    return isinstance(spec, str) and spec.strip().partition(":")[0] in _DATASETS
+    return isinstance(spec, str) and spec.strip().partition(":")[0] in DATASETS
 
 
 def _choices() -> str:
-    return ", ".join(_DATASETS[name].usage for name in list_datasets())
+    return ", ".join(DATASETS.get(name).usage for name in list_datasets())
 
 
 # --------------------------------------------------------------------------- public loaders
@@ -328,7 +327,7 @@ def _resolve(spec: str, split: str) -> Dataset | Iterable[Any]:
         raise ValueError(f"load_data: expected a dataset spec such as {_choices()}, got {spec!r}")
     spec = spec.strip()
     name, sep, arg = spec.partition(":")
-    entry = _DATASETS.get(name)
+    entry = DATASETS.get(name) if name in DATASETS else None
     if entry is not None:
         if entry.arg is None and sep:
             raise ValueError(f"load_data: dataset {name!r} takes no argument, got {spec!r}")
@@ -538,3 +537,6 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("digits: needs scikit-learn (pip install scikit-learn)") from None
     digits = load_digits()
     return digits.data, digits.target
+
+
+from . import text as _text  # noqa: E402, F401  (registers the text datasets: text:PATH, python-stdlib)

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from merging._atomic import clean_stale, temp_path
+from merging._atomic import UMASK, clean_stale, temp_path
 
-from .checkpoint import CheckpointError, _brief, _same, tied_keys
+from .checkpoint import CheckpointError, brief_error, same_file, tied_keys
 from .trust import REMOTE_CODE_FLAG, UntrustedCodeError, remote_code_trusted
 
 __all__ = ["is_hf_dir", "is_hf_module", "hf_config_path", "check_remote_code", "load_hf_config", "build_hf_model",
@@ -104,7 +104,7 @@ def _read_config_json(path: PathLike) -> dict[str, Any]:
     try:
         data = json.loads(cfg.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg} is not a readable Hugging Face config ({_brief(e)})") from None
+        raise CheckpointError(f"{cfg} is not a readable Hugging Face config ({brief_error(e)})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{cfg} is not a Hugging Face config: expected a JSON object, got "
                               f"{type(data).__name__}")
@@ -152,7 +152,7 @@ def load_hf_config(path: PathLike, *, trust_remote_code: bool | None = None) -> 
             return tf.AutoConfig.from_pretrained(str(p), trust_remote_code=remote, local_files_only=True)
     except Exception as e:
         raise CheckpointError(f"{hf_config_path(p)}: transformers cannot read this config "
-                              f"({_brief(e)})") from None
+                              f"({brief_error(e)})") from None
 
 
 @contextmanager
@@ -183,7 +183,7 @@ def _architecture(config: Any, path: Path) -> tuple[Callable[[Any], nn.Module], 
             cls = getattr(tf, name, None) if name.isidentifier() else None
         except Exception as e:  # a lazy import that fails (a missing optional dependency)
             raise CheckpointError(f"{hf_config_path(path)} names the architecture {name!r}, which transformers "
-                                  f"cannot import here ({_brief(e)})") from None
+                                  f"cannot import here ({brief_error(e)})") from None
         ours = isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel) \
             and (cls.__module__ or "").split(".")[0] == "transformers"
         if ours:
@@ -241,7 +241,7 @@ def build_hf_model(path: PathLike, *, meta: bool = False, trust_remote_code: boo
                 module = factory(config)
     except Exception as e:
         raise CheckpointError(f"{hf_config_path(p)}: transformers cannot build {name} from this config "
-                              f"({_brief(e)})") from None
+                              f"({brief_error(e)})") from None
     module.eval()
     return module, hf_spec(name, p)
 
@@ -270,7 +270,7 @@ def checkpoint_layout(module: nn.Module) -> dict[str, Tensor] | None:
             out = revert_weight_conversion(module, dict(sd))
         except Exception as e:
             raise CheckpointError(f"{type(module).__name__}: transformers cannot say how its weights are stored "
-                                  f"({_brief(e)})") from None
+                                  f"({brief_error(e)})") from None
         if set(out) != set(sd) or any(tuple(out[k].shape) != tuple(sd[k].shape) for k in out):
             layout = dict(out)
     module.__dict__["_weightspace_layout"] = layout
@@ -292,7 +292,7 @@ def load_weights(module: nn.Module, state: Mapping[str, Tensor], path: PathLike)
             loaded = type(module).from_pretrained(str(path), config=module.config, local_files_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: transformers cannot load these weights into {type(module).__name__} "
-                              f"({_brief(e)})") from None
+                              f"({brief_error(e)})") from None
     return loaded.eval()
 
 
@@ -384,7 +384,7 @@ def trace_hf(module: nn.Module, example: Any = None, *, check: bool = True) -> A
     except Exception as e:  # the tracer does not take a dict of keyword inputs (yet)
         inputs = sorted(example) if isinstance(example, Mapping) else type(example).__name__
         structure = unaligned({k: tuple(v.shape) for k, v in module.state_dict().items()},
-                              f"the tracer rejected {name}'s inputs {inputs} ({_brief(e)})")
+                              f"the tracer rejected {name}'s inputs {inputs} ({brief_error(e)})")
     return _drop_tied(structure, module)
 
 
@@ -422,7 +422,7 @@ def check_output_dir(out: PathLike, inputs: Iterable[PathLike], fn: str = "merge
     if out.exists():
         for p in inputs:
             p = Path(p)
-            if _same(out, p) or any(_same(out, q) for q in p.resolve().parents):
+            if same_file(out, p) or any(same_file(out, q) for q in p.resolve().parents):
                 raise CheckpointError(f"{fn}: refusing to write the output {out} over the input {p}; choose "
                                       f"another output directory")
     if out.is_dir():
@@ -471,7 +471,7 @@ def write_hf_dir(out: PathLike, source: PathLike, write_weights: Callable[[Path]
     try:
         write_weights(tmp)
         copied = _copy_side_files(source, tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~UMASK)
         logger.info("%s: copied %s from %s", fn, ", ".join(copied), source)
         old = None
         if out.exists():
@@ -491,14 +491,8 @@ def write_hf_dir(out: PathLike, source: PathLike, write_weights: Callable[[Path]
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (ValueError, KeyboardInterrupt)) or not isinstance(e, Exception):
             raise
-        raise CheckpointError(f"{fn}: writing {out} failed, nothing was replaced: {_brief(e)}") from e
+        raise CheckpointError(f"{fn}: writing {out} failed, nothing was replaced: {brief_error(e)}") from e
     return out
-
-
-def _umask() -> int:
-    from merging._atomic import _UMASK
-
-    return _UMASK
 
 
 def _fsync_dir(d: Path) -> None:
@@ -527,12 +521,17 @@ def _module_names(module: nn.Module) -> dict[str, str] | None:
 
 
 def _logits(module: nn.Module, inputs: Any, output: Any) -> Any:
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    return output[0] if isinstance(output, (tuple, list)) else output
+    """The logits of a transformers model's output, the class axis second as torch's losses expect:
+    a language model's ``(B, T, V)`` becomes ``(B, V, T)``, so next-token targets ``(B, T)`` fit."""
+    if not isinstance(output, Tensor):
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, Tensor):
+            output = logits
+        elif isinstance(output, (tuple, list)):
+            output = output[0]
+    if isinstance(output, Tensor) and output.ndim == 3:
+        return output.transpose(1, 2)
+    return output
 
 
 def for_evaluation(module: nn.Module, state: Mapping[str, Tensor], path: PathLike | None = None,

@@ -19,7 +19,6 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,9 @@ import merging
 from merging.hypernet import HyperNet, fit_hypernet, sample_state, smooth
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, build_model, load_model, trace_model
-from .checkpoint import check_output, load, save
+from .checkpoint import check_output, load_checkpoint, save
 from .models import model_spec_from_json
+from .pipeline import provenance
 from .trust import check_data_spec, check_model_name, takes_trust_flag
 
 __all__ = ["WIDTH_KWARGS", "HypernetFile", "parse_widths", "model_at_ratio", "train_hypernet_file",
@@ -158,7 +158,8 @@ def load_hypernet(path: str | Path, *, device: str | torch.device = "cpu") -> Hy
     Raises:
         ValueError: the file is not a hypernetwork (e.g. an ordinary checkpoint) or is damaged.
     """
-    state, info = load(path, device="cpu", return_info=True)
+    found = load_checkpoint(path, device="cpu")
+    state, info = found.state, found.info
     meta = info.metadata
     if meta.get(KIND_KEY) != "hypernet" or HYPERNET_KEY not in meta:
         raise ValueError(f"{path}: not a hypernetwork file (no {KIND_KEY}=hypernet metadata); "
@@ -254,15 +255,13 @@ def train_hypernet_file(
                "final_recon_loss": sum(h["recon"] for h in tail) / len(tail), "steps": steps}
     hf = HypernetFile(hn.cpu(), spec, key, ratios, ratio_range, data, shape, str(out),
                       {"source_accuracy": source_acc, "full_widths": full})
-    from weightspace import __version__
 
-    provenance = {"tool": "weightspace hypernet train", "source": str(source) if source else None, "data": data,
-                  "widths": widths, "steps": steps, "lr": hyper_lr, "recon_weight": recon_weight,
-                  "coord_noise": coord_noise, "distill": distill, "low_bias": low_bias,
-                  "joint_lr_factor": joint_lr_factor, "hparams": hparams or {}, "smoothing": smoothing, "seed": seed,
-                  "weightspace_version": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = provenance("weightspace hypernet train", source=str(source) if source else None, data=data,
+                        widths=widths, steps=steps, lr=hyper_lr, recon_weight=recon_weight, coord_noise=coord_noise,
+                        distill=distill, low_bias=low_bias, joint_lr_factor=joint_lr_factor, hparams=hparams or {},
+                        smoothing=smoothing, seed=seed)
     state_out = {k: v.detach().cpu().contiguous() for k, v in hn.state_dict().items()}
-    save(state_out, out, metadata=_metadata(hf, provenance), inputs=[source] if source else ())
+    save(state_out, out, metadata=_metadata(hf, record), inputs=[source] if source else ())
     return hf, summary
 
 
@@ -329,12 +328,10 @@ def resample(
     module.load_state_dict(state)
     module.eval()
     if out is not None:
-        from weightspace import __version__
 
-        provenance = {"tool": "weightspace resample", "hypernet": str(path), "ratios": ratios, "samples": samples,
-                      "noise": noise, "seed": seed, "weightspace_version": __version__,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        meta = {MODEL_KEY: spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+        record = provenance("weightspace resample", hypernet=str(path), ratios=ratios, samples=samples, noise=noise,
+                            seed=seed)
+        meta = {MODEL_KEY: spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
         if hf.input_shape is not None:
             meta[INPUT_SHAPE_KEY] = ",".join(str(s) for s in hf.input_shape)
         save(state, out, metadata=meta, inputs=[path])

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +18,20 @@ import torch
 from torch import Tensor
 
 import merging
-from merging.matching.weight import from_two_starts
-from graphs import Structure, identity_permutation, permute
+from graphs import Structure
 
 from ._dtypes import parse_dtype, plan_dtypes
+from .alignment import (METHODS, Alignment, check_method, list_alignment_methods, method_label, needs_data, resolve_method,
+                        run_alignment)
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, check_aligned
 from .checkpoint import check_not_input, check_output, save
-from .pipeline import (METHODS, REPAIR_SAMPLES, MergeResult, PathLike, as_dtype, check_alpha,
-                       check_data_fits, check_method, check_same_states, file_record, has_batchnorm,
+from .pipeline import (REPAIR_SAMPLES, MergeResult, PathLike, as_dtype, check_alpha,
+                       check_data_fits, check_same_states, file_record, has_batchnorm,
                        hf_for_data, hf_inputs, input_shape_of, is_sharded, load_pair, repair_batches, resolve_data,
-                       resolve_device, run_dtype, save_hf, structure_of)
+                       TensorMerge, permute_loaded, provenance, resolve_device, run_dtype, save_hf, structure_of)
 from .trust import takes_trust_flag
 
-__all__ = ["METHODS", "MergeResult", "align", "merge_checkpoints", "barrier_between", "resolve_method"]
-
-_NEEDS_DATA = ("activation", "ste")
-_LABELS = {"weight": "weight matching", "activation": "activation matching", "ste": "STE matching"}
+__all__ = ["METHODS", "MergeResult", "align", "align_result", "merge_checkpoints", "barrier_between", "resolve_method"]
 
 
 # --------------------------------------------------------------------------- public verbs
@@ -47,10 +45,11 @@ def align(
     data: str | Iterable[Any] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    solver: str = "auto",
     progress: bool = False,
     structure: Structure | None = None,
     return_info: bool = False,
-) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Any]]:
+) -> dict[str, Tensor]:
     """The permutation of B's hidden units that aligns B to A.
 
     Traces A's module once (``model_a.structure()``, or with an input batch from ``data`` when
@@ -72,13 +71,16 @@ def align(
         seed (int, optional): seeds the order of weight matching's sweeps and STE.
             (default: ``0``)
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
+        solver (str, optional): the assignment solver, one of :func:`merging.list_solvers`.
+            (default: ``"auto"``)
         progress (bool, optional): progress bars on stderr. (default: ``False``)
         structure (Structure, optional): A's traced structure, if already at hand.
-        return_info (bool, optional): also return ``{"method", "sweeps", "seconds", "groups"}``.
+        return_info (bool, optional): deprecated: also return ``{"method", "sweeps", "seconds",
+            "groups", "reason"}``; use :func:`align_result`. (default: ``False``)
 
     Returns:
-        ``dict[group, LongTensor]`` (and the info dict); apply it with
-        ``weightspace.permute(structure, model_b.state, perms)``.
+        ``dict[group, LongTensor]``; apply it with ``weightspace.permute(structure, model_b.state, perms)``.
+        :func:`align_result` returns it with how it was found (:class:`weightspace.Alignment`).
 
     Raises:
         ValueError: unknown method, A and B of different architectures, missing ``data``, or
@@ -88,11 +90,43 @@ def align(
         >>> a, b = load_model("a.safetensors"), load_model("b.safetensors")  # doctest: +SKIP
         >>> perms = align(a, b, method="weight")  # doctest: +SKIP
     """
+    result = align_result(model_a, model_b, method=method, data=data, seed=seed, device=device, solver=solver,
+                          progress=progress, structure=structure)
+    if return_info:
+        warnings.warn("align(return_info=True) is deprecated; use align_result", DeprecationWarning, stacklevel=2)
+        return result.perms, result.to_dict()  # type: ignore[return-value]
+    return result.perms
+
+
+def align_result(
+    model_a: LoadedModel,
+    model_b: LoadedModel,
+    *,
+    method: str = "auto",
+    data: str | Iterable[Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    solver: str = "auto",
+    progress: bool = False,
+    structure: Structure | None = None,
+) -> Alignment:
+    """:func:`align` (same arguments), returning the permutation with the method that ran and why,
+    weight matching's sweeps, the time spent and the size of each group.
+
+    Raises:
+        ValueError: as :func:`align`.
+
+    Example:
+        >>> r = align_result(a, b)  # doctest: +SKIP
+        >>> r.method, r.reason  # doctest: +SKIP
+        ('weight', 'auto: no --data given, so weight matching (pass --data for activation matching)')
+    """
     method = check_method(method, "align")
+    merging.resolve_solver(solver, caller="align")
     method, _, reason = resolve_method(method, has_data=data is not None)
     dev = resolve_device(device)
     check_same_states(model_a.state, model_b.state, model_a.path or "A", model_b.path or "B", "align")
-    if method in _NEEDS_DATA and data is None:
+    if needs_data(method) and data is None:
         raise ValueError(f"align: method {method!r} needs data (--data D, e.g. --data digits); "
                          f"use --method weight to align without data")
     batches = None
@@ -101,10 +135,9 @@ def align(
         check_data_fits(model_a, batches, label, dev, "align")
     if structure is None:
         structure = structure_of(model_a, batches)
-    out = _align(structure, model_a, model_b, method, batches, seed, dev, progress, return_info)
-    if return_info:
-        out[1]["reason"] = reason
-    return out
+    result = run_alignment(structure, model_a, model_b, method, batches, seed=seed, device=dev, progress=progress,
+                           solver=solver)
+    return dataclasses.replace(result, reason=reason)
 
 
 @takes_trust_flag
@@ -200,6 +233,7 @@ def merge_checkpoints(
     t0 = time.perf_counter()
     method = check_method(method, fn)
     alpha = check_alpha(alpha, fn)
+    merging.resolve_solver(solver, caller=fn)
     parse_dtype(dtype, fn)
     out = Path(out)
     hf_out = hf_inputs([path_a, path_b], model)
@@ -230,15 +264,18 @@ def merge_checkpoints(
         raise ValueError(f"{fn}: the output {out} is a directory; give a file name ending in .safetensors")
     else:
         check_not_input(out, [path_a, path_b])
-    if data is None and (method in _NEEDS_DATA or repair):
-        why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
+    if data is None and (needs_data(method) or repair):
+        why = "--repair" if not needs_data(method) else f"method {method!r}"
         raise ValueError(f"{fn}: {why} needs data (--data D, e.g. --data digits)")
-    if hf_out and (method in _NEEDS_DATA or repair):
-        why = "--repair" if method not in _NEEDS_DATA else f"method {method!r}"
-        raise ValueError(f"{fn}: {why} runs the model on --data, which is not supported for Hugging Face "
-                         f"directories yet (the tracer finds no groups in them); use --method weight or none")
     dev = resolve_device(device)
     a, b, files = load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
+    file_keys = list(a.state)
+    if hf_out and data is not None:  # run on data: the module's names, tied tensors under each name
+        hf_for_data(a, b, fn)
+        if not set(file_keys) <= set(a.state):
+            raise ValueError(f"{fn}: {type(a.module).__name__} names its weights differently in its files and "
+                             f"its modules, so it cannot run on --data here; merge without --data "
+                             f"(weight matching)")
     method, repair, reason = resolve_method(method, has_data=data is not None, has_norm=has_batchnorm(a),
                                             repair=repair)
     plan = plan_dtypes([a.state, b.state], [path_a, path_b], fn, dtype)
@@ -251,9 +288,11 @@ def merge_checkpoints(
         check_aligned(structure, source=str(path_a), require=require_aligned)
     shape = input_shape_of(a, batches)
 
-    perms, info = _align(structure, a, b, method, batches, seed, dev, progress, True, solver)
-    pb = permute(structure, b.state, perms)
-    merged = merging.interpolate(plan.widen(a.state, pb), pb, alpha)  # in the common dtype
+    aligned = run_alignment(structure, a, b, method, batches, seed=seed, device=dev, progress=progress, solver=solver)
+    perms = aligned.perms
+    tensors = TensorMerge(structure, perms, alpha, plan, fn, out)
+    pb = permute_loaded(structure, b, b.state, perms)
+    merged = tensors.interpolate(a.state, pb)  # in the common dtype
     correction = "none"
     if repair:
         correction = "reset_bn" if has_batchnorm(a) else "repair"
@@ -261,38 +300,24 @@ def merge_checkpoints(
         merged = merging.repair(a.module, as_dtype(a.state, run), as_dtype(pb, run), as_dtype(merged, run), batches,
                                 alpha=alpha, device=dev, progress=progress,
                                 num_batches=repair_batches(batches, repair_samples, fn))
-    merged = plan.finish(merged, a.state)
-    for k, v in merged.items():
-        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values"
-                             f"{' after ' + correction if repair else ''}; nothing was written to {out}")
+    merged = tensors.finish(merged, a.state, after=correction if repair else None)
 
-    from weightspace import __version__
-
-    provenance = {
-        "tool": "weightspace merge",
-        "inputs": [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
-        "method": method,
-        "method_reason": reason,
-        "alpha": alpha,
-        "repair": correction,
-        "seed": seed,
-        "data": data_label if (method in _NEEDS_DATA or repair) else None,
-        "sweeps": info["sweeps"],
-        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    record = provenance(
+        "weightspace merge", [file_record(p, fs) for p, fs in zip((path_a, path_b), files)],
+        method=method, method_reason=reason, alpha=alpha, repair=correction, seed=seed,
+        data=data_label if (needs_data(method) or repair) else None, sweeps=aligned.sweeps,
+        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}))
+    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     if hf_out:
-        path = save_hf(merged, out, path_a, provenance, [path_a, path_b])
+        merged = {k: merged[k] for k in file_keys}  # the files' keys: tied tensors once
+        path = save_hf(merged, out, path_a, record, [path_a, path_b])
     else:
         path = save(merged, out, metadata=metadata, inputs=[path_a, path_b])
     return MergeResult(path=path, method=method, reason=reason, alpha=alpha, repair=correction, perms=perms,
-                       sweeps=info["sweeps"], align_seconds=info["seconds"], seconds=time.perf_counter() - t0,
-                       model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
+                       sweeps=aligned.sweeps, align_seconds=aligned.seconds, seconds=time.perf_counter() - t0,
+                       model=a.spec, input_shape=shape, provenance=record, notes=tuple(plan.notes),
                        copied=tuple(plan.copied))
 
 
@@ -313,6 +338,7 @@ def barrier_between(
     split: str = "test",
     device: str | torch.device = "cpu",
     seed: int = 0,
+    solver: str = "auto",
     progress: bool = True,
 ) -> dict[str, merging.BarrierResult]:
     r"""Loss and accuracy along the linear path from A to B, naive and after aligning B.
@@ -339,6 +365,8 @@ def barrier_between(
             or ``"all"``. (default: ``"test"``)
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the alignment. (default: ``0``)
+        solver (str, optional): the assignment solver of the alignment, one of
+            :func:`merging.list_solvers`. (default: ``"auto"``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
 
     Returns:
@@ -358,12 +386,13 @@ def barrier_between(
     """
     fn = "barrier_between"
     if align == "all":
-        methods = [m for m in METHODS if m not in ("auto", "none")]
-    elif align not in METHODS:
-        raise ValueError(f"{fn}: unknown method {align!r}; choose one of: {', '.join(METHODS)}, all")
+        methods = [m for m in list_alignment_methods() if method_label(m)]
+    elif align not in list_alignment_methods():
+        raise ValueError(f"{fn}: unknown method {align!r}; choose one of: {', '.join(list_alignment_methods())}, all")
     else:
         method, _, _ = resolve_method(check_method(align, fn), has_data=True)
         methods = [] if method == "none" else [method]
+    merging.resolve_solver(solver, caller=fn)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"{fn}: steps must be an integer >= 2, got {steps!r}")
     if data is None:
@@ -392,9 +421,10 @@ def barrier_between(
     if structure is not None:
         check_aligned(structure, source=str(path_a))
     for method in methods:
-        perms = _align(structure, a, b, method, fit_batches, seed, dev, progress, False)
-        pb = permute(structure, b.state, perms)
-        results[_LABELS[method]] = merging.barrier(a.module, as_dtype(a.state, run), as_dtype(pb, run), eval_batches, steps=steps, device=dev,
+        perms = run_alignment(structure, a, b, method, fit_batches, seed=seed, device=dev, progress=progress,
+                              solver=solver).perms
+        pb = permute_loaded(structure, b, b.state, perms)
+        results[method_label(method)] = merging.barrier(a.module, as_dtype(a.state, run), as_dtype(pb, run), eval_batches, steps=steps, device=dev,
                                                    progress=progress, **correction)
     if plot is not None:
         plot.parent.mkdir(parents=True, exist_ok=True)
@@ -402,65 +432,3 @@ def barrier_between(
         title = f"{Path(path_a).name} to {Path(path_b).name} on {where}"
         merging.plot_barrier(results, plot, title=title)
     return results
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def resolve_method(method: str, *, has_data: bool, has_norm: bool = False, repair: bool = False
-                   ) -> tuple[str, bool, str]:
-    """What ``method`` means here: ``(method, repair, reason)``.
-
-    ``"auto"`` is activation matching when data is given (it measures what the network
-    computes; on narrow and normalised networks weight matching leaves most of the barrier,
-    see the REPAIR paper, https://arxiv.org/abs/2211.08403), with REPAIR (for a BatchNorm
-    network: resetting the BatchNorm statistics) when it has BatchNorm layers or ``repair`` is asked;
-    without data it is weight matching. Explicit methods keep their meaning.
-
-    Returns:
-        The method that runs, whether to repair, and a one-line reason for the summary.
-    """
-    if method != "auto":
-        return method, repair, f"--method {method}"
-    if not has_data:
-        return "weight", repair, "auto: no --data given, so weight matching (pass --data for activation matching)"
-    why = "auto: --data given, so activation matching"
-    if repair:
-        return "activation", True, why + ", then REPAIR as asked"
-    if has_norm:
-        return "activation", True, why + ", then a BatchNorm statistics reset (the network has BatchNorm layers)"
-    return "activation", False, why
-
-
-def _align(structure: Structure, a: LoadedModel, b: LoadedModel, method: str, batches: Iterable[Any] | None,
-           seed: int, device: torch.device, progress: bool, return_info: bool, solver: str = "auto") -> Any:
-    t0 = time.perf_counter()
-    sa = {k: v.to(device) for k, v in a.state.items()}
-    sb = {k: v.to(device) for k, v in b.state.items()}
-    a.module.to(device)
-    sweeps = None
-    if method == "none":
-        perms = identity_permutation(structure)
-    elif method == "weight":  # from the identity and from unit signatures: the better objective
-        perms, wm = from_two_starts(
-            lambda init: merging.weight_matching(structure, sa, sb, seed=seed, device=device, progress=progress,
-                                                 solver=solver, init=init, return_info=True),
-            structure, sa, sb, solver=solver)
-        sweeps = wm["sweeps"]
-    elif method in _NEEDS_DATA:  # these run the model: in its own dtype
-        run = run_dtype(a)
-        sa, sb = as_dtype(sa, run), as_dtype(sb, run)
-    if method == "activation":
-        perms = merging.activation_matching(structure, a.module, sa, sb, batches, device=device, progress=progress,
-                                            solver=solver)
-    elif method == "ste":
-        perms = merging.ste_matching(structure, a.module, sa, sb, batches, seed=seed, device=device,
-                                     progress=progress, solver=solver)
-    perms = {g: p.cpu() for g, p in perms.items()}
-    if not return_info:
-        return perms
-    info = {"method": method, "sweeps": sweeps, "seconds": time.perf_counter() - t0,
-            "groups": {g: grp.size for g, grp in structure.groups.items()}}
-    return perms, info
-
-

@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,21 @@ import torch
 from torch import Tensor
 
 import merging
-from graphs import identity_permutation, permute
+from graphs import permute
+from merging.many_methods import get_many_method, list_many_methods
 
 from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model
 from ._dtypes import parse_dtype, plan_dtypes
 from .checkpoint import check_not_input, open_checkpoint, save
-from .pipeline import (as_dtype, check_data_fits, check_same_states, file_record, has_batchnorm, hf_inputs,
+from .pipeline import (as_dtype, provenance, check_data_fits, check_same_states, file_record, has_batchnorm, hf_inputs,
                     input_shape_of, resolve_data, resolve_device, run_dtype, save_hf, structure_of)
 from .models import model_spec_from_json
 from .trust import takes_trust_flag
 
 __all__ = ["MANY_METHODS", "MergeManyResult", "merge_many_checkpoints"]
 
-#: Methods of ``weightspace merge-many``, in the order the CLI lists them.
-MANY_METHODS = ("mergemany", "c2m3", "average")
+#: Methods of ``weightspace merge-many``, in the order the CLI lists them (:func:`merging.list_many_methods`).
+MANY_METHODS = tuple(list_many_methods())
 PathLike = str | os.PathLike
 
 
@@ -125,6 +125,7 @@ def merge_many_checkpoints(
     max_iter: int = 100,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    solver: str = "auto",
     progress: bool = True,
     dtype: str | torch.dtype | None = None,
 ) -> MergeManyResult:
@@ -152,6 +153,8 @@ def merge_many_checkpoints(
         max_iter (int, optional): MergeMany passes or C2M3 iterations at most. (default: ``100``)
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the alignment. (default: ``0``)
+        solver (str, optional): the assignment solver of the alignment, one of
+            :func:`merging.list_solvers`. (default: ``"auto"``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
         dtype (str or torch.dtype, optional): the dtype of the merged float tensors
             (``"float32"``, ``"float64"``, ``"bfloat16"``, ``"float16"``); inputs of different
@@ -171,8 +174,8 @@ def merge_many_checkpoints(
     """
     fn = "merge_many_checkpoints"
     t0 = time.perf_counter()
-    if method not in MANY_METHODS:
-        raise ValueError(f"{fn}: unknown method {method!r}; choose one of: {', '.join(MANY_METHODS)}")
+    merge_fn = get_many_method(method, fn).value
+    merging.resolve_solver(solver, caller=fn)
     paths = list(paths)
     if len(paths) < 2:
         raise ValueError(f"{fn}: needs at least two checkpoints, got {len(paths)}")
@@ -209,18 +212,8 @@ def merge_many_checkpoints(
     # the first model's float tensors in the common dtype: the means come out in it
     states[0] = {k: v.to(plan.work_dtype(*(s[k].dtype for s in states))) if v.is_floating_point() else v
                  for k, v in states[0].items()}
-    passes = None
-    if method == "mergemany":
-        merged, perms, info = merging.merge_many(structure, states, seed=seed, max_iter=max_iter,
-                                                 return_info=True, progress=progress)
-        passes = info["passes"]
-    elif method == "c2m3":
-        merged, perms, info = merging.c2m3_merge(structure, states, max_iter=max_iter, return_info=True,
-                                                 progress=progress)
-        passes = info["iterations"]
-    else:
-        perms = [identity_permutation(structure) for _ in states]
-        merged = merging.many.mean_state(states)
+    many = merge_fn(structure, states, max_iter=max_iter, seed=seed, solver=solver, progress=progress)
+    merged, perms, passes = many.merged, many.perms, many.iterations
     align_seconds = time.perf_counter() - t_align
     correction = "none"
     if repair:
@@ -234,26 +227,20 @@ def merge_many_checkpoints(
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{fn}: the merged tensor {k!r} has NaN or Inf values; nothing was written to {out}")
 
-    from weightspace import __version__
 
-    provenance = {
-        "tool": "weightspace merge-many",
-        "inputs": [file_record(p, fs) for p, fs in zip(paths, files)],
-        "method": method, "repair": correction, "seed": seed, "max_iter": max_iter,
-        "data": data_label if repair else None, "passes": passes,
-        **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}),
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    record = provenance(
+        "weightspace merge-many", [file_record(p, fs) for p, fs in zip(paths, files)],
+        method=method, repair=correction, seed=seed, max_iter=max_iter, data=data_label if repair else None,
+        passes=passes, **({"dtype": str(plan.out).removeprefix("torch.")} if plan.out is not None else {}))
+    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     if hf_out:
-        path = save_hf({k: v.cpu() for k, v in merged.items()}, out, paths[0], provenance, paths)
+        path = save_hf({k: v.cpu() for k, v in merged.items()}, out, paths[0], record, paths)
     else:
         path = save({k: v.cpu() for k, v in merged.items()}, out, metadata=metadata, inputs=paths)
     return MergeManyResult(path=path, method=method, repair=correction, perms=[{g: p.cpu() for g, p in ps.items()}
                                                                             for ps in perms],
                            passes=passes, align_seconds=align_seconds, seconds=time.perf_counter() - t0,
-                           model=a.spec, input_shape=shape, provenance=provenance, notes=tuple(plan.notes),
+                           model=a.spec, input_shape=shape, provenance=record, notes=tuple(plan.notes),
                            copied=tuple(plan.copied))

@@ -23,19 +23,17 @@ from torch import Tensor
 from graphs import Structure
 
 from .api import MODEL_KEY, PROVENANCE_KEY, LoadedModel, load_model, trace_model
-from .checkpoint import is_sharded, open_checkpoint, save, sha256_file
+from .checkpoint import is_sharded, open_checkpoint, save, sha256_file, tied_keys
 from .models import model_spec_from_json
 
-__all__ = ["METHODS", "BATCH", "REPAIR_SAMPLES", "MergeResult", "resolve_device", "check_method", "check_alpha",
+__all__ = ["BATCH", "REPAIR_SAMPLES", "MergeResult", "resolve_device", "check_alpha",
            "check_same_states", "load_pair", "resolve_data", "check_data_fits", "structure_of", "input_shape_of",
            "has_batchnorm", "run_dtype", "as_dtype", "hf_inputs", "hf_for_data", "save_hf", "file_record",
-           "repair_batches", "is_counter", "first_batch", "example_from", "device_of", "is_sharded"]
+           "repair_batches", "is_counter", "first_batch", "example_from", "device_of", "is_sharded",
+           "permute_loaded", "provenance", "TensorMerge"]
 
 PathLike = str | os.PathLike
 
-#: Alignment methods, in the order the CLI lists them; ``auto`` resolves to one of the others
-#: (see :func:`weightspace.merge.resolve_method`).
-METHODS = ("auto", "weight", "activation", "ste", "none")
 #: examples per batch of a ``--data`` spec
 BATCH = 256
 #: REPAIR / BatchNorm-reset statistics from this many training examples by default: a few
@@ -50,7 +48,7 @@ class MergeResult:
 
     Attributes:
         path (Path): the merged checkpoint written.
-        method (str): the alignment method (one of :data:`METHODS`).
+        method (str): the alignment method (one of :func:`weightspace.alignment.list_alignment_methods`).
         alpha (float): weight of B: ``(1 - alpha) * A + alpha * P(B)``.
         repair (str): correction applied after interpolation: ``"none"``, ``"repair"`` or
             ``"reset_bn"`` (REPAIR of a BatchNorm network is the BatchNorm reset).
@@ -121,12 +119,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} asked for, but CUDA is not available on this machine")
     return dev
-
-
-def check_method(method: str, fn: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"{fn}: unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return method
 
 
 def check_alpha(alpha: float, fn: str) -> float:
@@ -229,7 +221,8 @@ def check_data_fits(lm: LoadedModel, batches: Iterable[Any], label: str, device:
             out = lm.module(x[:4].to(device))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         msg = " ".join(str(e).split())[:160]
-        raise ValueError(f"{fn}: data {label} does not fit {where}: inputs of shape {tuple(x.shape[1:])} "
+        ids = f" with token ids {int(x.min())}..{int(x.max())}" if not x.is_floating_point() and x.numel() else ""
+        raise ValueError(f"{fn}: data {label} does not fit {where}: inputs of shape {tuple(x.shape[1:])}{ids} "
                          f"fail in the forward pass ({msg}); check --data, --model or --input-shape") from None
     if isinstance(out, Tensor) and out.ndim >= 2 and isinstance(y, Tensor) and not y.is_floating_point() \
             and y.numel():
@@ -250,6 +243,25 @@ def example_from(batches: Iterable[Any] | None) -> Tensor | None:
         return None
     batch = next(iter(batches), None)
     return batch[0][:2] if batch is not None else None
+
+
+def permute_loaded(structure: Structure, lm: LoadedModel, state: Mapping[str, Tensor],
+                   perms: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``permute(structure, state, perms)`` for ``lm``'s model, its tied tensors kept tied.
+
+    A state prepared to run the model (:func:`hf_for_data`) holds a tied tensor under each of its
+    names (an output layer that is the input embedding), the structure only under the one the
+    tracer saw; the others take its permuted value.
+    """
+    from graphs import permute
+
+    out = permute(structure, state, perms)
+    for k, others in tied_keys(lm.module).items():
+        if k in structure.axes and k in out:
+            for o in others:
+                if o in out and o not in structure.axes:
+                    out[o] = out[k]
+    return out
 
 
 def structure_of(lm: LoadedModel, batches: Iterable[Any] | None) -> Structure:
@@ -312,12 +324,13 @@ def hf_for_data(a: LoadedModel, b: LoadedModel, fn: str) -> None:
             lm.state = for_evaluation(lm.module, lm.state, lm.path, fn)
 
 
-def save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, provenance: Mapping[str, Any],
+def save_hf(state: Mapping[str, Tensor], out: Path, source: PathLike, record: Mapping[str, Any],
              inputs: list[PathLike], max_shard_size: int | str | None = None) -> Path:
-    """Write merged weights as a Hugging Face directory (``config.json`` and tokenizer from A)."""
+    """Write merged weights as a Hugging Face directory (``config.json`` and tokenizer from A), with
+    the provenance ``record`` in the safetensors metadata."""
     from .hf import output_metadata, write_hf_dir
 
-    meta = output_metadata(PROVENANCE_KEY, provenance)
+    meta = output_metadata(PROVENANCE_KEY, record)
     target = (lambda d: d) if max_shard_size is not None else (lambda d: d / "model.safetensors")
     return write_hf_dir(out, source, lambda d: save(state, target(d), metadata=meta, max_shard_size=max_shard_size),
                         inputs)
@@ -328,3 +341,78 @@ def file_record(path: PathLike, files: tuple[Path, ...]) -> dict[str, Any]:
     if len(files) == 1:
         return {"path": str(path), "sha256": sha256_file(files[0])}
     return {"path": str(path), "files": {f.name: sha256_file(f) for f in files}}
+
+
+# --------------------------------------------------------------------------- the per-tensor plan
+
+
+def provenance(tool: str, inputs: Iterable[Mapping[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """The provenance record a written file carries: ``tool``, the ``inputs`` (file records, see
+    :func:`file_record`), then ``fields`` in order, the weightspace version and the UTC date."""
+    from datetime import datetime, timezone
+
+    from weightspace import __version__
+
+    record: dict[str, Any] = {"tool": tool}
+    if inputs is not None:
+        record["inputs"] = list(inputs)
+    record.update(fields)
+    record["weightspace_version"] = __version__
+    record["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+@dataclass(frozen=True)
+class TensorMerge:
+    """What a two-model merge does to each tensor once alignment has found the permutations:
+    B's tensor permuted, ``(1 - alpha) * A + alpha * P(B)`` in the inputs' common dtype, the result
+    cast to the output dtype and checked to be finite.
+
+    The in-memory merge runs it over whole state dicts (:meth:`interpolate`, then REPAIR if asked,
+    then :meth:`finish`); the low-memory merge one tensor at a time (:meth:`tensor`). Both give
+    the same bits.
+
+    Attributes:
+        structure (Structure): the traced structure the permutations act on.
+        perms (Mapping[str, Tensor]): one permutation per group (B's units to A's).
+        alpha (float): the weight of B.
+        dtypes (DtypePlan): the common and output dtypes (:func:`weightspace._dtypes.plan_dtypes`).
+        fn (str): the caller, for error messages.
+        out (Path): what is being written, for error messages.
+    """
+
+    structure: Structure
+    perms: Mapping[str, Tensor]
+    alpha: float
+    dtypes: Any
+    fn: str
+    out: Path
+
+    def interpolate(self, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Interpolate A and the already permuted B, in the common dtype."""
+        import merging
+
+        return merging.interpolate(self.dtypes.widen(state_a, state_b), state_b, self.alpha)
+
+    def finish(self, merged: Mapping[str, Tensor], state_a: Mapping[str, Tensor], *, after: str | None = None
+               ) -> dict[str, Tensor]:
+        """Cast to the output dtype; refuse NaN or Inf (``after``: the correction applied, for the message)."""
+        return self._check_finite(self.dtypes.finish(merged, state_a), after)
+
+    def tensor(self, key: str, a: Tensor, b: Tensor) -> Tensor:
+        """One tensor, start to end: permute ``b``, interpolate, cast, check (the inputs are let go
+        before the check, so that peak memory holds the result and one input at most)."""
+        from graphs import permute
+
+        pb = permute(self.structure, {key: b}, self.perms)
+        del b
+        out = self.dtypes.finish(self.interpolate({key: a}, pb), {key: a})
+        del a, pb
+        return self._check_finite(out)[key]
+
+    def _check_finite(self, merged: dict[str, Tensor], after: str | None = None) -> dict[str, Tensor]:
+        for k, v in merged.items():
+            if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{self.fn}: the merged tensor {k!r} has NaN or Inf values"
+                                 f"{' after ' + after if after else ''}; nothing was written to {self.out}")
+        return merged

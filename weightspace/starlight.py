@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from .api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from .checkpoint import check_not_input, save
 from ._dtypes import plan_dtypes
 from .pipeline import (
+    provenance,
     as_dtype,
     check_data_fits,
     file_record,
@@ -161,6 +161,7 @@ def starlight_checkpoints(
     state: PathLike | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    solver: str = "auto",
     progress: bool = True,
 ) -> StarlightResult:
     r"""Train a star model from N checkpoints with :class:`merging.Starlight` and write it.
@@ -185,6 +186,8 @@ def starlight_checkpoints(
         state (str or PathLike, optional): the training-state file. (default: next to ``out``)
         device (str or torch.device, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``. (default: ``"cpu"``)
         seed (int, optional): seeds the draws, the shuffling and weight matching. (default: ``0``)
+        solver (str, optional): weight matching's assignment solver, one of
+            :func:`merging.list_solvers`. (default: ``"auto"``)
         progress (bool, optional): progress bars on stderr. (default: ``True``)
 
     Returns:
@@ -220,6 +223,7 @@ def starlight_checkpoints(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
     tdist = parse_t_dist(t_dist)
+    merging.resolve_solver(solver, caller=fn)
     dev = resolve_device(device)
     models, files = _load_many(paths, model, model_kwargs, input_shape, dev, fn)
     a = models[0]
@@ -236,7 +240,7 @@ def starlight_checkpoints(
     sources = [as_dtype({k: v.to(dev) for k, v in m.state.items()}, run) for m in models]
 
     sl = merging.Starlight(a.module, structure, epochs=epochs, lr=lr, momentum=momentum, schedule=schedule,
-                           t_dist=tdist, realign=realign, init=init, seed=seed, device=dev,
+                           t_dist=tdist, realign=realign, init=init, seed=seed, solver=solver, device=dev,
                            checkpoint=state_path, progress=progress)
     start = 0
     if resume:
@@ -259,22 +263,17 @@ def starlight_checkpoints(
                                        "accuracy": sum(e.accuracy for e in evs) / len(evs)},
                       "n": ev.n}
 
-    from weightspace import __version__
 
-    provenance = {
-        "tool": "weightspace starlight",
-        "inputs": [file_record(p, fs) for p, fs in zip(paths, files)],
-        "method": "starlight", "epochs": sl.n_epochs_, "lr": lr, "momentum": momentum, "schedule": schedule,
-        "batch_size": batch_size, "t_dist": str(tdist), "realign": realign, "init": init, "seed": seed,
-        "data": data_label, "final_loss": sl.history_[-1] if sl.history_ else None,
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+    record = provenance(
+        "weightspace starlight", [file_record(p, fs) for p, fs in zip(paths, files)],
+        method="starlight", epochs=sl.n_epochs_, lr=lr, momentum=momentum, schedule=schedule, batch_size=batch_size,
+        t_dist=str(tdist), realign=realign, init=init, seed=seed, data=data_label,
+        final_loss=sl.history_[-1] if sl.history_ else None)
+    metadata = {MODEL_KEY: a.spec, PROVENANCE_KEY: json.dumps(record, sort_keys=True)}
     if shape is not None:
         metadata[INPUT_SHAPE_KEY] = ",".join(str(s) for s in shape)
     star = plan.finish({k: v.detach().cpu() for k, v in star.items()}, a.state)
     path = save(star, out, metadata=metadata, inputs=paths)
     return StarlightResult(path=path, state_path=state_path, epochs=sl.n_epochs_, resumed_from=start,
                            history=list(sl.history_), seconds=time.perf_counter() - t0, model=a.spec,
-                           input_shape=shape, evaluation=evaluation, provenance=provenance, notes=tuple(notes))
+                           input_shape=shape, evaluation=evaluation, provenance=record, notes=tuple(notes))

@@ -14,9 +14,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-__all__ = ["train_classifier"]
+__all__ = ["train_classifier", "logits_of"]
 
 _OPTIMIZERS = ("sgd", "adam")
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model's output, the class axis second as torch's losses expect.
+
+    A tensor passes through; an output object gives its ``logits`` (a transformers
+    ``ModelOutput``), a tuple its first element; a language model's ``(B, T, V)`` becomes
+    ``(B, V, T)``, so next-token targets ``(B, T)`` fit :func:`torch.nn.functional.cross_entropy`.
+    """
+    if not isinstance(output, Tensor):
+        logits = getattr(output, "logits", None)
+        output = logits if isinstance(logits, Tensor) else output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(output, Tensor):
+        raise TypeError(f"expected the model to return logits (a tensor), got {type(output).__name__}")
+    return output.transpose(1, 2) if output.ndim == 3 else output
 
 
 def train_classifier(
@@ -31,6 +46,7 @@ def train_classifier(
     optimizer: str = "sgd",
     batch_size: int = 64,
     weight_decay: float = 0.0,
+    warmup: int = 0,
 ) -> list[float]:
     r"""Train ``model`` in place with cross-entropy; return the mean training loss of each epoch.
 
@@ -52,9 +68,14 @@ def train_classifier(
         optimizer (str, optional): ``"sgd"`` or ``"adam"``. (default: ``"sgd"``)
         batch_size (int, optional): examples per batch for a dataset spec. (default: ``64``)
         weight_decay (float, optional): L2 penalty. (default: ``0.0``)
+        warmup (int, optional): steps over which the learning rate rises linearly from
+            ``lr / warmup`` to ``lr`` before the cosine decay (transformers train stably with a few
+            hundred). (default: ``0``)
 
     Shapes:
-        x: ``(B, *input_shape)``; y: ``(B,)`` class indices; output: ``(B, K)``.
+        x: ``(B, *input_shape)``; y: ``(B,)`` class indices; output: ``(B, K)``. A language model
+        (a transformers ``*ForCausalLM``, see :func:`logits_of`) trains on next-token data such as
+        ``"python-stdlib"``: x and y ``(B, T)`` token ids, output ``(B, T, V)``.
 
     Returns:
         list[float]: mean training loss per epoch.
@@ -72,6 +93,8 @@ def train_classifier(
         raise ValueError(f"train_classifier: epochs must be a positive integer, got {epochs!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"train_classifier: lr must be a positive number, got {lr!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"train_classifier: warmup must be a non-negative integer, got {warmup!r}")
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"train_classifier: unknown optimizer {optimizer!r}; choose one of: {', '.join(_OPTIMIZERS)}")
     if isinstance(data, str):
@@ -93,8 +116,11 @@ def train_classifier(
     except TypeError:
         steps_per_epoch = None
     total = steps_per_epoch * epochs if steps_per_epoch else None
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))) if total else 1.0)
+    def factor(step: int) -> float:
+        rise = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return rise * (0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))) if total else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     history: list[float] = []
     bar = tqdm(total=total, desc="train", unit="step", file=sys.stderr, disable=not progress, leave=False)
     try:
@@ -102,7 +128,7 @@ def train_classifier(
             loss_sum, n = 0.0, 0
             for x, y in batches:
                 x, y = x.to(dev), y.to(dev)
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(logits_of(model(x)), y)
                 if not torch.isfinite(loss):
                     raise ValueError(f"train_classifier: the loss became {float(loss.detach())} in epoch {epoch + 1}; "
                                      f"lower lr (now {lr})")

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..structure import Structure, _axis_index
+from ..structure import Structure, axis_index
 from .build import _build_topology, _check_shapes
 from .topology import ACTIVATIONS, EDGE_KINDS, NODE_VALUES, ROLES, _to_device, _Topology
 from .views import _GraphViews
@@ -256,7 +256,7 @@ class ParamGraph(_GraphViews):
         for site in self._topo.sites.values():
             if site.axis is None:
                 continue
-            idx = _axis_index(site.axis, perms, p.device)
+            idx = axis_index(site.axis, perms, p.device)
             if idx is not None:
                 p[site.offset:site.offset + site.size] = site.offset + idx
         return p

@@ -47,7 +47,12 @@ def addmm(run, c: Call):
     pairs = [(c.out, [la[0], lb[1]])]
     if isinstance(bias, Tensor) and lbias is not None:
         pairs.append((bias, lbias))
-    return run.broadcast(c.out, pairs, c.where)
+    res = run.broadcast(c.out, pairs, c.where)
+    weight, b = run.state_name(c.nargs[2]), run.state_name(c.nargs[0])
+    if weight is not None:  # a layer whose weight is stored (in, out): activation matching hooks it
+        run.layer(c.node, owner or weight, "linear_t", {"weight": weight, **({"bias": b} if b else {})},
+                  la[-1], res[-1], functional=True)
+    return res
 
 
 @op_rule("baddbmm")

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from graphs import Structure
-from graphs.structure import _axis_index
+from graphs import axis_index
 
 __all__ = ["unit_norms", "magnitude_prune", "select_units"]
 
@@ -42,7 +42,7 @@ def select_units(structure: Structure, state: Mapping[str, Tensor], keep: Mappin
         for i, a in enumerate(axes):
             if a is None:
                 continue
-            idx = _axis_index(a, keep, t.device)
+            idx = axis_index(a, keep, t.device)
             if idx is not None:
                 t = t.index_select(i, idx)
         out[k] = t.contiguous()

@@ -20,11 +20,29 @@ is a true local optimum of the exact coordinate descent (see ``weight_matching(s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-__all__ = ["auction_assignment"]
+__all__ = ["Auction", "auction_assignment"]
+
+
+@dataclass(frozen=True)
+class Auction:
+    """What :func:`auction_assignment` found.
+
+    Attributes:
+        perm (Tensor): ``(n,)`` LongTensor, ``perm[i]`` the column of row ``i`` (``-1`` for rows
+            left to the caller with ``finish=False``), on the matrix's device.
+        prices (Tensor): ``(n,)`` float64 column prices, on the matrix's device.
+        eps (float): the final epsilon: the bid-assigned rows are within ``n * eps`` of optimal.
+    """
+
+    perm: Tensor
+    prices: Tensor
+    eps: float
 
 
 def _finish(c: Tensor, p: Tensor, row_obj: Tensor, obj_row: Tensor, reach: int) -> None:
@@ -56,8 +74,8 @@ def _row_best(c: Tensor, p: Tensor, chunk: int = 1 << 24) -> Tensor:
 
 def auction_assignment(c: Tensor, *, prices: Tensor | None = None, init: Tensor | None = None,
                        tol: float = 1e-7, stop: int | None = None, factor: float = 8.0, reach: int = 16,
-                       max_rounds: int = 100_000, finish: bool = True, return_eps: bool = False):
-    """Approximately maximise ``sum_i c[i, perm[i]]``; returns ``(perm, prices)``.
+                       max_rounds: int = 100_000, finish: bool = True) -> Auction:
+    """Approximately maximise ``sum_i c[i, perm[i]]``.
 
     Args:
         c: ``(n, n)`` similarity matrix on any device (float32 is fine; prices are float64).
@@ -73,18 +91,16 @@ def auction_assignment(c: Tensor, *, prices: Tensor | None = None, init: Tensor 
         finish (bool, optional): assign the rows left over exactly (see ``reach``); with
             ``False`` they are ``-1`` in ``perm``, for a caller that finishes them itself
             (``solve_assignment`` hands them to the C solver with these prices). (default: ``True``)
-        return_eps (bool, optional): also return the final epsilon.
 
     Returns:
-        ``perm`` (LongTensor, ``perm[i]`` the column of row ``i``) and the column prices
-        (float64), both on ``c``'s device.
+        Auction: the assignment, the column prices and the final epsilon.
     """
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
         raise ValueError(f"auction_assignment: expected a square matrix, got shape {tuple(c.shape)}")
     n, dev = c.shape[0], c.device
     if n == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.float64, device=dev)
-        return (*empty, 0.0) if return_eps else empty
+        return Auction(torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.float64, device=dev),
+                       0.0)
     if not bool(torch.isfinite(c).all()):
         raise ValueError("auction_assignment: the similarity matrix has NaN or Inf (are the weights finite?)")
     stop = max(8, n // 64) if stop is None else max(0, int(stop))
@@ -93,7 +109,7 @@ def auction_assignment(c: Tensor, *, prices: Tensor | None = None, init: Tensor 
     span = float(row_max.max() - c.min())
     if span == 0.0:  # every assignment is optimal
         zero = torch.zeros(n, dtype=torch.float64, device=dev)
-        return (ar.clone(), zero, 0.0) if return_eps else (ar.clone(), zero)
+        return Auction(ar.clone(), zero, 0.0)
     eps_final = max(tol * float(row_max.double().abs().mean()), span * 1e-12)
     warm = prices is not None and init is not None and len(prices) == n
     if warm:
@@ -138,4 +154,4 @@ def auction_assignment(c: Tensor, *, prices: Tensor | None = None, init: Tensor 
         eps = max(eps / factor, eps_final)
     if finish:
         _finish(c, p, row_obj, obj_row, reach)
-    return (row_obj, p, eps) if return_eps else (row_obj, p)
+    return Auction(row_obj, p, eps)

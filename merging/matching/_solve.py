@@ -18,15 +18,46 @@ import ctypes
 import math
 import os
 import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from graphs.registry import Registry
+
 from .._native import load_library
 
-SOLVERS = ("auto", "lap", "sparse", "scipy", "auction")
+__all__ = ["ASSIGNMENT_SOLVERS", "SOLVERS", "Assignment", "register_solver", "list_solvers", "resolve_solver",
+           "lap_available", "solve_assignment", "solve_assignment_result"]
+
+#: ``fn(cost, init, duals) -> (assignment, column duals or None)``, NumPy arrays
+Solver = Callable[[Tensor, "Tensor | None", "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
+
+#: the assignment solvers, in the order the CLI lists them (``--solver``)
+ASSIGNMENT_SOLVERS: Registry[Solver | None] = Registry("solver")
+
+
+def register_solver(name: str, *, description: str, needs_c: bool = False) -> Callable[[Solver | None], Solver | None]:
+    """Decorator registering ``fn(cost, init, duals) -> (assignment, duals)`` as the solver ``name``.
+
+    Args:
+        name (str): the ``solver=`` / ``--solver`` name.
+        description (str): one line for ``--help``.
+        needs_c (bool, optional): the solver needs the C extension. (default: ``False``)
+
+    Raises:
+        ValueError: a malformed or already registered name.
+    """
+    return ASSIGNMENT_SOLVERS.register(name, description=description, caller="register_solver", needs_c=needs_c)
+
+
+def list_solvers() -> list[str]:
+    """The assignment solvers' names, in the order the CLI lists them."""
+    return ASSIGNMENT_SOLVERS.names()
 
 
 def _load_lap():
@@ -50,14 +81,20 @@ def lap_available() -> bool:
     return _LAP is not None
 
 
-def _resolve(solver: str, cuda: bool = False) -> str:
-    if solver not in SOLVERS:
-        raise ValueError(f"solve_assignment: unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+def resolve_solver(solver: str, cuda: bool = False, *, caller: str = "solve_assignment") -> str:
+    """The solver that ``solver`` names here: ``"auto"`` is ``"sparse"`` for CUDA matrices and
+    ``"lap"`` for others when the C extension was built, else ``"scipy"``.
+
+    Raises:
+        ValueError: an unknown solver (the message lists them), or one that needs the C
+            extension where it was not built.
+    """
+    entry = ASSIGNMENT_SOLVERS.entry(solver, caller=caller)
     if solver == "auto":
         if _LAP is None:
             return "scipy"
         return "sparse" if cuda else "lap"
-    if solver in ("lap", "sparse", "auction") and _LAP is None:
+    if entry.info["needs_c"] and _LAP is None:
         raise ValueError(f"solve_assignment: the {solver!r} solver needs the C extension, which is not built "
                          "here (reinstall with a C compiler available); use solver='scipy'")
     return solver
@@ -147,50 +184,100 @@ def _sparse(cost: Tensor, init: Tensor | None, duals, k: int | None = None, max_
                 v if warm else None)
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """An assignment and the column duals that warm-start the next solve.
+
+    Attributes:
+        perm (Tensor): ``(n,)`` LongTensor on the matrix's device, ``perm[i]`` the column of row ``i``.
+        duals (np.ndarray, optional): ``(n,)`` float64 column duals (``None`` from ``"scipy"``).
+    """
+
+    perm: Tensor
+    duals: np.ndarray | None
+
+
 def solve_assignment(cost: Tensor, *, solver: str = "auto", init: Tensor | None = None,
-                     duals: np.ndarray | None = None, return_duals: bool = False):
+                     duals: np.ndarray | None = None, return_duals: bool = False) -> Tensor:
     """Maximum-weight perfect matching of a square similarity matrix.
 
     Args:
         cost: similarity matrix ``C``.
-        solver (str, optional): ``"auto"``, ``"lap"``, ``"sparse"``, ``"scipy"`` (exact) or
-            ``"auction"`` (approximate, on ``cost``'s device). (default: ``"auto"``)
+        solver (str, optional): one of :func:`list_solvers`: ``"auto"``, ``"lap"``, ``"sparse"``,
+            ``"scipy"`` (exact) or ``"auction"`` (approximate, on ``cost``'s device). (default: ``"auto"``)
         init, duals (optional): warm start for ``"lap"``, ``"sparse"`` and ``"auction"``: the previous
-            assignment and the column duals it returned (``return_duals=True``). Ignored by
+            assignment and the column duals it returned (:func:`solve_assignment_result`). Ignored by
             ``"scipy"``.
+        return_duals (bool, optional): deprecated: also return the duals; use
+            :func:`solve_assignment_result`. (default: ``False``)
 
     Shapes:
         cost: ``(n, n)``; output: ``(n,)`` LongTensor on ``cost``'s device with
         ``output[i]`` the column assigned to row ``i``.
 
     Returns:
-        The assignment, and the column duals (``(n,)`` float64 array or ``None``) if
-        ``return_duals``.
+        The assignment.
     """
-    which = _resolve(solver, cost.is_cuda)
+    result = solve_assignment_result(cost, solver=solver, init=init, duals=duals)
+    if return_duals:
+        warnings.warn("solve_assignment(return_duals=True) is deprecated; use solve_assignment_result",
+                      DeprecationWarning, stacklevel=2)
+        return result.perm, result.duals  # type: ignore[return-value]
+    return result.perm
+
+
+def solve_assignment_result(cost: Tensor, *, solver: str = "auto", init: Tensor | None = None,
+                            duals: np.ndarray | None = None) -> Assignment:
+    """:func:`solve_assignment`, returning the assignment with its column duals.
+
+    Raises:
+        ValueError: an unknown solver, a matrix that is not square, or NaN or Inf entries.
+    """
+    which = resolve_solver(solver, cost.is_cuda)
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(f"solve_assignment: expected a square matrix, got shape {tuple(cost.shape)}")
     # one reduction instead of an n x n mask: NaN and Inf propagate into the sum
     if not math.isfinite(float(cost.sum())) and not bool(torch.isfinite(cost).all()):
         raise ValueError("solve_assignment: the similarity matrix has NaN or Inf (are the weights finite?)")
-    n = cost.shape[0]
-    v = None
-    if which == "auction":
-        from ._auction import auction_assignment
-        warm = init is not None and duals is not None and len(duals) == n
-        prices = torch.as_tensor(-np.asarray(duals), dtype=torch.float64, device=cost.device) if warm else None
-        perm, prices, eps = auction_assignment(cost.detach(), prices=prices, init=init if warm else None,
-                                               finish=False, return_eps=True)
-        out, v = _lap(_to_host(cost), perm, -prices.cpu().numpy(), slack=eps)
-    elif which == "sparse":
-        out, v = _sparse(cost, init, duals)
-    else:
-        c = _to_host(cost)
-        if which == "scipy":
-            rows, cols = linear_sum_assignment(c, maximize=True)
-            out = np.empty(n, dtype=np.int64)
-            out[rows] = cols
-        else:
-            out, v = _lap(np.ascontiguousarray(c), init, duals)
-    perm = torch.from_numpy(out).to(cost.device)
-    return (perm, v) if return_duals else perm
+    out, v = ASSIGNMENT_SOLVERS.get(which)(cost, init, duals)
+    return Assignment(torch.from_numpy(out).to(cost.device), v)
+
+
+# --------------------------------------------------------------------------- the solvers
+
+register_solver("auto", description="sparse on a GPU, lap elsewhere, scipy without the C extension (default)")(None)
+
+
+@register_solver("lap", description="our warm-started shortest-augmenting-path solver in C (exact)", needs_c=True)
+def _solve_lap(cost: Tensor, init: Tensor | None, duals: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    return _lap(np.ascontiguousarray(_to_host(cost)), init, duals)
+
+
+@register_solver("sparse", description="the same on each row's best columns, priced against the whole matrix: "
+                                       "fastest with --device cuda (exact)", needs_c=True)
+def _solve_sparse(cost: Tensor, init: Tensor | None, duals: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    return _sparse(cost, init, duals)
+
+
+@register_solver("scipy", description="SciPy's linear_sum_assignment, the reference (exact)")
+def _solve_scipy(cost: Tensor, init: Tensor | None, duals: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    rows, cols = linear_sum_assignment(_to_host(cost), maximize=True)
+    out = np.empty(cost.shape[0], dtype=np.int64)
+    out[rows] = cols
+    return out, None
+
+
+@register_solver("auction", description="GPU bidding for the early sweeps of weight matching, then lap "
+                                        "(approximate, within n * eps)", needs_c=True)
+def _solve_auction(cost: Tensor, init: Tensor | None, duals: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    from ._auction import auction_assignment
+
+    warm = init is not None and duals is not None and len(duals) == cost.shape[0]
+    prices = torch.as_tensor(-np.asarray(duals), dtype=torch.float64, device=cost.device) if warm else None
+    found = auction_assignment(cost.detach(), prices=prices, init=init if warm else None, finish=False)
+    return _lap(_to_host(cost), found.perm, -found.prices.cpu().numpy(), slack=found.eps)
+
+
+#: the solvers' names, in the order the CLI lists them
+SOLVERS: tuple[str, ...] = tuple(list_solvers())

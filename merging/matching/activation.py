@@ -6,11 +6,11 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from graphs import Structure, axis_groups
-from graphs.structure import _rows
+from graphs import Cat, Prod, Structure, Unit, axis_groups, axis_rows, product_blocks
 
 from ._solve import solve_assignment
-from .weight import weight_matching
+from .starts import from_two_starts
+from .weight import weight_matching_result
 
 __all__ = ["activation_matching", "activation_correlations"]
 
@@ -46,21 +46,82 @@ class _Moments:
         return cov / (va.sqrt()[:, None] * vb.sqrt()[None, :] + eps)
 
 
-def _feature_rows(x: Tensor, kind: str, axis, group: str) -> list[Tensor]:
+def _features(x: Tensor, kind: str) -> Tensor:
+    """A layer's output as ``(features, samples)``."""
     if isinstance(x, (tuple, list)):
         x = x[0]
-    if kind in _CHANNEL_FIRST:
-        x = x.movedim(1, 0)
-    else:
-        x = x.movedim(-1, 0)
-    x = x.reshape(x.shape[0], -1)
-    return list(_rows(axis, group, x))
+    x = x.movedim(1, 0) if kind in _CHANNEL_FIRST else x.movedim(-1, 0)
+    return x.reshape(x.shape[0], -1)
+
+
+def _feature_rows(x: Tensor, kind: str, axis, group: str) -> list[Tensor]:
+    return list(axis_rows(axis, group, _features(x, kind)))
+
+
+def _entangled(axis, group: str) -> bool:
+    """Whether ``group`` appears in ``axis`` inside a product with another permuted group (a head's
+    dimensions within the heads): its units then pair up only once the other group is solved, so
+    their correlations here would compare the wrong units."""
+    if isinstance(axis, Unit):
+        return False
+    if isinstance(axis, Cat):
+        return any(_entangled(p, group) for p in axis.parts)
+    if isinstance(axis, Prod):
+        holding = [p for p in axis.parts if group in axis_groups(p)]
+        if holding and any(axis_groups(p) and p not in holding for p in axis.parts):
+            return True
+        return any(_entangled(p, group) for p in holding)
+    return False
+
+
+def _block_rows(x: Tensor, off: int, prod: Prod, i: int, j: int) -> Tensor:
+    """Features ``(n, samples)`` -> the product's block ``(outer * inner, samples')``, the
+    unpermuted factors folded into the samples."""
+    sizes = [q.size for q in prod.parts]
+    t = x[off:off + prod.size].reshape(*sizes, x.shape[1])
+    rest = [k for k in range(len(sizes)) if k not in (i, j)]
+    return t.permute(i, j, *rest, len(sizes)).reshape(sizes[i] * sizes[j], -1)
+
+
+def _solve_nested(out: dict[str, Tensor], blocks: dict[tuple[str, str], Tensor], solver: str) -> None:
+    """Add the similarities of entangled groups to ``out``: outer units (heads) by the best
+    matching of their inner units (each pair of heads' dimensions matched on its own), then the
+    inner units (dimensions) summed over the matched heads."""
+    for outer in sorted({o for o, _ in blocks}):
+        inner = [(q, c) for (o, q), c in blocks.items() if o == outer]
+        sim = out.get(outer)
+        n = inner[0][1].shape[0]
+        sim = torch.zeros(n, n, dtype=torch.float64, device=inner[0][1].device) if sim is None else sim.clone()
+        for _, c in inner:
+            for k in range(n):
+                for k2 in range(n):
+                    sub = c[k, :, k2, :]
+                    pk = solve_assignment(sub, solver=solver).to(sub.device)
+                    sim[k, k2] += sub[torch.arange(len(pk), device=sub.device), pk].sum()
+        out[outer] = sim
+        heads = solve_assignment(sim, solver=solver).to(sim.device)
+        for q, c in inner:
+            m = c[torch.arange(n, device=c.device), :, heads, :].sum(0)
+            out[q] = out[q] + m if q in out else m
+
+
+def _fits(x: Tensor, kind: str, axis) -> bool:
+    """Whether a captured tensor has the feature axis ``axis`` where the layer's kind puts it."""
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    if not isinstance(x, Tensor) or x.ndim == 0:
+        return False
+    dim = 1 if kind in _CHANNEL_FIRST and x.ndim > 1 else -1
+    return x.shape[dim] == axis.size
+
+
+_SITES = ("inputs", "outputs", "both")
 
 
 def activation_correlations(structure: Structure, model: nn.Module, state_a: Mapping[str, Tensor],
                             state_b: Mapping[str, Tensor], data: Iterable, *,
                             max_examples: int = 512, device=None, progress: bool = False,
-                            sites: str = "inputs") -> dict[str, Tensor]:
+                            solver: str = "auto", sites: str = "inputs") -> dict[str, Tensor]:
     """Correlation matrices ``C[g][i, j] = corr(unit i of A, unit j of B)`` per group.
 
     Activations are read with forward hooks on the traced layers; a group seen at several
@@ -76,26 +137,39 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
       attention), i.e. pre-activations and each residual branch on its own;
     - ``"both"``: the sum of the two.
 
-    On BatchNorm ResNet-20 pairs and MLPs on digits and MNIST, ``"inputs"`` left the lowest
-    or an equal barrier (docs/width-sweep.md).
+    On BatchNorm ResNet-20 pairs (digits and MNIST) and MLPs (digits), ``"inputs"`` left a
+    lower or equal barrier than ``"outputs"`` (docs/width-sweep.md).
+
+    Two groups laid out as a product (attention heads, and the dimensions inside each head)
+    cannot be correlated unit by unit, since a head's dimensions pair up only with those of the
+    head it is matched to: the heads' similarity is the best matching of their dimensions' (one
+    small assignment per pair of heads, with ``solver``), and the dimensions' is summed over the
+    heads so matched.
     """
-    if sites not in ("outputs", "inputs", "both"):
-        raise ValueError(f"activation_correlations: sites must be 'outputs', 'inputs' or 'both', got {sites!r}")
+    if sites not in _SITES:
+        raise ValueError(f"activation_correlations: sites must be one of {', '.join(_SITES)}; got {sites!r}")
     device = torch.device(device) if device is not None else next(iter(state_a.values())).device
-    watch = []  # (key, layer name, axis, feature layout kind, reads the input)
     modules = dict(model.named_modules())
-    readers = [lay for lay in structure.layers if lay.name in modules and lay.kind in ("linear", "conv")
-               and lay.inputs is not None and axis_groups(lay.inputs)]
-    read = {g for lay in readers for g in axis_groups(lay.inputs)} if sites == "inputs" else set()
+
+    def plain(axis) -> list[str]:
+        return sorted(g for g in set(axis_groups(axis)) if not _entangled(axis, g))
+
+    # (key, layer, axis, kind, reads its input, groups, product blocks)
+    watch: list[tuple] = []
+    if sites != "outputs":
+        for lay in structure.layers:
+            if lay.kind in ("linear", "conv") and lay.inputs is not None and lay.name in modules and plain(lay.inputs):
+                watch.append((lay.name + ":in", lay, lay.inputs, lay.kind, True, plain(lay.inputs), []))
+    read = {g for w in watch for g in w[5]} if sites == "inputs" else set()
     for lay in structure.layers:
-        if lay.name not in modules:
+        if lay.output is None or lay.name not in modules:
             continue
-        # with "inputs", a layer's output is watched only for groups no layer reads (the fallback)
-        if lay.output is not None and set(axis_groups(lay.output)) - read:
-            watch.append((lay.name + ":out", lay, lay.output, lay.kind, False))
-        if sites != "outputs" and lay in readers:
-            watch.append((lay.name + ":in", lay, lay.inputs, lay.kind, True))
-    moments: dict[tuple[str, int], _Moments] = {}
+        # with "inputs", an output counts only for the groups no layer's input shows (the fallback)
+        gs = [g for g in plain(lay.output) if g not in read]
+        nested = product_blocks(lay.output)
+        if gs or nested:
+            watch.append((lay.name + ":out", lay, lay.output, lay.kind, False, gs, nested))
+    moments: dict[tuple, _Moments] = {}
     captured: dict[str, Tensor] = {}
 
     def hook(key, reads_input):
@@ -106,7 +180,7 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
 
     handles = [modules[lay.name].register_forward_pre_hook(hook(key, True)) if reads_input
                else modules[lay.name].register_forward_hook(hook(key, False))
-               for key, lay, _, _, reads_input in watch]
+               for key, lay, _, _, reads_input, _, _ in watch]
     was_training = model.training
     model.eval()
     seen = 0
@@ -124,12 +198,20 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
                     captured.clear()
                     torch.func.functional_call(model, dict(st), (x,), tie_weights=False)
                     acts.append(dict(captured))
-                for site, (key0, lay, axis, kind, reads_input) in enumerate(watch):
-                    if key0 not in acts[0]:
-                        continue
-                    for g in sorted(set(axis_groups(axis)) - (set() if reads_input else read)):
-                        ra = _feature_rows(acts[0][key0], kind, axis, g)
-                        rb = _feature_rows(acts[1][key0], kind, axis, g)
+                for site, (name, lay, axis, kind, _, gs, nested) in enumerate(watch):
+                    if name not in acts[0] or not _fits(acts[0][name], kind, axis):
+                        continue  # e.g. a tied embedding named after the output layer that shares it
+                    if nested:
+                        fa, fb = (_features(acts[i][name], kind) for i in (0, 1))
+                        for idx, (off, prod, i, j) in enumerate(nested):
+                            a, b = _block_rows(fa, off, prod, i, j), _block_rows(fb, off, prod, i, j)
+                            key = ((prod.parts[i].group, prod.parts[j].group), site * 16 + idx)
+                            if key not in moments:
+                                moments[key] = _Moments(a.shape[0], device)
+                            moments[key].add(a, b)
+                    for g in gs:
+                        ra = _feature_rows(acts[0][name], kind, axis, g)
+                        rb = _feature_rows(acts[1][name], kind, axis, g)
                         for k, (a, b) in enumerate(zip(ra, rb)):
                             key = (g, site * 16 + k)
                             if key not in moments:
@@ -149,9 +231,17 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
     if seen == 0:
         raise ValueError("activation_matching: the data yielded no examples")
     out: dict[str, Tensor] = {}
+    blocks: dict[tuple[str, str], Tensor] = {}
     for (g, _), m in moments.items():
         c = m.correlation()
-        out[g] = out[g] + c if g in out else c
+        if isinstance(g, tuple):  # (outer, inner): heads x dimensions
+            no, ni = structure.groups[g[0]].size, structure.groups[g[1]].size
+            c = c.reshape(no, ni, no, ni)
+            blocks[g] = blocks[g] + c if g in blocks else c
+        else:
+            out[g] = out[g] + c if g in out else c
+    if blocks:
+        _solve_nested(out, blocks, solver)
     return out
 
 
@@ -174,18 +264,24 @@ def activation_matching(structure: Structure, model: nn.Module, state_a: Mapping
         data: iterable of ``(x, y)`` batches (only ``x`` is used).
         max_examples (int, optional): inputs to read. (default: ``512``)
         sites (str, optional): where activations are read, see
-            :func:`activation_correlations`. (default: ``"outputs"``)
+            :func:`activation_correlations`. (default: ``"inputs"``)
 
     Returns:
         ``dict[group, LongTensor]``.
     """
     corr = activation_correlations(structure, model, state_a, state_b, data, max_examples=max_examples,
-                                   device=device, progress=progress, sites=sites)
+                                   device=device, progress=progress, solver=solver, sites=sites)
     perms = {g: solve_assignment(c, solver=solver).cpu() for g, c in corr.items()}
     rest = [g for g in structure.groups if g not in perms]
-    if rest:
-        perms = weight_matching(structure, state_a, state_b, init=perms, groups=rest, solver=solver,
-                                device=device)
+    if rest:  # weight matching of the others, from the identity and from unit signatures, the better
+        observed = perms
+
+        def run(init):
+            start = observed if init is None else {**init, **observed}
+            return weight_matching_result(structure, state_a, state_b, init=start, groups=rest, solver=solver,
+                                          device=device)
+
+        perms = from_two_starts(run, structure, state_a, state_b, solver=solver).perms
     for g, grp in structure.groups.items():
         perms.setdefault(g, torch.arange(grp.size))
     return perms

@@ -9,7 +9,7 @@ from torch import Tensor
 from graphs import Structure
 
 from ._solve import solve_assignment
-from .weight import _float_keys, _floating
+from .weight import matching_keys, matching_state
 
 __all__ = ["sinkhorn_start"]
 
@@ -57,10 +57,10 @@ def sinkhorn_start(structure: Structure, state_a: Mapping[str, Tensor], state_b:
     """
     from merging.c2m3 import soft_permute  # merging.c2m3 imports this package
 
-    keys = {k: dt for k, dt in _float_keys(structure, [state_a, state_b]).items()
+    keys = {k: dt for k, dt in matching_keys(structure, [state_a, state_b]).items()
             if any(ax is not None for ax in structure.axes[k])}
-    a = _floating(state_a, structure, "cpu", keys=keys)
-    b = _floating(state_b, structure, "cpu", keys=keys)
+    a = matching_state(state_a, structure, "cpu", keys=keys)
+    b = matching_state(state_b, structure, "cpu", keys=keys)
     norm = sum(float(v.double().pow(2).sum()) for v in a.values()) or 1.0
     gen = torch.Generator().manual_seed(seed)
     logits = {}

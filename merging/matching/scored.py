@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from graphs import Structure, permute, random_permutation
 
-from .weight import signature_start, weight_matching
+from .starts import signature_start
+from .weight import weight_matching
 
 __all__ = ["scored_weight_matching"]
 
@@ -57,14 +58,13 @@ def scored_weight_matching(structure: Structure, model: nn.Module, state_a: Mapp
     score = data if score_data is None else list(score_data)
 
     def run(init, s=seed):
-        return weight_matching(structure, state_a, state_b, init=init, seed=s, solver=solver, device=device,
-                               return_info=True)
+        return weight_matching(structure, state_a, state_b, init=init, seed=s, solver=solver, device=device)
 
-    runs = [run(None)[0]]
+    runs = [run(None)]
     if candidates > 1 and structure.groups:
-        runs.append(run(signature_start(structure, state_a, state_b, solver=solver))[0])
+        runs.append(run(signature_start(structure, state_a, state_b, solver=solver)))
     for r in range(candidates - len(runs)):
-        runs.append(run(random_permutation(structure, seed + 1000 + r), seed + r)[0])
+        runs.append(run(random_permutation(structure, seed + 1000 + r), seed + r))
     has_bn = bool(batchnorm_layers(model))
     losses = []
     for perms in runs:

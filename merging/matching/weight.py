@@ -3,21 +3,50 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from graphs import Structure, group_rows
+from graphs import Structure, Unit, axis_index, group_rows
 from graphs import axis_groups as _axis_groups
-from graphs.structure import Unit, _axis_index
 
-from ._solve import solve_assignment
+from ._solve import solve_assignment_result
 
-__all__ = ["from_two_starts", "matching_objective", "signature_start", "similarity", "weight_matching"]
+__all__ = ["WeightMatchingResult", "coordinate_descent", "matching_keys", "matching_objective",
+           "matching_state", "similarity", "start_permutations", "weight_matching",
+           "weight_matching_result", "work_dtype"]
 
 
-def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
+@dataclass(frozen=True)
+class WeightMatchingResult:
+    """What a weight matching found.
+
+    Attributes:
+        perms (dict[str, Tensor]): group -> LongTensor on the CPU; apply with
+            ``weightspace.permute(structure, state_b, perms)``.
+        sweeps (int): sweeps of the coordinate descent over the groups.
+        objective (float): :func:`matching_objective` of the result.
+        solve_seconds (float): wall time in the assignment solver, host transfers included.
+        start (str): the start the result descends from: ``"identity"``, or ``"unit signatures"``
+            (:func:`from_two_starts`).
+    """
+
+    perms: dict[str, Tensor]
+    sweeps: int
+    objective: float
+    solve_seconds: float = 0.0
+    start: str = "identity"
+
+    @property
+    def info(self) -> dict:
+        """``{"sweeps", "objective", "solve_seconds"}``, the dict that ``return_info=True`` gave."""
+        return {"sweeps": self.sweeps, "objective": self.objective, "solve_seconds": self.solve_seconds}
+
+
+def work_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """The dtype two (or more) floating tensors are compared in: their promotion, at least float32."""
     work = torch.float32
     for d in dtypes:
@@ -25,8 +54,8 @@ def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return work
 
 
-def _float_keys(structure: Structure, states: Sequence[Mapping[str, Tensor]], include_buffers: bool = False
-                ) -> dict[str, torch.dtype]:
+def matching_keys(structure: Structure, states: Sequence[Mapping[str, Tensor]], include_buffers: bool = False
+                  ) -> dict[str, torch.dtype]:
     """The tensors weight matching uses, each with the dtype it is computed in.
 
     A tensor counts when the structure knows it and it is floating point in every state; integer
@@ -41,16 +70,16 @@ def _float_keys(structure: Structure, states: Sequence[Mapping[str, Tensor]], in
             continue
         ts = [s[k] for s in states if k in s]
         if len(ts) == len(states) and all(t.is_floating_point() for t in ts):
-            out[k] = _work_dtype(*(t.dtype for t in ts))
+            out[k] = work_dtype(*(t.dtype for t in ts))
     return out
 
 
-def _floating(state: Mapping[str, Tensor], structure: Structure, device,
-              include_buffers: bool = False, keys: Mapping[str, torch.dtype] | None = None) -> dict[str, Tensor]:
+def matching_state(state: Mapping[str, Tensor], structure: Structure, device,
+                   include_buffers: bool = False, keys: Mapping[str, torch.dtype] | None = None) -> dict[str, Tensor]:
     """``state``'s tensors named by ``keys`` (default: its own floating ones), on ``device`` in
     the dtype ``keys`` gives (default: low precision widened to float32)."""
     if keys is None:
-        keys = _float_keys(structure, [state], include_buffers)
+        keys = matching_keys(structure, [state], include_buffers)
     return {k: state[k].detach().to(device=device, dtype=dt) for k, dt in keys.items()}
 
 
@@ -81,7 +110,7 @@ def _accumulate(n: int, rows_a, rows_b, device) -> Tensor:
     if rows_a:
         # one matmul over all occurrences: (n, R) @ (R, n)
         ra, rb = torch.cat(rows_a, 1), torch.cat(rows_b, 1)
-        work = _work_dtype(ra.dtype, rb.dtype)
+        work = work_dtype(ra.dtype, rb.dtype)
         c += (ra.to(work) @ rb.to(work).T).to(c.dtype)
     return c
 
@@ -104,7 +133,6 @@ class _IncrementalSimilarity:
     """
 
     def __init__(self, structure: Structure, a, b, group: str, device) -> None:
-        from graphs import Unit
         self.structure, self.group = structure, group
         self.n = n = structure.groups[group].size
         self.slots: dict[str, list[int]] = {}  # tensor -> its occurrence slots
@@ -154,7 +182,7 @@ class _IncrementalSimilarity:
         """Fast slot ``k``: B's row-matrix column shown in each column under ``perms``."""
         col = None
         for _, ax, size in self.fast[k][1]:
-            idx = None if ax is None else _axis_index(ax, perms, self.rows_a[k].device)
+            idx = None if ax is None else axis_index(ax, perms, self.rows_a[k].device)
             if idx is None:
                 idx = torch.arange(size, device=self.rows_a[k].device)
             col = idx if col is None else (col[:, None] * size + idx[None, :]).reshape(-1)
@@ -271,7 +299,7 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
                     init: Mapping[str, Tensor] | None = None, solver: str = "auto",
                     device: str | torch.device | None = None, progress: bool = False,
                     groups: list[str] | None = None, include_buffers: bool = False,
-                    restarts: int = 1, return_info: bool = False):
+                    restarts: int = 1, return_info: bool = False) -> dict[str, Tensor]:
     """Permutations of B's hidden units that make its weights closest to A's.
 
     Coordinate descent over the groups (Ainsworth et al., "Git Re-Basin: Merging Models
@@ -307,45 +335,81 @@ def weight_matching(structure: Structure, state_a: Mapping[str, Tensor],
         restarts (int, optional): run with seeds ``seed, seed+1, ...`` and keep the best
             objective. Coordinate descent is a local method: on attention with few, small
             heads it occasionally settles on a wrong head assignment. (default: ``1``)
-        return_info (bool, optional): also return ``{"sweeps", "objective", "solve_seconds"}``
-            (the last: wall time in the assignment solver, host transfers included).
+        return_info (bool, optional): deprecated: also return ``{"sweeps", "objective",
+            "solve_seconds"}``; use :func:`weight_matching_result`. (default: ``False``)
 
     Returns:
         ``dict[group, LongTensor]``; apply with ``weightspace.permute(structure, state_b, perms)``.
+        :func:`weight_matching_result` returns them with the sweeps, objective and solver time.
 
     Raises:
         ValueError: the state dicts do not fit the structure.
     """
+    result = _weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed, init=init, solver=solver,
+                              device=device, progress=progress, groups=groups, include_buffers=include_buffers,
+                              restarts=restarts, measure=return_info)
+    if return_info:
+        warnings.warn("weight_matching(return_info=True) is deprecated; use weight_matching_result",
+                      DeprecationWarning, stacklevel=2)
+        return result.perms, result.info  # type: ignore[return-value]
+    return result.perms
+
+
+def weight_matching_result(structure: Structure, state_a: Mapping[str, Tensor],
+                           state_b: Mapping[str, Tensor], *, max_iter: int = 100, seed: int = 0,
+                           init: Mapping[str, Tensor] | None = None, solver: str = "auto",
+                           device: str | torch.device | None = None, progress: bool = False,
+                           groups: list[str] | None = None, include_buffers: bool = False,
+                           restarts: int = 1) -> WeightMatchingResult:
+    """:func:`weight_matching` (same arguments), returning the permutations with the sweeps, the
+    objective and the time spent in the solver.
+
+    Raises:
+        ValueError: the state dicts do not fit the structure.
+    """
+    return _weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed, init=init, solver=solver,
+                            device=device, progress=progress, groups=groups, include_buffers=include_buffers,
+                            restarts=restarts, measure=True)
+
+
+def _weight_matching(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], *,
+                     max_iter: int, seed: int, init: Mapping[str, Tensor] | None, solver: str,
+                     device: str | torch.device | None, progress: bool, groups: list[str] | None,
+                     include_buffers: bool, restarts: int, measure: bool) -> WeightMatchingResult:
+    """The descent; ``measure``: time the solver and compute the objective (NaN without)."""
     _check_states(structure, state_a, state_b)
     if restarts > 1:
-        runs = [weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed + r, init=init,
-                                solver=solver, device=device, progress=progress, groups=groups,
-                                include_buffers=include_buffers, return_info=True) for r in range(restarts)]
-        best = max(runs, key=lambda pi: pi[1]["objective"])
-        return best if return_info else best[0]
+        runs = [_weight_matching(structure, state_a, state_b, max_iter=max_iter, seed=seed + r, init=init,
+                                 solver=solver, device=device, progress=progress, groups=groups,
+                                 include_buffers=include_buffers, restarts=1, measure=True)
+                for r in range(restarts)]
+        return max(runs, key=lambda r: r.objective)
     if device is None:
         device = next((v.device for v in state_a.values()), torch.device("cpu"))
-    keys = _float_keys(structure, [state_a, state_b], include_buffers)
-    a = _floating(state_a, structure, device, keys=keys)
-    b = _floating(state_b, structure, device, keys=keys)
-    perms, groups = _start(structure, init, groups, device, "weight_matching")
+    keys = matching_keys(structure, [state_a, state_b], include_buffers)
+    a = matching_state(state_a, structure, device, keys=keys)
+    b = matching_state(state_b, structure, device, keys=keys)
+    perms, groups = start_permutations(structure, init, groups, device, "weight_matching")
     # "auto" is resolved per matrix by solve_assignment: "sparse" for CUDA ones, else "lap"
     sims = {g: _IncrementalSimilarity(structure, a, b, g, device) for g in groups}
     stats: dict = {}
-    sweeps = _descend(structure, groups, perms, lambda g: sims[g](perms), solver=solver, max_iter=max_iter,
+    sweeps = coordinate_descent(structure, groups, perms, lambda g: sims[g](perms), solver=solver, max_iter=max_iter,
                       seed=seed, progress="weight matching" if progress else None,
                       postfix=lambda: {"objective": f"{matching_objective(structure, a, b, perms):.7g}"},
-                      stats=stats if return_info else None)
+                      stats=stats if measure else None)
     perms = {g: p.cpu() for g, p in perms.items()}
-    if return_info:
-        return perms, {"sweeps": sweeps, "objective": matching_objective(structure, state_a, state_b, perms),
-                       "solve_seconds": stats.get("solve_seconds", 0.0)}
-    return perms
+    objective = matching_objective(structure, state_a, state_b, perms) if measure else float("nan")
+    return WeightMatchingResult(perms, sweeps, objective, stats.get("solve_seconds", 0.0))
 
 
-def _start(structure: Structure, init: Mapping[str, Tensor] | None, groups: list[str] | None, device,
-           fn: str) -> tuple[dict[str, Tensor], list[str]]:
-    """The starting permutations (``init`` or the identity) and the groups to optimise."""
+def start_permutations(structure: Structure, init: Mapping[str, Tensor] | None, groups: list[str] | None, device,
+                       fn: str) -> tuple[dict[str, Tensor], list[str]]:
+    """The starting permutations of a descent (``init`` or the identity, on ``device``) and the
+    groups to optimise (``groups``, default all).
+
+    Raises:
+        ValueError: ``groups`` names a group the structure does not have (``fn`` starts the message).
+    """
     perms = {g: (init[g].to(device) if init is not None and g in init
                  else torch.arange(structure.groups[g].size, device=device)) for g in structure.groups}
     if groups is None:
@@ -356,8 +420,9 @@ def _start(structure: Structure, init: Mapping[str, Tensor] | None, groups: list
     return perms, groups
 
 
-def _descend(structure: Structure, groups: list[str], perms: dict[str, Tensor], similarity, *, solver: str,
-             max_iter: int, seed: int, progress: str | None = None, postfix=None, stats: dict | None = None) -> int:
+def coordinate_descent(structure: Structure, groups: list[str], perms: dict[str, Tensor], similarity, *,
+                       solver: str, max_iter: int, seed: int, progress: str | None = None, postfix=None,
+                       stats: dict | None = None) -> int:
     """Algorithm 1's coordinate descent, updating ``perms`` in place; returns the sweeps run.
 
     ``similarity(g)`` gives group ``g``'s matrix under the current ``perms``. Every sweep
@@ -441,7 +506,8 @@ def _in_parallel(mats: list[Tensor]) -> bool:
 
 
 def _solve_one(solver: str, c: Tensor, init: Tensor, duals):
-    return solve_assignment(c, solver=solver, init=init, duals=duals, return_duals=True)
+    found = solve_assignment_result(c, solver=solver, init=init, duals=duals)
+    return found.perm, found.duals
 
 
 def _batches(order: list[str], dirty: dict[str, bool], neighbours: dict[str, set[str]]):
@@ -474,80 +540,10 @@ def _check_states(structure: Structure, state_a, state_b) -> None:
                                  f"{label}; the structure expects {tuple(shape)}")
 
 
-def signature_start(structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], *,
-                    solver: str = "auto", include_buffers: bool = False) -> dict[str, Tensor]:
-    """A start for :func:`weight_matching` from signatures of the units that no other group moves.
+def __getattr__(name: str):
+    """The starts of weight matching live in :mod:`merging.matching.starts` (still importable from here)."""
+    if name in ("from_two_starts", "signature_start"):
+        from . import starts
 
-    Each unit of a group gets a signature: for every tensor axis that is exactly the group, the
-    unit's slice (its row, column, kernels) with its entries sorted (at most 256 evenly spaced
-    order statistics of it), all concatenated. Sorting
-    makes the signature blind to every other group's permutation, so the signatures of B =
-    P(A) are A's, reordered by P: one linear assignment per group, maximising the inner products
-    of A's and B's signatures, recovers P exactly when the units are distinct (the sum of squared
-    distances is then zero, and the sums of squared norms do not depend on the assignment).
-    Coordinate descent from the identity can settle short of that where a group's weights carry
-    little signal (an expansion or depthwise group between freshly initialised BatchNorm layers).
-    On two independently trained networks it is one more informed start; compare the objectives.
-
-    Each tensor is read once (``state_a`` and ``state_b`` may be lazily loaded checkpoints).
-    Groups with no such axis (attention heads, which move as blocks) start at the identity.
-
-    Returns:
-        ``dict[group, LongTensor]``, to pass as ``init=`` to :func:`weight_matching`.
-    """
-    members: dict[str, list[tuple[str, int]]] = {g: [] for g in structure.groups}
-    for name, axes in structure.axes.items():
-        if name not in state_a or name not in state_b or (structure.is_buffer(name) and not include_buffers):
-            continue
-        for k, ax in enumerate(axes):
-            if isinstance(ax, Unit) and ax.group in members:
-                members[ax.group].append((name, k))
-    perms = {}
-    for g, slices in members.items():  # one group at a time: one n x n matrix and one tensor pair in memory
-        sim = None
-        for name, k in slices:
-            ta, tb = state_a[name], state_b[name]
-            if not (ta.is_floating_point() and tb.is_floating_point()):
-                continue
-            dt = _work_dtype(ta.dtype, tb.dtype)
-            fa = _sorted_rows(ta, k, dt)
-            del ta
-            part = (fa @ _sorted_rows(tb, k, dt).T).double()
-            del tb
-            sim = part if sim is None else sim.add_(part)
-        perms[g] = torch.arange(structure.groups[g].size) if sim is None else solve_assignment(sim, solver=solver).cpu()
-    return perms
-
-
-#: order statistics kept of each unit's slice in its signature
-_SIGNATURE_POINTS = 256
-
-
-def _sorted_rows(t: Tensor, axis: int, dtype: torch.dtype, chunk: int = 8) -> Tensor:
-    """``t`` with ``axis`` first and each slice flattened and sorted, reduced to at most
-    :data:`_SIGNATURE_POINTS` evenly spaced order statistics; built a few rows at a time, so
-    memory holds the tensor and ``rows x 256`` values, not sorted copies and their indices."""
-    t = t.detach().movedim(axis, 0)
-    m = t[0].numel() if t.shape[0] else 0
-    keep = torch.linspace(0, max(m - 1, 0), min(m, _SIGNATURE_POINTS), device=t.device).round().long()
-    out = torch.empty(t.shape[0], len(keep), dtype=dtype, device=t.device)
-    for i in range(0, t.shape[0], chunk):
-        rows = t[i:i + chunk].reshape(min(chunk, t.shape[0] - i), -1).to(dtype).sort(dim=1).values
-        out[i:i + chunk] = rows[:, keep]
-    return out
-
-
-def from_two_starts(run, structure: Structure, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], *,
-                    solver: str = "auto") -> tuple[dict[str, Tensor], dict]:
-    """``run(init) -> (perms, info)`` (a weight matching with ``return_info=True``) from the identity
-    and from :func:`signature_start`, keeping the higher objective; ``info["start"]`` says which.
-    Ties keep the identity's, so a network whose descent already finds the optimum is unchanged."""
-    perms, info = run(None)
-    info["start"] = "identity"
-    if not structure.groups:
-        return perms, info
-    perms2, info2 = run(signature_start(structure, state_a, state_b, solver=solver))
-    if info2["objective"] > info["objective"]:
-        info2["start"] = "unit signatures"
-        return perms2, info2
-    return perms, info
+        return getattr(starts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,9 +17,21 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["MergeMethod", "MethodParameter", "merge_method", "get_method", "list_methods"]
+from graphs.registry import Registry
+
+__all__ = ["REQUIRED", "MergeMethod", "MethodParameter", "merge_method", "get_method", "list_methods"]
 
 StateDict = dict[str, Tensor]
+
+
+class _Required:
+    """The default of a hyper-parameter the caller must give (mergekit's parameters without a default)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
 
 
 @dataclass(frozen=True)
@@ -29,12 +41,16 @@ class MethodParameter:
     Attributes:
         name (str): the keyword.
         annotation (str): its type annotation, as written.
-        default (Any): its default value.
+        default (Any): its default value; :data:`REQUIRED` when the caller must give it.
     """
 
     name: str
     annotation: str
     default: Any
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
 
 
 @dataclass(frozen=True)
@@ -66,17 +82,22 @@ class MergeMethod:
         return tuple(p.name for p in self.parameters)
 
     def check_parameters(self, parameters: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming any keyword this method does not take, with the valid ones."""
+        """Raise ``ValueError`` naming any keyword this method does not take (with the valid ones)
+        or a required one that is missing."""
         unknown = sorted(set(parameters) - set(self.parameter_names))
         if unknown:
             raise ValueError(f"merge method {self.name!r}: unknown parameter(s) {', '.join(unknown)}; "
                              f"it takes: {', '.join(self.parameter_names) or 'no parameters'}")
+        missing = [p.name for p in self.parameters if p.required and parameters.get(p.name, REQUIRED) is REQUIRED]
+        if missing:
+            raise ValueError(f"merge method {self.name!r}: missing required parameter(s) {', '.join(missing)}")
 
     def __repr__(self) -> str:
         return f"MergeMethod({self.name!r}, {', '.join(self.parameter_names)})"
 
 
-_METHODS: dict[str, MergeMethod] = {}
+#: the registered merge methods (listed sorted: plugins add to them)
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method", sort=True)
 
 
 def _annotation(p: inspect.Parameter) -> str:
@@ -90,7 +111,8 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str,
 
     The signature is checked here, at definition time, not when a merge runs: the first two
     parameters must be ``states`` and ``base`` (annotated), every other parameter must be
-    keyword-only, annotated and defaulted, and the return type must be annotated.
+    keyword-only, annotated and defaulted (``= REQUIRED`` for one the caller must give), and the
+    return type must be annotated.
 
     Args:
         name (str): registry name: non-empty, no whitespace.
@@ -109,14 +131,12 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str,
         ... def first(states: list[StateDict], base: StateDict | None) -> StateDict:
         ...     return dict(states[0])
     """
-    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
-        raise ValueError(f"merge_method: bad name {name!r}; use a non-empty name without whitespace")
+    register = MERGE_METHODS.register(name, description=pretty_name, caller="merge_method")
 
     def decorator(fn: Callable[..., StateDict]) -> MergeMethod:
         where = f"merge_method {name!r} ({getattr(fn, '__qualname__', fn)!r})"
-        if name in _METHODS:
-            raise ValueError(f"merge_method: the name {name!r} is already registered by "
-                             f"{_METHODS[name].fn.__module__}.{_METHODS[name].fn.__qualname__}; choose another name")
+        if name in MERGE_METHODS:
+            register(fn)  # raises: the name is taken
         if not callable(fn):
             raise ValueError(f"{where}: must decorate a function")
         sig = inspect.signature(fn)
@@ -140,9 +160,7 @@ def merge_method(*, name: str, pretty_name: str, reference_url: str,
             hyper.append(MethodParameter(p.name, _annotation(p), p.default))
         if sig.return_annotation is inspect.Signature.empty:
             raise ValueError(f"{where}: the return type must be annotated (StateDict)")
-        method = MergeMethod(name, pretty_name, reference_url, fn, tuple(hyper), bool(needs_base))
-        _METHODS[name] = method
-        return method
+        return register(MergeMethod(name, pretty_name, reference_url, fn, tuple(hyper), bool(needs_base)))
 
     return decorator
 
@@ -153,13 +171,9 @@ def get_method(name: str) -> MergeMethod:
     Raises:
         ValueError: unknown name; the message lists every registered name.
     """
-    try:
-        return _METHODS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"get_method: unknown merge method {name!r}; choose one of: "
-                         f"{', '.join(list_methods())}") from None
+    return MERGE_METHODS.get(name, caller="get_method")
 
 
 def list_methods() -> list[str]:
     """Sorted names of the registered merge methods."""
-    return sorted(_METHODS)
+    return MERGE_METHODS.names()

@@ -56,9 +56,43 @@ def task_vector_merge(
     gamma: float | Sequence[float] = 0.01,
     epsilon: float | Sequence[float] = 0.15,
 ) -> StateDict:
-    """Merge the task vectors of ``states`` relative to ``base`` (see the module docstring).
+    r"""Merge the task vectors of ``states`` relative to ``base`` (see the module docstring).
 
-    Non-floating tensors (counters) are copied from the base.
+    The parameters of every task-vector method (``ties``, ``dare_ties``, ``della``, ...) are
+    documented here once; each method's signature gives its own defaults.
+
+    Args:
+        states (list[StateDict]): the fine-tuned models.
+        base (StateDict): the pre-trained model the task vectors start from.
+        fn (str): the method's name, for errors.
+        weights (float or list[float], optional): :math:`w_i`, one per model (``None``: all ``1``).
+        density (float or list[float]): the fraction of each task vector kept.
+        scale (float): :math:`\lambda` (``lambda`` in recipes).
+        normalize (bool): divide by the sum of the (agreeing) weights.
+        sparsify (str): how each task vector is thinned: ``"none"``, ``"magnitude"`` (TIES: the top
+            ``density`` by magnitude), ``"random"`` (DARE), ``"magnitude_outliers"`` (Model
+            Breadcrumbs) or ``"della"`` (DELLA's magnitude-ranked random drop).
+        consensus (str): ``"sign"`` (TIES's sign election) or ``"none"``.
+        seed (int, optional): seeds the random drop, per tensor name and model. (default: ``0``)
+        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
+            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
+            probability (the paper's); ``False``: no rescaling. (default: ``False``)
+        gamma (float or list[float], optional): the fraction of largest-magnitude entries dropped as
+            outliers (``"magnitude_outliers"``). (default: ``0.01``)
+        epsilon (float or list[float], optional): keep probabilities range over ``density -/+
+            epsilon`` by magnitude rank within each row (``"della"``). (default: ``0.15``)
+
+    The registered methods also take ``int8_mask``: accepted for mergekit recipes (a memory option
+    there); no effect on the result.
+
+    Shapes:
+        every tensor keeps its shape.
+
+    Returns:
+        StateDict: a new state dict; non-floating tensors (counters) are copied from the base.
+
+    Raises:
+        ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``.
     """
     check_states(fn, states, base, needs_base=True)
     _sparsify.check_rescale(fn, rescale)

@@ -22,25 +22,12 @@ def breadcrumbs(states: list[StateDict], base: StateDict | None, *,
     are combined as in :func:`task_arithmetic`.
 
     Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
-        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
-        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
-        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``False``)
-        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
-            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
-            probability (the paper's); ``False``: no rescaling. (default: ``False``)
-        gamma (float or list[float], optional): the fraction of largest-magnitude entries dropped as
-            outliers. (default: ``0.01``)
-        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
-            on the result. (default: ``False``)
-
-    Shapes:
-        every tensor keeps its shape.
+        states, base, weights, density, scale, normalize, rescale, gamma, int8_mask: as for
+            :func:`~merging.methods._task_vector.task_vector_merge`, with this method's defaults (its
+            signature).
 
     Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
+        StateDict: a new state dict of the same shapes; non-floating tensors come from the base.
 
     Raises:
         ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``.
@@ -56,36 +43,8 @@ def breadcrumbs_ties(states: list[StateDict], base: StateDict | None, *,
         scale: float = 1.0, normalize: bool = False, rescale: bool | str = False,
         gamma: float | Sequence[float] = 0.01,
         int8_mask: bool = False) -> StateDict:
-    r"""Model Breadcrumbs (Davari and Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model
-    Merging with Sparse Masks", https://arxiv.org/abs/2312.06795), with TIES sign consensus.
-
-    Each task vector loses its ``gamma`` fraction of largest magnitudes (outliers) and then its
-    smallest magnitudes down to ``density``, as mergekit's ``magnitude_outliers``; the results
-    are combined as in :func:`ties`.
-
-    Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
-        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
-        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
-        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``False``)
-        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
-            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
-            probability (the paper's); ``False``: no rescaling. (default: ``False``)
-        gamma (float or list[float], optional): the fraction of largest-magnitude entries dropped as
-            outliers. (default: ``0.01``)
-        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
-            on the result. (default: ``False``)
-
-    Shapes:
-        every tensor keeps its shape.
-
-    Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
-
-    Raises:
-        ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``.
+    r"""Model Breadcrumbs (:func:`breadcrumbs`) with TIES sign consensus: the thinned task vectors
+    are combined as in :func:`ties`. Arguments, result and errors as for :func:`breadcrumbs`.
     """
     return task_vector_merge(states, base, fn="breadcrumbs_ties", weights=weights, density=density, scale=scale,
                              normalize=normalize, sparsify="magnitude_outliers", consensus="sign",

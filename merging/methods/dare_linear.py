@@ -21,24 +21,12 @@ def dare_linear(states: list[StateDict], base: StateDict | None, *,
     combined as in :func:`task_arithmetic`.
 
     Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
-        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
-        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
-        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``False``)
-        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
-            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
-            probability (the paper's); ``False``: no rescaling. (default: ``True``)
-        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
-            on the result. (default: ``False``)
-        seed (int, optional): seeds the random drop, per tensor name and model. (default: ``0``)
-
-    Shapes:
-        every tensor keeps its shape.
+        states, base, weights, density, scale, normalize, rescale, int8_mask, seed: as for
+            :func:`~merging.methods._task_vector.task_vector_merge`, with this method's defaults (its
+            signature).
 
     Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
+        StateDict: a new state dict of the same shapes; non-floating tensors come from the base.
 
     Raises:
         ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``.

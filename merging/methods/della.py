@@ -22,26 +22,12 @@ def della(states: list[StateDict], base: StateDict | None, *,
     rescaled; the results are combined as in :func:`ties`.
 
     Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
-        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
-        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
-        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``True``)
-        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
-            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
-            probability (the paper's); ``False``: no rescaling. (default: ``True``)
-        epsilon (float or list[float], optional): keep probabilities range over
-            ``density -/+ epsilon`` by magnitude rank within each row. (default: ``0.15``)
-        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
-            on the result. (default: ``False``)
-        seed (int, optional): seeds the random drop, per tensor name and model. (default: ``0``)
-
-    Shapes:
-        every tensor keeps its shape.
+        states, base, weights, density, scale, normalize, rescale, epsilon, int8_mask, seed: as for
+            :func:`~merging.methods._task_vector.task_vector_merge`, with this method's defaults (its
+            signature).
 
     Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
+        StateDict: a new state dict of the same shapes; non-floating tensors come from the base.
 
     Raises:
         ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``.
@@ -57,37 +43,9 @@ def della_linear(states: list[StateDict], base: StateDict | None, *,
         scale: float = 1.0, normalize: bool = False, rescale: bool | str = True,
         epsilon: float | Sequence[float] = 0.15,
         int8_mask: bool = False, seed: int = 0) -> StateDict:
-    r"""DELLA-Merging (Deep et al., "DELLA-Merging: Reducing Interference in Model Merging through
-    Magnitude-Based Sampling", https://arxiv.org/abs/2406.11617), without sign consensus.
-
-    Within each row of each task vector, entries are ranked by magnitude and kept with
-    probability from ``density - epsilon`` (smallest) to ``density + epsilon`` (largest), then
-    rescaled; the results are combined as in :func:`task_arithmetic`.
-
-    Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
-        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
-        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
-        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``False``)
-        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
-            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
-            probability (the paper's); ``False``: no rescaling. (default: ``True``)
-        epsilon (float or list[float], optional): keep probabilities range over
-            ``density -/+ epsilon`` by magnitude rank within each row. (default: ``0.15``)
-        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
-            on the result. (default: ``False``)
-        seed (int, optional): seeds the random drop, per tensor name and model. (default: ``0``)
-
-    Shapes:
-        every tensor keeps its shape.
-
-    Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
-
-    Raises:
-        ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``.
+    r"""DELLA-Merging (:func:`della`) without sign consensus: the thinned task vectors are combined
+    as in :func:`task_arithmetic`. Arguments, result and errors as for :func:`della` (here
+    ``normalize`` defaults to ``False``).
     """
     return task_vector_merge(states, base, fn="della_linear", weights=weights, density=density, scale=scale,
                              normalize=normalize, sparsify="della", consensus="none",

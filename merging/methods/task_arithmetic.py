@@ -21,19 +21,12 @@ def task_arithmetic(states: list[StateDict], base: StateDict | None, *,
     (divided by :math:`\sum_i w_i` with ``normalize``; a weight sum of 0 divides by 1).
 
     Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
-        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
-        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``False``)
-        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
-            on the result. (default: ``False``)
-
-    Shapes:
-        every tensor keeps its shape.
+        states, base, weights, scale, normalize, int8_mask: as for
+            :func:`~merging.methods._task_vector.task_vector_merge`, with this method's defaults (its
+            signature).
 
     Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
+        StateDict: a new state dict of the same shapes; non-floating tensors come from the base.
 
     Raises:
         ValueError: no base, mismatched keys or shapes.

@@ -28,23 +28,12 @@ def ties(states: list[StateDict], base: StateDict | None, *,
         A = \{i : \mathrm{sgn}(w_i \hat\tau_i) = \gamma\}
 
     Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
-        weights (float or list[float], optional): :math:`w_i`, one per model. (default: all ``1``)
-        density (float or list[float], optional): the fraction of each task vector kept. (default: ``1.0``)
-        scale (float, optional): :math:`\lambda` (``lambda`` in recipes). (default: ``1.0``)
-        normalize (bool, optional): divide by the sum of the (agreeing) weights. (default: ``True``)
-        rescale (bool or str, optional): after the drop, ``True``: scale the kept entries back to the
-            task vector's L1 norm (mergekit's ``rescale``); ``"density"``: divide them by the keep
-            probability (the paper's); ``False``: no rescaling. (default: ``False``)
-        int8_mask (bool, optional): accepted for mergekit recipes (a memory option there); no effect
-            on the result. (default: ``False``)
-
-    Shapes:
-        every tensor keeps its shape.
+        states, base, weights, density, scale, normalize, rescale, int8_mask: as for
+            :func:`~merging.methods._task_vector.task_vector_merge`, with this method's defaults (its
+            signature).
 
     Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
+        StateDict: a new state dict of the same shapes; non-floating tensors come from the base.
 
     Raises:
         ValueError: no base, mismatched keys or shapes, a density outside ``[0, 1]``, or a density that keeps no entry of a tensor.

@@ -19,6 +19,7 @@ from graphs import (
 )
 from merging import (
     c2m3_matching,
+    c2m3_matching_result,
     c2m3_merge,
     evaluate,
     pairwise_permutation,
@@ -73,8 +74,9 @@ def test_planted_permutations_are_recovered_exactly(net, n):
     original = {k: v.clone() for k, v in model.state_dict().items()}
     planted = [random_permutation(s, seed=10 * n + i) for i in range(n)]
     copies = [permute(s, original, p) for p in planted]
-    perms, info = c2m3_matching(s, copies, return_info=True)
-    assert info["converged"]
+    found = c2m3_matching_result(s, copies)
+    perms = found.perms
+    assert found.converged
     aligned = [permute(s, c, p) for c, p in zip(copies, perms)]
     assert all(_same(aligned[0], a) for a in aligned[1:])
     # model 0's basis: perms[i] undoes planted[i] and applies planted[0]
@@ -139,7 +141,8 @@ def test_soft_permute_of_permutation_matrices_is_permute():
 
 def test_objective_is_the_sum_of_pairwise_similarities():
     s, states = _independent(n=3)
-    perms, info = c2m3_matching(s, states, return_info=True)
+    found = c2m3_matching_result(s, states)
+    perms, info = found.perms, found.info
     aligned = [permute(s, st, p) for st, p in zip(states, perms)]
     ident = identity_permutation(s)
     expected = sum(merging.matching_objective(s, aligned[i], aligned[j], ident)

@@ -7,7 +7,7 @@ from torch import nn
 
 from graphs import permute, random_permutation, trace
 from merging import evaluate
-from merging.many import mean_state, merge_many, repair_many
+from merging.many import mean_state, merge_many, merge_many_result, repair_many
 
 
 def _mlp(seed, width=16):
@@ -21,8 +21,9 @@ def test_permuted_copies_are_recovered_exactly(n):
     structure = trace(model, torch.randn(2, 8))
     original = {k: v.clone() for k, v in model.state_dict().items()}
     copies = [original] + [permute(structure, original, random_permutation(structure, seed=s)) for s in range(1, n)]
-    merged, perms, info = merge_many(structure, copies, seed=0, return_info=True)
-    assert info["converged"] and len(perms) == n
+    found = merge_many_result(structure, copies, seed=0)
+    merged, perms = found.merged, found.perms
+    assert found.converged and len(perms) == n
     assert all(torch.equal(p, torch.arange(len(p))) for p in perms[0].values())
     for k in original:
         torch.testing.assert_close(merged[k], original[k], rtol=0, atol=1e-6)

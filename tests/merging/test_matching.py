@@ -76,11 +76,13 @@ def test_weight_matching_objective_never_decreases_and_warm_start():
     s = trace(randomize(make(), 0), torch.randn(*shape))
     a, b = randomize(make(), 1).state_dict(), randomize(make(), 2).state_dict()
     ident = {g: torch.arange(n.size) for g, n in s.groups.items()}
-    p, info = merging.weight_matching(s, a, b, return_info=True)
-    assert info["objective"] >= merging.matching_objective(s, a, b, ident) - 1e-9
+    found = merging.weight_matching_result(s, a, b)
+    p = found.perms
+    assert found.objective >= merging.matching_objective(s, a, b, ident) - 1e-9
     # warm start from the solution: one sweep, same answer
-    p2, info2 = merging.weight_matching(s, a, b, init=p, return_info=True)
-    assert info2["sweeps"] == 1 and all(torch.equal(p[g], p2[g]) for g in p)
+    again = merging.weight_matching_result(s, a, b, init=p)
+    p2 = again.perms
+    assert again.sweeps == 1 and all(torch.equal(p[g], p2[g]) for g in p)
 
 
 def test_weight_matching_rejects_mismatched_states():
@@ -213,9 +215,8 @@ def test_signature_start_recovers_a_permuted_copy_where_the_identity_start_stall
         start = merging.signature_start(s, a, b)
         back = graphs.permute(s, b, merging.weight_matching(s, a, b, init=start, seed=seed))
         assert all(torch.equal(back[k], a[k]) for k in a), seed
-        perms, info = from_two_starts(lambda init: merging.weight_matching(s, a, b, init=init, seed=seed,
-                                                                           return_info=True), s, a, b)
-        assert info["objective"] == pytest.approx(merging.matching_objective(s, a, a, graphs.identity_permutation(s)))
+        found = from_two_starts(lambda init: merging.weight_matching_result(s, a, b, init=init, seed=seed), s, a, b)
+        assert found.objective == pytest.approx(merging.matching_objective(s, a, a, graphs.identity_permutation(s)))
         plain = graphs.permute(s, b, merging.weight_matching(s, a, b, seed=seed))
         recovered.append(all(torch.equal(plain[k], a[k]) for k in a))
     assert not all(recovered)  # the identity start alone settles short on this network (why the second exists)

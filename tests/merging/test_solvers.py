@@ -8,10 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from merging import solve_assignment
-from merging.matching._solve import lap_available
+from merging import lap_available, solve_assignment, solve_assignment_result
 
 needs_lap = pytest.mark.skipif(not lap_available(), reason="C solver not built (no compiler)")
+
+
+def _perm_and_duals(result):
+    return result.perm, result.duals
 
 
 def _opt(c: np.ndarray) -> float:
@@ -40,7 +43,7 @@ def test_lap_is_exact(n, seed, ties):
 def test_lap_warm_start_is_exact(n, seed, noise):
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((n, n))
-    p, v = solve_assignment(torch.from_numpy(c), solver="lap", return_duals=True)
+    p, v = _perm_and_duals(solve_assignment_result(torch.from_numpy(c), solver="lap"))
     c2 = c + noise * rng.standard_normal((n, n))
     q = solve_assignment(torch.from_numpy(c2), solver="lap", init=p, duals=v)
     assert sorted(q.tolist()) == list(range(n))
@@ -66,7 +69,7 @@ def test_sparse_is_exact_cold_and_warm(n, seed, ties, k, noise):
 def _check_sparse(n, seed, ties, noise):
     rng = np.random.default_rng(seed)
     c = rng.integers(0, 3, (n, n)).astype(float) if ties else rng.standard_normal((n, n))
-    p, v = solve_assignment(torch.from_numpy(c), solver="sparse", return_duals=True)
+    p, v = _perm_and_duals(solve_assignment_result(torch.from_numpy(c), solver="sparse"))
     assert sorted(p.tolist()) == list(range(n))
     assert _value(c, p) == pytest.approx(_opt(c), abs=1e-9)
     c2 = c + noise * rng.standard_normal((n, n))
@@ -80,9 +83,9 @@ def test_sparse_and_dense_duals_are_interchangeable():
     # both C solvers keep the column duals in the same convention, so a descent may switch
     rng = np.random.default_rng(3)
     c = rng.standard_normal((80, 80))
-    p, v = solve_assignment(torch.from_numpy(c), solver="lap", return_duals=True)
+    p, v = _perm_and_duals(solve_assignment_result(torch.from_numpy(c), solver="lap"))
     c2 = c + 0.05 * rng.standard_normal((80, 80))
-    q, w = solve_assignment(torch.from_numpy(c2), solver="sparse", init=p, duals=v, return_duals=True)
+    q, w = _perm_and_duals(solve_assignment_result(torch.from_numpy(c2), solver="sparse", init=p, duals=v))
     assert _value(c2, q) == pytest.approx(_opt(c2), abs=1e-9)
     r = solve_assignment(torch.from_numpy(c2 + 1e-3), solver="lap", init=q, duals=w)
     assert _value(c2, r) == pytest.approx(_opt(c2), abs=1e-9)
@@ -96,11 +99,11 @@ def test_empty_and_one_by_one(solver):
 
 
 def test_auto_is_sparse_on_cuda_only():
-    from merging.matching._solve import _resolve
+    from merging import resolve_solver
 
     want = "lap" if lap_available() else "scipy"
-    assert _resolve("auto") == want
-    assert _resolve("auto", cuda=True) == ("sparse" if lap_available() else "scipy")
+    assert resolve_solver("auto") == want
+    assert resolve_solver("auto", cuda=True) == ("sparse" if lap_available() else "scipy")
 
 
 def test_solver_errors():
@@ -123,10 +126,10 @@ def test_weight_matching_same_objective_with_either_solver():
     make = lambda: nn.Sequential(nn.Linear(10, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 3))  # noqa: E731
     a, b = make().state_dict(), make().state_dict()
     s = trace(make(), torch.randn(2, 10))
-    pl, il = merging.weight_matching(s, a, b, solver="lap", return_info=True)
-    ps, is_ = merging.weight_matching(s, a, b, solver="scipy", return_info=True)
+    il = merging.weight_matching_result(s, a, b, solver="lap").info
+    is_ = merging.weight_matching_result(s, a, b, solver="scipy").info
     assert il["objective"] == pytest.approx(is_["objective"], rel=1e-12)
-    _, isp = merging.weight_matching(s, a, b, solver="sparse", return_info=True)
+    isp = merging.weight_matching_result(s, a, b, solver="sparse").info
     assert isp["objective"] == pytest.approx(is_["objective"], rel=1e-12)
 
 
@@ -137,7 +140,7 @@ def test_auction_is_near_optimal(n, seed, ties):
     """The auction (finished by the C solver with slack 2 eps) is within 2 n eps of optimal."""
     rng = np.random.default_rng(seed)
     c = rng.integers(0, 3, (n, n)).astype(float) if ties else rng.standard_normal((n, n))
-    p, v = solve_assignment(torch.from_numpy(c), solver="auction", return_duals=True)
+    p, v = _perm_and_duals(solve_assignment_result(torch.from_numpy(c), solver="auction"))
     assert sorted(p.tolist()) == list(range(n))
     scale = float(np.abs(c.max(1)).mean()) + 1e-12
     assert _value(c, p) >= _opt(c) - 2 * n * 1e-7 * scale - 1e-9
@@ -153,14 +156,15 @@ def test_auction_alone_returns_a_permutation():
 
     torch.manual_seed(0)
     c = torch.randn(200, 200)
-    perm, prices = auction_assignment(c, stop=20)
+    found = auction_assignment(c, stop=20)
+    perm, prices = found.perm, found.prices
     assert sorted(perm.tolist()) == list(range(200))
     assert prices.dtype == torch.float64 and prices.shape == (200,)
     opt = _opt(c.double().numpy())
     assert _value(c.double().numpy(), perm) >= opt * (1 - 1e-2)  # rows finished among themselves
     # the identity is optimal for a dominant diagonal, and the auction finds it
     d = torch.eye(50) * 10 + 0.01 * torch.rand(50, 50)
-    assert torch.equal(auction_assignment(d)[0], torch.arange(50))
+    assert torch.equal(auction_assignment(d).perm, torch.arange(50))
 
 
 @needs_lap
@@ -174,8 +178,8 @@ def test_weight_matching_auction_then_exact_reaches_the_lap_objective():
     make = lambda: nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))  # noqa: E731
     a, b = make().state_dict(), make().state_dict()
     s = trace(make(), torch.randn(2, 10))
-    _, il = merging.weight_matching(s, a, b, solver="lap", return_info=True)
-    _, ia = merging.weight_matching(s, a, b, solver="auction", return_info=True)
+    il = merging.weight_matching_result(s, a, b, solver="lap").info
+    ia = merging.weight_matching_result(s, a, b, solver="auction").info
     assert ia["objective"] == pytest.approx(il["objective"], rel=1e-3)
     ident = merging.matching_objective(s, a, b, {g: torch.arange(x.size) for g, x in s.groups.items()})
     assert ia["objective"] > ident
@@ -198,7 +202,7 @@ def test_every_build_of_the_c_solver_is_exact(build):
         for n in (1, 3, 8, 13, 64, 131):
             for ties in (False, True):
                 c = rng.integers(0, 4, (n, n)).astype(float) if ties else rng.standard_normal((n, n))
-                p, v = solve_assignment(torch.from_numpy(c), solver="lap", return_duals=True)
+                p, v = _perm_and_duals(solve_assignment_result(torch.from_numpy(c), solver="lap"))
                 assert sorted(p.tolist()) == list(range(n))
                 assert _value(c, p) == pytest.approx(_opt(c), abs=1e-9)
                 c2 = c + 0.05 * rng.standard_normal((n, n))
@@ -230,8 +234,8 @@ def test_weight_matching_reports_its_solver_time():
     torch.manual_seed(0)
     a = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
     b = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
-    from merging import weight_matching
-    _, info = weight_matching(s, a, b, return_info=True)
+    from merging import weight_matching_result
+    info = weight_matching_result(s, a, b).info
     assert info["sweeps"] >= 1 and 0.0 < info["solve_seconds"] < 60.0
 
 
@@ -268,10 +272,19 @@ def test_solving_independent_groups_in_threads_changes_nothing(solver, monkeypat
                                  nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 3))
     a, b = make().state_dict(), make().state_dict()
     s = trace(make(), torch.randn(2, 10))
-    one, info1 = merging.weight_matching(s, a, b, solver=solver, return_info=True)
+    found = merging.weight_matching_result(s, a, b, solver=solver)
+    one, info1 = found.perms, found.info
     calls = []
     monkeypatch.setattr(wm, "_in_parallel", lambda mats: calls.append(len(mats)) or True)
-    many, info2 = merging.weight_matching(s, a, b, solver=solver, return_info=True)
+    found = merging.weight_matching_result(s, a, b, solver=solver)
+    many, info2 = found.perms, found.info
     assert calls and max(calls) > 1  # the threads were used
     assert info1["sweeps"] == info2["sweeps"] and info1["objective"] == info2["objective"]
     assert all(torch.equal(one[g], many[g]) for g in one)
+
+
+def test_return_duals_still_works_and_is_deprecated():
+    c = torch.from_numpy(np.random.default_rng(0).standard_normal((6, 6)))
+    with pytest.warns(DeprecationWarning, match="solve_assignment_result"):
+        p, v = solve_assignment(c, solver="scipy", return_duals=True)
+    assert torch.equal(p, solve_assignment_result(c, solver="scipy").perm) and v is None

@@ -19,6 +19,7 @@ from weightspace.checkpoint import (
     check_fits,
     check_not_input,
     load,
+    load_checkpoint,
     load_into,
     open_checkpoint,
     save,
@@ -83,7 +84,8 @@ class TinyNet(nn.Module):
 def test_round_trip_every_format(tmp_path, ext):
     state = make_state()
     path = save(state, tmp_path / f"m{ext}")
-    loaded, info = load(path, return_info=True)
+    found = load_checkpoint(path)
+    loaded, info = found.state, found.info
     assert_same(state, loaded)
     assert isinstance(info, CheckpointInfo)
     assert info.format == ("safetensors" if ext == ".safetensors" else "torch")
@@ -96,7 +98,8 @@ def test_round_trip_every_format(tmp_path, ext):
 def test_metadata_round_trip(tmp_path, ext):
     meta = {"weightspace.model": "mlp(784, 128, 10)", "note": "hello"}
     path = save(make_state(), tmp_path / f"m{ext}", metadata=meta)
-    state, info = load(path, return_info=True)
+    found = load_checkpoint(path)
+    state, info = found.state, found.info
     assert_same(make_state(), state)
     assert info.metadata == meta
     assert open_checkpoint(path).metadata == meta
@@ -106,7 +109,7 @@ def test_pt_with_metadata_layout_is_documented_dict(tmp_path):
     save({"w": torch.ones(2)}, tmp_path / "m.pt", metadata={"a": "b"})
     raw = torch.load(tmp_path / "m.pt", weights_only=True)
     assert set(raw) == {"state_dict", "weightspace_metadata"}
-    assert load(tmp_path / "m.pt", return_info=True)[1].key_used == "state_dict"
+    assert load_checkpoint(tmp_path / "m.pt").info.key_used == "state_dict"
 
 
 @pytest.mark.parametrize("key", ["state_dict", "model", "model_state_dict", "module", "net", "ema"])
@@ -114,7 +117,8 @@ def test_training_checkpoint_key_detected(tmp_path, key):
     state = make_state()
     path = tmp_path / "train.ckpt"
     torch.save({"epoch": 7, "optimizer": {"state": {}, "lr": 0.1}, key: state}, path)
-    loaded, info = load(path, return_info=True)
+    found = load_checkpoint(path)
+    loaded, info = found.state, found.info
     assert_same(state, loaded)
     assert info.key_used == key
     assert open_checkpoint(path).info.key_used == key
@@ -124,7 +128,7 @@ def test_training_checkpoint_explicit_and_nested_key(tmp_path):
     state = make_state()
     path = tmp_path / "train.pt"
     torch.save({"step": 1, "ema": {"w": torch.ones(1)}, "model": {"state_dict": state}}, path)
-    assert load(path, return_info=True)[1].key_used == "model.state_dict"
+    assert load_checkpoint(path).info.key_used == "model.state_dict"
     assert_same({"w": torch.ones(1)}, load(path, key="ema"))
     assert_same(state, load(path, key="model.state_dict"))
     with pytest.raises(CheckpointError) as err:
@@ -135,7 +139,8 @@ def test_training_checkpoint_explicit_and_nested_key(tmp_path):
 def test_module_prefix_stripped_only_when_all_keys_have_it(tmp_path):
     state = make_state()
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "dp.pt")
-    loaded, info = load(tmp_path / "dp.pt", return_info=True)
+    found = load_checkpoint(tmp_path / "dp.pt")
+    loaded, info = found.state, found.info
     assert_same(state, loaded)
     assert info.stripped_prefix == "module."
     with open_checkpoint(tmp_path / "dp.pt") as ck:
@@ -143,14 +148,16 @@ def test_module_prefix_stripped_only_when_all_keys_have_it(tmp_path):
 
     mixed = {"module.a": torch.ones(1), "b": torch.ones(1)}
     save(mixed, tmp_path / "mixed.safetensors")
-    loaded, info = load(tmp_path / "mixed.safetensors", return_info=True)
+    found = load_checkpoint(tmp_path / "mixed.safetensors")
+    loaded, info = found.state, found.info
     assert set(loaded) == {"module.a", "b"} and info.stripped_prefix is None
 
 
 def test_non_tensor_entries_ignored_with_warning(tmp_path):
     torch.save({"w": torch.ones(2), "num_epochs": 3}, tmp_path / "m.pt")
     with pytest.warns(UserWarning, match="num_epochs"):
-        state, info = load(tmp_path / "m.pt", return_info=True)
+        found = load_checkpoint(tmp_path / "m.pt")
+        state, info = found.state, found.info
     assert set(state) == {"w"} and info.ignored == ("num_epochs",)
 
 
@@ -164,7 +171,8 @@ def test_sharded_safetensors_written_and_read(tmp_path):
     weight_map = json.loads(index.read_text())["weight_map"]
     assert set(weight_map) == set(state) and set(weight_map.values()) == set(shards)
     for src in (out, index):
-        loaded, info = load(src, return_info=True)
+        found = load_checkpoint(src)
+        loaded, info = found.state, found.info
         assert_same(state, loaded)
         assert info.index == index and len(info.files) == len(shards)
         assert info.metadata == {"k": "v"}
@@ -194,7 +202,8 @@ def test_sharded_bin_index(tmp_path):
     weight_map = {k: n for n, part in zip(names, parts) for k in part}
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
     for src in (tmp_path, tmp_path / "pytorch_model.bin.index.json"):
-        loaded, info = load(src, return_info=True)
+        found = load_checkpoint(src)
+        loaded, info = found.state, found.info
         assert_same(state, loaded)
         assert info.format == "torch" and len(info.files) == 2
     with open_checkpoint(tmp_path) as ck:
@@ -522,8 +531,17 @@ def test_round_trip_property(tmp_path_factory, specs, ext, seed):
             path = save(state, d / "out", max_shard_size=16, metadata={"s": str(seed)})
         else:
             path = save(state, d / f"m{ext}", metadata={"s": str(seed)})
-        loaded, info = load(path, return_info=True)
+        found = load_checkpoint(path)
+        loaded, info = found.state, found.info
     assert_same(state, loaded)
     assert info.metadata == {"s": str(seed)}
     with open_checkpoint(path) as ck:
         assert all(ck.shape(k) == tuple(v.shape) and ck.dtype(k) == v.dtype for k, v in state.items())
+
+
+def test_return_info_still_works_and_is_deprecated(tmp_path):
+    path = save({"w": torch.ones(2)}, tmp_path / "m.safetensors", metadata={"note": "x"})
+    with pytest.warns(DeprecationWarning, match="load_checkpoint"):
+        state, info = load(path, return_info=True)
+    found = load_checkpoint(path)
+    assert state.keys() == found.state.keys() and info.metadata == found.info.metadata

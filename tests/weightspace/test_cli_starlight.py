@@ -45,7 +45,8 @@ def test_starlight_writes_the_star_and_its_state(sources, tmp_path, capsys):
     assert main(_args(sources, out, "--epochs", "2")) == 0
     text = capsys.readouterr().out
     assert "Starlight: 2 epochs over 3 source models" in text and "test (397 examples): star loss" in text
-    star, info = weightspace.load(out, return_info=True)
+    found = weightspace.load_checkpoint(out)
+    star, info = found.state, found.info
     prov = json.loads(info.metadata[PROVENANCE_KEY])
     assert prov["method"] == "starlight" and prov["epochs"] == 2 and len(prov["inputs"]) == 3
     assert prov["t_dist"] == "uniform" and prov["realign"] is True
@@ -130,7 +131,8 @@ def test_merge_many_c2m3_recovers_permuted_copies(tmp_path, capsys):
     out = tmp_path / "merged.safetensors"
     assert main(["merge-many", *map(str, paths), "-o", str(out), "--method", "c2m3", "--device", "cpu"]) == 0
     assert "C2M3" in capsys.readouterr().out
-    merged, info = weightspace.load(out, return_info=True)
+    found = weightspace.load_checkpoint(out)
+    merged, info = found.state, found.info
     for k in state:
         torch.testing.assert_close(merged[k], state[k], rtol=0, atol=1e-6)
     assert json.loads(info.metadata[PROVENANCE_KEY])["method"] == "c2m3"

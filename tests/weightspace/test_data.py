@@ -53,7 +53,7 @@ def tiny_mnist(directory: Path, n: int = 10, prefix: str = "t10k", gz: bool = Fa
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     import weightspace.data as data
 
-    monkeypatch.setattr(data, "_DATASETS", dict(data._DATASETS))
+    monkeypatch.setattr(data, "DATASETS", data.DATASETS.copy())
 
 
 @pytest.fixture
@@ -245,7 +245,8 @@ def test_mnist_idx_directory_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "hint"),
     [
-        ("digts", "unknown dataset 'digts'; choose one of: digits, mnist-idx:DIR; or give package.module:callable"),
+        ("digts", "unknown dataset 'digts'; choose one of: digits, mnist-idx:DIR, python-stdlib, text:PATH; "
+                  "or give package.module:callable"),
         ("mnist-idx", "needs an argument: mnist-idx:DIR"),
         ("digits:extra", "takes no argument"),
         ("cifar-10:dir", "unknown dataset 'cifar-10:dir'"),
@@ -264,7 +265,7 @@ def test_bad_split() -> None:
 
 
 def test_list_and_register_datasets(fresh_registry: None) -> None:
-    assert list_datasets() == ["digits", "mnist-idx"]
+    assert list_datasets() == ["digits", "mnist-idx", "python-stdlib", "text"]
 
     @register_dataset("toy", description="a toy")
     def toy(arg: str | None, split: str) -> Dataset:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from weightspace.distributed import DistContext, distributed_context
-from weightspace.metanet import _build_model, train_metanet
+from weightspace.metanet import build_metanet, train_metanet
 from weightspace.zoo import ZooDataset, build_inr_zoo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_two_gloo_processes_match_one_process(zoo, tmp_path, monkeypatch, arch):
     # the updates agree up to float error: summation order differs, and Adam amplifies it a
     # little in coordinates whose gradient is nearly zero, so compare whole-model distances
     torch.manual_seed(s["seed"])
-    init = _build_model(one.config).state_dict()
+    init = build_metanet(one.config).state_dict()
     diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in a]).norm()
     moved = torch.cat([(a[k].float() - init[k].float()).flatten() for k in a]).norm()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)

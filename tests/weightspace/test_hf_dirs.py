@@ -458,14 +458,17 @@ def test_barrier_vision_model(tmp_path, capsys):
     assert "loss barrier" in capsys.readouterr().out
 
 
-def test_barrier_text_model_and_data_methods_refused(dirs, tmp_path, capsys):
+def test_text_model_on_image_data_refused(dirs, tmp_path, capsys):
+    """A language model given images: one line naming the data and the model, exit 2, nothing written
+    (language models run on next-token text: tests/weightspace/test_language_models.py)."""
     a, b = dirs["gpt2", "a"], dirs["gpt2", "b"]
     assert main(["barrier", str(a), str(b), "--data", "digits", "--points", "3", "--quiet"]) == 2
     assert "does not fit" in _one_line_error(capsys)
     out = tmp_path / "out"
     for extra in (["--method", "activation"], ["--method", "none", "--repair"]):
         assert main(["merge", str(a), str(b), "-o", str(out), "--data", "digits", *extra]) == 2
-        assert "not supported for Hugging Face directories" in _one_line_error(capsys)
+        err = _one_line_error(capsys)
+        assert "data digits does not fit the model of" in err and str(a) in err
     assert not out.exists()
 
 

@@ -11,7 +11,7 @@ import merging
 import weightspace
 from weightspace.api import INPUT_SHAPE_KEY, MODEL_KEY
 from weightspace.data import load_data
-from weightspace.merge import METHODS, MergeResult, align, barrier_between, merge_checkpoints
+from weightspace.merge import METHODS, MergeResult, align, align_result, barrier_between, merge_checkpoints
 from weightspace.models import model_spec_to_json
 from weightspace.training import train_classifier
 
@@ -38,14 +38,15 @@ def test_align_every_method_returns_a_permutation(pair):
     a, b = (weightspace.load_model(p) for p in pair)
     data = load_data("digits", batch_size=256)
     for method in [m for m in METHODS if m != "auto"]:
-        perms, info = align(a, b, method=method, data=data if method != "weight" else None, return_info=True)
+        found = align_result(a, b, method=method, data=data if method != "weight" else None)
+        perms, info = found.perms, found.to_dict()
         assert set(perms) == {"layers.0", "layers.1"}
         for g, p in perms.items():
             assert torch.equal(p.sort().values, torch.arange(24)), (method, g)
         assert info["method"] == method and (info["sweeps"] is not None) == (method == "weight")
     assert all(torch.equal(p, torch.arange(24)) for p in align(a, b, method="none").values())
-    assert align(a, b, data=data, return_info=True)[1]["method"] == "activation"  # auto, with data
-    assert align(a, b, return_info=True)[1]["method"] == "weight"  # auto, without
+    assert align_result(a, b, data=data).method == "activation"  # auto, with data
+    assert align_result(a, b).method == "weight"  # auto, without
 
 
 def test_align_errors(pair, tmp_path):

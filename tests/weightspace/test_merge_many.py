@@ -43,7 +43,8 @@ def test_merge_many_recovers_permuted_copies(copies, tmp_path, capsys):
     out = tmp_path / "merged.safetensors"
     assert main(["merge-many", *map(str, paths), "-o", str(out), "--device", "cpu"]) == 0
     assert "MergeMany" in capsys.readouterr().out
-    merged, info = weightspace.load(out, return_info=True)
+    found = weightspace.load_checkpoint(out)
+    merged, info = found.state, found.info
     for k in state:
         torch.testing.assert_close(merged[k], state[k], rtol=0, atol=1e-6)
     prov = json.loads(info.metadata[PROVENANCE_KEY])
@@ -116,7 +117,8 @@ out: merged.safetensors
 """)
     assert main(["merge", "--config", str(recipe)]) == 0
     assert "ties: merged 2 models" in capsys.readouterr().out
-    merged, info = weightspace.load(tmp_path / "merged.safetensors", return_info=True)
+    found = weightspace.load_checkpoint(tmp_path / "merged.safetensors")
+    merged, info = found.state, found.info
     import merging
     expected = merging.merge_states("ties", fts, base=base, weights=[1.0, 0.5], density=[0.3, 0.5], scale=0.8)
     for k in expected:
@@ -157,7 +159,7 @@ models:
 
 
 @pytest.mark.parametrize("body, message", [
-    ("merge_method: nope\nmodels: [ft0.safetensors]\n", "unknown merge_method 'nope'; choose one of: breadcrumbs"),
+    ("merge_method: nope\nmodels: [ft0.safetensors]\n", "unknown merge_method 'nope'; choose one of: arcee_fusion, breadcrumbs"),
     ("merge_method: linear\nmodels: [missing.safetensors]\n", "missing.safetensors: no such file"),
     ("merge_method: linear\nmodels: [ft0.safetensors, other.safetensors]\n", "has shape"),
     ("merge_method: linear\nmodels: [ft0.safetensors]\nparameters: {density: 0.2}\n", "takes no parameter 'density'"),

@@ -94,14 +94,14 @@ def test_weight_statistics_for_accuracy_prediction(cnn_zoo, tmp_path, capsys):
     import torch
 
     from graphs import ParamGraph, permute, random_permutation
-    from weightspace.metanet import _Stats, _Zoo
+    from weightspace.metanet import WeightStats, LoadedZoo
     from weightspace.nn import GraphMetanet
 
-    zoo = _Zoo(cnn_zoo, "accuracy", None)
+    zoo = LoadedZoo(cnn_zoo, "accuracy", None)
     states = zoo.splits["train"].states[:4]
     perm = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=i)) for i, s in enumerate(states)]
     stack = lambda ss: {k: torch.stack([s[k] for s in ss]) for k in ss[0]}
-    raw, raw_p = _Stats.raw(stack(states)), _Stats.raw(stack(perm))
+    raw, raw_p = WeightStats.raw(stack(states)), WeightStats.raw(stack(perm))
     assert raw.shape == (4, 8 * 7) and torch.allclose(raw, raw_p, atol=1e-5)   # 4 layers x weight, bias
     assert not torch.allclose(raw[0], raw[1])
 
@@ -125,18 +125,18 @@ def test_weight_statistics_for_accuracy_prediction(cnn_zoo, tmp_path, capsys):
 def test_rank_loss_orders_pairs():
     import torch
 
-    from weightspace.metanet import _loss, _rank_loss
+    from weightspace.metanet import metanet_loss, rank_loss
 
     y = torch.tensor([0.1, 0.5, 0.9, 0.9])
     right, wrong = torch.tensor([0.0, 0.4, 0.8, 0.7]), torch.tensor([0.8, 0.4, 0.0, 0.1])
-    assert _rank_loss(right, y) < _rank_loss(wrong, y) / 10
-    assert float(_rank_loss(torch.zeros(3), torch.full((3,), 0.5))) == 0.0   # only ties: no pairs
+    assert rank_loss(right, y) < rank_loss(wrong, y) / 10
+    assert float(rank_loss(torch.zeros(3), torch.full((3,), 0.5))) == 0.0   # only ties: no pairs
     p = torch.tensor([0.5, 0.5], requires_grad=True)
-    _rank_loss(p, torch.tensor([0.2, 0.6])).backward()
+    rank_loss(p, torch.tensor([0.2, 0.6])).backward()
     assert p.grad[0] > 0 > p.grad[1]   # descent pushes the better network up
     pred = torch.tensor([[0.1], [0.5]])
-    mse = float(_loss("accuracy", pred, torch.tensor([0.1, 0.5])))
-    assert mse == 0.0 and float(_loss("accuracy", pred, torch.tensor([0.1, 0.5]), "rank")) > mse
+    mse = float(metanet_loss("accuracy", pred, torch.tensor([0.1, 0.5])))
+    assert mse == 0.0 and float(metanet_loss("accuracy", pred, torch.tensor([0.1, 0.5]), "rank")) > mse
 
 
 def test_rank_loss_and_cosine_schedule_train(cnn_zoo):
@@ -165,7 +165,7 @@ def test_probestat_is_invariant_and_eval_reproduces_training(cnn_zoo, tmp_path):
     import torch
 
     from graphs import permute, random_permutation
-    from weightspace.metanet import _probestat_features, _Zoo
+    from weightspace.metanet import probestat_features, LoadedZoo
     from weightspace.testing import assert_invariant
 
     out = tmp_path / "ps.pt"
@@ -175,11 +175,11 @@ def test_probestat_is_invariant_and_eval_reproduces_training(cnn_zoo, tmp_path):
     assert len(cfg["feature_mean"]) == len(cfg["feature_scale"]) == 32 * 10 + 10 + 4 + 8 * 7
     assert r.model.mean.tolist() == pytest.approx(cfg["feature_mean"])
 
-    zoo = _Zoo(cnn_zoo, "accuracy", None)
+    zoo = LoadedZoo(cnn_zoo, "accuracy", None)
     states = zoo.splits["train"].states[:3]
     perm = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=7 + i)) for i, s in enumerate(states)]
     assert any(not torch.equal(states[0][k], perm[0][k]) for k in states[0])   # the weights did move
-    f, f_perm = _probestat_features(cfg, states, "t"), _probestat_features(cfg, perm, "t")
+    f, f_perm = probestat_features(cfg, states, "t"), probestat_features(cfg, perm, "t")
     assert torch.allclose(f, f_perm, atol=1e-4) and not torch.allclose(f[0], f[1])
     assert_invariant(r.model, f, f_perm, atol=1e-4)
 
@@ -192,9 +192,9 @@ def test_probestat_is_invariant_and_eval_reproduces_training(cnn_zoo, tmp_path):
 
 
 def test_probestat_defaults_and_class_task(cnn_zoo, inr_zoo, tmp_path, capsys):
-    from weightspace.metanet import _ARCH_TRAIN_DEFAULTS
+    from weightspace.metanet import train_defaults
 
-    assert _ARCH_TRAIN_DEFAULTS["probestat"]["epochs"] >= 100
+    assert train_defaults("probestat")["epochs"] >= 100
     r = train_metanet(inr_zoo, task="class", arch="probestat", epochs=2, hidden=8, batch_size=4, progress=False)
     assert r.config["out"] >= 2 and r.config["probe_source"] == "uniform"   # INR outputs: width 1, no logits
     assert 0.0 <= r.metrics["train"]["accuracy"] <= 1.0
@@ -213,12 +213,12 @@ def test_probestat_bad_config(cnn_zoo, tmp_path):
         train_metanet(cnn_zoo, arch="probestat", probes=0)
     with pytest.raises(ValueError, match="probes"):
         train_metanet(cnn_zoo, arch="probestat", probes="many")
-    from weightspace.metanet import _probestat_features, _Zoo
+    from weightspace.metanet import probestat_features, LoadedZoo
 
-    zoo = _Zoo(cnn_zoo, "accuracy", None)
+    zoo = LoadedZoo(cnn_zoo, "accuracy", None)
     cfg = {"model_spec": zoo.card.model_spec, "input_shape": [3, *zoo.card.input_shape[1:]], "probes": 2}
     with pytest.raises(ValueError, match="probestat.*cannot be run"):   # the CNNs take one channel
-        _probestat_features(cfg, zoo.splits["train"].states[:2], "train_metanet")
+        probestat_features(cfg, zoo.splits["train"].states[:2], "train_metanet")
     bad = tmp_path / "bad"
     shutil.copytree(cnn_zoo, bad)
     card = json.loads((bad / "zoo.json").read_text())

@@ -66,7 +66,7 @@ IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(CASES)]
 @pytest.fixture
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lets a test register models without leaking them into the others."""
-    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+    monkeypatch.setattr(_registry, "MODELS", _registry.MODELS.copy())
 
 
 @pytest.fixture
@@ -291,7 +291,7 @@ def test_register_rejects_duplicates_and_bad_names(fresh_registry: None) -> None
 
     assert "tiny-test" in list_models()
     assert get_model("tiny-test", width=5).out_features == 5
-    assert _registry._MODELS["tiny-test"].pretty_name == "Tiny"
+    assert _registry.MODELS.get("tiny-test").pretty_name == "Tiny"
     with pytest.raises(ValueError, match="'tiny-test' is already registered"):
         register_model("tiny-test")(tiny)
     with pytest.raises(ValueError, match="'mlp' is already registered"):

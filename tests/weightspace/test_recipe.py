@@ -59,16 +59,32 @@ def tiny_llama(seed: int):
                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
 
 
+def tiny_tokenizer(words, path, **config):
+    """A word-level tokenizer over ``words`` (id = position), saved as a Hugging Face tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", model_max_length=64).save_pretrained(str(path))
+    if config:
+        conf = json.loads((path / "tokenizer_config.json").read_text())
+        (path / "tokenizer_config.json").write_text(json.dumps({**conf, **config}))
+
+
 @pytest.fixture()
 def hf_models(tmp_path):
     paths = []
     for i, name in enumerate(("hbase", "h1", "h2")):
         m = tiny_llama(i)
         m.save_pretrained(tmp_path / name)
-        (tmp_path / name / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64, "who": name}))
-        (tmp_path / name / "tokenizer.json").write_text(json.dumps({"version": "1.0", "who": name}))
+        tiny_tokenizer(["<unk>"] + [f"w{j}" for j in range(63)], tmp_path / name, who=name)
         paths.append(tmp_path / name)
     return paths
+
+
+def who(d):
+    return json.loads((d / "tokenizer_config.json").read_text())["who"]
 
 
 # ------------------------------------------------------------------ defects (regressions)
@@ -104,7 +120,7 @@ def test_hf_directories_in_and_out(tmp_path, hf_models):
     assert sorted(x.name for x in out.iterdir()) == sorted(
         ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
          "chat_template.jinja", "weightspace_recipe.yaml"])
-    assert json.loads((out / "tokenizer.json").read_text())["who"] == "h2"
+    assert who(out) == "h2"
     assert "<|im_start|>" in (out / "chat_template.jinja").read_text()
     model = AutoModelForCausalLM.from_pretrained(out)
     merged = load_file(str(out / "model.safetensors"))
@@ -315,7 +331,7 @@ def test_hf_passthrough_stacking_updates_the_config(tmp_path, hf_models):
     src = load_file(str(m1 / "model.safetensors"))
     assert torch.equal(model.state_dict()["model.layers.2.mlp.up_proj.weight"].float(),
                        src["model.layers.1.mlp.up_proj.weight"].to(torch.bfloat16).float())
-    assert json.loads((out / "tokenizer.json").read_text())["who"] == "hbase"  # the donor's tokenizer
+    assert who(out) == "hbase"  # the donor's tokenizer
 
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "della",
@@ -390,15 +406,15 @@ def test_cli_writes_a_directory_with_o(tmp_path, hf_models, capsys):
     assert math.isfinite(float(merged[k].sum()))
 
 
-def test_tokenizer_union_is_the_shared_tokenizer_or_an_error(tmp_path, hf_models, capsys):
+def test_tokenizer_union_of_one_vocabulary_copies_the_tokenizer(tmp_path, hf_models, capsys):
     base, m1, m2 = hf_models
-    body = f"merge_method: linear\nmodels: [{m1}, {m2}]\ntokenizer_source: union\n"
-    p = recipe(tmp_path, body)
-    assert main(["merge", "--config", str(p), "-o", str(tmp_path / "u")]) == 2
-    assert "'union' of different vocabularies (h1 and h2) is not supported" in capsys.readouterr().err
-    (m2 / "tokenizer.json").write_text((m1 / "tokenizer.json").read_text())
+    p = recipe(tmp_path, f"merge_method: linear\nmodels: [{m1}, {m2}]\ntokenizer_source: union\n")
     out = run_recipe(load_recipe(p), tmp_path / "u")
-    assert json.loads((out / "tokenizer.json").read_text())["who"] == "h1"
+    assert who(out) == "h1"  # the same vocabulary, token for token: the files are copied, rows kept
+    (m2 / "tokenizer.json").write_text("{not json")
+    assert main(["merge", "--config", str(p), "-o", str(tmp_path / "u2")]) == 2
+    err = capsys.readouterr().err
+    assert f"recipe.yaml: tokenizer_source: cannot read the tokenizer of {m2}" in err and err.count("\n") == 1
 
 
 def test_sharded_and_pickled_inputs(tmp_path, files):

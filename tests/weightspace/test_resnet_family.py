@@ -194,7 +194,8 @@ def test_weight_matching_on_resnet18() -> None:
     s = weightspace.trace(a, example_input_for(a), check=False)
     sa, sb = a.state_dict(), b.state_dict()
     identity = merging.matching_objective(s, sa, sb, weightspace.identity_permutation(s))
-    perms, info = merging.weight_matching(s, sa, sb, return_info=True)
+    found = merging.weight_matching_result(s, sa, sb)
+    perms, info = found.perms, found.info
     assert set(perms) == set(s.groups)
     assert info["objective"] >= identity - 1e-9 * abs(identity)
     # matching a network against its own permutation finds an alignment as good as the identity on itself

@@ -16,7 +16,8 @@ import weightspace
 from weightspace.api import MODEL_KEY
 from weightspace.cli import main
 from weightspace.models import model_spec_to_json
-from weightspace.streaming import streaming_merge, streaming_weight_matching, trace_without_weights
+from weightspace.streaming import (streaming_merge, streaming_weight_matching, streaming_weight_matching_result,
+                                   trace_without_weights)
 
 MLP = ("mlp", {"in_features": 64, "hidden": [32, 24, 32], "out_features": 10})
 RESNET = ("resnet20", {"width": 0.25, "in_channels": 1, "image_size": 8})  # BatchNorm, residual streams
@@ -107,12 +108,14 @@ def test_streaming_matching_equals_weight_matching_on_lazy_checkpoints(tmp_path)
     assert structure.axes == weightspace.trace_model(weightspace.get_model(*RESNET[:1], **RESNET[1])).axes
     a, b = weightspace.load(p["a1"]), weightspace.load(p["b1"])
     for seed in (0, 3):
-        ref, info = merging.weight_matching(structure, a, b, seed=seed, return_info=True)
+        info = merging.weight_matching_result(structure, a, b, seed=seed)
+        ref = info.perms
         with weightspace.open_checkpoint(p["a"], mmap=False) as ca, weightspace.open_checkpoint(p["b"], mmap=False) as cb:
-            got, got_info = streaming_weight_matching(structure, ca, cb, seed=seed, return_info=True)
+            got_info = streaming_weight_matching_result(structure, ca, cb, seed=seed)
+            got = got_info.perms
         assert all(torch.equal(ref[g], got[g]) for g in ref)
-        assert got_info["sweeps"] == info["sweeps"]
-        assert got_info["objective"] == pytest.approx(info["objective"], rel=1e-12)
+        assert got_info.sweeps == info.sweeps
+        assert got_info.objective == pytest.approx(info.objective, rel=1e-12)
     # matching B against a permutation of itself recovers the inverse permutation
     planted = weightspace.random_permutation(structure, 5)
     pa = weightspace.permute(structure, b, planted)

@@ -303,7 +303,7 @@ def _cnn_task(optimizer, family, *, float64=False, monkeypatch=None):
     dropout masks as in float32."""
     from weightspace.zoo import CNN_FAMILIES
     from weightspace.zoo import _cnn as cnn
-    from weightspace.zoo._cnn import prepare_cnn_task
+    from weightspace.zoo import prepare_cnn_task
 
     recipe = {**FAST, **CNN_FAMILIES[family], "optimizer": optimizer, "lr_range": [1e-3, 1e-2],
               "dropout_range": [0.1, 0.4]}
@@ -335,11 +335,11 @@ def test_batched_training_matches_plain_training(optimizer, family, monkeypatch)
     may therefore differ by 4 * S * U32 * max|w|, and by nothing a real difference (a mask, a
     batch, a hyper-parameter) would leave: those move the weights by 1e-2."""
     from weightspace.zoo import _grouped_conv
-    from weightspace.zoo._cnn import _train_shard, train_cnn_single
+    from weightspace.zoo import train_cnn_shard, train_cnn_single
 
     monkeypatch.setattr(_grouped_conv, "ENABLED", False)
     task = _cnn_task(optimizer, family, float64=True, monkeypatch=monkeypatch)
-    tensors, rows = _train_shard(task, 0, range(3))
+    tensors, rows = train_cnn_shard(task, 0, range(3))
     assert tensors["head.weight"].dtype == torch.float64
     steps = task.steps_per_epoch * max(task.checkpoints)
     for mid in (0, 2):
@@ -373,14 +373,14 @@ def test_batched_training_with_our_kernels(optimizer, family, monkeypatch):
 
     from weightspace.zoo import _grouped_conv
     from weightspace.zoo._batched import cnn_forward
-    from weightspace.zoo._cnn import _train_shard
+    from weightspace.zoo import train_cnn_shard
 
     if not _grouped_conv._LIB:
         pytest.skip("the C kernels are not built")
     ref_task = _cnn_task(optimizer, family, float64=True, monkeypatch=monkeypatch)
     monkeypatch.undo()
     monkeypatch.setattr(_grouped_conv, "ENABLED", False)
-    ref, _ = _train_shard(ref_task, 0, range(3))
+    ref, _ = train_cnn_shard(ref_task, 0, range(3))
     monkeypatch.setattr(_grouped_conv, "ENABLED", True)
     monkeypatch.setenv("WEIGHTSPACE_GCONV", "ours")  # our kernels, not whichever path measures faster
     task = _cnn_task(optimizer, family)
@@ -402,7 +402,7 @@ def test_batched_training_with_our_kernels(optimizer, family, monkeypatch):
                                    atol=4 * math.sqrt(k_max) * U32 * float(v.abs().max()))
 
     # one epoch
-    tensors, rows = _train_shard(task, 0, range(3))
+    tensors, rows = train_cnn_shard(task, 0, range(3))
     steps = task.steps_per_epoch * max(task.checkpoints)
     for j in range(6):
         for k, w in ref.items():
@@ -413,13 +413,13 @@ def test_batched_training_with_our_kernels(optimizer, family, monkeypatch):
 
 def test_grouped_and_one_by_one_evaluation_agree():
     """The CPU evaluates model by model; other devices all models at once as grouped convolutions."""
-    from weightspace.zoo._cnn import _evaluate, prepare_cnn_task
+    from weightspace.zoo import evaluate_cnns, prepare_cnn_task
 
     task, _ = prepare_cnn_task("digits", checkpoints=(0, 1), seed=1, recipe=FAST)
     params = {k: torch.stack([task.init(i, task.hparams(i))[k] for i in range(3)]) for k in task.template.state_dict()}
     params = {k: v * 4 if k.endswith("weight") else v for k, v in params.items()}  # varied predictions
-    one = _evaluate(task, params, task.x_test, task.y_test)
-    grouped = _evaluate(task, params, task.x_test, task.y_test, grouped=True)
+    one = evaluate_cnns(task, params, task.x_test, task.y_test)
+    grouped = evaluate_cnns(task, params, task.x_test, task.y_test, grouped=True)
     torch.testing.assert_close(one[0], grouped[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(one[1], grouped[1], rtol=0, atol=1.5 / len(task.x_test))  # a tie may flip
     assert len(set(one[1].tolist())) == 3
@@ -432,7 +432,7 @@ def test_batched_inr_fitting_matches_plain_fitting(monkeypatch):
     that rounding may cross on another CPU. What is left is the stacked optimizer's float32
     learning rate: 4 * S * U32 * max|w| over S steps."""
     from weightspace.zoo import _inr
-    from weightspace.zoo._inr import _fit_shard, prepare_inr_task, train_inr_single
+    from weightspace.zoo import fit_inr_shard, prepare_inr_task, train_inr_single
 
     real = _inr.SIREN
     monkeypatch.setattr(_inr, "SIREN", lambda *a, **kw: real(*a, **kw).double())
@@ -440,7 +440,7 @@ def test_batched_inr_fitting_matches_plain_fitting(monkeypatch):
     init = task.init
     task.init = lambda i: {k: v.double() for k, v in init(i).items()}
     task.images, task.coords = task.images.double(), task.coords.double()
-    tensors, rows = _fit_shard(task, 0, range(3))
+    tensors, rows = fit_inr_shard(task, 0, range(3))
     assert next(iter(tensors.values())).dtype == torch.float64
     for mid in range(3):
         state, steps, mse = train_inr_single(task, mid)

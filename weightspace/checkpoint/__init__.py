@@ -10,15 +10,20 @@ Every error is a single-line :class:`CheckpointError` naming the function and th
 """
 from __future__ import annotations
 
-from .read import Checkpoint, CheckpointError, CheckpointInfo, load, open_checkpoint
+from .read import Checkpoint, CheckpointError, CheckpointInfo, LoadedCheckpoint, load, load_checkpoint, open_checkpoint
 from .write import save
 from .checks import check_finite, check_fits, check_not_input, check_output, load_into
 
-# the names other modules import from here (pipeline, streaming, hf, recipe), outside __all__
-from .read import STATE_DICT_KEYS, is_sharded, sha256_file  # noqa: F401
-from .read import _ST_DTYPES, _brief, _resolve, _st_header, _st_pread  # noqa: F401
-from .write import _atomic, _check_overlap, _commit_replacing, _layout, _parse_size, _same, _shard_names  # noqa: F401
-from .checks import tied_keys  # noqa: F401
+from .read import (SAFETENSORS_DTYPES, STATE_DICT_KEYS, brief_error, is_sharded, read_safetensors_tensor,
+                   safetensors_header, sha256_file)
+from .write import output_layout, parse_size, same_file
+from .checks import tied_keys
+from .streamed import TensorEntry, save_streamed, writable_dtype
 
-__all__ = ["CheckpointError", "CheckpointInfo", "Checkpoint", "load", "open_checkpoint", "save",
-           "load_into", "check_fits", "check_finite", "check_not_input", "check_output"]
+__all__ = ["CheckpointError", "CheckpointInfo", "Checkpoint", "LoadedCheckpoint", "load", "load_checkpoint",
+           "open_checkpoint", "save", "save_streamed",
+           "load_into", "check_fits", "check_finite", "check_not_input", "check_output",
+           # building blocks the merges, recipes and Hugging Face outputs share
+           "SAFETENSORS_DTYPES", "STATE_DICT_KEYS", "TensorEntry", "brief_error", "is_sharded", "output_layout",
+           "parse_size", "read_safetensors_tensor", "safetensors_header", "same_file", "sha256_file", "tied_keys",
+           "writable_dtype"]

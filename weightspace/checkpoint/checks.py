@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .read import Checkpoint, CheckpointError, PathLike, _keys_list, _read_index, _resolve, _shape, load
-from .write import _check_overlap, _layout, _same
+from .write import _check_overlap, output_layout, same_file
 
 def check_not_input(out: PathLike, inputs: Iterable[PathLike]) -> None:
     """Raise if writing ``out`` would overwrite one of ``inputs`` (their shards included).
@@ -29,7 +29,7 @@ def check_not_input(out: PathLike, inputs: Iterable[PathLike]) -> None:
         >>> check_not_input("merged.safetensors", ["a.safetensors", "b.safetensors"])
     """
     out = Path(out)
-    kind, target = _layout(out, None)
+    kind, target = output_layout(out, None)
     written = [target]
     if kind == "sharded" and target.parent.is_dir():
         written += list(target.parent.glob("*-of-*.safetensors"))
@@ -81,23 +81,23 @@ def check_output(out: PathLike, reads: Iterable[PathLike | None], *, fn: str = "
     if directory:
         for r in reads:
             if _inside(r, out):
-                raise CheckpointError(f"{fn}: refusing to write into {out}: it {'is' if _same(r, out) else 'holds'} "
+                raise CheckpointError(f"{fn}: refusing to write into {out}: it {'is' if same_file(r, out) else 'holds'} "
                                       f"{r}, which this command reads; choose another directory")
         return
     try:
-        kind, target = _layout(out, None)
+        kind, target = output_layout(out, None)
         written = [target]
         if kind == "sharded" and target.parent.is_dir():
             written += list(target.parent.glob("*-of-*.safetensors"))
     except CheckpointError:
         written = [out]
     for r in reads:
-        if r.is_dir() and _same(out, r):
+        if r.is_dir() and same_file(out, r):
             raise CheckpointError(f"{fn}: refusing to write {out}: it is the directory {r}, which this command "
                                   f"reads; choose another output path")
         for f in _read_files(r):
             for w in written:
-                if _same(w, f):
+                if same_file(w, f):
                     raise CheckpointError(f"{fn}: refusing to overwrite {f}, which this command reads, with the "
                                           f"output {w}; choose another output path")
 

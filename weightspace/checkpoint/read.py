@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,9 +28,10 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "
 _TORCH_EXTS = (".pt", ".pth", ".bin", ".ckpt")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile wrappers
 _PT_META = "weightspace_metadata"
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-              "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool, "C64": torch.complex64}
+#: the safetensors dtype codes this package reads and writes, and their torch dtypes
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+                      "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool, "C64": torch.complex64}
 
 
 class CheckpointError(ValueError):
@@ -63,8 +64,8 @@ class CheckpointInfo:
     ignored: tuple[str, ...] = ()
 
 
-def _brief(e: BaseException) -> str:
-    """The gist of a library exception as one short line."""
+def brief_error(e: BaseException) -> str:
+    """The gist of a library exception as one short line (``"TypeError: ..."``), for error messages."""
     m = re.search(r"GLOBAL (\S+)", str(e))
     text = f"unsupported GLOBAL {m.group(1)}" if m else (str(e).strip().splitlines() or [""])[0]
     text = text.split(". ")[0].strip()
@@ -113,7 +114,7 @@ def _read_index(index: Path, fn: str) -> tuple[list[Path], dict[str, tuple[int, 
             raise TypeError(f"weight_map is a {type(weight_map).__name__}")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{fn}: {index} is not a valid index: expected JSON with a "
-                              f"'weight_map' object ({_brief(e)})") from e
+                              f"'weight_map' object ({brief_error(e)})") from e
     files: dict[Path, int] = {}
     where: dict[str, tuple[int, str]] = {}
     for k, name in weight_map.items():
@@ -137,10 +138,10 @@ def _torch_load(path: Path, fn: str, device: str, mmap: bool) -> Any:
     except Exception as e:
         if "Weights only load failed" in str(e):
             raise CheckpointError(f"{fn}: {path} holds pickled code or objects that weights_only=True "
-                                  f"refuses to load ({_brief(e)}); re-save only the state dict, or "
+                                  f"refuses to load ({brief_error(e)}); re-save only the state dict, or "
                                   f"use .safetensors") from e
         raise CheckpointError(f"{fn}: {path} is not a readable PyTorch checkpoint (truncated or "
-                              f"corrupt?): {_brief(e)}") from e
+                              f"corrupt?): {brief_error(e)}") from e
 
 
 def _extract(obj: Any, path: Path, fn: str, key: str | None, depth: int = 0
@@ -239,10 +240,10 @@ class Checkpoint(Mapping[str, Tensor]):
                     handle = safe_open(str(f), framework="pt", device=self._device)
                 except (SafetensorError, OSError) as e:
                     raise CheckpointError(f"{self._fn}: {f} is not a valid safetensors file "
-                                          f"(truncated or corrupt header?): {_brief(e)}") from e
+                                          f"(truncated or corrupt header?): {brief_error(e)}") from e
                 self._open_files[i] = (handle, set(handle.keys()))
                 if self._headers is not None:  # read with plain file reads, not through the memory map
-                    self._headers[i] = _st_header(f)
+                    self._headers[i] = safetensors_header(f)
             else:
                 obj = _torch_load(f, self._fn, "cpu" if self._lazy else self._device, self._lazy)
                 state = _extract(obj, f, self._fn, None)[0]
@@ -264,12 +265,12 @@ class Checkpoint(Mapping[str, Tensor]):
         if isinstance(handle, Mapping):
             return handle[stored].to(self._device) if self._lazy else handle[stored]
         i = self._where[name][0]
-        if self._headers is not None and _ST_DTYPES.get(self._headers[i][1][stored]["dtype"]) is not None:
-            return _st_pread(f, *self._headers[i], stored, self._fn).to(self._device)
+        if self._headers is not None and SAFETENSORS_DTYPES.get(self._headers[i][1][stored]["dtype"]) is not None:
+            return read_safetensors_tensor(f, *self._headers[i], stored, self._fn).to(self._device)
         try:
             return handle.get_tensor(stored)
         except SafetensorError as e:
-            raise CheckpointError(f"{self._fn}: cannot read {name!r} from {f}: {_brief(e)}") from e
+            raise CheckpointError(f"{self._fn}: cannot read {name!r} from {f}: {brief_error(e)}") from e
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -298,7 +299,7 @@ class Checkpoint(Mapping[str, Tensor]):
         if isinstance(handle, Mapping):
             return handle[stored].dtype
         code = handle.get_slice(stored).get_dtype()
-        return _ST_DTYPES.get(code) or self[name].dtype
+        return SAFETENSORS_DTYPES.get(code) or self[name].dtype
 
     def close(self) -> None:
         """Release open files and memory maps (tensors already returned stay valid)."""
@@ -353,15 +354,17 @@ def open_checkpoint(path: PathLike, *, device: str | torch.device = "cpu",
     return Checkpoint(path, device=device, key=key, mmap=mmap)
 
 
-def _st_header(f: Path) -> tuple[int, dict[str, Any]]:
-    """``(offset of the data, header)`` of a safetensors file that ``safe_open`` accepted."""
+def safetensors_header(f: Path) -> tuple[int, dict[str, Any]]:
+    """``(offset of the data, header)`` of a safetensors file that ``safe_open`` accepted: the
+    header as JSON (tensor name -> ``{"dtype", "shape", "data_offsets"}``, and ``__metadata__``)."""
     with open(f, "rb") as fh:
         n = int.from_bytes(fh.read(8), "little")
         return 8 + n, json.loads(fh.read(n))
 
 
-def _st_pread(f: Path, start: int, header: dict[str, Any], stored: str, fn: str) -> Tensor:
-    """Tensor ``stored`` of safetensors file ``f``, read into fresh memory (no memory map)."""
+def read_safetensors_tensor(f: Path, start: int, header: dict[str, Any], stored: str, fn: str) -> Tensor:
+    """Tensor ``stored`` of safetensors file ``f`` (``start`` and ``header`` from
+    :func:`safetensors_header`), read into fresh memory (no memory map); ``fn`` names the caller in errors."""
     entry = header[stored]
     begin, end = entry["data_offsets"]
     buf = torch.empty(end - begin, dtype=torch.uint8)
@@ -371,34 +374,24 @@ def _st_pread(f: Path, start: int, header: dict[str, Any], stored: str, fn: str)
     if got != end - begin:
         raise CheckpointError(f"{fn}: cannot read {stored!r} from {f}: the file ends {end - begin - got} "
                               f"bytes early (truncated?)")
-    return buf.view(_ST_DTYPES[entry["dtype"]]).reshape(entry["shape"])
-
-
-@overload
-def load(path: PathLike, *, device: str | torch.device = ..., key: str | None = ...,
-         return_info: Literal[False] = ...) -> dict[str, Tensor]: ...
-
-
-@overload
-def load(path: PathLike, *, device: str | torch.device = ..., key: str | None = ...,
-         return_info: Literal[True]) -> tuple[dict[str, Tensor], CheckpointInfo]: ...
+    return buf.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
 def load(path: PathLike, *, device: str | torch.device = "cpu", key: str | None = None,
-         return_info: bool = False) -> dict[str, Tensor] | tuple[dict[str, Tensor], CheckpointInfo]:
+         return_info: bool = False) -> dict[str, Tensor]:
     """Read a whole checkpoint into a state dict.
 
     Args:
         path (str or PathLike): as for :func:`open_checkpoint`.
         device (str or torch.device, optional): where the tensors go. (default: ``"cpu"``)
         key (str, optional): as for :func:`open_checkpoint`. (default: ``None``)
-        return_info (bool, optional): also return the :class:`CheckpointInfo` (key used,
-            stripped prefix, metadata, format, files). (default: ``False``)
+        return_info (bool, optional): deprecated: also return the :class:`CheckpointInfo`; use
+            :func:`load_checkpoint`. (default: ``False``)
 
     Returns:
-        dict[str, Tensor], or ``(state, info)`` when ``return_info`` is true. Files written by
-        :func:`save` as ``.pt`` with metadata (``{"state_dict": ..., "weightspace_metadata": ...}``)
-        give back the plain state dict, with the metadata in ``info.metadata``.
+        dict[str, Tensor]. Files written by :func:`save` as ``.pt`` with metadata
+        (``{"state_dict": ..., "weightspace_metadata": ...}``) give back the plain state dict;
+        :func:`load_checkpoint` gives the metadata too (``info.metadata``).
 
     Raises:
         CheckpointError: as for :func:`open_checkpoint`.
@@ -407,13 +400,50 @@ def load(path: PathLike, *, device: str | torch.device = "cpu", key: str | None 
         >>> import tempfile, torch
         >>> path = tempfile.mkdtemp() + "/last.ckpt"
         >>> torch.save({"epoch": 3, "state_dict": {"fc.bias": torch.zeros(2)}}, path)
-        >>> state, info = load(path, return_info=True)
-        >>> state, info.key_used
+        >>> load(path)
+        {'fc.bias': tensor([0., 0.])}
+    """
+    loaded = _load(path, device, key, "load")
+    if return_info:
+        warnings.warn("load(return_info=True) is deprecated; use load_checkpoint", DeprecationWarning, stacklevel=2)
+        return loaded.state, loaded.info  # type: ignore[return-value]
+    return loaded.state
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read whole: its state dict and what was learnt reading it.
+
+    Attributes:
+        state (dict[str, Tensor]): the tensors.
+        info (CheckpointInfo): the key used, the stripped prefix, the metadata, the format and files.
+    """
+
+    state: dict[str, Tensor]
+    info: CheckpointInfo
+
+
+def load_checkpoint(path: PathLike, *, device: str | torch.device = "cpu", key: str | None = None
+                    ) -> LoadedCheckpoint:
+    """:func:`load`, returning the state dict with its :class:`CheckpointInfo`.
+
+    Raises:
+        CheckpointError: as for :func:`open_checkpoint`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> path = tempfile.mkdtemp() + "/last.ckpt"
+        >>> torch.save({"epoch": 3, "state_dict": {"fc.bias": torch.zeros(2)}}, path)
+        >>> found = load_checkpoint(path)
+        >>> found.state, found.info.key_used
         ({'fc.bias': tensor([0., 0.])}, 'state_dict')
     """
-    with Checkpoint(path, device=device, key=key, _fn="load", _lazy=False) as ckpt:
-        state = {k: ckpt[k] for k in ckpt}
-        return (state, ckpt.info) if return_info else state
+    return _load(path, device, key, "load")  # errors name the function users know, as load's do
+
+
+def _load(path: PathLike, device: str | torch.device, key: str | None, fn: str) -> LoadedCheckpoint:
+    with Checkpoint(path, device=device, key=key, _fn=fn, _lazy=False) as ckpt:
+        return LoadedCheckpoint({k: ckpt[k] for k in ckpt}, ckpt.info)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -16,13 +16,19 @@ from torch import Tensor
 
 from merging._atomic import clean_stale, commit, write_temp
 
-from .read import _PT_META, _TORCH_EXTS, Checkpoint, CheckpointError, PathLike, _brief, _read_index, _resolve
+from .read import _PT_META, _TORCH_EXTS, Checkpoint, CheckpointError, PathLike, brief_error, _read_index, _resolve
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def _parse_size(size: int | str, path: Path) -> int:
+def parse_size(size: int | str, path: Path) -> int:
+    """Bytes of a shard size: an int, or a string such as ``"2GB"`` or ``"500MiB"`` (``path`` names
+    the output in the error).
+
+    Raises:
+        CheckpointError: not a positive size.
+    """
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
     unit = _UNITS.get(m.group(2).lower(), 0) if m else 0
     n = math.floor(float(m.group(1)) * unit) if m else 0
@@ -91,7 +97,8 @@ def _shard_names(target: Path) -> re.Pattern[str]:
     return re.compile(rf"{stem}-\d{{5}}-of-\d{{5}}\.safetensors|{re.escape(target.name)}")
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file or directory (by inode where both exist, else by resolved path)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -108,13 +115,18 @@ def _check_overlap(fn: str, written: Iterable[Path], inputs: Iterable[PathLike])
             files.append(Path(p))
     for w in written:
         for f in files:
-            if _same(w, f):
+            if same_file(w, f):
                 raise CheckpointError(f"{fn}: refusing to overwrite input checkpoint {f} with the "
                                       f"output {w}; choose another output path")
 
 
-def _layout(path: Path, max_shard_size: int | str | None) -> tuple[str, Path]:
-    """``("safetensors" | "torch" | "sharded", file or index path)`` for an output ``path``."""
+def output_layout(path: Path, max_shard_size: int | str | None) -> tuple[str, Path]:
+    """``("safetensors" | "torch" | "sharded", file or index path)``: how :func:`save` writes to ``path``
+    (a ``*.safetensors.index.json`` or a directory, or any path with ``max_shard_size``, is sharded).
+
+    Raises:
+        CheckpointError: a path no layout fits (a sharded ``.pt``, an unknown extension).
+    """
     if path.name.endswith(".index.json"):
         if not path.name.endswith(".safetensors.index.json"):
             raise CheckpointError(f"save: {path}: sharded output is written as safetensors; name the "
@@ -164,14 +176,14 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
         {'weightspace.model': 'mlp'}
     """
     path = Path(path)
-    kind, target = _layout(path, max_shard_size)
+    kind, target = output_layout(path, max_shard_size)
     if isinstance(state, Checkpoint):
         state = {k: state[k] for k in state}  # read each lazily held tensor once
     _validate(state, metadata, path, safetensors=kind != "torch")
     meta = dict(metadata) if metadata is not None else None
     groups: list[list[str]] = [[]]  # the keys of each shard
     if kind == "sharded":
-        limit = _parse_size(max_shard_size, path) if max_shard_size is not None else None
+        limit = parse_size(max_shard_size, path) if max_shard_size is not None else None
         size = 0
         for k, t in state.items():
             n = t.numel() * t.element_size()
@@ -210,7 +222,7 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
             target.parent.rmdir()
         if not isinstance(e, Exception):
             raise
-        raise CheckpointError(f"save: writing {target} failed, nothing was replaced: {_brief(e)}") from e
+        raise CheckpointError(f"save: writing {target} failed, nothing was replaced: {brief_error(e)}") from e
     _commit_replacing(done, kind, target, names)
     return target
 

@@ -72,6 +72,26 @@ def add_common_args(p: argparse.ArgumentParser, *, json_flag: bool = True, devic
                             "on a quiet machine with many cores)")
 
 
+def add_solver_arg(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--solver``: the assignment solver of every alignment, its choices and help from the registry."""
+    from merging.matching import ASSIGNMENT_SOLVERS
+
+    g.add_argument("--solver", default="auto", choices=ASSIGNMENT_SOLVERS.names(),
+                   help="assignment solver of the alignment: "
+                        + "; ".join(f"{e.name}: {e.description}" for e in ASSIGNMENT_SOLVERS.entries()))
+
+
+def add_dtype_arg(g: argparse.ArgumentParser | argparse._ArgumentGroup, first: str) -> None:
+    """``--dtype``: the dtype of the merged float tensors."""
+    from weightspace._dtypes import OUTPUT_DTYPES
+
+    g.add_argument("--dtype", default=None, choices=list(OUTPUT_DTYPES),
+                   help=f"dtype of the merged float tensors (default: {first}'s). Inputs of "
+                        "different dtypes are aligned and merged in their promoted dtype (at least float32), "
+                        "and a note on stderr says so; non-float tensors (counters, index buffers) are copied "
+                        f"from {first}")
+
+
 def add_require_aligned_arg(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     g.add_argument("--require-aligned", nargs="?", type=float, const=0.5, default=None, metavar="FRACTION",
                    help="exit with status 2 instead of merging when alignment can permute less than FRACTION of "

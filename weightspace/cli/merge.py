@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import (add_common_args, add_model_args, add_output_arg, add_repair_args, add_require_aligned_arg,
-                      copied_line, print_json, repair_samples)
+from ._common import (add_common_args, add_dtype_arg, add_model_args, add_output_arg, add_repair_args,
+                      add_require_aligned_arg, add_solver_arg, copied_line, print_json, repair_samples)
 
-from weightspace.merge import METHODS
+from weightspace.alignment import ALIGNMENT_METHODS
 
 NAME = "merge"
 HELP = "align checkpoint B to A (Git Re-Basin) and write (1 - alpha) * A + alpha * aligned B"
@@ -24,14 +24,7 @@ DESCRIPTION = """Align the hidden units of checkpoint B to those of A, then inte
   weightspace merge llama-a/ llama-b/ -o merged/ --method none     # Hugging Face directories
 
 Methods (Ainsworth et al., Git Re-Basin, arXiv 2209.04836):
-  auto         the default: activation matching when --data is given (plus the BatchNorm
-               statistics reset for BatchNorm networks), weight matching without; the
-               summary says which ran and why
-  weight       weight matching: needs no data
-  activation   activation matching: correlates hidden units on the inputs of --data
-  ste          straight-through estimator: learns the permutation that minimises the
-               midpoint loss on --data (slowest, often best)
-  none         no alignment: naive weight averaging
+""" + ALIGNMENT_METHODS.help() + """
 
 --repair fixes the merged network's activation statistics from --data (REPAIR, Jordan et
 al., arXiv 2211.08403; for BatchNorm networks it recomputes the BatchNorm statistics).
@@ -67,18 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         ".safetensors file or a Hugging Face directory; replaces A, B (docs/recipes.md)")
     add_model_args(p)
     g = p.add_argument_group("merge")
-    g.add_argument("--method", default="auto", metavar="{" + ",".join(METHODS) + "}",
+    g.add_argument("--method", default="auto", metavar=ALIGNMENT_METHODS.metavar(),
                    help="how to align B to A (default: auto = activation with --data, weight without)")
     g.add_argument("--alpha", type=float, default=0.5, metavar="T",
                    help="weight of B in [0, 1]: (1 - T) * A + T * aligned B (default: 0.5)")
     g.add_argument("--data", metavar="D", default=None,
-                   help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR "
-                        "or package.module:callable")
-    g.add_argument("--solver", default="auto", choices=["auto", "lap", "sparse", "scipy", "auction"],
-                   help="assignment solver: lap (our warm-started C solver), sparse (the same on each row's "
-                        "best columns, priced against the whole matrix: fastest with --device cuda), scipy "
-                        "(the reference), all exact; auction (GPU bidding for the early sweeps, then lap); "
-                        "auto: sparse on a GPU, lap elsewhere, scipy without the C extension (default: auto)")
+                   help="data for activation/ste matching and --repair (train split): digits, mnist-idx:DIR, "
+                        "python-stdlib, text:PATH or package.module:callable")
+    add_solver_arg(g)
     add_require_aligned_arg(g)
     add_repair_args(g, "fix the merged network's activation statistics from --data (REPAIR / BatchNorm reset)")
     g.add_argument("--low-memory", action="store_true",
@@ -87,11 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-shard-size", metavar="SIZE", default=None,
                    help="write OUT as sharded safetensors (Hugging Face layout: a directory or "
                         "*.safetensors.index.json), at most SIZE per shard, e.g. 2GB or 500MiB")
-    g.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
-                   help="dtype of the merged float tensors (default: the first checkpoint's). Inputs of "
-                        "different dtypes are aligned and merged in their promoted dtype (at least float32), "
-                        "and a note on stderr says so; non-float tensors (counters, index buffers) are copied "
-                        "from the first checkpoint")
+    add_dtype_arg(g, "the first checkpoint")
     add_common_args(p)
 
 

@@ -5,7 +5,10 @@ import argparse
 import json
 import sys
 
-from ._common import add_common_args, add_model_args, add_output_arg, copied_line, print_json
+from ._common import (add_common_args, add_dtype_arg, add_model_args, add_output_arg, add_solver_arg, copied_line,
+                      print_json)
+
+from merging.many_methods import MANY_MODEL_METHODS
 
 NAME = "merge-many"
 HELP = "align N checkpoints to each other (MergeMany) and write their average"
@@ -17,12 +20,7 @@ DESCRIPTION = """Merge N checkpoints of one architecture into one.
   weightspace merge-many models/*.safetensors -o avg.safetensors --method average   # naive averaging
 
 Methods:
-  mergemany   Git Re-Basin's MergeMany (Ainsworth et al., arXiv 2209.04836): align each
-              model by weight matching to the mean of the others until nothing changes (default)
-  c2m3        C2M3 (Crisostomi et al., arXiv 2405.17897): every model mapped to one universe
-              (model 0's basis) by Frank-Wolfe over all pairs at once, then projected to
-              permutations; the pairwise maps are cycle consistent
-  average     no alignment: the plain mean of the weights
+""" + MANY_MODEL_METHODS.help(width=11) + """
 
 --repair fixes the merged network's activation statistics from --data (REPAIR towards the
 models' mean statistics, Jordan et al. arXiv 2211.08403; BatchNorm reset for BN networks).
@@ -35,17 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output_arg(p, metavar="OUT", help="the merged checkpoint to write (.safetensors)")
     add_model_args(p)
     g = p.add_argument_group("merge")
-    g.add_argument("--method", default="mergemany", metavar="{mergemany,c2m3,average}",
+    g.add_argument("--method", default="mergemany", metavar=MANY_MODEL_METHODS.metavar(),
                    help="how to align the models (default: mergemany)")
     g.add_argument("--max-iter", type=int, default=100, metavar="N", help="MergeMany passes / C2M3 iterations at most (default: 100)")
     g.add_argument("--data", metavar="D", default=None,
                    help="data for --repair (train split): digits, mnist-idx:DIR or package.module:callable")
     g.add_argument("--repair", action="store_true", help="fix the merged network's activation statistics from --data")
-    g.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
-                   help="dtype of the merged float tensors (default: the first checkpoint's). Inputs of "
-                        "different dtypes are aligned and merged in their promoted dtype (at least float32), "
-                        "and a note on stderr says so; non-float tensors (counters, index buffers) are copied "
-                        "from the first checkpoint")
+    add_solver_arg(g)
+    add_dtype_arg(g, "the first checkpoint")
     add_common_args(p)
 
 
@@ -56,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     r = merge_many_checkpoints(
         args.checkpoints, args.output, model=args.model, model_kwargs=args.model_kwargs,
         input_shape=args.input_shape, method=args.method, data=args.data, repair=args.repair,
-        max_iter=args.max_iter, device=args.device, seed=args.seed, progress=not quiet,
+        max_iter=args.max_iter, device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
         dtype=args.dtype,
     )
     for note in r.notes:

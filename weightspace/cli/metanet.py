@@ -33,11 +33,11 @@ same training runs data-parallel (DistributedDataParallel; gloo on the CPU, nccl
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from weightspace.metanet import (
-        ARCHS,
         DEFAULT_PROBES,
         LOSSES,
         SCHEDULES,
         SELECTS,
+        METANET_ARCHS,
         TASKS,
     )
 
@@ -45,8 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train a metanetwork on a zoo", description="Train a metanetwork on a zoo.")
     t.add_argument("zoo", metavar="ZOO", help="the zoo directory")
     t.add_argument("--task", choices=TASKS, default="accuracy", help="what to predict (default: accuracy)")
-    t.add_argument("--arch", choices=ARCHS, default="gnn",
-                   help="the metanetwork (default: gnn). gnn and transformer learn from parameter graphs and train "
+    t.add_argument("--arch", choices=METANET_ARCHS.names(), default="gnn",
+                   help="the metanetwork (default: gnn): "
+                        + "; ".join(f"{e.name}: {e.description}" for e in METANET_ARCHS.entries()) + ". gnn and transformer learn from parameter graphs and train "
                         "for minutes to hours on a CPU; probestat reads the networks' outputs at probe inputs plus "
                         "weight statistics, trains in seconds, and predicts accuracy best (README, Benchmarks)")
     add_output_arg(t, metavar="OUT.pt", help="where to write the best metanetwork")

@@ -5,7 +5,9 @@ import argparse
 import sys
 import json
 
-from ._common import add_common_args, add_output_arg, add_model_args, print_json
+from ._common import add_common_args, add_output_arg, add_model_args, add_solver_arg, print_json
+
+from merging.starlight import SCHEDULES, STAR_INITS
 
 NAME = "starlight"
 HELP = "train a star model from N checkpoints (Starlight): low loss on the segment to each of them"
@@ -44,14 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     g.add_argument("--batch-size", type=int, default=128, help="examples per step (default: 128)")
-    g.add_argument("--schedule", default="cosine", metavar="{cosine,constant}",
+    g.add_argument("--schedule", default="cosine", metavar="{" + ",".join(SCHEDULES) + "}",
                    help="learning-rate schedule (default: cosine decay to zero)")
     g.add_argument("--t-dist", default="uniform", metavar="DIST",
                    help="how t is drawn: uniform, beta:A,B or const:T (default: uniform)")
-    g.add_argument("--init", default="first", metavar="{first,mergemany}",
+    g.add_argument("--init", default="first", metavar="{" + ",".join(STAR_INITS) + "}",
                    help="the star's start: a copy of the first checkpoint, or the MergeMany merge (default: first)")
     g.add_argument("--no-realign", action="store_true",
                    help="align the sources to the star once, not before every epoch")
+    add_solver_arg(g)
     g.add_argument("--resume", action="store_true", help="continue from the training state in --state")
     g.add_argument("--state", metavar="FILE", default=None,
                    help="the training-state file (default: STAR with .starlight.pt instead of .safetensors)")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         input_shape=args.input_shape, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
         batch_size=args.batch_size, schedule=args.schedule, t_dist=args.t_dist, realign=not args.no_realign,
         init=args.init, resume=args.resume, state=args.state, device=args.device, seed=args.seed,
-        progress=not quiet,
+        solver=args.solver, progress=not quiet,
     )
     for note in r.notes:
         print(f"weightspace {args.command}: note: {note}", file=sys.stderr)

@@ -43,6 +43,8 @@ it measures faster. A build prints its own estimate after its first steps."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from weightspace.zoo import ZOO_FAMILIES, ZOO_IMPORTERS
+
     sub = p.add_subparsers(dest="zoo_command", metavar="{build,info,import}")
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -65,9 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoints", default="0,1,2,4,8", metavar="E,E,...",
                    help="epochs at which to keep weights and metrics (default: 0,1,2,4,8)")
     g.add_argument("--image-size", type=int, default=None, metavar="S", help="resize images to S x S first")
-    g.add_argument("--family", default=None, choices=("smallcnnzoo", "pooled"),
-                   help="smallcnnzoo (default): stride-2 convolutions, TensorFlow 'SAME' padding, no pooling, as in "
-                        "the Small CNN Zoo; pooled: stride-1 convolutions each followed by 2x2 average pooling")
+    g.add_argument("--family", default=None, choices=ZOO_FAMILIES.names(),
+                   help="; ".join(f"{e.name}: {e.description}" for e in ZOO_FAMILIES.entries()))
     g.add_argument("--channels", default=None, metavar="C,C,C", help="channels of the convolutions (default: 16,16,16)")
     g.add_argument("--batch-size", type=int, default=None, help="examples per step (default: 32)")
     g = b.add_argument_group("inr")
@@ -90,9 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--metric", default=None, help="column to summarise (default: test_acc, or psnr for INRs)")
     add_common_args(i, device=False, seed=False, quiet=False)
 
-    m = sub.add_parser("import", help="convert a public zoo layout (smallcnnzoo, dws, nfn) into a zoo",
+    m = sub.add_parser("import", help=f"convert a public zoo layout ({', '.join(ZOO_IMPORTERS.names())}) into a zoo",
                        formatter_class=fmt, description="Convert a public zoo into this format, keeping its splits.")
-    m.add_argument("layout", choices=("smallcnnzoo", "dws", "nfn"), help="the source layout")
+    m.add_argument("layout", choices=ZOO_IMPORTERS.names(),
+                   help="the source layout: " + "; ".join(f"{e.name}: {e.description}" for e in ZOO_IMPORTERS.entries()))
     m.add_argument("src", metavar="SRC", help="the source directory")
     add_output_arg(m, metavar="DIR", help="the zoo directory to write")
     m.add_argument("--splits", metavar="FILE.json", default=None, help="dws: the splits JSON (default: *split*.json in SRC)")
@@ -195,18 +197,17 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from weightspace.zoo import import_dws, import_nfn, import_smallcnnzoo
+    import inspect
 
-    progress = not (args.quiet or args.json)
-    if args.layout == "smallcnnzoo":
-        r = import_smallcnnzoo(args.src, args.output, image_size=args.image_size, stride=args.stride,
-                               activation=args.activation, models_per_shard=args.models_per_shard, progress=progress)
-    elif args.layout == "dws":
-        r = import_dws(args.src, args.output, splits=args.splits, w0=args.w0, models_per_shard=args.models_per_shard,
-                       progress=progress)
-    else:
-        r = import_nfn(args.src, args.output, prefix=args.prefix, split_points=args.split_points, w0=args.w0,
-                       models_per_shard=args.models_per_shard, progress=progress)
+    from weightspace.zoo import ZOO_IMPORTERS
+
+    importer = ZOO_IMPORTERS.get(args.layout, caller="zoo import")
+    options = {"image_size": args.image_size, "stride": args.stride, "activation": args.activation,
+               "splits": args.splits, "prefix": args.prefix, "split_points": args.split_points, "w0": args.w0,
+               "models_per_shard": args.models_per_shard, "progress": not (args.quiet or args.json)}
+    # each layout takes its own options (the CLI's help says which); the others do not apply to it
+    takes = inspect.signature(importer).parameters
+    r = importer(args.src, args.output, **{k: v for k, v in options.items() if k in takes})
     if args.json:
         print_json(r.to_dict())
         return 0

@@ -6,33 +6,32 @@ features, weight statistics, batching), :mod:`~weightspace.metanet.train` (:func
 losses, schedules), :mod:`~weightspace.metanet.evaluate` (:func:`load_metanet`,
 :func:`evaluate_metanet`, metrics), :mod:`~weightspace.metanet.result` (:class:`MetanetResult`).
 """
-from .archs import (  # noqa: F401 - the private names are imported by tests and bench
-    _ARCH_TRAIN_DEFAULTS,
-    _DEFAULT_HIDDEN,
-    _GRAPH_ARCHS,
-    _TENSOR_ARCHS,
-    _TRAIN_DEFAULTS,
+from .archs import (
     ARCHS,
     DEFAULT_PROBES,
     FORMAT,
+    GRAPH_ARCHS,
+    METANET_ARCHS,
     TASKS,
-    _build_model,
+    TENSOR_ARCHS,
+    TRAIN_DEFAULTS,
+    archs_of_kind,
+    build_metanet,
+    default_hidden,
+    get_metanet_arch,
+    list_metanet_archs,
+    register_metanet_arch,
+    train_defaults,
 )
-from .data import _scales, _Split, _tensors, _Zoo  # noqa: F401
-from .evaluate import _device, _metrics, _predict, evaluate_metanet, load_metanet  # noqa: F401
-from .features import (  # noqa: F401
-    PROBE_SOURCES,
-    _collate,
-    _data_probes,
-    _probe_inputs,
-    _Prober,
-    _ProbeStatFeatures,
-    _probestat_features,
-    _resolve_probes,
-    _resolve_stats,
-    _Stats,
-)
+from .data import LoadedZoo, ZooSplit, layer_scales, weight_tensors
+from .evaluate import evaluate_metanet, load_metanet, metanet_metrics
+from .features import PROBE_SOURCES, WeightStats, collate_networks, probestat_features
 from .result import MetanetResult
-from .train import LOSSES, SCHEDULES, SELECTS, _aug_seed, _loss, _rank_loss, train_metanet  # noqa: F401
+from .train import LOSSES, SCHEDULES, SELECTS, augmentation_seed, metanet_loss, rank_loss, train_metanet
 
-__all__ = ["ARCHS", "DEFAULT_PROBES", "TASKS", "MetanetResult", "evaluate_metanet", "load_metanet", "train_metanet"]
+__all__ = ["ARCHS", "DEFAULT_PROBES", "FORMAT", "GRAPH_ARCHS", "LOSSES", "METANET_ARCHS", "PROBE_SOURCES", "SCHEDULES",
+           "SELECTS", "TASKS", "TENSOR_ARCHS", "TRAIN_DEFAULTS", "LoadedZoo", "MetanetResult", "WeightStats",
+           "ZooSplit", "archs_of_kind", "augmentation_seed", "build_metanet", "collate_networks", "default_hidden",
+           "evaluate_metanet", "get_metanet_arch", "layer_scales", "list_metanet_archs", "load_metanet",
+           "metanet_loss", "metanet_metrics", "probestat_features", "rank_loss", "register_metanet_arch",
+           "train_defaults", "train_metanet", "weight_tensors"]

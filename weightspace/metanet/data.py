@@ -14,16 +14,18 @@ from torch import Tensor
 
 from graphs import Structure
 
-from .archs import _TENSOR_ARCHS, TASKS
+from .archs import TASKS, TENSOR_ARCHS
 
 
 @dataclass
-class _Split:
+class ZooSplit:
+    """One split of a :class:`LoadedZoo`: the networks' state dicts and their targets (accuracy or class)."""
+
     states: list[dict[str, Tensor]]
     targets: Tensor
 
 
-class _Zoo:
+class LoadedZoo:
     """A zoo held in memory: the model's structure and each split's state dicts and targets."""
 
     def __init__(self, root: str | os.PathLike, task: str, target: str | None, checkpoints: Any = "all") -> None:
@@ -37,7 +39,7 @@ class _Zoo:
         target = target or ("accuracy" if task == "accuracy" else "label")
         probe = ZooDataset(self.root, "all", view="state", target=target, checkpoints=checkpoints)
         self.card, self.target = probe.card, probe.target
-        self.splits: dict[str, _Split] = {}
+        self.splits: dict[str, ZooSplit] = {}
         for split in ("train", "val", "test"):
             ds = ZooDataset(self.root, split, view="state", target=target, checkpoints=checkpoints)
             states, ys = [], []
@@ -45,7 +47,7 @@ class _Zoo:
                 states.append(ds.state(i))
                 ys.append(float(ds.rows[i][self.target]))
             dtype = torch.long if task == "class" else torch.float32
-            self.splits[split] = _Split(states, torch.tensor(ys, dtype=dtype))
+            self.splits[split] = ZooSplit(states, torch.tensor(ys, dtype=dtype))
         if not self.splits["train"].states:
             raise ValueError(f"train_metanet: {self.root} has no models in its train split; build a larger zoo")
         module = model_from_json(self.card.model_spec, source=f"zoo card {self.root / 'zoo.json'}")
@@ -57,18 +59,25 @@ class _Zoo:
             self.num_classes = 1
 
 
-def _tensors(state: Mapping[str, Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+def weight_tensors(state: Mapping[str, Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``(weights, biases)`` of a chain of linear layers, as the weight-space archs read them.
+
+    Raises:
+        ValueError: the network is not such a chain (the message suggests a graph arch).
+    """
     from ..zoo import state_to_tensors
 
     try:
         return state_to_tensors(dict(state))
     except ValueError as e:
-        raise ValueError(f"train_metanet: the weight-space archs ({', '.join(_TENSOR_ARCHS)}) need a chain of "
+        raise ValueError(f"train_metanet: the weight-space archs ({', '.join(TENSOR_ARCHS)}) need a chain of "
                          f"weight/bias layers ({e}); use --arch gnn or transformer for this zoo") from None
 
 
-def _scales(states: list[dict[str, Tensor]]) -> list[float]:
-    ws, bs = zip(*(_tensors(s) for s in states))
+def layer_scales(states: list[dict[str, Tensor]]) -> list[float]:
+    """The standard deviation of every layer's weights, then of every layer's biases, over ``states``
+    (1 where it is not positive and finite): the weight-space archs divide by them."""
+    ws, bs = zip(*(weight_tensors(s) for s in states))
     out = []
     for group in (list(zip(*ws)), list(zip(*bs))):
         for layer in group:

@@ -13,13 +13,15 @@ from graphs import Structure
 
 from ..distributed import DistContext
 from ..trust import takes_trust_flag
-from .archs import _TENSOR_ARCHS, FORMAT, _build_model
-from .data import _Split, _Zoo
-from .features import _probestat_features, _Prober, _Stats, _collate
+from .archs import FORMAT, build_metanet, get_metanet_arch
+from .data import ZooSplit, LoadedZoo
+from .features import probestat_features, _Prober, WeightStats, collate_networks
 from .result import MetanetResult
 
 
-def _metrics(task: str, pred: Tensor, y: Tensor) -> dict[str, float]:
+def metanet_metrics(task: str, pred: Tensor, y: Tensor) -> dict[str, float]:
+    """``{"loss", "accuracy"}`` (``task="class"``) or ``{"loss", "mse", "r2", "kendall_tau"}`` of the
+    predictions ``pred`` against the targets ``y``; empty for no targets."""
     if len(y) == 0:
         return {}
     if task == "class":
@@ -35,15 +37,15 @@ def _metrics(task: str, pred: Tensor, y: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, arch: str, structure: Structure, split: _Split, out: int, batch_size: int,
+def _predict(model: nn.Module, arch: str, structure: Structure, split: ZooSplit, out: int, batch_size: int,
              device: torch.device, prober: _Prober | None = None, ctx: DistContext | None = None,
-             stats: _Stats | None = None) -> Tensor:
+             stats: WeightStats | None = None) -> Tensor:
     """``(n, out)`` predictions for the networks of ``split``, on the CPU; under ``ctx`` each
     process predicts its shard (rows ``rank::K``) and every process gets them all, in order."""
     model.eval()
     ctx = ctx or DistContext()
     mine = [split.states[i] for i in ctx.shard(len(split.states))]
-    outs = [model(_collate(arch, structure, mine[i:i + batch_size], device, prober, stats)).float()
+    outs = [model(collate_networks(arch, structure, mine[i:i + batch_size], device, prober, stats)).float()
             for i in range(0, len(mine), batch_size)]
     local = torch.cat(outs) if outs else torch.zeros(0, out, device=device)
     return ctx.gather_rows(local, len(split.states), device)
@@ -73,7 +75,7 @@ def load_metanet(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(f"load_metanet: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise ValueError(f"load_metanet: {path} is not a weightspace metanetwork checkpoint")
-    model = _build_model(ck["config"])
+    model = build_metanet(ck["config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), dict(ck["config"])
 
@@ -101,14 +103,14 @@ def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os
         net, config = model.model, model.config
     else:
         net, config = load_metanet(model)
-    zoo = _Zoo(zoo_dir, config["task"], config["target"],
+    zoo = LoadedZoo(zoo_dir, config["task"], config["target"],
                config.get("checkpoints", "last") if checkpoints is None else checkpoints)
-    if zoo.card.model_spec != config["model_spec"] and config["arch"] in (*_TENSOR_ARCHS, "probestat"):
+    if zoo.card.model_spec != config["model_spec"] and get_metanet_arch(config["arch"]).info["kind"] != "graph":
         raise ValueError(f"evaluate_metanet: {zoo_dir} holds {zoo.card.model_spec}, but the metanetwork was "
                          f"trained on {config['model_spec']}")
     if split == "all":
         parts = list(zoo.splits.values())
-        data = _Split([s for p in parts for s in p.states], torch.cat([p.targets for p in parts]))
+        data = ZooSplit([s for p in parts for s in p.states], torch.cat([p.targets for p in parts]))
     elif split in zoo.splits:
         data = zoo.splits[split]
     else:
@@ -117,11 +119,11 @@ def evaluate_metanet(model: str | os.PathLike | MetanetResult, zoo_dir: str | os
         raise ValueError(f"evaluate_metanet: the {split} split of {zoo_dir} is empty; pass another split")
     dev = _device(device)
     if config["arch"] == "probestat":
-        data = _Split(list(_probestat_features(config, data.states, "evaluate_metanet")), data.targets)
+        data = ZooSplit(list(probestat_features(config, data.states, "evaluate_metanet")), data.targets)
     prober = _Prober(config, zoo.structure) if config.get("probes") and config["arch"] != "probestat" else None
-    stat_feats = _Stats(config) if "stats_mean" in config else None
+    stat_feats = WeightStats(config) if "stats_mean" in config else None
     pred = _predict(net.to(dev), config["arch"], zoo.structure, data, int(config["out"]), batch_size, dev, prober,
                     stats=stat_feats)
     net.cpu()
-    return {**_metrics(config["task"], pred, data.targets), "n": len(data.states)}
+    return {**metanet_metrics(config["task"], pred, data.targets), "n": len(data.states)}
 

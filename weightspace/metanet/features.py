@@ -14,8 +14,8 @@ from torch import Tensor
 from graphs import ParamGraph, Structure
 
 from ..trust import UntrustedCodeError, check_data_spec
-from .archs import _GRAPH_ARCHS, DEFAULT_PROBES
-from .data import _tensors, _Zoo
+from .archs import DEFAULT_PROBES, GRAPH_ARCHS
+from .data import weight_tensors, LoadedZoo
 
 
 def _probe_inputs(config: Mapping[str, Any]) -> Tensor:
@@ -64,7 +64,7 @@ class _Prober:
 _STAT_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-class _Stats:
+class WeightStats:
     """Invariant per-network statistics for the graph archs' readout: for each floating-point
     tensor of the state dict, the mean, log standard deviation and 0, 25, 50, 75, 100%
     quantiles of its entries (permuting hidden units only reorders a tensor's entries),
@@ -101,7 +101,7 @@ class _Stats:
 class _ProbeStatFeatures:
     """probestat's per-network features, invariant by construction: the network's outputs on the
     probe inputs (as a function, unchanged by any permutation of hidden units) and, with
-    ``config["stats"]``, the per-tensor weight statistics of :class:`_Stats` (unstandardised:
+    ``config["stats"]``, the per-tensor weight statistics of :class:`WeightStats` (unstandardised:
     the model standardises the whole vector).
 
     Outputs of width ``C > 1`` are read as logits: centred per probe (softmax-invariant), plus
@@ -140,12 +140,12 @@ class _ProbeStatFeatures:
             part = states[i:i + chunk]
             f = torch.stack([self._outputs(s) for s in part])
             if self.stats:
-                f = torch.cat([f, _Stats.raw({k: torch.stack([s[k] for s in part]) for k in part[0]})], 1)
+                f = torch.cat([f, WeightStats.raw({k: torch.stack([s[k] for s in part]) for k in part[0]})], 1)
             rows.append(f)
         return torch.cat(rows) if rows else torch.zeros(0, 0)
 
 
-def _probestat_features(config: Mapping[str, Any], states: list[dict[str, Tensor]], who: str) -> Tensor:
+def probestat_features(config: Mapping[str, Any], states: list[dict[str, Tensor]], who: str) -> Tensor:
     """Features of ``states`` for probestat, with a clear error when the networks cannot be run."""
     try:
         f = _ProbeStatFeatures(config)(states)
@@ -166,7 +166,7 @@ def _data_probes(card, n: int, seed: int) -> Tensor | None:
     (resized as the zoo resized them), or None when the card names no loadable data whose
     inputs have the models' input shape (INRs: images are not coordinates)."""
     from ..data import load_dataset
-    from ..zoo._cnn import _resize
+    from ..zoo import resize_images
 
     spec, shape = (card.dataset or {}).get("spec"), card.input_shape
     if not spec or not shape or len(shape) != 3:
@@ -177,7 +177,7 @@ def _data_probes(card, n: int, seed: int) -> Tensor | None:
         warnings.warn(f"{e}; probing with uniform inputs instead", stacklevel=2)
         return None
     try:
-        x = _resize(load_dataset(spec, split="train"), shape[-1])
+        x = resize_images(load_dataset(spec, split="train"), shape[-1])
     except Exception:  # noqa: BLE001 - missing or unreadable data: uniform probes instead
         return None
     if tuple(x.shape[1:]) != tuple(shape) or len(x) < n:
@@ -186,7 +186,7 @@ def _data_probes(card, n: int, seed: int) -> Tensor | None:
     return x[idx].float().contiguous()
 
 
-def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo: _Zoo) -> int:
+def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo: LoadedZoo) -> int:
     """The number of probe inputs: ``"auto"`` is :data:`DEFAULT_PROBES` for the graph archs when
     the zoo's networks can be run on inputs of the card's shape (tried on one train network),
     else 0; a number is checked and kept."""
@@ -201,7 +201,7 @@ def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo
                              "card names no input shape; use --arch gnn or statnn for this zoo")
         return probes
     if probes == "auto":
-        if arch not in _GRAPH_ARCHS or not zoo.card.input_shape:
+        if arch not in GRAPH_ARCHS or not zoo.card.input_shape:
             return 0
         try:
             trial = _Prober({**config, "probes": 2, "input_shape": list(zoo.card.input_shape)}, zoo.structure)
@@ -213,30 +213,33 @@ def _resolve_probes(probes: int | str, arch: str, config: Mapping[str, Any], zoo
         return DEFAULT_PROBES if bool(torch.isfinite(f).all()) and bool(f.abs().sum() > 0) else 0
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
         raise ValueError(f"train_metanet: probes must be a non-negative integer or 'auto', got {probes!r}")
-    if probes and arch not in _GRAPH_ARCHS:
+    if probes and arch not in GRAPH_ARCHS:
         raise ValueError(f"train_metanet: probe features are node features of the graph archs; use --arch gnn or "
                          f"transformer with --probes (got {arch!r})")
     return probes
 
 
 def _resolve_stats(stats: bool | str, arch: str, task: str) -> bool:
-    """Whether the graph archs' readout also gets per-tensor weight statistics (:class:`_Stats`):
+    """Whether the graph archs' readout also gets per-tensor weight statistics (:class:`WeightStats`):
     ``"auto"`` means for accuracy prediction."""
     if stats == "auto":
-        return arch == "probestat" or (arch in _GRAPH_ARCHS and task == "accuracy")
+        return arch == "probestat" or (arch in GRAPH_ARCHS and task == "accuracy")
     if not isinstance(stats, bool):
         raise ValueError(f"train_metanet: stats must be True, False or 'auto', got {stats!r}")  # noqa: TRY004
-    if stats and arch not in (*_GRAPH_ARCHS, "probestat"):
+    if stats and arch not in (*GRAPH_ARCHS, "probestat"):
         raise ValueError(f"train_metanet: weight statistics are a readout input of the graph archs; use --arch gnn "
                          f"or transformer with --stats (got {arch!r}; statnn is the statistics-only baseline)")
     return stats
 
 
-def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], device: torch.device,
-             prober: _Prober | None = None, stats: _Stats | None = None):
+def collate_networks(arch: str, structure: Structure, states: list[dict[str, Tensor]], device: torch.device,
+                     prober: _Prober | None = None, stats: WeightStats | None = None):
+    """One batch of networks as ``arch`` reads it: a batched parameter graph (graph archs, with
+    probe features and weight statistics when given), the weight-space features, or the cached
+    feature rows (probestat)."""
     if arch == "probestat":   # states are the cached feature rows
         return torch.stack(states).to(device)
-    if arch in _GRAPH_ARCHS:
+    if arch in GRAPH_ARCHS:
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
         graph = ParamGraph.batch_from_stacked(structure, stacked)
         data = graph.to_pyg().to(device)
@@ -247,7 +250,7 @@ def _collate(arch: str, structure: Structure, states: list[dict[str, Tensor]], d
         return data
     from ..nn import WeightSpaceFeatures
 
-    ts = [_tensors(s) for s in states]
+    ts = [weight_tensors(s) for s in states]
     L = len(ts[0][0])
     return WeightSpaceFeatures.from_tensors([torch.stack([t[0][l] for t in ts]).to(device) for l in range(L)],
                                             [torch.stack([t[1][l] for t in ts]).to(device) for l in range(L)])

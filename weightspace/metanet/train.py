@@ -19,12 +19,11 @@ from merging._atomic import atomic_write
 
 from ..distributed import distributed_context
 from ..trust import takes_trust_flag
-from .archs import (_ARCH_TRAIN_DEFAULTS, _DEFAULT_HIDDEN, _TENSOR_ARCHS, _TRAIN_DEFAULTS, ARCHS, FORMAT,
-                    _build_model)
-from .data import _scales, _Split, _tensors, _Zoo
-from .evaluate import _device, _metrics, _predict
-from .features import (PROBE_SOURCES, _collate, _data_probes, _Prober, _probestat_features, _resolve_probes,
-                       _resolve_stats, _Stats)
+from .archs import FORMAT, TENSOR_ARCHS, build_metanet, default_hidden, get_metanet_arch, train_defaults
+from .data import layer_scales, ZooSplit, weight_tensors, LoadedZoo
+from .evaluate import _device, metanet_metrics, _predict
+from .features import (PROBE_SOURCES, collate_networks, _data_probes, _Prober, probestat_features, _resolve_probes,
+                       _resolve_stats, WeightStats)
 from .result import MetanetResult
 
 LOSSES = ("mse", "rank")
@@ -33,7 +32,7 @@ SELECTS = ("loss", "kendall_tau")
 _RANK_TEMPERATURE = 0.02   # accuracy units: pairs predicted this far apart in the right order cost little
 
 
-def _rank_loss(pred: Tensor, y: Tensor) -> Tensor:
+def rank_loss(pred: Tensor, y: Tensor) -> Tensor:
     """Pairwise logistic ranking loss over the batch, in accuracy units.
 
     For every pair with different targets, ``T * softplus(-sign(y_i - y_j) * (p_i - p_j) / T)``,
@@ -49,12 +48,14 @@ def _rank_loss(pred: Tensor, y: Tensor) -> Tensor:
     return (t * F.softplus(-d[mask] / t)).mean()
 
 
-def _loss(task: str, pred: Tensor, y: Tensor, kind: str = "mse") -> Tensor:
+def metanet_loss(task: str, pred: Tensor, y: Tensor, kind: str = "mse") -> Tensor:
+    """The training loss: cross-entropy (``task="class"``), else squared error, plus
+    :func:`rank_loss` with ``kind="rank"``."""
     if task == "class":
         return F.cross_entropy(pred, y)
     p = pred.squeeze(1)
     mse = F.mse_loss(p, y)
-    return mse + _rank_loss(p, y) if kind == "rank" else mse
+    return mse + rank_loss(p, y) if kind == "rank" else mse
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -62,7 +63,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _aug_seed(seed: int, epoch: int, index: int) -> int:
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
     """The permutation seed of training network ``index`` in ``epoch``: a function of the three
     alone, so every process of a distributed run draws the permutation the single process would."""
     return (((seed * 1_000_003) ^ (epoch * 7_919)) * 2_654_435_761 + index * 40_503) % (2**31 - 1)
@@ -74,13 +75,12 @@ def _check_args(zoo_dir: str | os.PathLike, out: str | os.PathLike | None, *, ta
                 loss: str, schedule: str, select: str) -> tuple[int, float, int, int, float]:
     """Check the arguments of :func:`train_metanet` before the zoo is read, and fill in the arch's
     training defaults: ``(epochs, lr, batch_size, patience, weight_decay)``."""
-    if arch not in ARCHS:
-        raise ValueError(f"train_metanet: unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    get_metanet_arch(arch, "train_metanet")
     if out is not None:
         from ..checkpoint import check_output
 
         check_output(out, [zoo_dir], fn="train_metanet")  # never over the zoo's card, metrics or shards
-    dflt = {**_TRAIN_DEFAULTS, **_ARCH_TRAIN_DEFAULTS.get(arch, {})}
+    dflt = train_defaults(arch)
     epochs = dflt["epochs"] if epochs is None else epochs
     lr = dflt["lr"] if lr is None else lr
     batch_size = dflt["batch_size"] if batch_size is None else batch_size
@@ -230,7 +230,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         schedule=schedule, select=select)
     dev = _device(device)
     t0 = time.perf_counter()
-    zoo = _Zoo(zoo_dir, task, target, checkpoints)
+    zoo = LoadedZoo(zoo_dir, task, target, checkpoints)
     ctx, dev = distributed_context(dev)
     try:
         K = ctx.world_size
@@ -241,18 +241,18 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         select_on = val if val.states else train
         out_dim = zoo.num_classes if task == "class" else 1
         config: dict[str, Any] = {"format": FORMAT, "arch": arch, "task": task, "target": zoo.target,
-                                  "out": out_dim, "hidden": int(hidden or _DEFAULT_HIDDEN[arch]), "num_layers": 3,
+                                  "out": out_dim, "hidden": int(hidden or default_hidden(arch)), "num_layers": 3,
                                   "model_spec": zoo.card.model_spec, "zoo": str(zoo.root),
                                   "checkpoints": checkpoints}
-        if arch in _TENSOR_ARCHS:
+        if arch in TENSOR_ARCHS:
             from ..nn import NetworkSpec
 
-            w, b = _tensors(train.states[0])
+            w, b = weight_tensors(train.states[0])
             try:
                 config["spec"] = NetworkSpec.from_tensors(w, b).to_dict()
             except ValueError as e:
                 raise ValueError(f"train_metanet: arch {arch!r} cannot read this zoo ({e}); use --arch gnn") from None
-            config["scales"] = _scales(train.states)
+            config["scales"] = layer_scales(train.states)
         prober = None
         config["probes"] = probes = _resolve_probes(probes, arch, config, zoo)
         if probes:
@@ -271,19 +271,19 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
         if arch == "probestat":   # features once per network, cached for every epoch
             config["stats"] = _resolve_stats(stats, arch, task)
             augment = False   # invariant features: permuting the input networks changes nothing
-            feats = {k: _probestat_features(config, s.states, "train_metanet") for k, s in zoo.splits.items()}
+            feats = {k: probestat_features(config, s.states, "train_metanet") for k, s in zoo.splits.items()}
             ft = feats["train"]
             sd = ft.std(0, unbiased=False) if ft.shape[0] > 1 else torch.ones(ft.shape[1])
             config["feature_mean"] = ft.mean(0).tolist()
             config["feature_scale"] = torch.where(sd > 1e-6, sd, torch.ones_like(sd)).tolist()
-            zoo.splits = {k: _Split(list(feats[k]), s.targets) for k, s in zoo.splits.items()}
+            zoo.splits = {k: ZooSplit(list(feats[k]), s.targets) for k, s in zoo.splits.items()}
             train, val = zoo.splits["train"], zoo.splits["val"]
             select_on = val if val.states else train
         elif _resolve_stats(stats, arch, task):
-            stat_feats = _Stats({})
+            stat_feats = WeightStats({})
             config["stats_mean"], config["stats_scale"] = stat_feats.fit(train.states[:1024])
         torch.manual_seed(seed)
-        model = _build_model(config).to(dev)
+        model = build_metanet(config).to(dev)
         ddp = ctx.wrap(model, dev)
         sampler = DistributedSampler(range(len(train.states)), num_replicas=K, rank=ctx.rank, shuffle=True,
                                      seed=seed, drop_last=False)
@@ -309,10 +309,10 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                 idx = order[i:i + local_bs]
                 states = [train.states[j] for j in idx]
                 if augment:
-                    states = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=_aug_seed(seed, epoch, j)))
+                    states = [permute(zoo.structure, s, random_permutation(zoo.structure, seed=augmentation_seed(seed, epoch, j)))
                               for s, j in zip(states, idx)]
-                pred = ddp(_collate(arch, zoo.structure, states, dev, prober, stat_feats))
-                step_loss = _loss(task, pred.float(), train.targets[idx].to(dev), loss)
+                pred = ddp(collate_networks(arch, zoo.structure, states, dev, prober, stat_feats))
+                step_loss = metanet_loss(task, pred.float(), train.targets[idx].to(dev), loss)
                 opt.zero_grad()
                 step_loss.backward()   # DDP averages the processes' gradients here
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -324,7 +324,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                 sched.step()
             total, count = ctx.all_reduce_sum([total, float(count)], dev)
             pv = _predict(model, arch, zoo.structure, select_on, out_dim, 64, dev, prober, ctx, stat_feats)
-            vm = _metrics(task, pv, select_on.targets)
+            vm = metanet_metrics(task, pv, select_on.targets)
             history.append({"epoch": epoch, "train_loss": total / count, **{f"val_{k}": v for k, v in vm.items()}})
             bar.set_postfix(train=f"{total / count:.4g}", val=f"{vm['loss']:.4g}")
             score = -vm["kendall_tau"] if select == "kendall_tau" else vm["loss"]
@@ -343,7 +343,7 @@ def train_metanet(zoo_dir: str | os.PathLike, *, task: str = "accuracy", arch: s
                     break
         bar.close()
         model.load_state_dict(best_state)
-        metrics = {name: _metrics(task, _predict(model, arch, zoo.structure, s, out_dim, 64, dev, prober, ctx,
+        metrics = {name: metanet_metrics(task, _predict(model, arch, zoo.structure, s, out_dim, 64, dev, prober, ctx,
                                                   stat_feats), s.targets)
                    for name, s in zoo.splits.items()}
         ctx.barrier()   # the checkpoint is on disk before any process returns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from weightspace.models._registry import (
+    MODELS,
     ModelEntry,
     example_input_for,
     get_model,
@@ -14,6 +15,7 @@ from weightspace.models._registry import (
     register_model,
 )
 from weightspace.models.cnn import CNN
+from weightspace.models.language import LANGUAGE_FAMILIES, byte_language_model
 from weightspace.models.mlp import MLP
 from weightspace.models.resnet import ResNet
 from weightspace.models.resnet20 import ResNet20
@@ -24,7 +26,10 @@ from weightspace.models.vit import ViT
 
 __all__ = [
     "CNN",
+    "LANGUAGE_FAMILIES",
+    "byte_language_model",
     "MLP",
+    "MODELS",
     "ModelEntry",
     "ResNet",
     "ResNet20",

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
+from graphs.registry import Registry
 from weightspace.models._common import device_and_dtype, random_input
 from weightspace.trust import check_model_name
 
@@ -36,7 +37,8 @@ class ModelEntry:
     reference_url: str | None = None
 
 
-_MODELS: dict[str, ModelEntry] = {}
+#: the registered model families (listed sorted: users add their own)
+MODELS: Registry[ModelEntry] = Registry("model", allow_colon=False, sort=True)
 
 
 def register_model(
@@ -59,18 +61,17 @@ def register_model(
         >>> @register_model("my-mlp")  # doctest: +SKIP
         ... def my_mlp(width: int = 32) -> nn.Module: ...
     """
-    if not isinstance(name, str) or not name or ":" in name or any(c.isspace() for c in name):
-        raise ValueError(f"register_model: bad name {name!r}; use a non-empty name without whitespace or ':'")
+    register = MODELS.register(name, description=pretty_name or name, caller="register_model")
 
     def decorator(factory: F) -> F:
         if not callable(factory):
             raise ValueError(f"register_model: {name!r} must decorate a class or function, got {factory!r}")
-        if name in _MODELS:
+        if name in MODELS:
             raise ValueError(
                 f"register_model: model name {name!r} is already registered "
-                f"(by {_qualname(_MODELS[name].factory)}); choose another name"
+                f"(by {_qualname(MODELS.get(name).factory)}); choose another name"
             )
-        _MODELS[name] = ModelEntry(name, factory, pretty_name or name, reference_url)
+        register(ModelEntry(name, factory, pretty_name or name, reference_url))
         return factory
 
     return decorator
@@ -78,7 +79,7 @@ def register_model(
 
 def list_models() -> list[str]:
     """Sorted names of the registered model families."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def get_model(spec: str, **kwargs: Any) -> nn.Module:
@@ -102,8 +103,8 @@ def get_model(spec: str, **kwargs: Any) -> nn.Module:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"get_model: expected a model name or 'package.module:callable', got {spec!r}")
     spec = spec.strip()
-    if spec in _MODELS:
-        factory: Callable[..., Any] = _MODELS[spec].factory
+    if spec in MODELS:
+        factory: Callable[..., Any] = MODELS.get(spec).factory
         label = f"model {spec!r}"
     elif ":" in spec:
         factory = import_callable(spec, caller="get_model")

@@ -8,13 +8,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .spec import Recipe, RecipeError, _name, _notice
+from .spec import Recipe, _name, _notice
 
 if TYPE_CHECKING:
     from .plan import _Plan
@@ -28,39 +27,21 @@ _CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\
 _CHAT_TEMPLATES = {"chatml": _CHATML}
 
 
-def _check_union(err: Callable[[str, str], RecipeError], paths: list[Path]) -> None:
-    """``tokenizer_source: union`` is supported when it is trivial: every input holds the same
-    tokenizer (then the union is that tokenizer, copied). Different vocabularies would need new
-    embedding rows, which weightspace does not make."""
-    seen: dict[bytes, Path] = {}
-    for p in paths:
-        if not p.is_dir():
-            raise err("tokenizer_source", f"'union' needs model directories holding tokenizers; {p} is a file")
-        blob = b"".join((p / f).read_bytes() for f in ("tokenizer.json", "tokenizer.model", "vocab.json",
-                                                         "merges.txt", "added_tokens.json") if (p / f).is_file())
-        if not blob:
-            raise err("tokenizer_source", f"'union': {p} holds no tokenizer")
-        seen.setdefault(blob, p)
-    if len(seen) > 1:
-        a, b = list(seen.values())[:2]
-        raise err("tokenizer_source", f"'union' of different vocabularies ({a.name} and {b.name}) is not "
-                                      f"supported: it would add embedding rows; use base or one model's tokenizer")
-
-
 def _write_hf_dir(recipe: Recipe, plan: _Plan, out: Path, entries, produce, metadata: dict[str, str],
                   max_shard_size: int | str | None, progress: bool, write: torch.dtype | None) -> Path:
     """Write a Hugging Face model directory next to ``out``, then move it into place."""
-    from ..checkpoint import _parse_size
-    from ..streaming import _write
+    from ..checkpoint import parse_size, save_streamed
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         if max_shard_size is not None:
-            limit = _parse_size(max_shard_size, out)
-            _write(entries, produce, tmp / "model.safetensors.index.json", "sharded", limit, metadata, [], progress)
+            limit = parse_size(max_shard_size, out)
+            save_streamed(entries, produce, tmp / "model.safetensors.index.json", kind="sharded", max_bytes=limit,
+                          metadata=metadata, progress=progress)
         else:
-            _write(entries, produce, tmp / "model.safetensors", "safetensors", None, metadata, [], progress)
+            save_streamed(entries, produce, tmp / "model.safetensors", kind="safetensors", metadata=metadata,
+                          progress=progress)
         donor = plan.paths[plan.donor]
         cfg = plan.inputs[plan.donor].config
         if cfg is not None:
@@ -72,19 +53,28 @@ def _write_hf_dir(recipe: Recipe, plan: _Plan, out: Path, entries, produce, meta
                         cfg.pop(key)
             if write is not None:
                 cfg["dtype" if "torch_dtype" not in cfg else "torch_dtype"] = _name(write)
+            if plan.vocab is not None:
+                if isinstance(cfg.get("text_config"), dict) and "vocab_size" not in cfg:
+                    cfg["text_config"] = {**cfg["text_config"], "vocab_size": plan.vocab.size}
+                else:
+                    cfg["vocab_size"] = plan.vocab.size
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         else:
             _notice(f"{recipe.source}: {donor} has no config.json; the output directory holds weights only")
         tok_dir = None
         if recipe.tokenizer_source == "base":
             tok_dir = recipe.base_model
-        elif recipe.tokenizer_source == "union":  # every input's tokenizer is the same (checked)
+        elif recipe.tokenizer_source == "union":  # every input's tokenizer is the same, or plan.vocab
             tok_dir = donor
         elif recipe.tokenizer_source is not None:
             tok_dir = Path(recipe.tokenizer_source)
         elif donor.is_dir():
             tok_dir = donor
-        if tok_dir is not None:
+        if plan.vocab is not None:  # the inputs' tokenizers differ: the output vocabulary's tokenizer
+            plan.vocab.tokenizer.save_pretrained(str(tmp))
+            if tok_dir is not None and (tok_dir / "generation_config.json").is_file():
+                shutil.copy2(tok_dir / "generation_config.json", tmp / "generation_config.json")
+        elif tok_dir is not None:
             copied = [f for f in _TOKENIZER_FILES if (tok_dir / f).is_file()]
             for f in copied:
                 shutil.copy2(tok_dir / f, tmp / f)

@@ -15,11 +15,17 @@ import torch
 from torch import Tensor
 
 import merging
+from merging.methods import REQUIRED
 
-from ..checkpoint import _ST_DTYPES, _st_header, _st_pread, open_checkpoint
-from .hf_output import _check_union
+from ..checkpoint import SAFETENSORS_DTYPES, safetensors_header, read_safetensors_tensor, open_checkpoint
 from .parameters import _per_model_kws, _yaml_name, evaluate_setting
 from .spec import Recipe, RecipeError, _err_for
+from .vocab import _Vocabulary, plan_vocabulary, vocabulary_tensors
+
+#: methods for which a base model, when given, is the origin rather than one more model (mergekit's optional base)
+_BASE_OPTIONAL = ("slerp", "nuslerp", "multislerp")
+#: methods that merge the base with exactly one other model
+_ONE_OTHER = ("nearswap", "arcee_fusion")
 
 _LAYER = re.compile(r"^(.*?(?:^|\.)(?:layers|h|blocks|layer)\.)(\d+)(\..+)$")
 
@@ -75,11 +81,11 @@ class _Input:
             if Path(str(name)).is_absolute() or ".." in Path(str(name)).parts:
                 raise ValueError(f"shard {name!r} named in {index} lies outside its directory")
             if f not in self._headers:
-                self._headers[f] = _st_header(f)
+                self._headers[f] = safetensors_header(f)
             self._where[k] = (f, k)
 
     def _add_file(self, f: Path) -> None:
-        self._headers[f] = _st_header(f)
+        self._headers[f] = safetensors_header(f)
         for k in self._headers[f][1]:
             if k != "__metadata__":
                 if k in self._where:
@@ -117,15 +123,25 @@ class _Input:
             return self._ckpt.dtype(k)
         f, stored = self._where[k]
         code = self._headers[f][1][stored]["dtype"]
-        if code not in _ST_DTYPES:
+        if code not in SAFETENSORS_DTYPES:
             raise ValueError(f"{k!r} in {f} has dtype {code}, which torch cannot read")
-        return _ST_DTYPES[code]
+        return SAFETENSORS_DTYPES[code]
 
     def get(self, k: str) -> Tensor:
         if self._ckpt is not None:
             return self._ckpt[k]
         f, stored = self._where[k]
-        return _st_pread(f, *self._headers[f], stored, "run_recipe")
+        return read_safetensors_tensor(f, *self._headers[f], stored, "run_recipe")
+
+    # read as a mapping (streaming weight matching takes one): names -> tensors, loaded when asked
+    def __getitem__(self, k: str) -> Tensor:
+        return self.get(k)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
 
     def close(self) -> None:
         if self._ckpt is not None:
@@ -143,6 +159,7 @@ class _Entry:
     shape: tuple[int, ...]
     in_dtype: torch.dtype
     floating: bool
+    vocab: bool = False  # re-indexed to the output vocabulary before the merge
 
 
 @dataclass
@@ -153,6 +170,7 @@ class _Plan:
     num_layers: int | None
     donor: int
     notices: list[str]
+    vocab: _Vocabulary | None = None
 
 
 
@@ -184,7 +202,7 @@ def plan_recipe(recipe: Recipe) -> _Plan:
     if recipe.slices is None:
         srcs = [(open_input(m.path, m.label), m.parameters, m.label) for m in recipe.models]
         if base_i is not None and base_i not in [s[0] for s in srcs]:
-            if method.needs_base or method.name in ("slerp", "nuslerp"):
+            if method.needs_base or method.name in _BASE_OPTIONAL:
                 pass  # the base is its own input
             else:  # mergekit adds the base as one more model
                 srcs.append((base_i, {}, "base_model"))
@@ -207,6 +225,16 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                 k = sorted(keys ^ ref_keys)[0]
                 where = paths[i] if k in keys else paths[ref_i]
                 raise err(lab, f"{paths[i]} and {paths[ref_i]} hold different tensors ({k!r} is only in {where})")
+    vocab = None
+    if recipe.tokenizer_source is not None:
+        vocab = plan_vocabulary(err, recipe.tokenizer_source, paths, [inp.config for inp in inputs], base_i)
+        if vocab is not None:
+            for i, inp in enumerate(inputs):
+                names = vocabulary_tensors(inp.keys(), inp.shape, _vocab_rows(inp), lambda k: _layer_of(k) is not None)
+                if not names:
+                    raise err("tokenizer_source", f"{paths[i]} has no embedding with {_vocab_rows(inp)} rows "
+                                                  f"(its vocab_size) to align to the output vocabulary")
+                vocab.names |= names
     layer_names: dict[int, dict[int, list[tuple[str, str]]]] = {}
 
     def layers_of(i: int) -> dict[int, list[tuple[str, str]]]:
@@ -262,13 +290,19 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                             break
                 if v is not None:
                     out[p.name] = v
+        for p in method.parameters:
+            if p.required and (p.name not in out or any(v is REQUIRED for v in (
+                    out[p.name] if isinstance(out[p.name], list) else [out[p.name]]))):
+                y = _yaml_name(method, p.name)
+                raise err(f"parameters.{y}", f"merge method {method.name!r} requires {y!r}; no value is given for "
+                                             f"{tensor!r}")
         return out
 
     def add(out_name: str, in_names: list[str], t: float, sl, where: str) -> None:
         sources, sbase, sparams, _ = sl
         merged = [(i, nm) for (i, _, _, _), nm in zip(sources, in_names)]
         bref = None
-        if method.needs_base or (method.name in ("slerp", "nuslerp") and sbase is not None):
+        if method.needs_base or (method.name in _BASE_OPTIONAL and sbase is not None):
             if sbase is None:
                 raise err("base_model", f"merge method {recipe.merge_method!r} needs a base_model (the model the "
                                         f"task vectors start from)")
@@ -288,10 +322,13 @@ def plan_recipe(recipe: Recipe) -> _Plan:
                 raise err(where, f"{paths[i]} has no tensor {nm!r} ({len(inputs[i].keys())} tensors)")
         refi, refn = bref if bref else merged[0]
         shape, dt = inputs[refi].shape(refn), inputs[refi].dtype(refn)
+        is_vocab = vocab is not None and all(nm in vocab.names for _, nm in merged + ([bref] if bref else []))
         for i, nm in merged:
-            if inputs[i].shape(nm) != shape:
+            if inputs[i].shape(nm)[is_vocab:] != shape[is_vocab:]:
                 raise err(where, f"{nm!r} has shape {inputs[i].shape(nm)} in {paths[i]} and {shape} in "
                                  f"{paths[refi]}; all models must share one architecture")
+        if is_vocab:
+            shape = (vocab.size, *shape[1:])
         floating = dt.is_floating_point
         params = evaluate(out_name, in_names, t, sources, sparams, where) if floating else {}
         n_models = len(merged)
@@ -304,9 +341,12 @@ def plan_recipe(recipe: Recipe) -> _Plan:
             if method.name == "passthrough" and n_models != 1:
                 raise err("models", f"passthrough copies one model per tensor, got {n_models}; use slices to "
                                     f"take layers from several models")
+            if method.name in _ONE_OTHER and n_models != 1:
+                raise err("models", f"{method.name} merges the base_model with exactly one other model, got "
+                                    f"{n_models}")
             if method.name == "model_stock" and n_models < 2:
                 raise err("models", f"model_stock needs a base_model and at least two other models, got {n_models}")
-        entries.append(_Entry(out_name, merged, bref, params, shape, dt, floating))
+        entries.append(_Entry(out_name, merged, bref, params, shape, dt, floating, is_vocab))
 
     first_sources = slices[0][0]
     nonlayer = [k for k in inputs[first_sources[0][0]].keys() if _layer_of(k) is None]
@@ -351,6 +391,10 @@ def plan_recipe(recipe: Recipe) -> _Plan:
     if not entries:
         raise err("models", "the inputs hold no tensors")
     donor = base_i if base_i is not None else slices[0][0][0][0]
-    if recipe.tokenizer_source == "union":
-        _check_union(err, paths)
-    return _Plan(inputs, paths, entries, out_layer if recipe.slices is not None else None, donor, notices)
+    return _Plan(inputs, paths, entries, out_layer if recipe.slices is not None else None, donor, notices, vocab)
+
+
+def _vocab_rows(inp: _Input) -> int:
+    from .vocab import _vocab_size
+
+    return _vocab_size(inp.config) or 0

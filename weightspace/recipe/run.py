@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from merging.methods import compute_in_input_dtype
 
 from ..api import INPUT_SHAPE_KEY, MODEL_KEY, PROVENANCE_KEY
 from ..checkpoint import check_not_input, sha256_file
+from ..pipeline import provenance
 from ..trust import takes_trust_flag
 from .hf_output import _write_hf_dir
 from .parse import load_recipe
@@ -75,12 +75,18 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_sh
                                                       (out / "weightspace_recipe.yaml").is_file())):
         raise err("out", f"{out} exists and is not an earlier merge output (no weightspace_recipe.yaml in it); "
                          f"choose a new directory or remove it")
+    plan = plan_recipe(recipe)
     if not hf:
         for key in ("tokenizer_source", "chat_template"):
-            if getattr(recipe, key) is not None:
+            if getattr(recipe, key) is None:
+                continue
+            if key == "tokenizer_source" and plan.vocab is not None:
+                _notice(f"{recipe.source}: {key}: the embeddings follow the output vocabulary ({plan.vocab.size} "
+                        f"tokens), but a .safetensors output holds no tokenizer; write a directory (-o merged/) "
+                        f"for a Hugging Face model with its tokenizer")
+            else:
                 _notice(f"{recipe.source}: {key}: ignored: a .safetensors output holds weights only; write a "
                         f"directory (-o merged/) for a Hugging Face model with its tokenizer")
-    plan = plan_recipe(recipe)
     try:
         return _run(recipe, plan, out, hf, max_shard_size, progress, t0)
     finally:
@@ -90,9 +96,8 @@ def run_recipe(recipe: Recipe | PathLike, out: PathLike | None = None, *, max_sh
 
 def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int | str | None, progress: bool,
          t0: float) -> Path:
-    from weightspace import __version__
 
-    from ..streaming import _write
+    from ..checkpoint import save_streamed
 
     err = _err_for(recipe)
     inputs_paths = plan.paths
@@ -121,12 +126,12 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
         _notice(f"{recipe.source}: out_dtype: writing {_name(write)} (computed in "
                 f"{_name(compute) if compute else ', '.join(in_dtypes)})")
     method = merging.get_method(recipe.merge_method)
-    states_override: list[dict[str, Tensor]] | None = None
+    fetch = plan.inputs.__getitem__  # fetch(i)(name): one tensor of input i, as merged
     if recipe.align:
-        states_override = _aligned(recipe, plan)
+        fetch = _aligned(recipe, plan)
 
     def read(i: int, name: str) -> Tensor:
-        t = states_override[i][name] if states_override is not None else plan.inputs[i].get(name)
+        t = fetch(i)[name] if recipe.align else plan.inputs[i].get(name)
         if compute is not None and t.is_floating_point():
             t = t.to(compute)
         return t
@@ -138,9 +143,15 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
         e = by_name[name]
         if not e.floating:
             i, nm = e.base if e.base else e.inputs[0]
-            return plan.inputs[i].get(nm) if states_override is None else states_override[i][nm]
-        states = [{name: read(i, nm)} for i, nm in e.inputs]
-        base = {name: read(*e.base)} if e.base else None
+            return fetch(i)[nm] if recipe.align else plan.inputs[i].get(nm)
+        if e.vocab:  # each input's rows re-indexed to the output vocabulary first
+            srcs = e.inputs + ([e.base] if e.base else [])
+            aligned = plan.vocab.align({i: read(i, nm) for i, nm in srcs})
+            states = [{name: aligned[i]} for i, _ in e.inputs]
+            base = {name: aligned[e.base[0]]} if e.base else None
+        else:
+            states = [{name: read(i, nm)} for i, nm in e.inputs]
+            base = {name: read(*e.base)} if e.base else None
         params = dict(e.params)
         if takes_seed:
             params["seed"] = recipe.seed
@@ -161,26 +172,18 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
         return write or e.in_dtype
 
     entries = [(e.name, out_dtype(e), tuple(e.shape)) for e in plan.entries]
-    provenance = {
-        "tool": "weightspace merge --config",
-        "recipe": recipe.text,
-        "recipe_path": str(recipe.source) if recipe.source else None,
-        "method": recipe.merge_method,
-        "parameters": recipe.parameters,
-        "seed": recipe.seed,
-        "align": recipe.align,
-        "inputs": [_record(p, inp.files) for p, inp in zip(plan.paths, plan.inputs)],
-        "weightspace_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata = {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True, default=str)}
+    record = provenance(
+        "weightspace merge --config", [_record(p, inp.files) for p, inp in zip(plan.paths, plan.inputs)],
+        recipe=recipe.text, recipe_path=str(recipe.source) if recipe.source else None, method=recipe.merge_method,
+        parameters=recipe.parameters, seed=recipe.seed, align=recipe.align)
+    metadata = {PROVENANCE_KEY: json.dumps(record, sort_keys=True, default=str)}
     if not hf:
         ref_meta = plan.inputs[plan.donor].metadata
         for key in (MODEL_KEY, INPUT_SHAPE_KEY):
             if key in ref_meta:
                 metadata[key] = ref_meta[key]
         try:
-            return _write(entries, produce, out, "safetensors", None, metadata, [], progress)
+            return save_streamed(entries, produce, out, kind="safetensors", metadata=metadata, progress=progress)
         except RecipeError:
             raise
         except ValueError as e:
@@ -189,24 +192,38 @@ def _run(recipe: Recipe, plan: _Plan, out: Path, hf: bool, max_shard_size: int |
     return _write_hf_dir(recipe, plan, out, entries, produce, metadata, max_shard_size, progress, write)
 
 
-def _aligned(recipe: Recipe, plan: _Plan) -> list[dict[str, Tensor]]:
-    """``align: true``: every input in memory, permuted onto the base (else the first model)."""
+def _aligned(recipe: Recipe, plan: _Plan):
+    """``align: true``: every input permuted onto the base (else the first model) by weight
+    matching, tensor by tensor: the model is traced on the meta device (no weights allocated),
+    each input matched to the reference with :func:`weightspace.streaming_weight_matching` (its
+    similarity matrices accumulated from one tensor pair at a time), and each tensor permuted when
+    it is read. Buffers (BatchNorm statistics) come from the reference. Returns ``fetch(i)``, a
+    mapping from tensor names to input ``i``'s aligned tensors."""
     from graphs import permute
-    from merging.matching import weight_matching
 
-    from ..api import load_model, trace_model
+    from ..api import INPUT_SHAPE_KEY
+    from merging.matching import streaming_weight_matching
 
-    lm = load_model(recipe.base_model or recipe.models[0].path, recipe.model, recipe.model_kwargs,
-                    input_shape=recipe.input_shape)
-    structure = trace_model(lm.module, input_shape=lm.input_shape)
-    states = [{k: inp.get(k) for k in inp.keys()} for inp in plan.inputs]
-    ref = states[plan.donor]
-    out = []
-    for i, s in enumerate(states):
-        out.append(s if i == plan.donor else permute(structure, s, weight_matching(structure, ref, s,
-                                                                                   seed=recipe.seed)))
-    buffers = [k for k in ref if structure.is_buffer(k)]
-    for s in out:
-        for k in buffers:
-            s[k] = ref[k]
-    return out
+    from ..api import trace_without_weights
+
+    ref = plan.inputs[plan.donor]
+    shape = recipe.input_shape or ref.metadata.get(INPUT_SHAPE_KEY)
+    structure, _, _ = trace_without_weights(recipe.model, recipe.model_kwargs, metadata=ref.metadata,
+                                            path=str(plan.paths[plan.donor]), input_shape=shape)
+    perms = {i: streaming_weight_matching(structure, ref, inp, seed=recipe.seed)
+             for i, inp in enumerate(plan.inputs) if i != plan.donor}
+
+    class _Aligned:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def __getitem__(self, name: str) -> Tensor:
+            if structure.is_buffer(name) and name in ref:
+                return ref.get(name)
+            t = plan.inputs[self.i].get(name)
+            if self.i == plan.donor or name not in structure.axes:
+                return t
+            return permute(structure, {name: t}, perms[self.i])[name]
+
+    views = {i: _Aligned(i) for i in range(len(plan.inputs))}
+    return views.__getitem__

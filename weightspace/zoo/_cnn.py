@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from graphs.registry import Registry
 from weightspace.data import Dataset, load_dataset
 from weightspace.models import CNN
 from weightspace.models.cnn import conv_padding
@@ -23,16 +24,38 @@ from ._build import ZooBuildResult, build_in_workers, check_positive_int, check_
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard, read_card
 
-__all__ = ["CNN_COLUMNS", "CNN_FAMILIES", "CNN_RECIPE", "build_cnn_zoo", "sample_cnn_hparams"]
+__all__ = ["CNN_COLUMNS", "CNN_FAMILIES", "CNN_RECIPE", "ZOO_FAMILIES", "build_cnn_zoo", "list_zoo_families",
+           "register_zoo_family", "resize_images", "sample_cnn_hparams", "evaluate_cnns", "prepare_cnn_task",
+           "train_cnn_shard", "train_cnn_single"]
 
-#: architecture families of ``weightspace zoo build cnn --family``: recipe overrides.
-#: ``smallcnnzoo`` (the default): the Small CNN Zoo's stride-2 convolutions with TensorFlow
-#: "SAME" padding and no pooling; ``pooled``: stride-1 convolutions each followed by 2x2
-#: average pooling (this package's default before strides existed).
-CNN_FAMILIES: dict[str, dict[str, Any]] = {
-    "smallcnnzoo": {"stride": 2, "padding": "tf_same", "pool": None},
-    "pooled": {"stride": 1, "padding": "symmetric", "pool": "avg"},
-}
+#: architecture families of ``weightspace zoo build cnn --family``: recipe overrides
+ZOO_FAMILIES: Registry[dict[str, Any]] = Registry("family")
+
+
+def register_zoo_family(name: str, *, description: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Register a recipe override (a dict of :data:`CNN_RECIPE` keys) as the cnn zoo family ``name``:
+    ``register_zoo_family("wide", description="...")({"channels": [64, 64, 64]})``.
+
+    Raises:
+        ValueError: a malformed or already registered name.
+    """
+    return ZOO_FAMILIES.register(name, description=description, caller="register_zoo_family")
+
+
+def list_zoo_families() -> list[str]:
+    """The cnn zoo families' names (``--family``), the default first."""
+    return ZOO_FAMILIES.names()
+
+
+register_zoo_family("smallcnnzoo", description="the default: stride-2 convolutions, TensorFlow 'SAME' padding, "
+                                               "no pooling, as in the Small CNN Zoo"
+                    )({"stride": 2, "padding": "tf_same", "pool": None})
+register_zoo_family("pooled", description="stride-1 convolutions each followed by 2x2 average pooling (this "
+                                          "package's default before strides existed)"
+                    )({"stride": 1, "padding": "symmetric", "pool": "avg"})
+
+#: the built-in families' recipe overrides by name
+CNN_FAMILIES: dict[str, dict[str, Any]] = {name: ZOO_FAMILIES.get(name) for name in list_zoo_families()}
 
 #: the default recipe of ``weightspace zoo build cnn`` (every key can be overridden)
 CNN_RECIPE: dict[str, Any] = {
@@ -169,7 +192,7 @@ EVAL_BATCH = 512
 
 
 @torch.no_grad()
-def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
+def evaluate_cnns(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
               grouped: bool | None = None) -> tuple[Tensor, Tensor]:
     """Mean loss and accuracy of every model on ``(x, y)``: two ``(M,)`` tensors.
 
@@ -209,9 +232,10 @@ def _evaluate(task: _Task, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *
 PACE_STEPS = MASK_BLOCK  # one block of dropout masks, drawn at its first step
 
 
-def _train_shard(task: _Task, shard: int, ids: range,
+def train_cnn_shard(task: _Task, shard: int, ids: range,
                  on_pace: Callable[[float], None] | None = None) -> tuple[dict[str, Tensor], list[Row]]:
-    """Train the models ``ids`` together. ``on_pace``, if given, is called once, after the
+    """Train the models ``ids`` of ``task`` (from :func:`prepare_cnn_task`) together: the shard's
+    stacked tensors (a leading model axis per checkpoint) and its metrics rows. ``on_pace``, if given, is called once, after the
     first :data:`PACE_STEPS` steps, with the seconds this whole shard should take at their
     pace (set-up, the first checkpoint's evaluation and those steps, timed; the grouped
     convolutions' first-call measurement, once per process, left out)."""
@@ -237,8 +261,8 @@ def _train_shard(task: _Task, shard: int, ids: range,
     def checkpoint() -> None:
         detached = {k: v.detach() for k, v in params.items()}
         snaps.append({k: v.clone().cpu() for k, v in detached.items()})
-        metrics.append((*_evaluate(task, detached, task.x_train[:n_eval], task.y_train[:n_eval]),
-                        *_evaluate(task, detached, task.x_test, task.y_test)))
+        metrics.append((*evaluate_cnns(task, detached, task.x_train[:n_eval], task.y_train[:n_eval]),
+                        *evaluate_cnns(task, detached, task.x_test, task.y_test)))
 
     t_setup, t_eval = time.perf_counter() - t_start, 0.0
     if 0 in task.checkpoints:
@@ -344,7 +368,13 @@ def _model_kwargs(template: CNN) -> dict[str, Any]:
             "pool": template.pool_kind, "flatten": template.flatten, "activation": template.activation}
 
 
-def _resize(ds: Dataset, size: int | None) -> Tensor:
+def resize_images(ds: Dataset, size: int | None) -> Tensor:
+    """The images of ``ds`` as float ``(N, C, size, size)`` (area downsampling, bilinear upsampling;
+    ``size=None`` keeps theirs), as a cnn zoo trains on them.
+
+    Raises:
+        ValueError: inputs that are not square images.
+    """
     x = ds.x.float()
     if x.ndim == 3:
         x = x.unsqueeze(1)
@@ -399,7 +429,7 @@ def prepare_cnn_task(data: str, *, checkpoints: Sequence[int] | str = (0, 1, 2, 
     train, test = load_dataset(data, split="train"), load_dataset(data, split="test")
     if train.num_classes is None or train.y.is_floating_point():
         raise ValueError(f"zoo build cnn: {data} has no integer class labels")
-    x_train, x_test = _resize(train, image_size), _resize(test, image_size)
+    x_train, x_test = resize_images(train, image_size), resize_images(test, image_size)
     if len(x_train) < rec["batch_size"]:
         raise ValueError(f"zoo build cnn: {data} has {len(x_train)} training examples, fewer than one batch "
                          f"({rec['batch_size']})")
@@ -486,5 +516,5 @@ def build_cnn_zoo(out: str | os.PathLike, data: str = "digits", *, n: int = 8, m
         n_models=n, models_per_shard=models_per_shard, columns=CNN_COLUMNS, target="test_acc",
         input_shape=tuple(task.x_train.shape[1:]), checkpoints=task.checkpoints, checkpoint_unit="epoch",
         splits=dict(DEFAULT_SPLITS), cite=_CITE, notes=notes)
-    return run_build(out, card, shard, lambda s, ids, on_pace: _train_shard(task, s, ids, on_pace),
+    return run_build(out, card, shard, lambda s, ids, on_pace: train_cnn_shard(task, s, ids, on_pace),
                      progress=progress, on_shard=on_shard, desc="zoo build cnn", paced=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from graphs.registry import Registry
 from weightspace.checkpoint import load
 from weightspace.models import CNN
 
@@ -24,7 +25,28 @@ from ._build import ZooBuildResult, check_positive_int, run_build
 from ._metrics import Row, parse_value
 from .zoo_card import BASE_COLUMNS, DEFAULT_SPLITS, ZooCard
 
-__all__ = ["import_smallcnnzoo", "import_dws", "import_nfn", "IMPORTERS"]
+__all__ = ["import_smallcnnzoo", "import_dws", "import_nfn", "IMPORTERS", "ZOO_IMPORTERS", "register_zoo_importer",
+           "list_zoo_importers"]
+
+Importer = Callable[..., ZooBuildResult]
+
+#: the readers of public zoo layouts (``weightspace zoo import LAYOUT``), each
+#: ``importer(src, out, *, <layout options>, models_per_shard, progress) -> ZooBuildResult``
+ZOO_IMPORTERS: Registry[Importer] = Registry("layout")
+
+
+def register_zoo_importer(name: str, *, description: str) -> Callable[[Importer], Importer]:
+    """Decorator registering the reader of the public zoo layout ``name``.
+
+    Raises:
+        ValueError: a malformed or already registered name.
+    """
+    return ZOO_IMPORTERS.register(name, description=description, caller="register_zoo_importer")
+
+
+def list_zoo_importers() -> list[str]:
+    """The importable layouts' names, in the order the CLI lists them."""
+    return ZOO_IMPORTERS.names()
 
 # A model to import: its checkpoints as (checkpoint, state dict, extra metrics columns).
 Loaded = list[tuple[int, dict[str, Tensor], Row]]
@@ -84,6 +106,8 @@ _SCZ_MODEL_COLUMNS = ("modeldir", "model_dir", "model_id", "model")
 _SCZ_ACTIVATION_COLUMNS = ("config.activation", "activation")
 
 
+@register_zoo_importer("smallcnnzoo", description="the Small CNN Zoo (Unterthiner et al.): weights.npy, layout.csv "
+                                                  "and metrics.csv")
 def import_smallcnnzoo(src: str | os.PathLike, out: str | os.PathLike, *, image_size: int = 28, stride: int = 2,
                        activation: str | None = None, models_per_shard: int = 256,
                        progress: bool = True) -> ZooBuildResult:
@@ -336,6 +360,8 @@ def _find_splits_json(src: Path) -> Path | None:
     return found[0] if found else None
 
 
+@register_zoo_importer("dws", description="DWSNets' INR directory (Navon et al.): one SIREN per file and a "
+                                          "splits JSON")
 def import_dws(src: str | os.PathLike, out: str | os.PathLike, *, splits: str | os.PathLike | None = None,
                w0: float = 30.0, models_per_shard: int = 256, progress: bool = True) -> ZooBuildResult:
     """Convert a DWSNets INR directory (Navon et al., "Equivariant Architectures for Learning in
@@ -421,6 +447,7 @@ _NFN_DIR = re.compile(r"^(?P<prefix>.+)_(?P<label>\d+)s$")
 _NFN_FILE = re.compile(r"^net(\d+)\.pth$")
 
 
+@register_zoo_importer("nfn", description="NFN's SIREN directories (Zhou et al.): one SIREN per image index")
 def import_nfn(src: str | os.PathLike, out: str | os.PathLike, *, prefix: str | None = None,
                split_points: Sequence[int] | str | None = None, w0: float = 30.0, models_per_shard: int = 256,
                progress: bool = True) -> ZooBuildResult:
@@ -513,4 +540,5 @@ def import_nfn(src: str | os.PathLike, out: str | os.PathLike, *, prefix: str | 
     return _write(out, card, load_model, progress, "zoo import nfn")
 
 
-IMPORTERS = {"smallcnnzoo": import_smallcnnzoo, "dws": import_dws, "nfn": import_nfn}
+#: the built-in importers by layout name
+IMPORTERS = {name: ZOO_IMPORTERS.get(name) for name in list_zoo_importers()}

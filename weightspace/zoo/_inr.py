@@ -18,7 +18,8 @@ from ._build import ZooBuildResult, build_in_workers, check_positive_int, resolv
 from ._metrics import Row
 from .zoo_card import BASE_COLUMNS, ZooCard
 
-__all__ = ["build_inr_zoo", "INR_RECIPE", "INR_COLUMNS", "image_grid"]
+__all__ = ["build_inr_zoo", "INR_RECIPE", "INR_COLUMNS", "fit_inr_shard", "image_grid", "prepare_inr_task",
+           "train_inr_single"]
 
 #: the default recipe of ``weightspace zoo build inr`` (every key can be overridden)
 INR_RECIPE: dict[str, Any] = {
@@ -88,7 +89,9 @@ def _psnr(mse: Tensor) -> Tensor:
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-20))
 
 
-def _fit_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor], list[Row]]:
+def fit_inr_shard(task: _Task, shard: int, ids: range) -> tuple[dict[str, Tensor], list[Row]]:
+    """Fit the INRs ``ids`` of ``task`` (from :func:`prepare_inr_task`) together: the shard's stacked
+    tensors (a leading model axis) and its metrics rows."""
     rec, dev = task.recipe, task.device
     m = len(ids)
     inits = [task.init(i) for i in ids]
@@ -275,5 +278,5 @@ def build_inr_zoo(out: str | os.PathLike, images: str = "digits", *, split: str 
         checkpoints=None, checkpoint_unit="step",
         splits={"by": "image_index", "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}, "salt": "weightspace-zoo"},
         cite=_CITE, notes=_NOTES)
-    return run_build(out, card, shard, lambda s, ids: _fit_shard(task, s, ids), progress=progress,
+    return run_build(out, card, shard, lambda s, ids: fit_inr_shard(task, s, ids), progress=progress,
                      on_shard=on_shard, desc="zoo build inr")
