@@ -3,10 +3,11 @@ alignment, without and with REPAIR (a BatchNorm reset for BatchNorm networks), f
 networks trained from different seeds at widths x1, x2, x4, x8 of a base width.
 
     python bench/width_sweep.py                                   # digits, MLP and ResNet-20, 3 pairs
-    python bench/width_sweep.py --cache /tmp/ws --plot sweep.png  # keep the trained networks
-    python bench/width_sweep.py --data mnist-idx:DIR --archs mlp  # MNIST IDX files (8,000 / 2,000)
-    python bench/width_sweep.py --wm-study                        # + weight matching variants on the
-                                                                  #   narrowest ResNet pairs
+    python bench/width_sweep.py --cache /tmp/ws --plot sweep.png  # networks kept in /tmp/ws
+    python bench/width_sweep.py --data mnist-idx:DIR --widths 1 2 4 --epochs 30 1  # MNIST IDX (8,000 / 2,000)
+    python bench/width_sweep.py --archs resnet20 --widths 1 2 --no-sweep --wm-study
+                                                                  # every weight/activation matching
+                                                                  #   idea on narrow BatchNorm ResNets
     python bench/width_sweep.py --tiny                            # seconds: for tests
 
 Base widths: the MLP is ``in-W-W-W-10`` with ``W = 32 * multiplier``; the ResNet-20 (BatchNorm)
@@ -16,11 +17,14 @@ drop ``(a(0) + a(1)) / 2 - a(1/2)``), on the test split; REPAIR / the BatchNorm 
 training images. Prints a markdown table per architecture (mean +- std over the pairs) and
 writes a PNG (barrier vs width; solid: without, dashed: with REPAIR / BatchNorm reset).
 
-Time: the default run (digits, 3 pairs, both architectures) took about 17.5 minutes cold on a
-shared 2-core Intel Xeon at load average 4-5.5 (torch 2.13, CPU): MLP 2.7 min, ResNet-20 15 min,
-60% of it the x8 ResNet pairs (more than the ~12 minutes aimed at). ``--widths 1 2 4`` or
-``--archs mlp`` are much quicker; ``--wm-study`` adds 1-2.5 minutes with the nets cached;
-``--tiny`` takes seconds.
+Time: the default run (digits, 3 pairs, both architectures) took 7.1 minutes cold on a shared
+2-core Intel Xeon at load average about 5 (torch 2.13, CPU, one thread): MLP 41 s, ResNet-20
+6.2 min. One thread (``--threads``, the default) matters there: two threads ran the ``--tiny``
+ResNet part 14 times slower (100 s against 7 s), and the same sweep took 17.5 minutes with two.
+Trained networks are cached (``--cache``; default ``weightspace-width-sweep`` in the system's
+temporary directory), so a second run only aligns and evaluates. ``--wm-study`` takes 1.5-2
+minutes per digits width and about 30 minutes for the three MNIST pairs at that load; ``--tiny``
+takes seconds.
 """
 from __future__ import annotations
 

@@ -223,7 +223,7 @@ def test_signature_start_recovers_a_permuted_copy_where_the_identity_start_stall
 
 
 @pytest.mark.parametrize("net", ["mlp", "resnet"])
-@pytest.mark.parametrize("sites", ["inputs", "outputs", "both"])
+@pytest.mark.parametrize("sites", ["auto", "inputs", "outputs", "both"])
 def test_activation_matching_sites_recover_own_permutation(net, sites):
     make, shape = NETS[net]
     model = randomize(make(), 1)
@@ -355,3 +355,15 @@ def test_activation_inputs_lower_the_barrier_of_small_batchnorm_resnets():
     finally:
         torch.set_num_threads(threads)
     assert barrier["inputs"] < 0.9 * barrier["outputs"], barrier
+
+
+@pytest.mark.parametrize("net, same_as", [("resnet", "inputs"), ("mlp", "inputs"), ("attention", "outputs")])
+def test_activation_sites_auto_reads_inputs_except_with_attention(net, same_as):
+    make, shape = NETS[net]
+    model = randomize(make(), 6)
+    s = trace(model, torch.randn(*shape))
+    a, b = model.state_dict(), randomize(make(), 7).state_dict()
+    data = [(torch.randn(32, *shape[1:]), torch.zeros(32, dtype=torch.long))]
+    auto = merging.matching.activation_correlations(s, model, a, b, data)
+    want = merging.matching.activation_correlations(s, model, a, b, data, sites=same_as)
+    assert set(auto) == set(want) and all(torch.equal(auto[g], want[g]) for g in want)
