@@ -235,7 +235,8 @@ def plot(results: dict, args, path: str) -> None:
             if arch == "resnet20" and key == "loss":
                 ax.set_yscale("symlog", linthresh=0.1)
         axes[0][j].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Midpoint barrier vs width ({args.data}, {args.pairs} seed pairs, mean ± std)")
+    data = args.data.split(":")[0]  # "mnist-idx", not the directory it was read from
+    fig.suptitle(f"Midpoint barrier vs width ({data}, {args.pairs} seed pairs, mean ± std)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -39,6 +39,9 @@ def sinkhorn_start(structure: Structure, state_a: Mapping[str, Tensor], state_b:
     is then rounded to the nearest permutation by a linear assignment. Re-Basin via implicit
     Sinkhorn differentiation (Peña et al., https://arxiv.org/abs/2212.12042) optimises this
     relaxation; here it is a start: unlike coordinate descent, every group moves at once.
+    Measured on BatchNorm ResNet-20 pairs (docs/width-sweep.md): after weight matching from it,
+    a lower barrier than the default's on 16/32/64-channel MNIST pairs, not on narrower ones,
+    at 100-300 times the cost; so it is an option, not the default.
 
     Args:
         structure: from :func:`graphs.trace`.
