@@ -126,6 +126,25 @@ class Encoder(nn.Module):
         return self.out(x[:, 0])
 
 
+class MHAEncoder(nn.Module):
+    """One pre-norm block on ``nn.MultiheadAttention`` over 6 input features, 3 outputs: heads
+    permute as blocks, Q with K and V with the output projection."""
+
+    def __init__(self, d=8, h=2):
+        super().__init__()
+        self.inp = nn.Linear(6, d)
+        self.att = nn.MultiheadAttention(d, h, batch_first=True)
+        self.ln = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        x = x + self.att(x, x, x, need_weights=False)[0]
+        x = x + self.ff(self.ln(x))
+        return self.out(x.mean(1))
+
+
 class Concat(nn.Module):
     def __init__(self):
         super().__init__()

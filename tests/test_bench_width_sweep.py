@@ -1,19 +1,14 @@
 """bench/width_sweep.py --tiny: every method in both tables, and the PNG written."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from repo_scripts import REPO, load_script
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "width_sweep.py"
+BENCH = REPO / "bench" / "width_sweep.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("width_sweep", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(BENCH, "width_sweep")
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -64,6 +64,26 @@ def work_dtype(t: Tensor, *others: Tensor) -> torch.dtype:
     for x in (t, *others):
         work = torch.promote_types(work, x.dtype)
     return work
+
+
+def merge_each_tensor(ref: Mapping[str, Tensor], states: Sequence[Mapping[str, Tensor]],
+                      merge_tensor: Callable[[str, list[Tensor], Tensor], Tensor], *,
+                      promote_with_models: bool = True) -> StateDict:
+    """Merge ``states`` tensor by tensor over the keys of ``ref`` (the base, else model 0).
+
+    A non-floating tensor (a counter) is copied from ``ref``. A floating one is merged in its work
+    dtype ``dt`` (:func:`work_dtype` of ``ref``'s tensor and, with ``promote_with_models``, the
+    models'): ``merge_tensor(key, tensors, reference)`` gets the models' tensors on ``ref``'s device
+    and ``ref``'s tensor, all in ``dt``; its result is cast back to ``ref``'s dtype.
+    """
+    out: StateDict = {}
+    for key, r in ref.items():
+        if not is_float(r):
+            out[key] = r.clone()
+            continue
+        dt = work_dtype(r, *(s[key] for s in states)) if promote_with_models else work_dtype(r)
+        out[key] = merge_tensor(key, [s[key].to(device=r.device, dtype=dt) for s in states], r.to(dt)).to(r.dtype)
+    return out
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from . import _sparsify
-from ._common import StateDict, check_states, is_float, per_model, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor, per_model
 
 
 
@@ -104,19 +104,13 @@ def task_vector_merge(
     for d in ds:
         if not 0.0 <= d <= 1.0:
             raise ValueError(f"{fn}: density must be in [0, 1] (the fraction of each task vector kept), got {d}")
-    out: StateDict = {}
-    for key, b in base.items():
-        if not is_float(b):
-            out[key] = b.clone()
-            continue
-        dt = work_dtype(b, *(s[key] for s in states))
-        bw = b.to(dt)
+
+    def merge_tensor(key: str, tensors: list[Tensor], bw: Tensor) -> Tensor:
         if n == 0:
-            out[key] = b.clone()
-            continue
+            return bw.clone()
         tvs = []
-        for i, (s, d) in enumerate(zip(states, ds)):
-            tv = s[key].to(device=b.device, dtype=dt) - bw
+        for i, (t, d) in enumerate(zip(tensors, ds)):
+            tv = t - bw
             try:
                 if sparsify == "magnitude":
                     tv = _sparsify.magnitude(tv, d, rescale, name=repr(key))
@@ -130,10 +124,10 @@ def task_vector_merge(
                 raise ValueError(f"{fn}: model {i}: {e}") from None
             tvs.append(tv)
         tv = torch.stack(tvs)  # (N, *shape)
-        w = torch.tensor(ws, dtype=dt, device=b.device).reshape(-1, *([1] * b.ndim))
+        w = torch.tensor(ws, dtype=bw.dtype, device=bw.device).reshape(-1, *([1] * bw.ndim))
         weighted = tv * w
         if consensus == "sign":
-            elected = (weighted.sum(0) >= 0).to(dt) * 2 - 1  # +1 where the summed mass is >= 0
+            elected = (weighted.sum(0) >= 0).to(bw.dtype) * 2 - 1  # +1 where the summed mass is >= 0
             mask = weighted.sign() == elected
             mixed = (weighted * mask).sum(0)
             div = (w * mask).sum(0)
@@ -146,5 +140,6 @@ def task_vector_merge(
             mixed = mixed / div
         if scale != 1:
             mixed = mixed * scale
-        out[key] = (bw + mixed).to(b.dtype)
-    return out
+        return bw + mixed
+
+    return merge_each_tensor(base, states, merge_tensor)

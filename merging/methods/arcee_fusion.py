@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor
 from ._registry import merge_method
 from ._task_vector import tensor_generator
 
@@ -78,13 +78,9 @@ def arcee_fusion(states: list[StateDict], base: StateDict | None, *, seed: int =
     check_states(fn, states, base, needs_base=True)
     if len(states) != 1:
         raise ValueError(f"{fn}: fuses the base with exactly one other model, got {len(states)} models")
-    out: StateDict = {}
-    for key, a in base.items():
-        if not is_float(a):
-            out[key] = a.clone()
-            continue
-        dt = work_dtype(a, states[0][key])
+
+    def fuse(key: str, tensors: list[Tensor], a: Tensor) -> Tensor:
         gen = tensor_generator(seed, key, 0) if a.numel() > QUANTILE_SAMPLE else None
-        out[key] = arcee_fusion_tensor(a.to(dt), states[0][key].to(device=a.device, dtype=dt),
-                                       generator=gen).to(a.dtype)
-    return out
+        return arcee_fusion_tensor(a, tensors[0], generator=gen)
+
+    return merge_each_tensor(base, states, fuse)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor
 from ._registry import merge_method
 
 
@@ -81,12 +81,6 @@ def karcher(states: list[StateDict], base: StateDict | None, *, max_iter: int = 
         ValueError: no models, mismatched keys or shapes.
     """
     ref = check_states("karcher", states, base)
-    out: StateDict = {}
-    for key, r in ref.items():
-        if not is_float(r):
-            out[key] = r.clone()
-            continue
-        dt = work_dtype(r)
-        out[key] = karcher_tensor([s[key].to(device=r.device, dtype=dt) for s in states],
-                                  max_iter=int(max_iter), tol=float(tol)).to(r.dtype)
-    return out
+    iters, tolerance = int(max_iter), float(tol)
+    return merge_each_tensor(ref, states, lambda key, ts, r: karcher_tensor(ts, max_iter=iters, tol=tolerance),
+                             promote_with_models=False)

@@ -2,9 +2,33 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor
 from ._registry import merge_method
+
+
+def model_stock_tensor(tensors: list[Tensor], base: Tensor, *, filter_wise: bool = False) -> Tensor:
+    """Model Stock of one tensor (see :func:`model_stock`); all inputs in one dtype."""
+    w0, ws = base, tensors
+    if filter_wise:
+        if w0.dim() == 1:
+            w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
+    else:
+        w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
+    offsets = [w - w0 for w in ws]
+    cosines = []
+    for i in range(len(offsets)):
+        for j in range(i + 1, len(offsets)):
+            norms = torch.norm(offsets[i], dim=-1) * torch.norm(offsets[j], dim=-1)
+            cosines.append(((offsets[i] * offsets[j]).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    n = len(ws)
+    den = 1 + (n - 1) * cos
+    singular = den.abs() < 1e-6  # t = 0 (the base) where the formula divides by 0
+    t = torch.where(singular, torch.zeros_like(cos), (n * cos) / torch.where(singular, torch.ones_like(den), den))
+    avg = sum(ws) / n
+    return (t * avg + (1 - t) * w0).reshape(base.shape)
 
 
 @merge_method(name="model_stock", pretty_name="Model Stock", reference_url="https://arxiv.org/abs/2403.19522",
@@ -37,30 +61,5 @@ def model_stock(states: list[StateDict], base: StateDict | None, *, filter_wise:
     """
     fn = "model_stock"
     check_states(fn, states, base, min_models=2, needs_base=True)
-    out: StateDict = {}
-    for key, b in base.items():
-        if not is_float(b):
-            out[key] = b.clone()
-            continue
-        dt = work_dtype(b)
-        w0 = b.to(dt)
-        ws = [s[key].to(device=b.device, dtype=dt) for s in states]
-        if filter_wise:
-            if w0.dim() == 1:
-                w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
-        else:
-            w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
-        offsets = [w - w0 for w in ws]
-        cosines = []
-        for i in range(len(offsets)):
-            for j in range(i + 1, len(offsets)):
-                norms = torch.norm(offsets[i], dim=-1) * torch.norm(offsets[j], dim=-1)
-                cosines.append(((offsets[i] * offsets[j]).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
-        cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
-        n = len(ws)
-        den = 1 + (n - 1) * cos
-        singular = den.abs() < 1e-6  # t = 0 (the base) where the formula divides by 0
-        t = torch.where(singular, torch.zeros_like(cos), (n * cos) / torch.where(singular, torch.ones_like(den), den))
-        avg = sum(ws) / n
-        out[key] = (t * avg + (1 - t) * w0).reshape(b.shape).to(b.dtype)
-    return out
+    return merge_each_tensor(base, states, lambda key, ts, b: model_stock_tensor(ts, b, filter_wise=filter_wise),
+                             promote_with_models=False)

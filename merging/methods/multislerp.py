@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, per_model, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor, per_model
 from ._registry import merge_method
 
 
@@ -85,17 +85,12 @@ def multislerp(states: list[StateDict], base: StateDict | None, *,
     fn = "multislerp"
     ref = check_states(fn, states, base)
     ws = per_model(weights, len(states), "weights", fn, 1.0)
-    out: StateDict = {}
-    for key, r in ref.items():
-        if not is_float(r):
-            out[key] = r.clone()
-            continue
-        dt = work_dtype(r, *(s[key] for s in states))
-        try:
-            res = multislerp_tensor([s[key].to(device=r.device, dtype=dt) for s in states], ws,
-                                    None if base is None else base[key].to(dt),
-                                    normalize_weights=bool(normalize_weights), eps=float(eps))
+
+    def interpolate(key: str, tensors: list[Tensor], r: Tensor) -> Tensor:
+        try:  # r is the base's tensor when there is a base
+            return multislerp_tensor(tensors, ws, None if base is None else r,
+                                     normalize_weights=bool(normalize_weights), eps=float(eps))
         except ValueError as e:
             raise ValueError(f"{fn}: {key!r}: {e}") from None
-        out[key] = res.to(r.dtype)
-    return out
+
+    return merge_each_tensor(ref, states, interpolate)

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor
 from ._registry import REQUIRED, merge_method
 
 
@@ -56,11 +56,4 @@ def nearswap(states: list[StateDict], base: StateDict | None, *, t: float = REQU
     t = float(t)
     if not math.isfinite(t):
         raise ValueError(f"{fn}: t must be a finite number, got {t!r}")
-    out: StateDict = {}
-    for key, a in base.items():
-        if not is_float(a):
-            out[key] = a.clone()
-            continue
-        dt = work_dtype(a, states[0][key])
-        out[key] = nearswap_tensor(a.to(dt), states[0][key].to(device=a.device, dtype=dt), t).to(a.dtype)
-    return out
+    return merge_each_tensor(base, states, lambda key, ts, a: nearswap_tensor(a, ts[0], t))

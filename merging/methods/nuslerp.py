@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, per_model, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor, per_model
 from ._registry import merge_method
 
 
@@ -67,17 +67,11 @@ def nuslerp(states: list[StateDict], base: StateDict | None, *,
     w0, w1 = per_model(weights, 2, "weights", fn, 1.0)
     t = 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)
     dim = 0 if nuslerp_row_wise else -1
-    out: StateDict = {}
-    for key, r in ref.items():
-        if not is_float(r):
-            out[key] = r.clone()
-            continue
-        dt = work_dtype(r)
-        a, b = (s[key].to(device=r.device, dtype=dt) for s in states)
-        if base is not None:
-            bw = base[key].to(dt)
-            res = bw + nuslerp_tensor(t, a - bw, b - bw, dim=dim, flatten=nuslerp_flatten)
-        else:
-            res = nuslerp_tensor(t, a, b, dim=dim, flatten=nuslerp_flatten)
-        out[key] = res.to(r.dtype)
-    return out
+
+    def interpolate(key: str, tensors: list[Tensor], r: Tensor) -> Tensor:
+        a, b = tensors
+        if base is None:
+            return nuslerp_tensor(t, a, b, dim=dim, flatten=nuslerp_flatten)
+        return r + nuslerp_tensor(t, a - r, b - r, dim=dim, flatten=nuslerp_flatten)  # r: the base's tensor
+
+    return merge_each_tensor(ref, states, interpolate, promote_with_models=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor
 from ._registry import merge_method
 
 
@@ -41,18 +41,6 @@ def ramplus_tl_tensor(tensors: list[Tensor], base: Tensor, *, r: float = 0.1, al
     return base + merged.reshape_as(base)
 
 
-def _per_tensor(fn: str, states: list[StateDict], base: StateDict | None, merge) -> StateDict:
-    check_states(fn, states, base, needs_base=True)
-    out: StateDict = {}
-    for key, b in base.items():
-        if not is_float(b):
-            out[key] = b.clone()
-            continue
-        dt = work_dtype(b, *(s[key] for s in states))
-        out[key] = merge([s[key].to(device=b.device, dtype=dt) for s in states], b.to(dt)).to(b.dtype)
-    return out
-
-
 @merge_method(name="ram", pretty_name="Reinforced Agent Merging", reference_url="https://arxiv.org/abs/2601.13572",
               needs_base=True)
 def ram(states: list[StateDict], base: StateDict | None, *, epsilon: float = 1e-5) -> StateDict:
@@ -81,8 +69,9 @@ def ram(states: list[StateDict], base: StateDict | None, *, epsilon: float = 1e-
     Example:
         >>> merged = ram([ft1, ft2], pre)  # doctest: +SKIP
     """
+    check_states("ram", states, base, needs_base=True)
     eps = float(epsilon)
-    return _per_tensor("ram", states, base, lambda ts, b: ram_tensor(ts, b, epsilon=eps))
+    return merge_each_tensor(base, states, lambda key, ts, b: ram_tensor(ts, b, epsilon=eps))
 
 
 @merge_method(name="ramplus_tl", pretty_name="Reinforced Agent Merging Plus (Tensor-Local)",
@@ -95,20 +84,21 @@ def ramplus_tl(states: list[StateDict], base: StateDict | None, *, r: float = 0.
     shared to unique changed entries in the tensor.
 
     Args:
-        states (list[StateDict]): the fine-tuned models.
-        base (StateDict): the pre-trained model the task vectors start from.
+        states (list[StateDict]): as in :func:`ram`.
+        base (StateDict): as in :func:`ram`.
         r (float, optional): the strength of the boost. (default: ``0.1``)
         alpha (float, optional): the largest :math:`\rho` counted. (default: ``0.2``)
-        epsilon (float, optional): a change at most this large does not count. (default: ``1e-5``)
+        epsilon (float, optional): as in :func:`ram`. (default: ``1e-5``)
 
     Shapes:
         every tensor keeps its shape.
 
     Returns:
-        StateDict: a new state dict; non-floating tensors come from the base.
+        StateDict: as :func:`ram` returns.
 
     Raises:
-        ValueError: no base, mismatched keys or shapes.
+        ValueError: as :func:`ram`.
     """
+    check_states("ramplus_tl", states, base, needs_base=True)
     kw = {"r": float(r), "alpha": float(alpha), "epsilon": float(epsilon)}
-    return _per_tensor("ramplus_tl", states, base, lambda ts, b: ramplus_tl_tensor(ts, b, **kw))
+    return merge_each_tensor(base, states, lambda key, ts, b: ramplus_tl_tensor(ts, b, **kw))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import StateDict, check_states, is_float, work_dtype
+from ._common import StateDict, check_states, merge_each_tensor
 from ._registry import merge_method
 
 
@@ -74,12 +74,5 @@ def sce(states: list[StateDict], base: StateDict | None, *, select_topk: float =
         >>> merged = sce([ft1, ft2], pre, select_topk=0.3)  # doctest: +SKIP
     """
     check_states("sce", states, base, needs_base=True)
-    out: StateDict = {}
-    for key, b in base.items():
-        if not is_float(b):
-            out[key] = b.clone()
-            continue
-        dt = work_dtype(b, *(s[key] for s in states))
-        out[key] = sce_tensor([s[key].to(device=b.device, dtype=dt) for s in states], b.to(dt),
-                              select_topk=float(select_topk)).to(b.dtype)
-    return out
+    topk = float(select_topk)
+    return merge_each_tensor(base, states, lambda key, ts, b: sce_tensor(ts, b, select_topk=topk))

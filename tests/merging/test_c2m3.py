@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from nets import randomize, teacher_data, train_teacher_mlp
+from nets import MHAEncoder, randomize, teacher_data, train_teacher_mlp
 from torch import nn
 
 import merging
@@ -28,31 +28,13 @@ from merging import (
 from merging.many import mean_state
 
 
-class Encoder(nn.Module):
-    """Attention: heads permute as blocks, Q with K and V with the output projection."""
-
-    def __init__(self, d=8, h=2):
-        super().__init__()
-        self.inp = nn.Linear(6, d)
-        self.att = nn.MultiheadAttention(d, h, batch_first=True)
-        self.ln = nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, 16), nn.GELU(), nn.Linear(16, d))
-        self.out = nn.Linear(d, 3)
-
-    def forward(self, x):
-        x = self.inp(x)
-        x = x + self.att(x, x, x, need_weights=False)[0]
-        x = x + self.ff(self.ln(x))
-        return self.out(x.mean(1))
-
-
 NETS = {
     "mlp": (lambda: nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 4)),
             (4, 8)),
     "cnn_bn_flatten": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                                              nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
                                              nn.Linear(8 * 5 * 5, 3)), (2, 3, 5, 5)),
-    "attention": (lambda: Encoder(), (2, 5, 6)),
+    "attention": (lambda: MHAEncoder(d=8, h=2), (2, 5, 6)),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nets import randomize
+from nets import MHAEncoder, randomize
 import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -24,27 +24,11 @@ class Block(nn.Module):
         return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
 
 
-class Encoder(nn.Module):
-    def __init__(self, d=16, h=4):
-        super().__init__()
-        self.inp = nn.Linear(6, d)
-        self.att = nn.MultiheadAttention(d, h, batch_first=True)
-        self.ln = nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d))
-        self.out = nn.Linear(d, 3)
-
-    def forward(self, x):
-        x = self.inp(x)
-        x = x + self.att(x, x, x, need_weights=False)[0]
-        x = x + self.ff(self.ln(x))
-        return self.out(x.mean(1))
-
-
 NETS = {
     "mlp": (lambda: nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)), (4, 8)),
     "resnet": (lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), Block(16), Block(16),
                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)), (2, 3, 6, 6)),
-    "attention": (lambda: Encoder(), (2, 5, 6)),
+    "attention": (lambda: MHAEncoder(d=16, h=4), (2, 5, 6)),
 }
 
 

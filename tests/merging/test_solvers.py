@@ -115,17 +115,29 @@ def test_solver_errors():
         solve_assignment(torch.zeros(2, 3))
 
 
-@needs_lap
-def test_weight_matching_same_objective_with_either_solver():
+def _random_mlp_pair(seed: int, width: int, hidden: int = 2):
+    """The traced structure and two random state dicts of an MLP 10 -> ``hidden`` x ``width`` -> 3."""
     import torch.nn as nn
 
-    import merging
     from graphs import trace
 
-    torch.manual_seed(0)
-    make = lambda: nn.Sequential(nn.Linear(10, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 3))  # noqa: E731
+    torch.manual_seed(seed)
+
+    def make():
+        layers = [nn.Linear(10, width), nn.ReLU()]
+        for _ in range(hidden - 1):
+            layers += [nn.Linear(width, width), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(width, 3))
+
     a, b = make().state_dict(), make().state_dict()
-    s = trace(make(), torch.randn(2, 10))
+    return trace(make(), torch.randn(2, 10)), a, b
+
+
+@needs_lap
+def test_weight_matching_same_objective_with_either_solver():
+    import merging
+
+    s, a, b = _random_mlp_pair(seed=0, width=48)
     il = merging.weight_matching_result(s, a, b, solver="lap").info
     is_ = merging.weight_matching_result(s, a, b, solver="scipy").info
     assert il["objective"] == pytest.approx(is_["objective"], rel=1e-12)
@@ -169,15 +181,9 @@ def test_auction_alone_returns_a_permutation():
 
 @needs_lap
 def test_weight_matching_auction_then_exact_reaches_the_lap_objective():
-    import torch.nn as nn
-
     import merging
-    from graphs import trace
 
-    torch.manual_seed(1)
-    make = lambda: nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))  # noqa: E731
-    a, b = make().state_dict(), make().state_dict()
-    s = trace(make(), torch.randn(2, 10))
+    s, a, b = _random_mlp_pair(seed=1, width=64)
     il = merging.weight_matching_result(s, a, b, solver="lap").info
     ia = merging.weight_matching_result(s, a, b, solver="auction").info
     assert ia["objective"] == pytest.approx(il["objective"], rel=1e-3)
@@ -261,17 +267,10 @@ def test_batches_are_runs_of_independent_dirty_groups():
 @needs_lap
 @pytest.mark.parametrize("solver", ["lap", "sparse"])
 def test_solving_independent_groups_in_threads_changes_nothing(solver, monkeypatch):
-    import torch.nn as nn
-
     import merging
     import merging.matching.weight as wm
-    from graphs import trace
 
-    torch.manual_seed(2)
-    make = lambda: nn.Sequential(nn.Linear(10, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(),  # noqa: E731
-                                 nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 3))
-    a, b = make().state_dict(), make().state_dict()
-    s = trace(make(), torch.randn(2, 10))
+    s, a, b = _random_mlp_pair(seed=2, width=40, hidden=4)
     found = merging.weight_matching_result(s, a, b, solver=solver)
     one, info1 = found.perms, found.info
     calls = []

@@ -594,12 +594,9 @@ def test_merge_bert(tmp_path):
 
 def test_bench_trace_large_runs_on_a_small_shape(capsys):
     """bench/trace_large.py: a Llama built from its config alone traces on the meta device."""
-    import importlib.util
+    from repo_scripts import REPO, load_script
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "trace_large.py"
-    spec = importlib.util.spec_from_file_location("_bench_trace_large", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(REPO / "bench" / "trace_large.py", "_bench_trace_large")
     assert bench.main(["--layers", "2", "--hidden", "32", "--intermediate", "64", "--heads", "4", "--kv-heads", "2",
                        "--vocab", "128"]) == 0
     row = [c.strip() for c in capsys.readouterr().out.splitlines()[-1].split("|")]

@@ -1,18 +1,13 @@
 """examples/build_a_zoo.py runs end to end on tiny settings, as a user would run it."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from repo_scripts import REPO, load_script
 
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "build_a_zoo.py"
+EXAMPLE = REPO / "examples" / "build_a_zoo.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("_example_build_a_zoo", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "_example_build_a_zoo")
 
 
 def test_build_a_zoo(tmp_path, capsys):

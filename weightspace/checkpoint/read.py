@@ -403,7 +403,7 @@ def load(path: PathLike, *, device: str | torch.device = "cpu", key: str | None 
         >>> load(path)
         {'fc.bias': tensor([0., 0.])}
     """
-    loaded = _load(path, device, key, "load")
+    loaded = load_checkpoint(path, device=device, key=key)
     if return_info:
         warnings.warn("load(return_info=True) is deprecated; use load_checkpoint", DeprecationWarning, stacklevel=2)
         return loaded.state, loaded.info  # type: ignore[return-value]
@@ -438,11 +438,8 @@ def load_checkpoint(path: PathLike, *, device: str | torch.device = "cpu", key: 
         >>> found.state, found.info.key_used
         ({'fc.bias': tensor([0., 0.])}, 'state_dict')
     """
-    return _load(path, device, key, "load")  # errors name the function users know, as load's do
-
-
-def _load(path: PathLike, device: str | torch.device, key: str | None, fn: str) -> LoadedCheckpoint:
-    with Checkpoint(path, device=device, key=key, _fn=fn, _lazy=False) as ckpt:
+    # errors name the function users know, as load's do
+    with Checkpoint(path, device=device, key=key, _fn="load", _lazy=False) as ckpt:
         return LoadedCheckpoint({k: ckpt[k] for k in ckpt}, ckpt.info)
 
 

@@ -9,7 +9,6 @@ recipes write through it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from torch import Tensor
 from merging._atomic import clean_stale
 
 from .read import SAFETENSORS_DTYPES, CheckpointError, PathLike, brief_error
-from .write import _atomic, _check_overlap, _commit_replacing, _shard_names
+from .write import (_atomic, _check_overlap, _commit_replacing, _discard, _shard_file_names, _shard_names, _split_by_size,
+                    _write_index)
 
 __all__ = ["TensorEntry", "save_streamed", "writable_dtype"]
 
@@ -53,18 +53,9 @@ def save_streamed(entries: list[TensorEntry], produce: Callable[[str], Tensor], 
         ValueError: a produced tensor of another dtype or shape than its entry (nothing is replaced).
         CheckpointError: an output that is one of ``inputs``, or a failed write (nothing is replaced).
     """
-    groups: list[list[TensorEntry]] = [[]]
-    size = 0
-    for e in entries:
-        n = _numel(e[2]) * torch.empty((), dtype=e[1]).element_size()
-        if max_bytes is not None and groups[-1] and size + n > max_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(e)
-        size += n
+    groups = _split_by_size(((e, _nbytes(e)) for e in entries), max_bytes)
     if kind == "sharded":
-        stem = target.name[: -len(".safetensors.index.json")]
-        names = [f"{stem}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        names = _shard_file_names(target, len(groups))
         paths = [target.parent / n for n in names]
     else:
         names, paths = [target.name], [target]
@@ -82,15 +73,10 @@ def save_streamed(entries: list[TensorEntry], produce: Callable[[str], Tensor], 
         for p, group in zip(paths, groups):
             done.append((_atomic(p, lambda f, g=group: _write_safetensors(f, g, produce, metadata, bar)), p))
         if kind == "sharded":
-            total = sum(_numel(s) * torch.empty((), dtype=d).element_size() for _, d, s in entries)
-            index = {"metadata": {"total_size": total},
-                     "weight_map": {k: n for n, group in zip(names, groups) for k, _, _ in group}}
-            done.append((_atomic(target, lambda f: Path(f).write_text(json.dumps(index, indent=2))), target))
+            done.append(_write_index(target, sum(_nbytes(e) for e in entries),
+                                     {k: n for n, group in zip(names, groups) for k, _, _ in group}))
     except BaseException as e:
-        for tmp, _ in done:
-            os.unlink(tmp)
-        if made_dir and not any(target.parent.iterdir()):
-            target.parent.rmdir()
+        _discard(done, target, made_dir)
         if isinstance(e, ValueError) or not isinstance(e, Exception):
             raise
         raise CheckpointError(f"streaming_merge: writing {target} failed, nothing was replaced: "
@@ -112,8 +98,9 @@ def _write_safetensors(tmp: str, entries: list[TensorEntry], produce: Callable[[
     """Write a ``.safetensors`` file whose tensors come one at a time from ``produce(name)``."""
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     off = 0
-    for k, dtype, shape in entries:
-        nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+    for e in entries:
+        k, dtype, shape = e
+        nbytes = _nbytes(e)
         header[k] = {"dtype": _ST_CODES[dtype], "shape": list(shape), "data_offsets": [off, off + nbytes]}
         off += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -133,8 +120,10 @@ def _write_safetensors(tmp: str, entries: list[TensorEntry], produce: Callable[[
                 bar.update(1)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
+def _nbytes(entry: TensorEntry) -> int:
+    """The bytes of the tensor an entry names."""
+    _, dtype, shape = entry
+    n = torch.empty((), dtype=dtype).element_size()
     for s in shape:
         n *= int(s)
     return n

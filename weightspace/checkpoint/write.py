@@ -8,6 +8,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -91,10 +92,50 @@ def _commit(pairs: list[tuple[str, Path]]) -> None:
     commit(pairs)
 
 
+def _shard_stem(target: Path) -> str:
+    """The stem of the shards of the index ``target``: ``model`` for ``model.safetensors.index.json``."""
+    return target.name[: -len(".safetensors.index.json")]
+
+
 def _shard_names(target: Path) -> re.Pattern[str]:
     """The names a sharded save to index ``target`` writes: its shards (any count) and the index."""
-    stem = re.escape(target.name[: -len(".safetensors.index.json")])
+    stem = re.escape(_shard_stem(target))
     return re.compile(rf"{stem}-\d{{5}}-of-\d{{5}}\.safetensors|{re.escape(target.name)}")
+
+
+def _shard_file_names(target: Path, count: int) -> list[str]:
+    """The file names of ``count`` shards of the index ``target``: ``<stem>-0000i-of-0000N.safetensors``."""
+    stem = _shard_stem(target)
+    return [f"{stem}-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def _split_by_size(sized: Iterable[tuple[Any, int]], limit: int | None) -> list[list[Any]]:
+    """The items of ``(item, bytes)`` pairs in order, in consecutive groups of at most ``limit``
+    bytes (an item larger than that gets a group of its own); one group without a limit."""
+    groups: list[list[Any]] = [[]]
+    size = 0
+    for item, n in sized:
+        if limit is not None and groups[-1] and size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += n
+    return groups
+
+
+def _write_index(target: Path, total_size: int, weight_map: dict[str, str]) -> tuple[str, Path]:
+    """Write the index of a sharded checkpoint to a temporary file; return it paired with ``target``."""
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    return _atomic(target, lambda f: Path(f).write_text(json.dumps(index, indent=2))), target
+
+
+def _discard(done: list[tuple[str, Path]], target: Path, made_dir: bool) -> None:
+    """Undo a failed write: remove the temporary files in ``done``, and ``target``'s folder if the
+    write made it and it is still empty."""
+    for tmp, _ in done:
+        os.unlink(tmp)
+    if made_dir and not any(target.parent.iterdir()):
+        target.parent.rmdir()
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -184,16 +225,8 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
     groups: list[list[str]] = [[]]  # the keys of each shard
     if kind == "sharded":
         limit = parse_size(max_shard_size, path) if max_shard_size is not None else None
-        size = 0
-        for k, t in state.items():
-            n = t.numel() * t.element_size()
-            if limit is not None and groups[-1] and size + n > limit:
-                groups.append([])
-                size = 0
-            groups[-1].append(k)
-            size += n
-    stem = target.name[: -len(".safetensors.index.json")]
-    names = [f"{stem}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        groups = _split_by_size(((k, t.numel() * t.element_size()) for k, t in state.items()), limit)
+    names = _shard_file_names(target, len(groups))
     _check_overlap("save", [target, *(target.parent / n for n in names if kind == "sharded")], inputs)
     tensors = _prepare(state, untie=kind != "torch")
     made_dir = not target.parent.exists()
@@ -212,14 +245,10 @@ def save(state: Mapping[str, Tensor], path: PathLike, *, metadata: Mapping[str, 
                 shard = {k: tensors[k] for k in keys}
                 p = target.parent / name
                 done.append((_atomic(p, lambda f, s=shard: save_file(s, f, metadata=meta)), p))
-            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                     "weight_map": {k: n for n, keys in zip(names, groups) for k in keys}}
-            done.append((_atomic(target, lambda f: Path(f).write_text(json.dumps(index, indent=2))), target))
+            done.append(_write_index(target, sum(t.numel() * t.element_size() for t in tensors.values()),
+                                     {k: n for n, keys in zip(names, groups) for k in keys}))
     except BaseException as e:
-        for tmp, _ in done:
-            os.unlink(tmp)
-        if made_dir and not any(target.parent.iterdir()):
-            target.parent.rmdir()
+        _discard(done, target, made_dir)
         if not isinstance(e, Exception):
             raise
         raise CheckpointError(f"save: writing {target} failed, nothing was replaced: {brief_error(e)}") from e
@@ -232,10 +261,9 @@ def _commit_replacing(done: list[tuple[str, Path]], kind: str, target: Path, nam
     split save to the same index that the new one no longer names."""
     stale = []
     if kind == "sharded" and target.is_file():
-        stem = target.name[: -len(".safetensors.index.json")]
         try:
             old = json.loads(target.read_text()).get("weight_map", {}).values()
-            pattern = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.safetensors")
+            pattern = re.compile(rf"{re.escape(_shard_stem(target))}-\d{{5}}-of-\d{{5}}\.safetensors")
             stale = [target.parent / n for n in set(old) - set(names) if pattern.fullmatch(str(n))]
         except (OSError, ValueError, AttributeError):
             pass

@@ -157,6 +157,17 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def report_result(args: argparse.Namespace, result: Any) -> bool:
+    """Print a merge result's notes on stderr, and the result as JSON with ``--json``; return
+    whether the command is done (``--json`` or ``--quiet``) or should go on to print its summary."""
+    for note in result.notes:
+        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
+    if args.json:
+        print_json(result.to_dict())
+        return True
+    return bool(args.quiet)
+
+
 _PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): ")
 _OUR_PACKAGES = ("weightspace", "merging", "graphs")
 

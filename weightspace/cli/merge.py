@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ._common import (add_common_args, add_dtype_arg, add_model_args, add_output_arg, add_repair_args,
-                      add_require_aligned_arg, add_solver_arg, copied_line, print_json, repair_samples)
+                      add_require_aligned_arg, add_solver_arg, copied_line, print_json, repair_samples,
+                      report_result)
 
 from weightspace.alignment import ALIGNMENT_METHODS
 
@@ -95,12 +95,7 @@ def run(args: argparse.Namespace) -> int:
         low_memory=args.low_memory, max_shard_size=args.max_shard_size, require_aligned=args.require_aligned,
         dtype=args.dtype,
     )
-    for note in r.notes:
-        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
-    if args.json:
-        print_json(r.to_dict())
-        return 0
-    if args.quiet:
+    if report_result(args, r):
         return 0
     if r.copied:
         print(copied_line(r.copied))

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ._common import (add_common_args, add_dtype_arg, add_model_args, add_output_arg, add_solver_arg, copied_line,
-                      print_json)
+                      report_result)
 
 from merging.many_methods import MANY_MODEL_METHODS
 
@@ -54,12 +53,7 @@ def run(args: argparse.Namespace) -> int:
         max_iter=args.max_iter, device=args.device, seed=args.seed, solver=args.solver, progress=not quiet,
         dtype=args.dtype,
     )
-    for note in r.notes:
-        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
-    if args.json:
-        print_json(r.to_dict())
-        return 0
-    if args.quiet:
+    if report_result(args, r):
         return 0
     if r.copied:
         print(copied_line(r.copied, "the first checkpoint"))

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import json
 
-from ._common import add_common_args, add_output_arg, add_model_args, add_solver_arg, print_json
+from ._common import add_common_args, add_output_arg, add_model_args, add_solver_arg, report_result
 
 from merging.starlight import SCHEDULES, STAR_INITS
 
@@ -72,12 +71,7 @@ def run(args: argparse.Namespace) -> int:
         init=args.init, resume=args.resume, state=args.state, device=args.device, seed=args.seed,
         solver=args.solver, progress=not quiet,
     )
-    for note in r.notes:
-        print(f"weightspace {args.command}: note: {note}", file=sys.stderr)
-    if args.json:
-        print_json(r.to_dict())
-        return 0
-    if args.quiet:
+    if report_result(args, r):
         return 0
     n = len(r.provenance["inputs"])
     start = f", resumed at epoch {r.resumed_from}" if r.resumed_from else ""

@@ -54,6 +54,16 @@ def positive_int(value: int, *, owner: str, name: str) -> int:
     return value
 
 
+def init_conv_bn_(model: nn.Module) -> None:
+    """Kaiming-normal (fan-out, ReLU) weights for every ``Conv2d`` of ``model``, and every
+    ``BatchNorm2d`` reset (unit weight, zero bias, fresh running statistics)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()
+
+
 def device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of a module's first parameter (CPU / default dtype if none)."""
     for tensor in list(module.parameters()) + list(module.buffers()):

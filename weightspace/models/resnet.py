@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from weightspace.models._common import ExampleInputMixin, positive_int
+from weightspace.models._common import ExampleInputMixin, init_conv_bn_, positive_int
 from weightspace.models._registry import register_model
 
 # depth -> (block kind, blocks per stage)
@@ -211,11 +211,7 @@ class ResNet(ExampleInputMixin, nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan-out) convolutions, unit BatchNorm, default ``Linear`` initialisation."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                module.reset_parameters()
+        init_conv_bn_(self)
         self.fc.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from weightspace.models._common import ExampleInputMixin, positive_int, scale_width
+from weightspace.models._common import ExampleInputMixin, init_conv_bn_, positive_int, scale_width
 from weightspace.models._registry import register_model
 
 
@@ -124,11 +124,7 @@ class ResNet20(ExampleInputMixin, nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal convolutions, unit BatchNorm, default ``Linear`` initialisation."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                module.reset_parameters()
+        init_conv_bn_(self)
         self.head.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
