@@ -229,8 +229,8 @@ def barrier(
         correction = "reset_bn"
     elif repair_data is not None:
         correction = "repair"
-        if batchnorm_layers(model):
-            reset_bn_data, repair_data = repair_data, None
+        if batchnorm_layers(model):  # REPAIR of a BatchNorm network is the BatchNorm reset
+            reset_bn_data, repair_data, correction = repair_data, None, "reset_bn"
         else:
             plan = _repair_plan(model, a, b, repair_data, device=dev, num_batches=num_batches)
 

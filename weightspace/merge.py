@@ -353,8 +353,9 @@ def barrier_between(
         data (str or Iterable): a ``--data`` spec or re-iterable ``(x, y)`` batches. A spec's
             ``split`` is evaluated; alignment and REPAIR statistics use its train split.
         align (str, optional): one of :data:`METHODS` (``"auto"``: activation matching, as
-            data is given), or ``"all"``: weight, activation and STE matching, every curve in one
-            result and one plot. (default: ``"none"``)
+            data is given, and for a BatchNorm network the BatchNorm reset at interior points of
+            every curve, as :func:`merge_checkpoints` does), or ``"all"``: weight, activation and STE
+            matching, every curve in one result and one plot. (default: ``"none"``)
         steps (int, optional): points on the path, endpoints included, ``>= 2``. (default: ``25``)
         repair (bool, optional): fix activation statistics at interior points (REPAIR, or the
             BatchNorm reset for BatchNorm networks). (default: ``False``)
@@ -407,6 +408,8 @@ def barrier_between(
     dev = resolve_device(device)
     a, b, _ = load_pair(path_a, path_b, model, model_kwargs, input_shape, dev, fn)
     plan_dtypes([a.state, b.state], [path_a, path_b], fn)  # a tensor float in one and not in the other
+    if align == "auto":  # as merge's auto: a BatchNorm network gets the BatchNorm reset (every curve)
+        repair = resolve_method("auto", has_data=True, has_norm=has_batchnorm(a), repair=repair)[1]
     hf_for_data(a, b, fn)
     eval_batches, label = resolve_data(data, split)
     fit_batches = resolve_data(data, "train")[0] if isinstance(data, str) else eval_batches

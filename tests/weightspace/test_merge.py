@@ -238,6 +238,16 @@ def test_auto_beats_weight_matching_on_a_batchnorm_pair(trained_bn_pair, tmp_pat
     assert loss(auto.path) < loss(weight.path)
 
 
+def test_barrier_auto_resets_batchnorm_as_merge_does(trained_bn_pair):
+    """barrier --method auto on a BatchNorm pair: activation matching and the BatchNorm reset on
+    every curve, so its aligned curve is what merge's default writes."""
+    res = barrier_between(*trained_bn_pair, data="digits", align="auto", steps=3, repair_samples=256, progress=False)
+    assert list(res) == ["naive", "activation matching"]
+    assert all(r.correction == "reset_bn" for r in res.values())
+    plain = barrier_between(*trained_bn_pair, data="digits", align="activation", steps=3, progress=False)
+    assert all(r.correction == "none" for r in plain.values())
+
+
 def test_barrier_all_methods_in_one_plot(pair, tmp_path):
     png = tmp_path / "new" / "all.png"  # a missing directory is created
     res = barrier_between(*pair, data="digits", align="all", steps=3, plot=png, progress=False)
