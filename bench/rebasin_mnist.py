@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import merging
 import weightspace
 from weightspace.data import load_dataset
 from weightspace.models import get_model
+from weightspace.training import train_one_cycle
 
 
 CACHE: Path | None = None  # --cache: trained state dicts kept between runs
@@ -40,30 +40,11 @@ def train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_size
         path = CACHE / f"{key.hexdigest()[:16]}.safetensors"
         if path.exists():
             return weightspace.load(path)
-        state = _train(model, ds, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+        state = train_one_cycle(model, ds, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
         CACHE.mkdir(parents=True, exist_ok=True)
         weightspace.save(state, path)
         return state
-    return _train(model, ds, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
-
-
-def _train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_size: int) -> dict:
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
-            m.reset_parameters()
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    steps = epochs * ((len(ds) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
-    for _ in range(epochs):
-        for x, y in ds.loader(batch_size, shuffle=True, seed=seed):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return train_one_cycle(model, ds, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
 
 
 def features(ds) -> int:

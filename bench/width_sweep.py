@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import merging
@@ -47,6 +46,7 @@ import weightspace
 from merging.matching.starts import from_two_starts
 from weightspace.data import load_dataset
 from weightspace.models import get_model
+from weightspace.training import train_one_cycle
 
 METHODS = ("naive", "weight", "activation", "ste")
 ARCHS = ("mlp", "resnet20")
@@ -68,22 +68,7 @@ def train(model: nn.Module, ds, *, epochs: int, lr: float, seed: int, batch_size
         path = CACHE / f"{key.hexdigest()[:16]}.safetensors"
         if path.exists():
             return weightspace.load(path)
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
-            m.reset_parameters()
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    steps = epochs * ((len(ds) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
-    for _ in range(epochs):
-        for x, y in ds.loader(batch_size, shuffle=True, seed=seed):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = train_one_cycle(model, ds, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
     if CACHE is not None:
         CACHE.mkdir(parents=True, exist_ok=True)
         weightspace.save(state, path)

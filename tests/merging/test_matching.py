@@ -294,22 +294,9 @@ def test_scored_weight_matching_keeps_the_lowest_midpoint_loss():
 
 def _train_digits_resnet(model, train, seed, epochs=6, lr=0.1, batch_size=128):
     """The width sweep's recipe (SGD, Nesterov, one-cycle), deterministic on one thread."""
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
-            m.reset_parameters()
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    steps = epochs * ((len(train) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
-    for _ in range(epochs):
-        for x, y in train.loader(batch_size, shuffle=True, seed=seed):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    from weightspace.training import train_one_cycle
+
+    return train_one_cycle(model, train, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
 
 
 @pytest.mark.slow
