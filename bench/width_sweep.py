@@ -228,20 +228,25 @@ def plot(results: dict, args, path: str) -> None:
 
 
 # ---------------------------------------------------------------- weight matching on narrow BN nets
+def _conv_before_each_batchnorm(state: dict, keys: list[str]):
+    """``(prefix, running_var key, conv weight key)`` of each BatchNorm that follows a convolution
+    in ``keys`` (the model's state-dict order)."""
+    for k in keys:
+        if k.endswith(".running_var"):
+            p = k[: -len("running_var")]
+            conv = next((c for c in reversed(keys[:keys.index(p + "weight")])
+                         if c.endswith("weight") and state[c].dim() == 4), None)
+            if conv is not None:
+                yield p, k, conv
+
+
 def fold_batchnorm(state: dict, keys: list[str]) -> dict:
     """A copy where each BatchNorm's scale ``gamma / sqrt(var + eps)`` is multiplied into the
     conv weight just before it (by state-dict order) and the BatchNorm becomes the identity
     scale with the folded shift; the network computes the same function (in eval mode).
     ``keys``: the model's own state-dict order (a loaded file may be sorted)."""
     out = dict(state)
-    for k in keys:
-        if not k.endswith(".running_var"):
-            continue
-        p = k[: -len("running_var")]
-        conv = next((c for c in reversed(keys[:keys.index(p + "weight")])
-                     if c.endswith("weight") and state[c].dim() == 4), None)
-        if conv is None:
-            continue
+    for p, k, conv in _conv_before_each_batchnorm(state, keys):
         scale = state[p + "weight"] / torch.sqrt(state[k] + 1e-5)
         out[conv] = state[conv] * scale.view(-1, 1, 1, 1)
         out[p + "bias"] = state[p + "bias"] - scale * state[p + "running_mean"]
@@ -264,14 +269,7 @@ def whiten_by_batchnorm(state: dict, keys: list[str], shift: bool = False, rows:
     ``beta - gamma * mean / std``. ``rows``: instead, each output channel's conv weight gets
     unit norm (BatchNorm makes a channel blind to its weight's scale)."""
     out = dict(state)
-    for k in keys:
-        if not k.endswith(".running_var"):
-            continue
-        p = k[: -len("running_var")]
-        conv = next((c for c in reversed(keys[:keys.index(p + "weight")])
-                     if c.endswith("weight") and state[c].dim() == 4), None)
-        if conv is None:
-            continue
+    for p, k, conv in _conv_before_each_batchnorm(state, keys):
         std = torch.sqrt(state[k] + 1e-5)
         w = state[conv]
         if rows:

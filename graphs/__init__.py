@@ -15,6 +15,7 @@ from .structure import (
     axis_rows,
     compose_permutations,
     group_rows,
+    product_block,
     product_blocks,
     identity_permutation,
     inverse_permutation,
@@ -35,6 +36,7 @@ from .converters import (
 __all__ = [
     "Axis", "Cat", "Group", "Layer", "PermDict", "Prod", "StateDict", "Structure", "Unit",
     "Unpermuted", "axis_groups", "axis_index", "axis_rows", "check_structure", "compose_permutations", "group_rows",
+    "product_block",
     "product_blocks",
     "identity_permutation", "inverse_permutation", "permute", "permute_tensor",
     "random_permutation", "trace",

@@ -104,6 +104,15 @@ def product_blocks(axis: Axis | None) -> list[tuple[int, Prod, int, int]]:
     return found
 
 
+def product_block(t: Tensor, off: int, prod: Prod, i: int, j: int) -> Tensor:
+    """The block of a :func:`product_blocks` entry in ``t`` (the axis first): shape
+    ``(outer, inner, rest)``, the unpermuted factors and ``t``'s other axes flattened into ``rest``."""
+    sizes = [q.size for q in prod.parts]
+    rest = [d for d in range(len(sizes)) if d not in (i, j)]
+    t = t[off:off + prod.size].reshape(*sizes, -1)
+    return t.permute(i, j, *rest, len(sizes)).reshape(sizes[i], sizes[j], -1)
+
+
 def _axis_to_json(axis: Axis | None):
     if axis is None:
         return None

@@ -521,17 +521,14 @@ def _module_names(module: nn.Module) -> dict[str, str] | None:
 
 
 def _logits(module: nn.Module, inputs: Any, output: Any) -> Any:
-    """The logits of a transformers model's output, the class axis second as torch's losses expect:
-    a language model's ``(B, T, V)`` becomes ``(B, V, T)``, so next-token targets ``(B, T)`` fit."""
-    if not isinstance(output, Tensor):
-        logits = getattr(output, "logits", None)
-        if isinstance(logits, Tensor):
-            output = logits
-        elif isinstance(output, (tuple, list)):
-            output = output[0]
-    if isinstance(output, Tensor) and output.ndim == 3:
-        return output.transpose(1, 2)
-    return output
+    """The forward hook of :func:`for_evaluation`: the output's logits, the class axis second
+    (:func:`weightspace.training.logits_of`); an output without logits passes through."""
+    from .training import logits_of
+
+    try:
+        return logits_of(output)
+    except TypeError:
+        return output
 
 
 def for_evaluation(module: nn.Module, state: Mapping[str, Tensor], path: PathLike | None = None,

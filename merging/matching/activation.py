@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from graphs import Cat, Prod, Structure, Unit, axis_groups, axis_rows, product_blocks
+from graphs import Cat, Prod, Structure, Unit, axis_groups, axis_rows, product_block, product_blocks
 
 from ._solve import solve_assignment
 from .starts import from_two_starts
@@ -72,15 +72,6 @@ def _entangled(axis, group: str) -> bool:
             return True
         return any(_entangled(p, group) for p in holding)
     return False
-
-
-def _block_rows(x: Tensor, off: int, prod: Prod, i: int, j: int) -> Tensor:
-    """Features ``(n, samples)`` -> the product's block ``(outer * inner, samples')``, the
-    unpermuted factors folded into the samples."""
-    sizes = [q.size for q in prod.parts]
-    t = x[off:off + prod.size].reshape(*sizes, x.shape[1])
-    rest = [k for k in range(len(sizes)) if k not in (i, j)]
-    return t.permute(i, j, *rest, len(sizes)).reshape(sizes[i] * sizes[j], -1)
 
 
 def _solve_nested(out: dict[str, Tensor], blocks: dict[tuple[str, str], Tensor], solver: str) -> None:
@@ -215,7 +206,7 @@ def activation_correlations(structure: Structure, model: nn.Module, state_a: Map
                     if nested:
                         fa, fb = (_features(acts[i][name], kind) for i in (0, 1))
                         for idx, (off, prod, i, j) in enumerate(nested):
-                            a, b = _block_rows(fa, off, prod, i, j), _block_rows(fb, off, prod, i, j)
+                            a, b = (product_block(f, off, prod, i, j).flatten(0, 1) for f in (fa, fb))
                             key = ((prod.parts[i].group, prod.parts[j].group), site * 16 + idx)
                             if key not in moments:
                                 moments[key] = _Moments(a.shape[0], device)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from graphs import Structure, Unit, product_blocks
+from graphs import Structure, Unit, product_block, product_blocks
 
 from ._solve import solve_assignment
 from .weight import WeightMatchingResult, work_dtype
@@ -80,13 +80,6 @@ def _nested_signatures(structure: Structure, state_a: Mapping[str, Tensor], stat
     if not blocks:
         return
 
-    def block(t: Tensor, k: int, off: int, prod, i: int, j: int) -> Tensor:  # (outer, inner, rest)
-        sizes = [q.size for q in prod.parts]
-        t = t.detach().movedim(k, 0)[off:off + prod.size]
-        t = t.reshape(*sizes, -1)
-        rest = [d for d in range(len(sizes)) if d not in (i, j)]
-        return t.permute(i, j, *rest, len(sizes)).reshape(sizes[i], sizes[j], -1)
-
     def signature(x: Tensor) -> Tensor:  # sort the last axis, keep evenly spaced order statistics
         x = x.sort(dim=-1).values
         keep = torch.linspace(0, x.shape[-1] - 1, min(x.shape[-1], _SIGNATURE_POINTS), device=x.device)
@@ -98,8 +91,8 @@ def _nested_signatures(structure: Structure, state_a: Mapping[str, Tensor], stat
             ta, tb = state_a[name], state_b[name]
             if ta.is_floating_point() and tb.is_floating_point():
                 dt = work_dtype(ta.dtype, tb.dtype)
-                read.setdefault(key, []).append((block(ta, k, off, prod, i, j).to(dt),
-                                                 block(tb, k, off, prod, i, j).to(dt)))
+                read.setdefault(key, []).append((product_block(ta.detach().movedim(k, 0), off, prod, i, j).to(dt),
+                                                 product_block(tb.detach().movedim(k, 0), off, prod, i, j).to(dt)))
     for outer in sorted({o for o, _ in read}):
         if members[outer]:
             continue
