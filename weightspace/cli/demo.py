@@ -26,7 +26,7 @@ Then try the other commands on what it wrote:
 
   cd weightspace-demo
   weightspace inspect model_a.safetensors
-  weightspace barrier model_a.safetensors model_b.safetensors --data digits --align activation
+  weightspace barrier model_a.safetensors model_b.safetensors --data digits --method activation
   weightspace merge model_a.safetensors model_b.safetensors -o my_merge.safetensors --method ste --data digits"""
 
 
@@ -58,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {r.checkpoints[0]}, {r.checkpoints[1]},")
     print(f"      {r.merged} (weight matching, alpha 0.5) and {r.plot}  [{r.seconds:.1f} s in all]")
     a, b = r.checkpoints
-    print(f"next: weightspace barrier {a} {b} --data digits --align activation")
+    print(f"next: weightspace barrier {a} {b} --data digits --method activation")
     return 0
